@@ -1,0 +1,29 @@
+"""Installable tpuflow library (src layout: the package lives in lib/)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tpuflow",
+    version="0.1.0",
+    description="TPU-first TensorFlow/Keras pipeline for k-fold image and image-sequence models",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    python_requires=">=3.10",
+    install_requires=[
+        # 2.20 must keep working: it is the newest tensorflow-tpu release.
+        "tensorflow>=2.18,<2.22",
+        "numpy",
+        "pandas",
+        "absl-py",
+        "pillow",
+        "scipy",
+        "matplotlib",
+        "google-cloud-storage",
+    ],
+    extras_require={
+        "test": ["pytest", "gcp-storage-emulator"],
+        # Documented, not installed here (see README):
+        "tpu": ["tensorflow-tpu", "libtpu"],
+        "gpu": ["tensorflow[and-cuda]>=2.18,<2.22"],
+        "efficientnet": ["efficientnet"],
+    },
+)
