@@ -82,7 +82,8 @@ def atomic_path(path: str) -> Iterator[str]:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    # The temporary name keeps the final suffix: some writers insist on it (Keras `.weights.h5`).
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     os.close(fd)
     try:
         yield tmp

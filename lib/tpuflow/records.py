@@ -1,0 +1,152 @@
+"""TFRecord features, the deterministic sharded writer, manifests and record parsers.
+
+Files are `fold.<k>.tfrecord-<i:05d>-of-<n:05d>` and `test.tfrecord-<i:05d>-of-<n:05d>`, so
+`fold.[0123].tfrecord*` selects training folds; `manifest.json` beside them records the spec and
+the number of examples per fold and per shard (the runner's steps per epoch come from it).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tpuflow import storage
+
+MANIFEST = "manifest.json"
+
+# Every record carries these; builders may add more (storm_id, fold_id, frame_id, ...).
+COMMON_FEATURES = {
+    "image_id": tf.io.FixedLenFeature([], tf.string),
+    "image": tf.io.VarLenFeature(tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "label_le": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+    """`fold.0` -> `fold.0.tfrecord-00001-of-00004` (TFDS-style, sortable)."""
+    return f"{prefix}.tfrecord-{index:05d}-of-{count:05d}"
+
+
+def to_feature(value) -> tf.train.Feature:
+    """One helper turns a Python value (bytes/str/int/float or a list of one kind) into a Feature."""
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    if all(isinstance(v, (bytes, str)) for v in values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[v.encode() if isinstance(v, str) else v for v in values]))
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+    if all(isinstance(v, (float, np.floating)) for v in values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+    raise TypeError(f"cannot store {value!r} in a tf.train.Feature (mixed or unsupported types)")
+
+
+def serialize_example(features: dict) -> bytes:
+    """Serialises a dict of plain values to a tf.train.Example."""
+    return tf.train.Example(features=tf.train.Features(
+        feature={k: to_feature(v) for k, v in features.items()})).SerializeToString()
+
+
+def shard_bounds(n_examples: int, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal [start, stop) ranges: fixed example->shard assignment, order kept."""
+    edges = [round(i * n_examples / n_shards) for i in range(n_shards + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def write_shards(examples: Sequence[tuple[str, bytes]], out_dir: str, prefix: str,
+                 n_shards: int) -> dict[str, int]:
+    """Writes serialised examples, in order, into `n_shards` files; returns {file name: count}.
+
+    Each shard is written to a temporary name and renamed, so a crash never leaves a partial
+    shard under a final name. Refuses duplicate keys, zero examples and fewer examples than shards.
+    """
+    keys = [k for k, _ in examples]
+    if not keys:
+        raise ValueError(f"{prefix}: zero examples to write to {out_dir}")
+    if len(keys) < n_shards:
+        raise ValueError(f"{prefix}: {len(keys)} examples cannot fill {n_shards} shards")
+    if len(set(keys)) != len(keys):
+        seen = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))
+        raise ValueError(f"{prefix}: duplicate example key {dup!r}")
+    counts = {}
+    for i, (start, stop) in enumerate(shard_bounds(len(keys), n_shards)):
+        name = shard_name(prefix, i, n_shards)
+        with storage.atomic_path(storage.join(out_dir, name)) as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for _, record in examples[start:stop]:
+                    writer.write(record)
+        counts[name] = stop - start
+    return counts
+
+
+def read_manifest(tfrec_dir: str) -> dict:
+    """The dataset's manifest; a clear error if the directory holds no dataset."""
+    path = storage.join(tfrec_dir, MANIFEST)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: no manifest; is --data_tfrec_dir a built dataset?")
+    return storage.read_json(path)
+
+
+def record_files(tfrec_dir: str, folds: Iterable[int] | None = None) -> list[str]:
+    """Sorted shard paths of the given folds, or of the test split when `folds` is None."""
+    prefixes = ["test"] if folds is None else [f"fold.{k}" for k in folds]
+    files = []
+    for prefix in prefixes:
+        found = storage.glob(storage.join(tfrec_dir, f"{prefix}.tfrecord-*"))
+        if not found:
+            raise FileNotFoundError(f"{tfrec_dir}: no {prefix}.tfrecord-* files")
+        files += found
+    return files
+
+
+def example_count(manifest: dict, folds: Iterable[int] | None = None) -> int:
+    """Examples in the given folds (or test) according to the manifest."""
+    counts = manifest["counts"]
+    keys = ["test"] if folds is None else [f"fold.{k}" for k in folds]
+    missing = [k for k in keys if k not in counts]
+    if missing:
+        raise KeyError(f"manifest has no counts for {missing}; it has {sorted(counts)}")
+    return sum(int(counts[k]) for k in keys)
+
+
+def parse_common(serialized: tf.Tensor) -> dict:
+    """Parses the common features; `image` stays a dense vector of encoded images."""
+    ex = tf.io.parse_single_example(serialized, COMMON_FEATURES)
+    ex["image"] = tf.sparse.to_dense(ex["image"])
+    return ex
+
+
+def decode_image(encoded: tf.Tensor, channels: int, dim: int | None = None) -> tf.Tensor:
+    """Decodes one JPEG/PNG to float32 (H, W, channels) in [0, 255], resized to dim x dim if given.
+
+    The static shape is set so that TPU programs see fixed shapes.
+    """
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image = tf.cast(image, tf.float32)
+    if dim is not None:
+        image = tf.image.resize(image, [dim, dim], method="bilinear")
+        image = tf.ensure_shape(image, [dim, dim, channels])
+    return image
+
+
+def parse_image(serialized: tf.Tensor, channels: int, dim: int | None = None,
+                invert: bool = False) -> dict:
+    """Record with one encoded image -> {image_id, image (H, W, C) float32, label, label_le}.
+
+    `invert` maps x -> 255 - x (cold cloud tops bright or dark, as the backbone prefers).
+    """
+    ex = parse_common(serialized)
+    image = decode_image(ex["image"][0], channels, dim)
+    ex["image"] = 255.0 - image if invert else image
+    return ex
+
+
+def read_ids(files: Sequence[str]) -> np.ndarray:
+    """Image ids of the records in `files`, in the order the ordered pipeline reads them."""
+    ds = tf.data.TFRecordDataset(list(files)).map(
+        lambda s: tf.io.parse_single_example(s, {"image_id": COMMON_FEATURES["image_id"]})["image_id"],
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+    ids = [b.astype(str) for b in ds.as_numpy_iterator()]
+    return np.concatenate(ids) if ids else np.array([], dtype=str)

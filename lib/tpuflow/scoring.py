@@ -1,0 +1,103 @@
+"""Saved predictions, CV scores and the submission (NumPy/pandas only: no TensorFlow).
+
+Predictions live in `<preds_dir>/y_pred_{val,test}_fold_<k>_tta_<t>.npy`, one row per example in
+record order, with the ids beside them (`ids_val_fold_<k>.npy`; `ids_test.npy`, the same for every fold), so
+the order is checked, never assumed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tpuflow import storage
+
+
+def pred_path(preds_dir: str, split: str, fold: int, tta: int) -> str:
+    return storage.join(preds_dir, f"y_pred_{split}_fold_{fold}_tta_{tta}.npy")
+
+
+def ids_path(preds_dir: str, split: str, fold: int) -> str:
+    name = "ids_test.npy" if split == "test" else f"ids_{split}_fold_{fold}.npy"
+    return storage.join(preds_dir, name)
+
+
+def to_values(pred: np.ndarray, unique_labels: np.ndarray | None = None) -> np.ndarray:
+    """Regression output (n,) / (n, 1) -> (n,); class probabilities (n, k) -> expected wind speed."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        if unique_labels is None or len(unique_labels) != pred.shape[1]:
+            raise ValueError(f"{pred.shape[1]} class probabilities need unique_labels_sorted.npy "
+                             "with as many labels")
+        return pred @ np.asarray(unique_labels, dtype=np.float64)
+    return pred.reshape(len(pred))
+
+
+def load_predictions(preds_dir: str, split: str, folds: range, tta_number: int,
+                     unique_labels: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{fold: (ids (n,), values (n_tta, n))}; a clear error naming any missing or mismatched file."""
+    out = {}
+    for k in folds:
+        ids_file = ids_path(preds_dir, split, k)
+        if not storage.exists(ids_file):
+            raise FileNotFoundError(f"{ids_file}: missing (run the '{split}' job for fold {k})")
+        ids = storage.load_npy(ids_file)
+        values = []
+        for t in range(tta_number + 1):
+            path = pred_path(preds_dir, split, k, t)
+            if not storage.exists(path):
+                raise FileNotFoundError(f"{path}: missing (--tta_number={tta_number} needs TTA 0..{tta_number})")
+            v = to_values(storage.load_npy(path), unique_labels)
+            if len(v) != len(ids):
+                raise ValueError(f"{path}: {len(v)} rows but {ids_file} has {len(ids)} ids")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{path}: contains NaN or inf")
+            values.append(v)
+        out[k] = (ids, np.stack(values))
+    return out
+
+
+def rmse(y_true: np.ndarray, y_pred: np.ndarray, round_pred: bool = True) -> float:
+    """RMSE; the competition scores integer predictions, so they are rounded by default."""
+    y_pred = np.rint(y_pred) if round_pred else y_pred
+    return float(np.sqrt(np.mean((np.asarray(y_true, np.float64) - y_pred) ** 2)))
+
+
+def cv_scores(train_cv: pd.DataFrame, preds: dict[int, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """RMSE (rounded) per fold and over all folds, for each TTA and for the mean of all TTAs.
+
+    Rows: fold 0..k-1 and 'all'; columns: tta_0..tta_T and tta_mean.
+    """
+    truth = train_cv.set_index("image_id")["wind_speed"]
+    rows, all_true, all_pred = {}, [], []
+    for k, (ids, values) in preds.items():
+        fold_ids = train_cv.loc[train_cv["fold_id"] == k, "image_id"]
+        if set(ids) != set(fold_ids) or len(ids) != len(fold_ids):
+            raise ValueError(f"val predictions of fold {k} cover {len(ids)} ids; train_cv.csv has "
+                             f"{len(fold_ids)} in that fold (records built from another split?)")
+        y = truth.loc[ids].to_numpy()
+        all_true.append(y)
+        all_pred.append(values)
+        rows[str(k)] = _score_row(y, values)
+    rows["all"] = _score_row(np.concatenate(all_true), np.concatenate(all_pred, axis=1))
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _score_row(y: np.ndarray, values: np.ndarray) -> dict:
+    row = {f"tta_{t}": rmse(y, v) for t, v in enumerate(values)}
+    row["tta_mean"] = rmse(y, values.mean(axis=0))
+    return row
+
+
+def submission(preds: dict[int, tuple[np.ndarray, np.ndarray]], submission_format: pd.DataFrame) -> pd.DataFrame:
+    """Mean over folds and TTAs, rounded to integers, in `submission_format` order."""
+    order = submission_format["image_id"].to_numpy()
+    stacked = []
+    for k, (ids, values) in preds.items():
+        pos = pd.Series(np.arange(len(ids)), index=ids)
+        missing = np.setdiff1d(order, ids)
+        if len(missing) or len(ids) != len(order):
+            raise ValueError(f"test predictions of fold {k}: {len(ids)} ids do not match the "
+                             f"{len(order)} of submission_format.csv (e.g. {missing[:3].tolist()})")
+        stacked.append(values[:, pos.loc[order].to_numpy()])
+    mean = np.concatenate(stacked).mean(axis=0)
+    return pd.DataFrame({"image_id": order, "wind_speed": np.rint(mean).astype(np.int64)})
