@@ -143,10 +143,25 @@ def parse_image(serialized: tf.Tensor, channels: int, dim: int | None = None,
     return ex
 
 
-def read_ids(files: Sequence[str]) -> np.ndarray:
-    """Image ids of the records in `files`, in the order the ordered pipeline reads them."""
+def _read_columns(files: Sequence[str], names: Sequence[str]) -> list[np.ndarray]:
+    """Scalar features of every record in `files`, in the order the ordered pipeline reads them
+    (no image decoding, so this is fast)."""
+    spec = {n: COMMON_FEATURES[n] for n in names}
     ds = tf.data.TFRecordDataset(list(files)).map(
-        lambda s: tf.io.parse_single_example(s, {"image_id": COMMON_FEATURES["image_id"]})["image_id"],
+        lambda s: tf.io.parse_single_example(s, spec),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
-    ids = [b.astype(str) for b in ds.as_numpy_iterator()]
-    return np.concatenate(ids) if ids else np.array([], dtype=str)
+    batches = list(ds.as_numpy_iterator())
+    if not batches:
+        raise ValueError(f"no records in {list(files)}")
+    return [np.concatenate([b[n] for b in batches]) for n in names]
+
+
+def read_ids(files: Sequence[str]) -> np.ndarray:
+    """Image ids (str) of the records in `files`, in record order."""
+    return _read_columns(files, ["image_id"])[0].astype(str)
+
+
+def read_labels(files: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image ids, wind speeds, class indices) of the records in `files`, in record order."""
+    ids, label, label_le = _read_columns(files, ["image_id", "label", "label_le"])
+    return ids.astype(str), label, label_le

@@ -62,8 +62,9 @@ def rmse(y_true: np.ndarray, y_pred: np.ndarray, round_pred: bool = True) -> flo
     return float(np.sqrt(np.mean((np.asarray(y_true, np.float64) - y_pred) ** 2)))
 
 
-def cv_scores(train_cv: pd.DataFrame, preds: dict[int, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """RMSE (rounded) per fold and over all folds, for each TTA and for the mean of all TTAs.
+def cv_scores(train_cv: pd.DataFrame, preds: dict[int, tuple[np.ndarray, np.ndarray]],
+              round_pred: bool = True) -> pd.DataFrame:
+    """RMSE (of rounded predictions by default) per fold and over all folds, for each TTA and for the mean of all TTAs.
 
     Rows: fold 0..k-1 and 'all'; columns: tta_0..tta_T and tta_mean.
     """
@@ -77,14 +78,14 @@ def cv_scores(train_cv: pd.DataFrame, preds: dict[int, tuple[np.ndarray, np.ndar
         y = truth.loc[ids].to_numpy()
         all_true.append(y)
         all_pred.append(values)
-        rows[str(k)] = _score_row(y, values)
-    rows["all"] = _score_row(np.concatenate(all_true), np.concatenate(all_pred, axis=1))
+        rows[str(k)] = _score_row(y, values, round_pred)
+    rows["all"] = _score_row(np.concatenate(all_true), np.concatenate(all_pred, axis=1), round_pred)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def _score_row(y: np.ndarray, values: np.ndarray) -> dict:
-    row = {f"tta_{t}": rmse(y, v) for t, v in enumerate(values)}
-    row["tta_mean"] = rmse(y, values.mean(axis=0))
+def _score_row(y: np.ndarray, values: np.ndarray, round_pred: bool) -> dict:
+    row = {f"tta_{t}": rmse(y, v, round_pred) for t, v in enumerate(values)}
+    row["tta_mean"] = rmse(y, values.mean(axis=0), round_pred)
     return row
 
 

@@ -13,7 +13,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from tpuflow import storage
+from tpuflow import frames, storage
 
 FEATURE_COLUMNS = ("image_id", "storm_id", "relative_time", "ocean")
 LABEL_COLUMNS = ("image_id", "wind_speed")
@@ -100,13 +100,8 @@ def create_cv_split(data_dir: str, n_folds: int = 5, seed: int = 33,
                     raise FileNotFoundError(f"{path}: image named in the CSV (row {row + 2}) is missing")
 
     # One timeline per storm over train and test: a test frame's history may be a train frame.
-    both = pd.concat([train.assign(_set=0), test.assign(_set=1)], ignore_index=True)
-    dup_time = both.duplicated(["storm_id", "relative_time"], keep=False)
-    if dup_time.any():
-        ids = both.loc[dup_time, "image_id"].tolist()[:4]
-        raise ValueError(f"storm {both.loc[dup_time, 'storm_id'].iloc[0]!r}: duplicate relative_time "
-                         f"for frames {ids}")
-    both["frame_id"] = both.groupby("storm_id")["relative_time"].rank(method="first").astype(np.int64) - 1
+    both = frames.order_storm_frames(pd.concat([train.assign(_set=0), test.assign(_set=1)], ignore_index=True))
+    both["frame_id"] = both.pop(frames.POSITION_COLUMN)
     storms = np.sort(both["storm_id"].astype(str).unique())
     both["storm_id_le"] = np.searchsorted(storms, both["storm_id"].astype(str))
 

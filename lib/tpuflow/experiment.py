@@ -1,0 +1,120 @@
+"""The experiment runner: flags, jobs, the fold loop, checkpoints, predictions, scores, submission.
+
+An experiment's `run.py` defines `init_model(cfg)` (an uncompiled Keras model) and
+`parse_example(serialized, cfg) -> (inputs, target)`, sets its flag defaults, and calls `main`:
+
+    experiment.main(init_model, parse_example, backbone="EfficientNetB0", dim=366, ...)
+
+`--job` is words joined by `_` from {train, val, test, score, subm}; `score` and `subm` without
+`val`/`test` work from the cached predictions alone.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+from typing import Callable
+
+import tensorflow as tf
+from absl import app, flags
+
+from tpuflow import runner, storage
+
+JOB_WORDS = ("train", "val", "test", "score", "subm")
+TASKS = ("regression", "classification")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("job", "train_val_test_score_subm", "Words joined by '_' from " + ", ".join(JOB_WORDS))
+flags.DEFINE_string("tpu_ip_or_name", None, "TPU name, grpc:// address or 'local' (TPU VM); None: GPUs or CPU")
+flags.DEFINE_string("mixed_precision", None, "mixed_float16 (GPU), mixed_bfloat16 (TPU/CPU) or None")
+flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical devices (tests multi-replica code)")
+flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
+flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
+flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
+flags.DEFINE_string("data_preds_dir", None, "Predictions dir (default: <output_dir>/preds)")
+flags.DEFINE_enum("task", "regression", TASKS, "Regression on wind speed or classification over its values")
+flags.DEFINE_enum("metric", "rmse", ["rmse", "rmse_raw"], "Score: RMSE of rounded predictions (competition) or of raw ones")
+flags.DEFINE_enum("monitor", "val_rmse", ["val_rmse", "val_loss"], "Quantity for best checkpoint and LR reduction")
+flags.DEFINE_integer("n_folds", 5, "Number of folds to run, starting at --initial_fold")
+flags.DEFINE_integer("initial_fold", 0, "First fold to run")
+flags.DEFINE_integer("dim", 366, "Image height and width fed to the model (records are resized)")
+flags.DEFINE_boolean("invert", False, "Invert pixel values (255 - x)")
+flags.DEFINE_integer("n_epochs", 15, "Maximum epochs per fold")
+flags.DEFINE_integer("batch_size", 32, "Global batch size (all replicas together)")
+flags.DEFINE_float("lr", 1e-3, "Initial learning rate")
+flags.DEFINE_string("backbone", "EfficientNetB0", "keras.applications backbone name")
+flags.DEFINE_string("weights", None, "Backbone weights: None, imagenet or a file path")
+flags.DEFINE_float("aug_prob", 0.5, "Probability that a training example gets one of the nine augmentations")
+flags.DEFINE_integer("tta_number", 9, "TTA transforms beyond the original (0..9)")
+flags.DEFINE_integer("n_classes", 0, "Classes for classification (0: from unique_labels_sorted.npy)")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing for classification")
+flags.DEFINE_integer("buffer_size", 2048, "Shuffle buffer (examples)")
+flags.DEFINE_boolean("use_cache", False, "Cache decoded training examples in memory")
+flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0: training examples / batch size)")
+flags.DEFINE_integer("lr_patience", 2, "Epochs without improvement before the LR is reduced")
+flags.DEFINE_float("lr_factor", 0.5, "LR reduction factor on plateau")
+flags.DEFINE_integer("seed", 33, "Seed for shuffling and initialisation")
+flags.DEFINE_boolean("quick", False, "Quick run: tiny batches, 2 steps, 1 epoch, small buffers (tests, demo)")
+flags.DEFINE_integer("verbose", 2, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent")
+
+OUR_FLAGS = [name for name in FLAGS if FLAGS[name].module_name == __name__]
+
+Config = types.SimpleNamespace
+
+
+def parse_jobs(job: str) -> set[str]:
+    """The set of job words; an unknown word is an error naming it."""
+    words = [w for w in job.split("_") if w]
+    bad = [w for w in words if w not in JOB_WORDS]
+    if bad or not words:
+        raise ValueError(f"--job={job!r}: unknown word(s) {bad}; use words from {JOB_WORDS} joined by '_'")
+    return set(words)
+
+
+def make_config(**overrides) -> Config:
+    """Flag values (defaults as set by the experiment) plus overrides: the resolved configuration."""
+    values = {name: FLAGS[name].value if FLAGS.is_parsed() else FLAGS[name].default for name in OUR_FLAGS}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}")
+    values.update(overrides)
+    cfg = Config(**values)
+    cfg.jobs = sorted(parse_jobs(cfg.job), key=JOB_WORDS.index)
+    if not 0 <= cfg.tta_number <= 9:
+        raise ValueError(f"--tta_number={cfg.tta_number}: must be 0..9")
+    if cfg.quick:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
+        cfg.n_epochs, cfg.steps_per_epoch, cfg.buffer_size = 1, 2, 64
+        cfg.batch_size = min(cfg.batch_size, 4 * cfg.cpu_replicas)
+    cfg.output_dir = cfg.output_dir or "."
+    cfg.experiment_id = os.path.basename(os.path.abspath(cfg.output_dir))
+    cfg.data_preds_dir = cfg.data_preds_dir or storage.join(cfg.output_dir, "preds")
+    return cfg
+
+
+def target(example: dict, cfg: Config):
+    """The training target of a parsed record: wind speed, or the one-hot class index."""
+    if cfg.task == "classification":
+        return tf.one_hot(example["label_le"], cfg.n_classes)
+    return tf.cast(example["label"], tf.float32)
+
+
+def main(init_model: Callable, parse_example: Callable, **defaults) -> None:
+    """Entry point of a `run.py`: applies its flag defaults, parses argv and runs the jobs."""
+    for name, value in defaults.items():
+        if name not in OUR_FLAGS:
+            raise ValueError(f"run.py sets a default for unknown flag --{name}")
+        FLAGS.set_default(name, value)
+    # By default outputs land next to run.py, whatever the working directory.
+    FLAGS.set_default("output_dir", defaults.get("output_dir") or os.path.dirname(os.path.abspath(sys.argv[0])))
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        run(make_config(), init_model, parse_example)
+
+    app.run(_main)
+
+
+def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
+    """Runs the configured jobs (inputs are checked before any long work); returns the results."""
+    return runner.run_jobs(cfg, init_model, parse_example)
