@@ -53,21 +53,20 @@ def storm_examples(storm: pd.DataFrame, specs: Sequence[frames.DatasetSpec], enc
                    quality: int) -> Iterator[tuple[frames.DatasetSpec, pd.Series, list[bytes]]]:
     """(spec, frame row, encoded images) for every frame of one storm and every spec.
 
-    Each source frame is read once; it is decoded (once) only if some spec needs pixels.
+    Each source frame is read and decoded once. Decoding also validates the frames that are
+    stored as they are (`single`, `sequence`): a damaged JPEG fails here, naming its file, not
+    hours later in training.
     """
     raw = [storage.read_bytes(p) for p in storm["image_path"]]
-    pixels = None
+    decoded = [decode_frame(b, p) for b, p in zip(raw, storm["image_path"])]
+    first = decoded[0].shape
+    bad = [i for i, d in enumerate(decoded) if d.shape != first]
+    if bad:
+        raise ValueError(f"{storm['image_path'].iloc[bad[0]]}: frame size {decoded[bad[0]].shape} differs "
+                         f"from {first} of the storm's first frame")
     if any(s.kind in ("stacked", "mean") for s in specs):
-        decoded = [decode_frame(b, p) for b, p in zip(raw, storm["image_path"])]
-        shapes = {d.shape for d in decoded}
-        if len(shapes) > 1:
-            first = decoded[0].shape
-            bad = next(i for i, d in enumerate(decoded) if d.shape != first)
-            raise ValueError(f"{storm['image_path'].iloc[bad]}: frame size {decoded[bad].shape} differs "
-                             f"from {first} of the storm's first frame")
-        pixels = np.stack(decoded)
         # Cumulative sums make every `mean` range one subtraction.
-        cumsum = np.concatenate([np.zeros((1, *pixels.shape[1:])), np.cumsum(pixels, axis=0, dtype=np.float64)])
+        cumsum = np.concatenate([np.zeros((1, *first)), np.cumsum(np.stack(decoded), axis=0, dtype=np.float64)])
     for spec in specs:
         starts, stops = frames.storm_ranges(spec, len(storm))
         for t in range(len(storm)):

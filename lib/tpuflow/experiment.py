@@ -24,6 +24,7 @@ JOB_WORDS = ("train", "val", "test", "score", "subm")
 TASKS = ("regression", "classification")
 
 FLAGS = flags.FLAGS
+_EARLIER_FLAGS = set(FLAGS)
 flags.DEFINE_string("job", "train_val_test_score_subm", "Words joined by '_' from " + ", ".join(JOB_WORDS))
 flags.DEFINE_string("tpu_ip_or_name", None, "TPU name, grpc:// address or 'local' (TPU VM); None: GPUs or CPU")
 flags.DEFINE_string("mixed_precision", None, "mixed_float16 (GPU), mixed_bfloat16 (TPU/CPU) or None")
@@ -57,7 +58,7 @@ flags.DEFINE_integer("seed", 33, "Seed for shuffling and initialisation")
 flags.DEFINE_boolean("quick", False, "Quick run: tiny batches, 2 steps, 1 epoch, small buffers (tests, demo)")
 flags.DEFINE_integer("verbose", 2, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent")
 
-OUR_FLAGS = [name for name in FLAGS if FLAGS[name].module_name == __name__]
+OUR_FLAGS = sorted(set(FLAGS) - _EARLIER_FLAGS)
 
 Config = types.SimpleNamespace
 

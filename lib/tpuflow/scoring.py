@@ -66,26 +66,31 @@ def cv_scores(train_cv: pd.DataFrame, preds: dict[int, tuple[np.ndarray, np.ndar
               round_pred: bool = True) -> pd.DataFrame:
     """RMSE (of rounded predictions by default) per fold and over all folds, for each TTA and for the mean of all TTAs.
 
-    Rows: fold 0..k-1 and 'all'; columns: tta_0..tta_T and tta_mean.
+    Rows: fold 0..k-1 and 'all'; columns: tta_0..tta_T, tta_mean, and `baseline`: the score of
+    predicting the mean wind speed of the other folds (what a model must beat to be useful).
     """
     truth = train_cv.set_index("image_id")["wind_speed"]
-    rows, all_true, all_pred = {}, [], []
+    rows, all_true, all_pred, all_base = {}, [], [], []
     for k, (ids, values) in preds.items():
         fold_ids = train_cv.loc[train_cv["fold_id"] == k, "image_id"]
         if set(ids) != set(fold_ids) or len(ids) != len(fold_ids):
             raise ValueError(f"val predictions of fold {k} cover {len(ids)} ids; train_cv.csv has "
                              f"{len(fold_ids)} in that fold (records built from another split?)")
         y = truth.loc[ids].to_numpy()
+        base = np.full(len(y), train_cv.loc[train_cv["fold_id"] != k, "wind_speed"].mean())
         all_true.append(y)
         all_pred.append(values)
-        rows[str(k)] = _score_row(y, values, round_pred)
-    rows["all"] = _score_row(np.concatenate(all_true), np.concatenate(all_pred, axis=1), round_pred)
+        all_base.append(base)
+        rows[str(k)] = _score_row(y, values, base, round_pred)
+    rows["all"] = _score_row(np.concatenate(all_true), np.concatenate(all_pred, axis=1),
+                             np.concatenate(all_base), round_pred)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def _score_row(y: np.ndarray, values: np.ndarray, round_pred: bool) -> dict:
+def _score_row(y: np.ndarray, values: np.ndarray, baseline: np.ndarray, round_pred: bool) -> dict:
     row = {f"tta_{t}": rmse(y, v, round_pred) for t, v in enumerate(values)}
     row["tta_mean"] = rmse(y, values.mean(axis=0), round_pred)
+    row["baseline"] = rmse(y, baseline, round_pred)
     return row
 
 

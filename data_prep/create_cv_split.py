@@ -1,0 +1,31 @@
+"""Creates the grouped k-fold CV split of the raw competition data.
+
+Usage:
+    python data_prep/create_cv_split.py --data_dir=data [--out_dir=data] [--n_folds=5] [--seed=33]
+
+Writes train_cv.csv (+ image_path, frame_id, storm_id_le, wind_speed_le, fold_id), test_cv.csv
+(placeholder labels, fold_id -1) and unique_labels_sorted.npy (class index -> wind speed).
+"""
+from absl import app, flags
+
+from tpuflow import split
+
+flags.DEFINE_string("data_dir", "data", "Raw data dir: the competition CSVs, train/ and test/ JPEGs")
+flags.DEFINE_string("out_dir", None, "Where to write the split (default: --data_dir)")
+flags.DEFINE_integer("n_folds", 5, "Number of folds (storms are never split across folds)")
+flags.DEFINE_integer("seed", 33, "Shuffle seed: the same seed always gives the same split")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    train, test, labels = split.create_cv_split(FLAGS.data_dir, FLAGS.n_folds, FLAGS.seed)
+    out_dir = FLAGS.out_dir or FLAGS.data_dir
+    split.write_cv_split(out_dir, train, test, labels)
+    counts = train.groupby("fold_id").agg(frames=("image_id", "size"), storms=("storm_id", "nunique"))
+    print(f"{len(train)} train frames, {len(test)} test frames, {len(labels)} distinct wind speeds -> {out_dir}")
+    print(counts.to_string())
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny synthetic storms -> CV split -> `single` records, built once per session."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+from tpuflow import builder, frames, split, synthetic  # noqa: E402
+
+TINY = synthetic.SyntheticConfig(seed=1, n_storms=12, n_test_only_storms=2, min_frames=6, max_frames=14, size=24)
+
+
+@pytest.fixture(scope="session")
+def raw_dir(tmp_path_factory) -> str:
+    """Raw competition layout (CSVs, train/ and test/ JPEGs) of 14 tiny storms."""
+    out = tmp_path_factory.mktemp("synthetic") / "raw"
+    synthetic.make_synthetic(str(out), TINY)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def cv_dir(raw_dir, tmp_path_factory) -> str:
+    """A data dir with the raw files and the 5-fold split (train_cv.csv, test_cv.csv, ...)."""
+    train, test, labels = split.create_cv_split(raw_dir, n_folds=5, seed=33)
+    split.write_cv_split(raw_dir, train, test, labels)
+    return raw_dir
+
+
+@pytest.fixture(scope="session")
+def single_dir(cv_dir, tmp_path_factory) -> str:
+    """`single` records, two shards per fold."""
+    root = tmp_path_factory.mktemp("records")
+    spec = frames.DatasetSpec("single")
+    builder.build_datasets(cv_dir, str(root), [spec], shards_per_fold=2)
+    return str(root / spec.name)

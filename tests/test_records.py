@@ -1,0 +1,91 @@
+"""TFRecord writer, manifest and builder: real records written and read back."""
+import glob
+import io
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tpuflow import builder, frames, records
+
+
+def _png(pixels):
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_n_examples_into_k_shards_read_back(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {f"s_{i:03d}": rng.integers(0, 256, (8, 8), dtype=np.uint8) for i in range(23)}
+    examples = [(k, records.serialize_example({"image_id": k, "image": [_png(v)], "label": i,
+                                               "label_le": i % 5}))
+                for i, (k, v) in enumerate(images.items())]
+    counts = records.write_shards(examples, str(tmp_path), "fold.0", 4)
+    assert sorted(counts) == [f"fold.0.tfrecord-0000{i}-of-00004" for i in range(4)]
+    assert sum(counts.values()) == 23 and max(counts.values()) - min(counts.values()) <= 1
+    files = records.record_files(str(tmp_path), [0])
+    for f in files:
+        assert sum(1 for _ in tf.data.TFRecordDataset(f)) == counts[os.path.basename(f)]
+    ids, labels, labels_le = records.read_labels(files)
+    assert ids.tolist() == list(images)  # order kept across shards
+    np.testing.assert_array_equal(labels, np.arange(23))
+    np.testing.assert_array_equal(labels_le, np.arange(23) % 5)
+    ds = tf.data.TFRecordDataset(files).map(lambda s: records.parse_image(s, channels=1))
+    for (k, v), ex in zip(images.items(), ds):
+        assert ex["image_id"].numpy().decode() == k
+        np.testing.assert_array_equal(ex["image"].numpy()[..., 0], v)
+    assert not glob.glob(str(tmp_path / ".tmp-*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("examples,shards,match", [
+    ([], 1, "zero examples"),
+    ([("a", b"x")], 2, "1 examples cannot fill 2 shards"),
+    ([("a", b"x"), ("a", b"y")], 1, "duplicate example key 'a'"),
+])
+def test_writer_refuses_bad_input(tmp_path, examples, shards, match):
+    with pytest.raises(ValueError, match=match):
+        records.write_shards(examples, str(tmp_path), "fold.0", shards)
+    assert not os.listdir(tmp_path)
+
+
+def test_built_single_dataset_matches_source_frames(single_dir, cv_dir):
+    manifest = records.read_manifest(single_dir)
+    train = pd.read_csv(os.path.join(cv_dir, "train_cv.csv"))
+    test = pd.read_csv(os.path.join(cv_dir, "test_cv.csv"))
+    assert manifest["counts"] == {**{f"fold.{k}": int((train["fold_id"] == k).sum()) for k in range(5)},
+                                  "test": len(test)}
+    for name, count in manifest["shards"].items():
+        assert sum(1 for _ in tf.data.TFRecordDataset(os.path.join(single_dir, name))) == count
+    files = records.record_files(single_dir, [2])
+    ids, labels, _ = records.read_labels(files)
+    fold = train[train["fold_id"] == 2].set_index("image_id")
+    assert sorted(ids) == sorted(fold.index)
+    np.testing.assert_array_equal(labels, fold.loc[ids, "wind_speed"])
+    ex = next(iter(tf.data.TFRecordDataset(files).map(lambda s: records.parse_image(s, channels=1))))
+    path = fold.loc[ex["image_id"].numpy().decode(), "image_path"]
+    source = tf.io.decode_jpeg(tf.io.read_file(path), channels=1).numpy()
+    np.testing.assert_array_equal(ex["image"].numpy(), source.astype(np.float32))
+
+
+def test_unreadable_jpeg_names_the_file_and_writes_nothing(cv_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(cv_dir, data)
+    train = pd.read_csv(data / "train_cv.csv")
+    victim = train["image_path"].iloc[3]
+    train["image_path"] = train["image_path"].str.replace(cv_dir, str(data), regex=False)
+    test = pd.read_csv(data / "test_cv.csv")
+    test["image_path"] = test["image_path"].str.replace(cv_dir, str(data), regex=False)
+    train.to_csv(data / "train_cv.csv", index=False)
+    test.to_csv(data / "test_cv.csv", index=False)
+    bad = victim.replace(cv_dir, str(data))
+    with open(bad, "wb") as f:
+        f.write(b"not a jpeg at all")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"{os.path.basename(bad)}: unreadable image"):
+        builder.build_datasets(str(data), str(out), [frames.DatasetSpec("stacked", step=2)])
+    assert not out.exists() or not any(out.rglob("*.tfrecord*"))

@@ -1,0 +1,21 @@
+"""A tiny but real experiment (small CNN on `single` records) for fast runner tests."""
+import keras
+
+from tpuflow import experiment, models, records
+
+
+def init_model(cfg):
+    frame = keras.Input((cfg.dim, cfg.dim, 1))
+    x = keras.layers.Rescaling(1 / 255)(frame)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(frame, models.head(x, cfg.task, cfg.n_classes))
+
+
+def parse_example(serialized, cfg):
+    example = records.parse_image(serialized, channels=1, dim=cfg.dim, invert=cfg.invert)
+    return example["image"], experiment.target(example, cfg)
+
+
+if __name__ == "__main__":
+    experiment.main(init_model, parse_example, dim=16, batch_size=8, weights=None)
