@@ -48,7 +48,9 @@ def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_
     ds = tf.data.TFRecordDataset(list(files)).map(
         lambda s: augment.apply_tta(parse_fn(s)[0], tta_index),
         num_parallel_calls=AUTOTUNE, deterministic=True)
-    pad = padded_count(n_examples, batch_size) - n_examples
-    if pad:
-        ds = ds.concatenate(ds.take(1).repeat(pad))
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    n_padded = padded_count(n_examples, batch_size)
+    if n_padded > n_examples:
+        ds = ds.concatenate(ds.take(1).repeat(n_padded - n_examples))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    # Known length: Keras stops exactly; a wrong `n_examples` fails instead of misaligning ids.
+    return ds.apply(tf.data.experimental.assert_cardinality(n_padded // batch_size)).prefetch(AUTOTUNE)

@@ -17,11 +17,18 @@ _NONE_WORDS = ("", "none", "None")
 def split_cpu(n_replicas: int) -> None:
     """Splits the host CPU into `n_replicas` logical devices (multi-replica code paths on a laptop).
 
-    Must run before TensorFlow initialises its devices.
+    Must happen before TensorFlow initialises its devices; a second call with the same count is a no-op.
     """
-    cpus = tf.config.list_physical_devices("CPU")
-    tf.config.set_logical_device_configuration(
-        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n_replicas)])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == n_replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n_replicas)])
+    except RuntimeError as err:
+        raise RuntimeError(f"--cpu_replicas={n_replicas}: TensorFlow's devices were already "
+                           "initialised; set it before any TensorFlow work") from err
 
 
 def get_strategy(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1) -> tf.distribute.Strategy:
@@ -39,8 +46,7 @@ def get_strategy(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1) -> tf
         strategy = tf.distribute.MirroredStrategy()
         kind = "GPU"
     elif cpu_replicas > 1:
-        if len(tf.config.list_logical_devices("CPU")) < cpu_replicas:
-            split_cpu(cpu_replicas)
+        split_cpu(cpu_replicas)
         devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
         strategy = tf.distribute.MirroredStrategy(devices)
         kind = "CPU (logical devices)"
