@@ -48,8 +48,8 @@ def test_layout_and_columns(small):
     assert sorted(os.listdir(os.path.join(out, "test"))) == sorted(r["image_id"] + ".jpg" for r in test)
     assert summary["n_train_frames"] == len(train) and summary["n_test_frames"] == len(test)
 
-    image = Image.open(os.path.join(out, "train", train[0]["image_id"] + ".jpg"))
-    assert (image.format, image.mode, image.size) == ("JPEG", "L", (SMALL.size, SMALL.size))
+    with Image.open(os.path.join(out, "train", train[0]["image_id"] + ".jpg")) as image:
+        assert (image.format, image.mode, image.size) == ("JPEG", "L", (SMALL.size, SMALL.size))
 
 
 def test_frame_numbering_and_timeline(small):
@@ -139,6 +139,11 @@ def test_empty_output_directory_is_filled(tmp_path):
     assert "train" in os.listdir(out)
 
 
+def read_image(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 def _radial_features(image: np.ndarray) -> np.ndarray:
     """Mean and spread of brightness in 10 rings around the image centre, and their squares."""
     size = image.shape[0]
@@ -163,8 +168,7 @@ def test_single_frames_are_informative_and_history_helps(tmp_path):
     make_synthetic(out, SyntheticConfig(seed=1, n_storms=40, n_test_only_storms=0, size=64))
     _, rows = read_csv(os.path.join(out, "training_set_features.csv"))
     _, labels = read_csv(os.path.join(out, "training_set_labels.csv"))
-    x = np.stack([_radial_features(np.asarray(Image.open(os.path.join(out, "train", r["image_id"] + ".jpg"))))
-                  for r in rows])
+    x = np.stack([_radial_features(read_image(os.path.join(out, "train", r["image_id"] + ".jpg"))) for r in rows])
     y = np.array([int(r["wind_speed"]) for r in labels], dtype=np.float64)
     storm = np.array([r["storm_id"] for r in rows])  # rows of a storm are consecutive, in time order
     held_out = np.isin(storm, np.unique(storm)[::4])

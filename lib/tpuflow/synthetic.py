@@ -31,7 +31,7 @@ MAX_WIND_KT = 185
 STEP_SECONDS = 1800  # the real data's usual 30 min between frames
 FEATURE_COLUMNS = ("image_id", "storm_id", "relative_time", "ocean")
 LABEL_COLUMNS = ("image_id", "wind_speed")
-_TEXTURE_GRID = 9  # low-resolution grid of the cloud texture (smooth at any image size)
+_TEXTURE_KNOTS = 16  # knots per side of the cloud-texture bank (twice the frame): ~8 cloud blobs per frame width
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ class _Renderer:
     @staticmethod
     def _smooth_field(rng: np.random.Generator, n: int) -> np.ndarray:
         """n x n random field with standard deviation 0.8 and blobs about n/13 across (clouds)."""
-        n_knots = 2 * _TEXTURE_GRID - 2
+        n_knots = _TEXTURE_KNOTS
         pixels = np.linspace(0.0, 1.0, n, dtype=np.float32)
         knots = np.linspace(-0.05, 1.05, n_knots, dtype=np.float32)
         width = np.float32(knots[1] - knots[0])
