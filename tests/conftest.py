@@ -1,2 +1,2 @@
 """Shared pytest fixtures."""
-from gcs_fixture import gcs_emulator  # noqa: F401  (session-scoped Cloud Storage emulator)
+from gcs_fixture import gcs_emulator, tf_gcs_proxy_env  # noqa: F401  (Cloud Storage emulator)

@@ -7,9 +7,11 @@ credentials and a fake project), so `tpuflow.storage` talks to it exactly as to 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,14 +42,27 @@ class GcsEmulator:
         return self.data_dir / ".cloudstorage" / bucket / name
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stops a subprocess started here: terminate, then kill if it lingers."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _start(data_dir: pathlib.Path, log) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+def start_emulator(data_dir: pathlib.Path, log, port: int | None = None
+                   ) -> tuple[subprocess.Popen, str]:
+    """Starts an emulator keeping its data in `data_dir` (on a free port by default) and waits
+    until it answers; returns the process and its `http://127.0.0.1:PORT` URL."""
+    port = port or _free_port()
     host = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gcp_storage_emulator", "-d", str(data_dir), "start",
@@ -74,7 +89,7 @@ def gcs_emulator(tmp_path_factory):
     log = open(root / "emulator.log", "wb")
     for attempt in range(3):  # the free port may be taken between probe and bind
         try:
-            proc, host = _start(root / "data", log)
+            proc, host = start_emulator(root / "data", log)
             break
         except RuntimeError:
             if attempt == 2:
@@ -90,10 +105,49 @@ def gcs_emulator(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        proc.terminate()
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def tf_gcs_proxy_env(gcs_emulator, tmp_path_factory):
+    """Environment for a TensorFlow subprocess whose `gs://` file system reads the emulator.
+
+    Starts `mitmdump` (from the `mitmproxy` package) as an HTTPS proxy on 127.0.0.1 with the
+    `gcs_proxy_addon` rewrite; TensorFlow trusts its CA through CURL_CA_BUNDLE and skips
+    Google sign-in through GOOGLE_AUTH_TOKEN_FOR_TESTING (a fake token the emulator ignores).
+    """
+    if importlib.util.find_spec("mitmproxy") is None:
+        pytest.skip("needs mitmproxy (pip install 'mitmproxy>=11') to proxy TensorFlow's gs://")
+    mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
+    mitmdump = mitmdump if os.path.exists(mitmdump) else shutil.which("mitmdump")
+    root = tmp_path_factory.mktemp("gcs-proxy")
+    port = _free_port()
+    log = open(root / "mitmdump.log", "wb")
+    proc = subprocess.Popen(
+        [mitmdump, "--listen-host", "127.0.0.1", "--listen-port", str(port),
+         "--set", f"confdir={root}", "--set", "connection_strategy=lazy", "--quiet",
+         "-s", str(pathlib.Path(__file__).with_name("gcs_proxy_addon.py"))],
+        stdout=log, stderr=log,
+        env={**os.environ, "GCS_EMULATOR_PORT": gcs_emulator.host.rsplit(":", 1)[1]})
+    ca = root / "mitmproxy-ca-cert.pem"
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            if ca.exists():
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    else:
+        stop_process(proc)
+        log.close()
+        raise RuntimeError(f"mitmdump did not start; see {root / 'mitmdump.log'}")
+    try:
+        yield {"HTTPS_PROXY": f"http://127.0.0.1:{port}", "https_proxy": f"http://127.0.0.1:{port}",
+               "CURL_CA_BUNDLE": str(ca), "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-test-token",
+               "NO_PROXY": "", "no_proxy": ""}
+    finally:
+        stop_process(proc)
         log.close()

@@ -1,6 +1,7 @@
 """tpuflow.storage and tpuflow.storage_sync on local disk and on a real Cloud Storage emulator."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -166,6 +167,7 @@ def _tree_bytes(path) -> dict[str, bytes]:
 def test_sync_round_trip_then_nothing_to_do(gcs_emulator, tmp_path):
     remote = gcs_emulator.create_bucket() + "/datasets/d1"
     files = _make_dataset(tmp_path / "d1")
+    (tmp_path / "d1" / ".tmp-abc-manifest.json").write_bytes(b"{")  # a killed writer's leftover
 
     up = storage_sync.sync(str(tmp_path / "d1"), remote, workers=4)
     assert up.transferred == sorted(files) and up.skipped == []
@@ -218,6 +220,8 @@ def test_download_checksum_mismatch_fails_cleanly_and_withholds_manifest(gcs_emu
     data[100] ^= 0xFF  # bit rot at rest: the recorded CRC32C no longer matches the bytes
     stored.write_bytes(bytes(data))
 
+    with pytest.raises(storage.ChecksumMismatchError, match=shard):
+        storage.read_bytes(f"{remote}/{shard}")
     with pytest.raises(storage_sync.SyncError) as err:
         storage_sync.sync(remote, str(tmp_path / "copy"), retries=2)
     message = str(err.value)
@@ -316,3 +320,78 @@ def test_cli_dry_run_upload_and_errors(gcs_emulator, tmp_path):
     assert missing.returncode == 1
     assert "bucket 'absent-bucket' does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorFlow's own gs:// file system, through an HTTPS proxy to the emulator
+
+_TF_READER = r"""
+import json, os, sys
+import tensorflow as tf
+from tpuflow import storage_sync
+
+local, remote = sys.argv[1], sys.argv[2]
+os.makedirs(local)
+written = []
+for shard in range(2):
+    with tf.io.TFRecordWriter(os.path.join(local, f"fold.{shard}.tfrecord-00000-of-00001")) as w:
+        for i in range(5):
+            record = f"shard{shard}-record{i}-".encode() * 40
+            w.write(record)
+            written.append(record.decode())
+storage_sync.sync(local, remote)  # uploaded by tpuflow, read below by TensorFlow's gs://
+files = tf.io.gfile.glob(remote + "/fold.*.tfrecord*")
+dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+    tf.data.TFRecordDataset, cycle_length=2, num_parallel_calls=2, deterministic=True)
+read = [r.decode() for r in dataset.as_numpy_iterator()]
+print(json.dumps({"files": files, "written": written, "read": read}))
+"""
+
+
+def test_tf_data_reads_records_from_gs(gcs_emulator, tf_gcs_proxy_env, tmp_path):
+    pytest.importorskip("tensorflow")
+    remote = gcs_emulator.create_bucket() + "/data"
+    result = subprocess.run(
+        [sys.executable, "-c", _TF_READER, str(tmp_path / "records"), remote],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, **tf_gcs_proxy_env, "TF_CPP_MIN_LOG_LEVEL": "2",
+             "PYTHONPATH": os.path.join(REPO, "lib")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["files"] == [f"{remote}/fold.0.tfrecord-00000-of-00001",
+                            f"{remote}/fold.1.tfrecord-00000-of-00001"]
+    assert sorted(out["read"]) == sorted(out["written"]) and len(out["read"]) == 10
+
+
+def test_resumable_upload_survives_a_service_outage(tmp_path, monkeypatch):
+    from gcs_fixture import start_emulator, stop_process
+
+    chunk = 256 * KiB
+    (tmp_path / "d").mkdir()
+    big = os.urandom(3 * chunk)
+    (tmp_path / "d" / "w.bin").write_bytes(big)
+    state = str(tmp_path / "state")
+    log = open(tmp_path / "emulator.log", "wb")
+    proc, host = start_emulator(tmp_path / "emu", log)  # a private one, to stop and restart
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
+        storage.client().create_bucket("outage")
+        upload = storage_sync.ResumableUpload(
+            str(tmp_path / "d" / "w.bin"), "gs://outage/p/w.bin",
+            crc32c=storage.file_crc32c(str(tmp_path / "d" / "w.bin")), chunk_size=chunk,
+            state_dir=state)
+        upload.start()
+        upload.send_chunk()
+        stop_process(proc)
+        with pytest.raises(storage_sync.TransientUploadError, match="network error") as err:
+            upload.send_chunk()
+        assert "upload_id" not in str(err.value)  # the session URL is a secret: never shown
+        proc, _ = start_emulator(tmp_path / "emu", log, port=int(host.rsplit(":", 1)[1]))
+
+        report = storage_sync.sync(str(tmp_path / "d"), "gs://outage/p",
+                                   resumable_threshold=chunk, chunk_size=chunk, state_dir=state)
+        assert report.resumed == ["w.bin"] and report.bytes_transferred == 2 * chunk
+        assert storage.read_bytes("gs://outage/p/w.bin") == big
+    finally:
+        stop_process(proc)
+        log.close()

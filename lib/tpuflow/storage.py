@@ -38,6 +38,7 @@ import numpy as np
 _GS = "gs://"
 _WILDCARD = re.compile(r"[*?\[]")
 _READ_BLOCK = 1 << 20
+_TMP_PREFIX = ".tmp-"  # atomic_path's temporaries: never listed as files of a tree
 
 
 class ChecksumMismatchError(OSError):
@@ -118,13 +119,18 @@ def gcs_errors(path: str, action: str) -> Iterator[None]:
     """Turns Cloud Storage API errors into built-in errors whose message names `path`.
 
     NotFound becomes `BucketNotFoundError` (naming the bucket) or `FileNotFoundError` (naming
-    the object); Forbidden/Unauthorized become `PermissionError`. Callers can then treat local
+    the object); Forbidden/Unauthorized become `PermissionError`; a download whose bytes fail
+    the client's checksum check becomes `ChecksumMismatchError`. Callers can then treat local
     and remote paths the same way.
     """
     from google.api_core import exceptions as gexc
+    from google.cloud.storage import exceptions as sexc
 
     try:
         yield
+    except sexc.DataCorruption as e:
+        raise ChecksumMismatchError(errno.EIO, f"bytes received do not match the object's "
+                                    f"checksum (while trying to {action})", path) from e
     except gexc.NotFound as e:
         bucket, _ = split_gcs(path)
         if not _bucket_exists(bucket):
@@ -162,7 +168,11 @@ def _dir_prefix(name: str) -> str:
 
 
 def exists(path: str) -> bool:
-    """True for an existing file or directory; on Cloud Storage, an object or a non-empty prefix."""
+    """True for an existing file or directory; on Cloud Storage, an object or a non-empty prefix.
+
+    A `gs://` path in a bucket that does not exist raises `BucketNotFoundError` (most likely a
+    typo, better reported than answered with False).
+    """
     if not is_gcs(path):
         return os.path.exists(path)
     bucket, name = split_gcs(path)
@@ -244,11 +254,14 @@ def list_files(root: str) -> dict[str, FileInfo]:
     """Every file under a directory (local) or prefix (`gs://`), keyed by relative name.
 
     A missing local directory or an empty prefix gives an empty dict; a missing bucket raises.
+    Temporaries of `atomic_path` left by a killed writer are not files of the tree.
     """
     if not is_gcs(root):
         files = {}
         for directory, _, names in os.walk(root):
             for n in names:
+                if n.startswith(_TMP_PREFIX):
+                    continue
                 full = os.path.join(directory, n)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 files[rel] = FileInfo(rel, os.path.getsize(full))
@@ -378,7 +391,7 @@ def atomic_path(path: str) -> Iterator[str]:
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + base, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix="-" + base, dir=directory)
     os.close(fd)
     try:
         yield tmp

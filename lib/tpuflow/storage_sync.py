@@ -33,7 +33,7 @@ class SyncError(OSError):
 
 
 class TransientUploadError(OSError):
-    """The service answered a resumable-upload chunk with a retryable status (408, 429, 5xx)."""
+    """A resumable-upload request hit a network error or a retryable status (408, 429, 5xx)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,13 +160,22 @@ class ResumableUpload:
         headers = {"Content-Range": f"bytes {self.offset}-{end - 1}/{self.size}"
                    if end > self.offset else f"bytes */{self.size}"}
         before = self.offset
-        self._handle(self._http.put(self._url, data=data, headers=headers, timeout=(30, 600)))
+        self._handle(self._put(data, headers, timeout=(30, 600)))
         return self.offset - before
+
+    def _put(self, data: bytes | None, headers: dict, timeout: tuple[int, int]):
+        import requests
+
+        try:
+            return self._http.put(self._url, data=data, headers=headers, timeout=timeout)
+        except requests.RequestException as e:
+            # Not chained and not quoted: requests' messages carry the session URL.
+            raise TransientUploadError(errno.EIO, f"network error during resumable upload "
+                                       f"({type(e).__name__})", self.dst) from None
 
     def _query_offset(self) -> None:
         """Asks the service how much of the session it holds (or drops an expired session)."""
-        response = self._http.put(self._url, headers={"Content-Range": f"bytes */{self.size}"},
-                                  timeout=(30, 60))
+        response = self._put(None, {"Content-Range": f"bytes */{self.size}"}, timeout=(30, 60))
         if response.status_code in (404, 410):  # expired or unknown session: start afresh
             self._drop_state()
             self._url = None
@@ -292,6 +301,10 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
     dst_files = storage.list_files(dst)
     if is_gcs_src and not src_files:
         raise FileNotFoundError(errno.ENOENT, "no Cloud Storage objects under this prefix", src)
+    for name in src_files if is_gcs_src else ():
+        if any(part in ("", ".", "..") for part in name.split("/")):
+            raise ValueError(f"refusing to download an object whose name would land outside "
+                             f"{dst!r}: {storage.join(src, name)!r}")
     planned, skipped = _plan(src_files, dst_files, local_root, direction, workers)
     report = SyncReport(src, dst, direction, planned, skipped, dry_run=dry_run)
     if dry_run or not planned:
@@ -357,26 +370,30 @@ def _upload(local: str, remote: str, t: Transfer, threshold: int, chunk_size: in
     A resumable upload that hits a network error or a transient HTTP status asks the service
     where it stands and goes on from there, up to `retries` times.
     """
-    import requests
-
     crc32c = storage.file_crc32c(local)  # fresh: the file may have changed since planning
     if t.size < threshold:
         storage.upload_file(local, remote, crc32c)
         return t.size, False
     upload = ResumableUpload(local, remote, crc32c=crc32c, chunk_size=chunk_size,
                              state_dir=state_dir)
-    upload.start()
-    resumed, sent, failures = upload.resumed, 0, 0
-    while not upload.done:
+    resumed: bool | None = None  # known after the first successful start()
+    sent = failures = 0
+    must_start = True
+    while must_start or not upload.done:
         try:
+            if must_start:  # (re)loads the saved session and asks how many bytes it holds
+                upload.start()
+                resumed = upload.resumed if resumed is None else resumed
+                must_start = False
+                continue
             confirmed = upload.send_chunk()
-        except (requests.RequestException, TransientUploadError):
+        except TransientUploadError:
             failures += 1
             if failures >= retries:
                 raise
             time.sleep(min(2.0 ** failures, 30.0))
-            upload.start()  # reloads the saved session and asks how many bytes it holds
+            must_start = True
             continue
         sent += confirmed
         bar.add(confirmed)
-    return sent, resumed
+    return sent, bool(resumed)
