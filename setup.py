@@ -20,7 +20,7 @@ setup(
         "google-cloud-storage",
     ],
     extras_require={
-        "test": ["pytest", "gcp-storage-emulator"],
+        "test": ["pytest", "gcp-storage-emulator", "mitmproxy>=11"],
         # Documented, not installed here (see README):
         "tpu": ["tensorflow-tpu", "libtpu"],
         "gpu": ["tensorflow[and-cuda]>=2.18,<2.22"],
