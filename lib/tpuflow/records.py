@@ -143,6 +143,25 @@ def parse_image(serialized: tf.Tensor, channels: int, dim: int | None = None,
     return ex
 
 
+def parse_sequence(serialized: tf.Tensor, n_frames: int, dim: int, pack3: bool = False,
+                   invert: bool = False) -> dict:
+    """`sequence` record of n encoded frames -> image (n, dim, dim, 1), or (n/3, dim, dim, 3) with
+    `pack3` (three consecutive frames as the channels of one image, for 2D backbones over time).
+
+    Frames are decoded with a fixed count (`n_frames`) so the shape is static for TPUs.
+    """
+    if pack3 and n_frames % 3:
+        raise ValueError(f"pack3 needs a multiple of 3 frames, got n_frames={n_frames}")
+    ex = parse_common(serialized)
+    encoded = tf.ensure_shape(ex["image"], [n_frames])
+    frames = tf.map_fn(lambda e: decode_image(e, 1, dim), encoded,
+                       fn_output_signature=tf.TensorSpec([dim, dim, 1], tf.float32))
+    if pack3:  # (n, H, W, 1) -> (n/3, 3, H, W) -> (n/3, H, W, 3)
+        frames = tf.transpose(tf.reshape(frames, [n_frames // 3, 3, dim, dim]), [0, 2, 3, 1])
+    ex["image"] = 255.0 - frames if invert else frames
+    return ex
+
+
 def _read_columns(files: Sequence[str], names: Sequence[str]) -> list[np.ndarray]:
     """Scalar features of every record in `files`, in the order the ordered pipeline reads them
     (no image decoding, so this is fast)."""
