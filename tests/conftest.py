@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic storms -> CV split -> `single` records, built once per session."""
+"""Shared fixtures: tiny synthetic storms -> CV split -> records of every kind, built once per session."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -34,3 +34,21 @@ def single_dir(cv_dir, tmp_path_factory) -> str:
     spec = frames.DatasetSpec("single")
     builder.build_datasets(cv_dir, str(root), [spec], shards_per_fold=2)
     return str(root / spec.name)
+
+
+@pytest.fixture(scope="session")
+def history_dirs(cv_dir, tmp_path_factory) -> dict[str, str]:
+    """Records of the three history kinds, built in one pass: {kind: dataset dir}.
+
+    `sequence` has 6 frames so that models packing 3 frames per image can read it too.
+    """
+    root = tmp_path_factory.mktemp("history_records")
+    specs = [frames.DatasetSpec.parse(s) for s in ("stacked:s2", "mean:s2", "sequence:n6:s1")]
+    builder.build_datasets(cv_dir, str(root), specs)
+    return {spec.kind: str(root / spec.name) for spec in specs}
+
+
+@pytest.fixture(scope="session")
+def kind_dirs(single_dir, history_dirs) -> dict[str, str]:
+    """A dataset dir for every record kind: {kind: dir}."""
+    return {"single": single_dir, **history_dirs}

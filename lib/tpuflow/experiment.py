@@ -18,7 +18,7 @@ from typing import Callable
 import tensorflow as tf
 from absl import app, flags
 
-from tpuflow import runner, storage
+from tpuflow import frames, run_record, runner, storage
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 TASKS = ("regression", "classification")
@@ -33,6 +33,9 @@ flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission
 flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
 flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
 flags.DEFINE_string("data_preds_dir", None, "Predictions dir (default: <output_dir>/preds)")
+flags.DEFINE_enum("dataset_kind", None, frames.KINDS,
+                  "Record kind the experiment reads; checked against the dataset manifest (None: any)")
+flags.DEFINE_string("architecture", None, "Architecture name for the experiment record and leaderboard")
 flags.DEFINE_enum("task", "regression", TASKS, "Regression on wind speed or classification over its values")
 flags.DEFINE_enum("metric", "rmse", ["rmse", "rmse_raw"], "Score: RMSE of rounded predictions (competition) or of raw ones")
 flags.DEFINE_enum("monitor", "val_rmse", ["val_rmse", "val_loss"], "Quantity for best checkpoint and LR reduction")
@@ -57,7 +60,8 @@ flags.DEFINE_integer("lr_patience", 2, "Epochs without improvement before the LR
 flags.DEFINE_float("lr_factor", 0.5, "LR reduction factor on plateau")
 flags.DEFINE_integer("seed", 33, "Seed for shuffling and initialisation")
 flags.DEFINE_boolean("quick", False, "Quick run: tiny batches, 2 steps, 1 epoch, small buffers (tests, demo)")
-flags.DEFINE_integer("verbose", 2, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent")
+flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent "
+                     "(default: 1 on a terminal, 2 when output goes to a file or pipe)")
 
 OUR_FLAGS = sorted(set(FLAGS) - _EARLIER_FLAGS)
 
@@ -87,6 +91,8 @@ def make_config(**overrides) -> Config:
     if cfg.quick:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
         cfg.n_epochs, cfg.steps_per_epoch, cfg.buffer_size = 1, 2, 64
         cfg.batch_size = min(cfg.batch_size, 4 * cfg.cpu_replicas)
+    if cfg.verbose is None:  # progress bars only where a terminal redraws them
+        cfg.verbose = 1 if sys.stdout.isatty() else 2
     cfg.output_dir = cfg.output_dir or "."
     cfg.experiment_id = os.path.basename(os.path.abspath(cfg.output_dir))
     cfg.data_preds_dir = cfg.data_preds_dir or storage.join(cfg.output_dir, "preds")
@@ -118,5 +124,12 @@ def main(init_model: Callable, parse_example: Callable, **defaults) -> None:
 
 
 def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
-    """Runs the configured jobs (inputs are checked before any long work); returns the results."""
-    return runner.run_jobs(cfg, init_model, parse_example)
+    """Runs the configured jobs (inputs are checked before any long work); returns the results.
+
+    A run that fails or is interrupted after it started leaves its record marked `failed`.
+    """
+    try:
+        return runner.run_jobs(cfg, init_model, parse_example)
+    except BaseException as err:
+        run_record.mark_failed(cfg.output_dir, err)
+        raise

@@ -48,17 +48,24 @@ class BackbonePreprocess(layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
-def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
-    """A headless, average-pooled backbone taking (H, W, 3) images in [0, 255].
+def resolve_weights(weights: str | None) -> str | None:
+    """The `--weights` value as Keras takes it: the strings 'None'/'none'/'' mean no weights."""
+    return None if weights in (None, "", "None", "none") else weights
+
+
+def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None,
+                   pooling: str | None = "avg") -> keras.Model:
+    """A headless backbone taking (H, W, 3) images in [0, 255]: average-pooled features (B, F), or
+    with `pooling=None` its last feature maps (B, h, w, F) for convolutions over time.
 
     `weights`: None, 'imagenet' (downloaded by Keras: needs network access) or a local file.
     """
     if name not in backbone_names():
         raise ValueError(f"--backbone={name!r} is not in keras.applications; choose from {backbone_names()}")
-    weights = None if weights in (None, "", "None", "none") else weights
+    weights = resolve_weights(weights)
     constructor = getattr(keras.applications, name)
     try:
-        net = constructor(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
+        net = constructor(include_top=False, weights=weights, input_shape=input_shape, pooling=pooling)
     except Exception as err:  # Keras raises plain Exceptions for failed downloads
         if weights == "imagenet":
             raise RuntimeError(f"--weights=imagenet: could not load pretrained {name} weights "
@@ -68,15 +75,61 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     return net
 
 
-def image_features(images, backbone: str, weights: str | None):
-    """(B, H, W, C) images in [0, 255] -> (B, F) pooled backbone features.
+def image_features(images, backbone: str, weights: str | None, pooling: str | None = "avg"):
+    """(B, H, W, C) images in [0, 255] -> (B, F) pooled backbone features ((B, h, w, F) maps
+    with `pooling=None`).
 
     One-channel frames are repeated to three so that pretrained ImageNet weights apply.
     """
     if images.shape[-1] == 1:
         images = layers.Concatenate()([images] * 3)
-    net = build_backbone(backbone, tuple(images.shape[1:]), weights)
+    net = build_backbone(backbone, tuple(images.shape[1:]), weights, pooling)
     return net(BackbonePreprocess(backbone)(images))
+
+
+def sequence_features(frames, backbone: str, weights: str | None, pooling: str | None = "avg"):
+    """(B, T, H, W, C) frames in [0, 255] -> (B, T, F) features of one shared backbone per time
+    step ((B, T, h, w, F) maps with `pooling=None`).
+
+    The time-distributed backbone folds time into the batch (one call on B*T images) rather than
+    using `keras.layers.TimeDistributed`, which calls the backbone once per time step: on a TPU
+    one large batch keeps the matrix units busy, and the graph is T times smaller.
+    """
+    n_steps, *frame_shape = frames.shape[1:]
+    if n_steps is None:
+        raise ValueError(f"sequence_features needs a fixed number of time steps, got shape {frames.shape}")
+    images = keras.ops.reshape(frames, (-1, *frame_shape))
+    features = image_features(images, backbone, weights, pooling)
+    return keras.ops.reshape(features, (-1, n_steps, *features.shape[1:]))
+
+
+@keras.saving.register_keras_serializable(package="tpuflow")
+class PositionEmbedding(layers.Layer):
+    """Adds a learned embedding of each time step's position to (B, T, D) features."""
+
+    def build(self, input_shape):
+        self.embedding = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros", name="embedding")
+
+    def call(self, x):
+        return x + keras.ops.cast(self.embedding, x.dtype)
+
+
+def transformer_encoder(x, n_layers: int = 2, n_heads: int = 4, width: int = 256, dropout: float = 0.1):
+    """(B, T, F) -> (B, width): a pre-norm Transformer encoder over time steps, mean-pooled.
+
+    Features are first projected to `width` (backbones give 1280+ features; attention over a
+    handful of frames needs far fewer) and given learned position embeddings, since attention
+    alone does not know which frame is the current one.
+    """
+    x = PositionEmbedding()(layers.Dense(width)(x))
+    for _ in range(n_layers):
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.MultiHeadAttention(n_heads, width // n_heads, dropout=dropout)(y, y)
+        x = layers.Add()([x, layers.Dropout(dropout)(y)])
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.Dense(2 * width, activation="gelu")(y)
+        x = layers.Add()([x, layers.Dropout(dropout)(layers.Dense(width)(y))])
+    return layers.GlobalAveragePooling1D()(layers.LayerNormalization(epsilon=1e-6)(x))
 
 
 def head(features, task: str, n_classes: int = 0):

@@ -1,4 +1,4 @@
-"""Single-frame CNN regression of wind speed on a keras.applications backbone (EfficientNetB0).
+"""CNN on the current frame alone (1 channel): regression of wind speed on a keras.applications backbone.
 
 Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
@@ -7,6 +7,13 @@ Usage:
 import keras
 
 from tpuflow import experiment, models, records
+
+DEFAULTS = dict(
+    architecture="cnn-1ch", dataset_kind="single",
+    data_dir="../../data", data_tfrec_dir="../../data/data-tfrec-single-frames001-step001",
+    backbone="EfficientNetB0", weights="imagenet", dim=366,
+    n_epochs=15, batch_size=128, lr=1e-3, aug_prob=0.5, tta_number=9,
+)
 
 
 def init_model(cfg):
@@ -23,10 +30,4 @@ def parse_example(serialized, cfg):
 
 
 if __name__ == "__main__":
-    experiment.main(
-        init_model, parse_example,
-        data_dir="../../data",
-        data_tfrec_dir="../../data/data-tfrec-single-frames001-step001",
-        backbone="EfficientNetB0", weights="imagenet", dim=366,
-        n_epochs=15, batch_size=128, lr=1e-3, aug_prob=0.5, tta_number=9,
-    )
+    experiment.main(init_model, parse_example, **DEFAULTS)

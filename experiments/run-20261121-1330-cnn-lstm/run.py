@@ -1,0 +1,37 @@
+"""CNN-LSTM: a time-distributed backbone over the sequence packed as 3-frame images, then an LSTM.
+
+The n frames of a `sequence` record (oldest first, current last) are packed three at a time as
+the channels of one image, so the backbone runs n/3 times per example; the LSTM reads the n/3
+feature vectors in time order. n must be a multiple of 3.
+
+Usage:
+    python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
+    python run.py --job=score_subm --tta_number=9      # from cached predictions
+"""
+import keras
+
+from tpuflow import experiment, models, records
+
+DEFAULTS = dict(
+    architecture="cnn-lstm", dataset_kind="sequence",
+    data_dir="../../data", data_tfrec_dir="../../data/data-tfrec-sequence-frames024-step001",
+    backbone="EfficientNetB0", weights="imagenet", dim=366,
+    n_epochs=15, batch_size=64, lr=1e-3, aug_prob=0.5, tta_number=9,
+)
+
+
+def init_model(cfg):
+    """(n/3, dim, dim, 3) packed frames -> backbone features per step -> LSTM -> wind speed."""
+    frames = keras.Input((cfg.n_frames // 3, cfg.dim, cfg.dim, 3), name="packed_frames")
+    features = models.sequence_features(frames, cfg.backbone, cfg.weights)
+    return keras.Model(frames, models.head(keras.layers.LSTM(256)(features), cfg.task, cfg.n_classes))
+
+
+def parse_example(serialized, cfg):
+    """A `sequence` record of n frames -> ((n/3, dim, dim, 3) in [0, 255], target)."""
+    example = records.parse_sequence(serialized, cfg.n_frames, cfg.dim, pack3=True, invert=cfg.invert)
+    return example["image"], experiment.target(example, cfg)
+
+
+if __name__ == "__main__":
+    experiment.main(init_model, parse_example, **DEFAULTS)

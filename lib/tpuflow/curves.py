@@ -1,0 +1,68 @@
+"""Training curves per fold: loss and metrics of every epoch as CSV and as a PNG plot.
+
+Files: `<output_dir>/curves/fold_<k>.csv` (one row per epoch: epoch, then every value Keras and
+the runner's callbacks logged, e.g. loss, rmse, val_loss, val_rmse, learning_rate) and
+`fold_<k>.png`. Both are rewritten atomically after every epoch, so a long run on a remote
+machine can be watched (and a preempted one still leaves its curves).
+"""
+from __future__ import annotations
+
+import io
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tpuflow import storage  # noqa: E402
+
+
+def curve_paths(output_dir: str, fold: int) -> tuple[str, str]:
+    """(CSV path, PNG path) of a fold's curves."""
+    base = storage.join(output_dir, "curves", f"fold_{fold}")
+    return base + ".csv", base + ".png"
+
+
+def plot_curves(table: pd.DataFrame, title: str) -> bytes:
+    """PNG bytes: one panel per quantity (training and validation values together), over epochs."""
+    names = sorted({c.removeprefix("val_") for c in table.columns if c != "epoch"})
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for column in (name, f"val_{name}"):
+            if column in table:
+                ax.plot(table["epoch"], table[column], marker="o", label=column)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class TrainingCurves(keras.callbacks.Callback):
+    """Keeps every epoch's logs and writes the fold's CSV and PNG after each epoch.
+
+    Put it after the callbacks that add values to the logs (validation score, LR schedule) so
+    their values are included.
+    """
+
+    def __init__(self, output_dir: str, fold: int, title: str = ""):
+        super().__init__()
+        self.csv_path, self.png_path = curve_paths(output_dir, fold)
+        self.title = f"{title} fold {fold}".strip()
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        self.rows = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+        table = pd.DataFrame(self.rows)
+        storage.write_text(self.csv_path, table.to_csv(index=False))
+        storage.write_bytes(self.png_path, plot_curves(table, self.title))

@@ -1,0 +1,233 @@
+"""The experiment record: one JSON file per run dir, the single source of truth about a run.
+
+`<output_dir>/record.json` holds what is needed to compare, find and reproduce a run: the
+experiment id (the run dir's name), the resolved flags of the training run, the dataset (spec,
+kind, frames, step, history depth, SHA-256 of its manifest), the model (architecture, backbone,
+weights, parameters), CV scores (over all folds and per fold, with and without TTA), epochs
+trained and best epoch per fold, wall time per stage, replicas/device/precision, library and
+TensorFlow versions, the git commit and a copy of the experiment's `run.py`, and leaderboard
+scores attached later (`tools/leaderboard.py --set_lb`).
+
+It is written atomically when a run starts (`status: running`), after every fold, and at the end
+(`complete`, or `failed` with the error), so a preempted or crashed run still says how far it
+got. A later invocation on the same run dir (e.g. `--job=score` from cached predictions) updates
+the record: it keeps what it does not recompute (training flags, epochs, leaderboard scores).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import inspect
+import os
+import platform
+import subprocess
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tpuflow import __version__, frames, models, records, storage
+
+RECORD_NAME = "record.json"
+SCHEMA_VERSION = 1
+STATUSES = ("running", "complete", "failed")
+
+# Every record has these top-level fields (values may be null/empty while a run is going on).
+FIELDS = ("schema_version", "experiment_id", "status", "error", "started", "updated", "description",
+          "jobs", "flags", "dataset", "model", "cv", "folds", "timings", "runtime", "versions",
+          "git", "run_py", "lb")
+DATASET_FIELDS = ("dir", "spec", "kind", "n_frames", "step", "channels", "history_depth", "manifest_sha256")
+MODEL_FIELDS = ("architecture", "task", "backbone", "weights", "dim", "n_params")
+CV_FIELDS = ("metric", "tta_number", "tta", "no_tta", "baseline", "per_fold")
+
+
+def record_path(run_dir: str) -> str:
+    return storage.join(run_dir, RECORD_NAME)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def missing_fields(record: dict) -> list[str]:
+    """Names of required fields the record lacks ('dataset.kind' for nested ones), sorted."""
+    missing = [f for f in FIELDS if f not in record]
+    for section, names in (("dataset", DATASET_FIELDS), ("model", MODEL_FIELDS), ("cv", CV_FIELDS)):
+        value = record.get(section)
+        if isinstance(value, dict):  # cv is null until scored; dataset null for score-only runs
+            missing += [f"{section}.{n}" for n in names if n not in value]
+    return sorted(missing)
+
+
+def read_record(path: str) -> dict:
+    """A record from `path` (a record file or a run dir); an error naming the file and every
+    missing field if it is incomplete."""
+    if not path.endswith(".json"):
+        path = record_path(path)
+    record = storage.read_json(path)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not an experiment record (a JSON object expected)")
+    missing = missing_fields(record)
+    if missing:
+        raise ValueError(f"{path}: experiment record lacks field(s) {missing}")
+    return record
+
+
+def write_record(path: str, record: dict) -> None:
+    """Writes a complete record atomically (refuses one with missing fields)."""
+    missing = missing_fields(record)
+    if missing:
+        raise ValueError(f"{path}: refusing to write an experiment record without {missing}")
+    storage.write_json(path, record)
+
+
+def dataset_info(tfrec_dir: str, manifest: dict) -> dict:
+    """What the record keeps of a dataset: its spec fields, history depth and manifest hash."""
+    spec = frames.DatasetSpec.parse(manifest["spec"])
+    raw = storage.read_bytes(storage.join(tfrec_dir, records.MANIFEST))
+    return {"dir": tfrec_dir, "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
+            "step": spec.step, "channels": spec.channels,
+            "history_depth": spec.history_span + 1,  # frames of the storm's timeline one example spans
+            "manifest_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def cv_summary(table: pd.DataFrame, metric: str, tta_number: int) -> dict:
+    """The CV fields from a `runner.score` table (rows: folds and 'all'; columns tta_*)."""
+    def row(name):
+        return {"no_tta": float(table.loc[name, "tta_0"]), "tta": float(table.loc[name, "tta_mean"])}
+    return {"metric": metric, "tta_number": tta_number, **row("all"),
+            "baseline": float(table.loc["all", "baseline"]),
+            "per_fold": {k: row(k) for k in table.index if k != "all"}}
+
+
+def git_info(path: str) -> dict:
+    """Commit of the git checkout holding `path` and whether it had uncommitted changes (nulls
+    outside a checkout or without git)."""
+    where = os.path.dirname(os.path.abspath(path))
+    try:
+        commit = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def versions() -> dict:
+    return {"tpuflow": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _json_safe(value):
+    """Flag values as JSON keeps them (tuples/sets as lists, anything else as its string)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+class RunRecord:
+    """The record of one invocation of an experiment, updated as the run goes.
+
+    `init_model` is the experiment's model function: its source file is the `run.py` copied into
+    the record and located in git, and its module docstring's first line is the description.
+    """
+
+    def __init__(self, cfg, manifest: dict, init_model: Callable):
+        self.cfg, self.path, self.start = cfg, record_path(cfg.output_dir), time.time()
+        previous = storage.read_json(self.path) if storage.exists(self.path) else {}
+        trains = "train" in cfg.jobs
+        run_py = inspect.getsourcefile(init_model)
+        module_doc = inspect.getmodule(init_model).__doc__ or ""
+        fresh = {
+            "schema_version": SCHEMA_VERSION, "experiment_id": cfg.experiment_id, "status": "running",
+            "error": None, "started": _now(), "updated": _now(),
+            "description": module_doc.strip().split("\n")[0],
+            "jobs": list(cfg.jobs), "flags": _json_safe(vars(cfg)),
+            "dataset": dataset_info(cfg.data_tfrec_dir, manifest) if manifest else None,
+            "model": None, "cv": None, "folds": {}, "timings": {}, "runtime": None,
+            "versions": versions(), "git": git_info(run_py),
+            "run_py": {"path": os.path.abspath(run_py), "source": open(run_py).read()},
+            "lb": {"private": None, "public": None},
+        }
+        self.record = dict(fresh)
+        if previous and not trains:  # keep what this invocation does not redo
+            keep = ("flags", "dataset", "model", "cv", "folds", "timings", "runtime", "git", "run_py",
+                    "description")
+            self.record.update({k: previous[k] for k in keep if previous.get(k) is not None})
+            self.record["dataset"] = fresh["dataset"] or self.record["dataset"]
+            self.record["timings"] = {**previous.get("timings", {})}
+        if previous.get("lb"):  # leaderboard scores belong to the experiment id, not one training
+            self.record["lb"] = previous["lb"]
+        self.write()
+
+    def write(self) -> None:
+        self.record["updated"] = _now()
+        write_record(self.path, self.record)
+
+    def set_model(self, model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+        """Model and hardware facts, known once the model is built under the strategy."""
+        cfg = self.cfg
+        self.record["model"] = {
+            "architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
+            "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params()),
+        }
+        device = next((d for d in ("TPU", "GPU") if tf.config.list_logical_devices(d)), "CPU")
+        self.record["runtime"] = {
+            "replicas": int(strategy.num_replicas_in_sync), "strategy": type(strategy).__name__,
+            "device": device, "precision": keras.mixed_precision.global_policy().name,
+            "host": platform.node(),
+        }
+        self.write()
+
+    def fold_done(self, fold: int, history: keras.callbacks.History | None, timings: dict) -> None:
+        """After a fold: epochs trained (from the fit History) and best epoch, timings so far."""
+        if history is not None:
+            monitored = history.history[self.cfg.monitor]
+            best = int(np.argmin(monitored))
+            self.record["folds"][str(fold)] = {
+                "epochs": len(history.epoch), "best_epoch": best + 1,
+                "best_val_rmse": float(history.history["val_rmse"][best]),
+            }
+        self.record["timings"].update({k: round(v, 3) for k, v in timings.items()})
+        self.write()
+
+    def finish(self, result: dict) -> None:
+        """The end of a successful invocation: CV scores (if scored), timings, status complete."""
+        if "scores" in result:
+            self.record["cv"] = cv_summary(result["scores"], self.cfg.metric, self.cfg.tta_number)
+        self.record["timings"].update({k: round(v, 3) for k, v in result["timings"].items()})
+        self.record["timings"]["total"] = round(time.time() - self.start, 3)
+        self.record["status"] = "complete"
+        self.write()
+
+
+
+def mark_failed(run_dir: str, error: BaseException) -> None:
+    """Marks a run dir's record `failed` with the error, if a run left it `running`."""
+    path = record_path(run_dir)
+    if not storage.exists(path):
+        return
+    record = storage.read_json(path)
+    if record.get("status") == "running":
+        record.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000], updated=_now())
+        storage.write_json(path, record)
+
+
+def set_lb(path: str, private: float | None, public: float | None) -> dict:
+    """Attaches leaderboard scores to the record at `path` (atomic rewrite); returns it."""
+    record = read_record(path)
+    record["lb"] = {"private": private, "public": public}
+    record["updated"] = _now()
+    write_record(path if path.endswith(".json") else record_path(path), record)
+    return record
+
