@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tpuflow import storage  # noqa: E402
@@ -34,6 +35,7 @@ def plot_curves(table: pd.DataFrame, title: str) -> bytes:
             if column in table:
                 ax.plot(table["epoch"], table[column], marker="o", label=column)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
         ax.legend()
         ax.grid(alpha=0.3)

@@ -12,6 +12,9 @@ It is written atomically when a run starts (`status: running`), after every fold
 (`complete`, or `failed` with the error), so a preempted or crashed run still says how far it
 got. A later invocation on the same run dir (e.g. `--job=score` from cached predictions) updates
 the record: it keeps what it does not recompute (training flags, epochs, leaderboard scores).
+
+Reading, checking and editing records needs no TensorFlow (the leaderboard starts in a second);
+only `RunRecord`, used inside a running experiment, imports it.
 """
 from __future__ import annotations
 
@@ -24,14 +27,13 @@ import subprocess
 import time
 from typing import Callable
 
-import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
-from tpuflow import __version__, frames, models, records, storage
+from tpuflow import __version__, frames, storage
 
 RECORD_NAME = "record.json"
+MANIFEST_NAME = "manifest.json"  # records.MANIFEST, named here to keep this module TensorFlow-free
 SCHEMA_VERSION = 1
 STATUSES = ("running", "complete", "failed")
 
@@ -87,7 +89,7 @@ def write_record(path: str, record: dict) -> None:
 def dataset_info(tfrec_dir: str, manifest: dict) -> dict:
     """What the record keeps of a dataset: its spec fields, history depth and manifest hash."""
     spec = frames.DatasetSpec.parse(manifest["spec"])
-    raw = storage.read_bytes(storage.join(tfrec_dir, records.MANIFEST))
+    raw = storage.read_bytes(storage.join(tfrec_dir, MANIFEST_NAME))
     return {"dir": tfrec_dir, "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
             "step": spec.step, "channels": spec.channels,
             "history_depth": spec.history_span + 1,  # frames of the storm's timeline one example spans
@@ -120,6 +122,8 @@ def git_info(path: str) -> dict:
 
 
 def versions() -> dict:
+    import keras  # noqa: PLC0415 (see module docstring)
+    import tensorflow as tf  # noqa: PLC0415
     return {"tpuflow": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
 
@@ -174,8 +178,11 @@ class RunRecord:
         self.record["updated"] = _now()
         write_record(self.path, self.record)
 
-    def set_model(self, model: keras.Model, strategy: tf.distribute.Strategy) -> None:
-        """Model and hardware facts, known once the model is built under the strategy."""
+    def set_model(self, model, strategy) -> None:
+        """Model and hardware facts (a keras.Model built under a tf.distribute.Strategy)."""
+        import keras  # noqa: PLC0415 (see module docstring)
+        import tensorflow as tf  # noqa: PLC0415
+        from tpuflow import models  # noqa: PLC0415
         cfg = self.cfg
         self.record["model"] = {
             "architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
@@ -189,8 +196,9 @@ class RunRecord:
         }
         self.write()
 
-    def fold_done(self, fold: int, history: keras.callbacks.History | None, timings: dict) -> None:
-        """After a fold: epochs trained (from the fit History) and best epoch, timings so far."""
+    def fold_done(self, fold: int, history, timings: dict) -> None:
+        """After a fold: epochs trained (from the fit History, None if the fold was not trained)
+        and the best epoch, timings so far."""
         if history is not None:
             monitored = history.history[self.cfg.monitor]
             best = int(np.argmin(monitored))

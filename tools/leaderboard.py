@@ -1,0 +1,73 @@
+"""Experiment database and leaderboard from the records of run dirs (local or gs://).
+
+Usage:
+    python tools/leaderboard.py --runs=experiments,gs://bucket/runs [--out_csv=db.csv] [--plot=cv.png]
+    python tools/leaderboard.py --runs=experiments --set_lb=run-20261121-1330-cnn-lstm:6.62:6.71
+
+Each entry of --runs is a run dir (holding record.json) or a dir of run dirs. Prints the runs
+sorted by CV (best first), writes the full database as CSV (experiment_id, LB_private, LB_public,
+CV with and without TTA, CV and epochs per fold, task, architecture, resolution, channels,
+inverted, n_frames, step, history depth, backbone, weights, batch size, learning rate, max
+epochs, aug/TTA numbers, description, ...) and plots CV against history depth and architecture.
+`--set_lb=<experiment_id>:<private>:<public>` attaches leaderboard scores to a run's record (leave
+a score empty to clear it). Records with missing fields are listed and make the exit status 1.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from tpuflow import leaderboard, storage
+
+flags.DEFINE_list("runs", None, "Run dirs or dirs of run dirs (local or gs://)", required=True)
+flags.DEFINE_string("out_csv", None, "Write the experiment database here (CSV)")
+flags.DEFINE_string("plot", None, "Write a PNG of CV vs. history depth and architecture here")
+flags.DEFINE_string("sort_by", "CV_tta", "Column to sort by, lowest first")
+flags.DEFINE_string("set_lb", None, "<experiment_id>:<private>:<public>: attach leaderboard scores")
+FLAGS = flags.FLAGS
+
+
+def parse_set_lb(text: str) -> tuple[str, float | None, float | None]:
+    """`id:6.25:6.31` -> ('id', 6.25, 6.31); an empty score is None."""
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0]:
+        raise app.UsageError(f"--set_lb={text!r}: expected <experiment_id>:<private>:<public>")
+    scores = []
+    for name, value in zip(("private", "public"), parts[1:]):
+        try:
+            scores.append(float(value) if value.strip() else None)
+        except ValueError:
+            raise app.UsageError(f"--set_lb={text!r}: {name} score {value!r} is not a number") from None
+    return parts[0], scores[0], scores[1]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    missing = [r for r in FLAGS.runs if not storage.exists(r)]
+    if missing:
+        raise app.UsageError(f"--runs: no such dir(s) {missing}")
+    if FLAGS.set_lb:
+        experiment_id, private, public = parse_set_lb(FLAGS.set_lb)
+        try:
+            path = leaderboard.set_lb(FLAGS.runs, experiment_id, private, public)
+        except (KeyError, ValueError) as err:
+            sys.exit(f"error: {err.args[0]}")
+        print(f"{path}: LB private {private}, public {public}")
+    items, problems = leaderboard.load_records(FLAGS.runs)
+    table = leaderboard.build_table(items, FLAGS.sort_by)
+    print(leaderboard.format_table(table) if len(table) else f"no experiment records under {FLAGS.runs}")
+    if FLAGS.out_csv:
+        storage.write_text(FLAGS.out_csv, table.to_csv(index=False))
+        print(f"Experiment database: {FLAGS.out_csv}")
+    if FLAGS.plot:
+        storage.write_bytes(FLAGS.plot, leaderboard.plot(table))
+        print(f"Plot: {FLAGS.plot}")
+    for problem in problems:
+        print(f"incomplete record: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    app.run(main)
