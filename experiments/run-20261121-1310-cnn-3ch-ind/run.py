@@ -1,4 +1,4 @@
-"""CNN on three frames stacked as channels [t-2s, t-s, t] (`stacked` records): the storm's recent history in one image.
+"""CNN on frames [t-2s, t-s, t] stacked as channels (`stacked` records): recent history in one image.
 
 Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1

@@ -1,4 +1,4 @@
-"""CNN on three channels that are means of consecutive frame ranges, oldest first (`mean` records): a longer, smoothed history.
+"""CNN on three channels, each the mean of a range of past frames (`mean` records): smoothed history.
 
 Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1

@@ -1,4 +1,4 @@
-"""CNN-Conv3D: a time-distributed backbone's feature maps of every frame, then 3D convolutions over time and space.
+"""CNN-Conv3D: time-distributed backbone feature maps of every frame, then 3D convolutions over them.
 
 The backbone keeps its last spatial feature maps (no pooling); a Conv3D layer mixes them across
 neighbouring frames and positions before global pooling.

@@ -1,4 +1,4 @@
-"""CNN-ConvLSTM2D: a time-distributed backbone's feature maps of every frame, then a convolutional LSTM over time.
+"""CNN-ConvLSTM2D: time-distributed backbone feature maps of every frame, then a convolutional LSTM.
 
 The backbone keeps its last spatial feature maps (no pooling); ConvLSTM2D reads them in time
 order, keeping the spatial layout in its state, and its last state is pooled.
