@@ -132,6 +132,22 @@ def transformer_encoder(x, n_layers: int = 2, n_heads: int = 4, width: int = 256
     return layers.GlobalAveragePooling1D()(layers.LayerNormalization(epsilon=1e-6)(x))
 
 
+def set_regression_bias(model: keras.Model, value: float) -> bool:
+    """Starts the regression head (`head`'s `wind_speed` layer) at `value`; False if the model has
+    no such layer.
+
+    Wind speeds are around 50 knots, far from a fresh layer's 0: a head reading bounded features
+    (an LSTM's tanh state) would spend its first hundreds of steps just growing its weights to
+    reach the typical value. Starting the bias at the training mean removes that wait.
+    """
+    try:
+        layer = model.get_layer("wind_speed")
+    except ValueError:
+        return False
+    layer.bias.assign(keras.ops.full(layer.bias.shape, value, dtype=layer.bias.dtype))
+    return True
+
+
 def head(features, task: str, n_classes: int = 0):
     """Output layer in float32 (stable under mixed precision): one value or class probabilities."""
     if task == "regression":
