@@ -8,8 +8,10 @@ written atomically, so a failure leaves earlier outputs as they were.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import json
 import time
 
 import numpy as np
@@ -172,22 +174,26 @@ def plot_png(run_: Run) -> bytes:
 
 def write_outputs(run_: Run, out_dir: str, name: str, data_dir: str, round_values: bool = True,
                   plot: bool = True) -> dict[str, str]:
-    """Renders every output in memory, then writes each one atomically; returns their paths."""
+    """Renders every output in memory, writes each to a temporary name beside its target, and
+    renames them into place only once all are written: a failure leaves earlier outputs as
+    they were, and no half-written file. Returns the paths."""
     tic = time.perf_counter()
     paths = {"submission": storage.join(out_dir, f"submission_{name}.csv"),
-             "weights": storage.join(out_dir, f"weights_{name}.csv"),
-             "report": storage.join(out_dir, f"report_{name}.json")}
-    if plot:
-        paths["plot"] = storage.join(out_dir, f"plot_{name}.png")
+             "weights": storage.join(out_dir, f"weights_{name}.csv")}
     blobs = {"submission": submission_frame(run_, round_values).to_csv(index=False).encode(),
              "weights": weights_frame(run_).to_csv(index=False).encode()}
     if plot:
+        paths["plot"] = storage.join(out_dir, f"plot_{name}.png")
         blobs["plot"] = plot_png(run_)
+    paths["report"] = storage.join(out_dir, f"report_{name}.json")
     run_.timings["render"] = time.perf_counter() - tic
-    storage.makedirs(out_dir)
-    for key, blob in blobs.items():
-        storage.write_bytes(paths[key], blob)
-    storage.write_json(paths["report"], report(run_, paths, data_dir))
+    blobs["report"] = (json.dumps(report(run_, paths, data_dir), indent=2, sort_keys=True, default=str) + "\n").encode()
+    with contextlib.ExitStack() as stack:
+        # Renames happen as the stack unwinds, last entered first: the report goes in first,
+        # and a failed rename stops the ones after it.
+        for key, blob in blobs.items():
+            with open(stack.enter_context(storage.atomic_path(paths[key])), "wb") as f:
+                f.write(blob)
     return paths
 
 
