@@ -95,16 +95,33 @@ class _FoldStats:
         self.val, self.y, self.fold_slices = val, y, tuple(fold_slices)
         self._sums: dict[str, np.ndarray] = {}
         self._grams: list[np.ndarray] | None = None
+        self._moments: np.ndarray | None = None
+        self.yy = np.array([_dot(y[s], y[s]) for s in self.fold_slices])
 
     def metric_sums(self, metric: Metric) -> np.ndarray:
         """(M, F): the sum of the metric's row loss of every input over every fold."""
         if metric.name not in self._sums:
-            sums = np.empty((len(self.val), len(self.fold_slices)))
-            starts = [s.start for s in self.fold_slices]
-            for i in range(len(self.val)):
-                sums[i] = np.add.reduceat(metric.row_loss(self.y, self.val[i]), starts)
+            if metric.name == "rmse":  # sum (p-y)^2 = p.p - 2 p.y + y.y: no pass of its own
+                m = self.moments()
+                sums = np.maximum(m[:, :, 0] - 2 * m[:, :, 1] + self.yy[None, :], 0.0)
+            else:
+                sums = np.empty((len(self.val), len(self.fold_slices)))
+                starts = [s.start for s in self.fold_slices]
+                for i in range(len(self.val)):
+                    sums[i] = np.add.reduceat(metric.row_loss(self.y, self.val[i]), starts)
             self._sums[metric.name] = sums
         return self._sums[metric.name]
+
+    def moments(self) -> np.ndarray:
+        """(M, F, 2): p.p and p.y of every (values) input over every fold, in float64."""
+        if self._moments is None:
+            self._moments = np.empty((len(self.val), len(self.fold_slices), 2))
+            row = np.empty(self.val.shape[1])
+            for i in range(len(self.val)):
+                np.copyto(row, self.val[i])
+                for f, s in enumerate(self.fold_slices):
+                    self._moments[i, f] = _dot(row[s], row[s]), _dot(row[s], self.y[s])
+        return self._moments
 
     def residual_grams(self, chunk: int = 4096) -> list[np.ndarray]:
         """Per fold, the (M, M) Gram matrix of the residuals val - y, in float64."""
@@ -166,6 +183,10 @@ class Problem:
         """(M,) loss of every input alone on the used rows."""
         metric = metric or self.metric
         return np.asarray(metric.loss_from_mean(self.fold_sums(metric) / self.n), dtype=np.float64)
+
+    def moments(self) -> np.ndarray:
+        """(M, 2): p.p and p.y of every input over the used rows."""
+        return self.stats.moments()[:, list(self.used)].sum(axis=1)
 
     def residual_gram(self) -> np.ndarray:
         grams = self.stats.residual_grams()
@@ -286,10 +307,10 @@ def _pairwise_loop(problem: Problem, order: np.ndarray) -> tuple[np.ndarray, lis
 def _pairwise_rmse(problem: Problem, order: np.ndarray) -> tuple[np.ndarray, list[float], np.ndarray]:
     """The reference loop for RMSE, one pass over each prediction.
 
-    |c*r + (1-c)*p - y|^2 = c^2*|r-p|^2 + 2c*(r-p).(p-y) + |p-y|^2: r.p and p.p are two
-    dot products, |p-y|^2 comes from the per-fold sums the input scores already need, r.r and r.y
-    are updated as scalars. The quadratic's values differ from the loop's own scores by
-    rounding only, bounded by `rel`; grid points within that bound of the minimum are scored
+    |c*r + (1-c)*p - y|^2 = c^2*|r-p|^2 + 2c*(r-p).(p-y) + |p-y|^2, from r.p (the one dot
+    product a step needs), p.p and p.y (per-fold sums made once, shared by the nested fits),
+    r.r and r.y (updated as scalars). The quadratic's values differ from the loop's own scores
+    by rounding only, bounded by `rel`; grid points within that bound of the minimum are scored
     exactly as the loop scores them (rare: near-equal grid points, duplicated inputs), so the
     chosen c is always the loop's. r is updated with the loop's very expression,
     c*r + (1-c)*p, so it stays bit-identical to the loop's running blend.
@@ -297,7 +318,7 @@ def _pairwise_rmse(problem: Problem, order: np.ndarray) -> tuple[np.ndarray, lis
     y, n = problem.y, problem.n
     r, p = np.empty(n), np.empty(n)  # the running blend and the next prediction, in float64
     problem.row_into(order[0], r)
-    sq_err = problem.fold_sums(METRICS["rmse"])  # |p - y|^2 of every input on the used rows
+    moments = problem.moments().tolist()
     yy, rr, ry = _dot(y, y), _dot(r, r), _dot(r, y)
     best: float | None = problem.metric.score(y, r)  # the loop's exact score of r, or None if stale
     cs, trace = np.ones(len(order) - 1), [best]
@@ -309,10 +330,9 @@ def _pairwise_rmse(problem: Problem, order: np.ndarray) -> tuple[np.ndarray, lis
     coef = np.empty(3)
     for step, j in enumerate(order[1:]):
         problem.row_into(j, p)
-        rp, pp = _dot(r, p), _dot(p, p)
-        a0 = float(sq_err[j])
-        py = 0.5 * (pp + yy - a0)
-        coef[0], coef[1], coef[2] = rr - 2 * rp + pp, 2 * (rp - pp - ry + py), a0
+        rp = _dot(r, p)
+        pp, py = moments[j]
+        coef[0], coef[1], coef[2] = rr - 2 * rp + pp, 2 * (rp - pp - ry + py), pp - 2 * py + yy
         f = np.dot(coef, _GRID_POWERS)
         k = int(np.argmin(f))
         near = np.flatnonzero(f <= f[k] + rel * (rr + pp + yy))

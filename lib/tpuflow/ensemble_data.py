@@ -157,13 +157,13 @@ class _Loader:
             if order is None:
                 self.val[i, s] = arr
             else:
-                np.take(arr, order, axis=0, out=self.val[i, s])
+                np.take(arr, order, axis=0, out=self.val[i, s], mode="clip")  # valid indices: unbuffered
         # Every fold's test rows share one saved order (ids_test.npy): sum first, reorder once.
         total = self.test[i] if test_order is None else np.zeros_like(self.test[i])
         for f in folds:
             total += self._read(storage.join(preds_dir, f"y_pred_test_fold_{f}_tta_{tta}.npy"), self.n_test)
         if test_order is not None:
-            np.take(total, test_order, axis=0, out=self.test[i])
+            np.take(total, test_order, axis=0, out=self.test[i], mode="clip")
         self.test[i] /= len(folds)
         self.count += 1
 
