@@ -362,6 +362,13 @@ def test_bad_inputs_raise_clear_errors_and_leave_earlier_outputs_untouched(datas
     assert _snapshot(out) == before
 
 
+def test_repeated_image_ids_in_the_csvs_are_an_error(dataset):
+    root, data_dir, train, fmt, dirs = dataset
+    pd.concat([fmt, fmt.iloc[:1]]).to_csv(os.path.join(data_dir, "submission_format.csv"), index=False)
+    with pytest.raises(ValueError, match="submission_format.csv: image_id 'tst_000' appears more than once"):
+        ensemble_data.load_inputs(data_dir, dirs)
+
+
 def test_outputs_are_renamed_into_place_only_when_all_are_written(dataset, tmp_path):
     root, data_dir, train, fmt, dirs = dataset
     out = str(tmp_path / "out")

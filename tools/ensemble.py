@@ -1,6 +1,6 @@
 """Blends the saved predictions of many experiments into one submission.
 
-Usage: python tools/ensemble.py --data_dir=DATA --model_dirs='runs/run-*,other/run-x' --out_dir=OUT \
+Usage: python tools/ensemble.py --data_dir=DATA --model_dirs='runs/run-*,other/run-x' --out_dir=OUT
            [--method=pairwise|forward|backward|optimize] [--metric=rmse|rmse_rounded|logloss|accuracy]
 
 Every (experiment, TTA) prediction is one input. `pairwise` is the reference greedy search
@@ -12,12 +12,19 @@ scored on the held-out one), next to the best single prediction. Needs NumPy, pa
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-from absl import app, flags
+# One BLAS thread unless told otherwise (before NumPy loads): the work is small or memory-bound,
+# and on a busy machine (a TPU VM still training) waiting for BLAS helper threads that are not
+# scheduled makes a 0.1 ms matrix-vector product take milliseconds.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from tpuflow import ensemble, ensemble_data, ensemble_report
+from absl import app, flags  # noqa: E402
+
+from tpuflow import ensemble, ensemble_data, ensemble_report  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Dir with train_cv.csv and submission_format.csv (and "

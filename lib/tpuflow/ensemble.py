@@ -4,9 +4,10 @@ Four methods, all metric-agnostic (each asks the metric for a loss, lower is bet
   pairwise  the reference: walk the inputs best first, blending the running result r with the
             next prediction p as c*r + (1-c)*p for c on `GRID`, keeping c only if it beats the
             best score so far. For RMSE the blend's squared error is a quadratic in c whose
-            three coefficients come from three dot products, so a step reads p once instead of
-            112 times; grid points the quadratic cannot tell apart (within its rounding bound)
-            are scored exactly as the loop scores them, so the choice is the loop's, bit for bit.
+            coefficients come from one dot product (r.p) and sums made once, so a step reads
+            p once instead of 112 times; grid points the quadratic cannot tell apart (within
+            its rounding bound) are scored exactly as the loop scores them, so the choice is
+            the loop's, bit for bit.
   forward   greedy forward selection with replacement ("grow-by-one", Caruana et al. 2004),
             optionally bagged: the mean of the weights found on random subsets of the inputs.
   backward  start from the mean of all inputs, remove the one whose removal helps most

@@ -92,6 +92,10 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     if fmt.shape[1] < 2:
         raise ValueError(f"{fmt_path}: needs a value column after image_id")
     value_col = [c for c in fmt.columns if c != "image_id"][0]
+    for path, frame in ((storage.join(data_dir, "train_cv.csv"), train), (fmt_path, fmt)):
+        repeated = frame["image_id"][frame["image_id"].duplicated()]
+        if len(repeated):
+            raise ValueError(f"{path}: image_id {repeated.iloc[0]!r} appears more than once")
     folds = tuple(int(f) for f in np.sort(train["fold_id"].unique()))
     fold_rows = [np.flatnonzero(train["fold_id"].to_numpy() == f) for f in folds]
     bounds = np.cumsum([0] + [len(r) for r in fold_rows])
@@ -143,7 +147,9 @@ class _Loader:
         self.first: tuple[str, tuple[int, ...], str] | None = None  # (kind, trailing shape, path)
         self.npy = _NpyReader()
 
-    def add(self, preds_dir: str, folds: tuple[int, ...], tta: int, val_order: list, test_order) -> None:
+    def add(self, preds_dir: str, folds: tuple[int, ...], tta: int, val_order: list[np.ndarray | None],
+            test_order: np.ndarray | None) -> None:
+        """Reads one (experiment, TTA): every fold's val rows into place, the fold mean of its test rows."""
         i = self.count
         for f, s, order in zip(folds, self.fold_slices, val_order):
             path = storage.join(preds_dir, f"y_pred_val_fold_{f}_tta_{tta}.npy")
@@ -270,7 +276,10 @@ class _IdOrder:
         """None when the rows are already in order."""
         if not storage.exists(ids_path):
             raise FileNotFoundError(f"{ids_path}: missing (ids are needed to check the row order)")
-        ids = storage.load_npy(ids_path)
+        try:
+            ids = storage.load_npy(ids_path)
+        except ValueError as e:
+            raise ValueError(f"{ids_path}: not a plain .npy array of ids ({e})") from None
         if ids.ndim != 1:
             raise ValueError(f"{ids_path}: expected a 1-D array of ids, got shape {ids.shape}")
         ids = ids.astype(str)

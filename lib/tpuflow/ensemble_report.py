@@ -141,16 +141,20 @@ def _as_scores(metric: ensemble.Metric, losses: list[float]) -> list[float]:
 
 def plot_png(run_: Run) -> bytes:
     """Two panels: weight per experiment (summed over TTAs), and the fit score along the method's steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    # Imported here, and without pyplot: the rest of the tool does not pay for it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     inputs, fit = run_.inputs, run_.fit
     labels = [name.rsplit(":tta", 1)[0] for name in inputs.names]
     by_model = pd.Series(fit.weights, index=labels).groupby(level=0, sort=False).sum()
     by_model = by_model[by_model != 0].sort_values()
-    fig, (ax_w, ax_s) = plt.subplots(1, 2, figsize=(13, max(4.0, 0.22 * len(by_model) + 1.5)))
-    ax_w.barh([str(k)[-40:] for k in by_model.index], by_model.to_numpy(), color="tab:blue")
+    names = [str(k)[-40:] for k in by_model.index]
+    height = max(4.0, 0.22 * len(by_model) + 1.5)
+    fig = Figure(figsize=(13, height))
+    FigureCanvasAgg(fig)
+    ax_w, ax_s = fig.subplots(1, 2)
+    ax_w.barh(names, by_model.to_numpy(), color="tab:blue")
     ax_w.axvline(0, color="black", linewidth=0.8)
     ax_w.set_xlabel("weight (sum over TTAs)")
     ax_w.set_title(f"{run_.method}: {len(by_model)} of {len(set(inputs.model_dirs))} experiments used")
@@ -165,10 +169,11 @@ def plot_png(run_: Run) -> bytes:
     ax_s.set_ylabel(run_.metric.name)
     ax_s.legend()
     ax_s.grid(alpha=0.3)
-    fig.tight_layout()
+    # Margins in inches (tight_layout would cost 0.15 s): room for the experiment names at 7 pt.
+    fig.subplots_adjust(left=max(0.06, (0.055 * max(map(len, names), default=0) + 0.3) / 13), right=0.98,
+                        wspace=0.25, top=1 - 0.4 / height, bottom=0.6 / height)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     return buf.getvalue()
 
 
