@@ -138,7 +138,8 @@ def main(argv: list[str]) -> None:
             tic = time.perf_counter()
             make_experiments(root, FLAGS.models, FLAGS.tta, FLAGS.folds, FLAGS.n_train, FLAGS.n_test)
             open(marker, "w").close()
-            print(f"wrote {FLAGS.models * FLAGS.tta * FLAGS.folds * 2} prediction files in {time.perf_counter() - tic:.1f}s")
+            files = FLAGS.models * FLAGS.tta * FLAGS.folds * 2
+            print(f"wrote {files} prediction files in {time.perf_counter() - tic:.1f}s")
         data_dir = os.path.join(root, "data")
         dirs = ensemble_data.expand_model_dirs(os.path.join(root, "run-*"))
         t_load, c_load, inputs = best_of(lambda: ensemble_data.load_inputs(data_dir, dirs), 1)

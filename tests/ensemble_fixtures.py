@@ -60,5 +60,6 @@ def random_models(root: str, train: pd.DataFrame, fmt: pd.DataFrame, n_models: i
         full = (base + rng.normal(0, 1.5, (n_tta, len(y)))).astype(dtype)
         val = {f: full[:, (train["fold_id"] == f).to_numpy()] for f in sorted(train["fold_id"].unique())}
         test = {f: (60 + rng.normal(0, 10, (n_tta, len(fmt)))).astype(dtype) for f in val}
-        dirs.append(write_model(root, f"run-{m:02d}", train, fmt, val, test, shuffle_seed=seed + m if shuffle else None))
+        shuffle_seed = seed + m if shuffle else None
+        dirs.append(write_model(root, f"run-{m:02d}", train, fmt, val, test, shuffle_seed=shuffle_seed))
     return dirs

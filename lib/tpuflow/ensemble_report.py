@@ -78,7 +78,9 @@ def run(inputs: Inputs, method: str, metric: str, sort_metric: str | None = None
                test_pred, single, scores, timings)
 
 
-def _scores(inputs: Inputs, metrics: list[ensemble.Metric], single: dict[str, np.ndarray], result: ensemble.Fit, held: ensemble.Nested | None) -> dict:
+def _scores(inputs: Inputs, metrics: list[ensemble.Metric], single: dict[str, np.ndarray], result: ensemble.Fit,
+            held: ensemble.Nested | None) -> dict:
+    """Per metric: the ensemble and the best single input, on the fit rows and nested."""
     y, out = inputs.y, {}
     for m in metrics:
         best = int(np.argmax(single[m.name]) if m.greater_is_better else np.argmin(single[m.name]))
