@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from tpuflow import storage
+from tpuflow import scoring, storage
 
 _PRED_RE = re.compile(r"^y_pred_(val|test)_fold_(\d+)_tta_(\d+)\.npy$")
 PROBS_TO_VALUES = ("expectation", "argmax")
@@ -116,8 +116,8 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     names, dirs, ttas_all = [], [], []
     for i, (preds_dir, ttas) in enumerate(plans):
         model_dir = model_dirs[i]
-        val_order = [match(storage.join(preds_dir, f"ids_val_fold_{f}.npy")) for f, match in zip(folds, val_orders)]
-        test_order = test_orders(storage.join(preds_dir, "ids_test.npy"))
+        val_order = [match(scoring.ids_path(preds_dir, "val", f)) for f, match in zip(folds, val_orders)]
+        test_order = test_orders(scoring.ids_path(preds_dir, "test", 0))
         for t in ttas:
             loader.add(preds_dir, folds, t, val_order, test_order)
             names.append(f"{_label(model_dir, model_dirs)}:tta{t}")
@@ -152,7 +152,7 @@ class _Loader:
         """Reads one (experiment, TTA): every fold's val rows into place, the fold mean of its test rows."""
         i = self.count
         for f, s, order in zip(folds, self.fold_slices, val_order):
-            path = storage.join(preds_dir, f"y_pred_val_fold_{f}_tta_{tta}.npy")
+            path = scoring.pred_path(preds_dir, "val", f, tta)
             arr = self._read(path, s.stop - s.start)
             if self.val is None:
                 self.val = np.empty((self.total, self.n) + arr.shape[1:],
@@ -167,7 +167,7 @@ class _Loader:
         # Every fold's test rows share one saved order (ids_test.npy): sum first, reorder once.
         total = self.test[i] if test_order is None else np.zeros_like(self.test[i])
         for f in folds:
-            total += self._read(storage.join(preds_dir, f"y_pred_test_fold_{f}_tta_{tta}.npy"), self.n_test)
+            total += self._read(scoring.pred_path(preds_dir, "test", f, tta), self.n_test)
         if test_order is not None:
             np.take(total, test_order, axis=0, out=self.test[i], mode="clip")
         self.test[i] /= len(folds)
@@ -255,7 +255,7 @@ def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int]]
         for f in folds:
             for t in range(max(ttas) + 1):
                 if (split, f, t) not in found:
-                    raise FileNotFoundError(f"{storage.join(preds_dir, f'y_pred_{split}_fold_{f}_tta_{t}.npy')}: "
+                    raise FileNotFoundError(f"{scoring.pred_path(preds_dir, split, f, t)}: "
                                             f"missing (found TTA 0..{max(ttas)} elsewhere in {preds_dir})")
     return preds_dir, ttas
 
