@@ -404,6 +404,22 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """Yields a local filename holding `path`'s bytes: the path itself when local, a downloaded
+    (checksum-verified) temporary copy for `gs://`. For readers that need a real file (h5py)."""
+    if not is_gcs(path):
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(prefix="tpuflow-", suffix="-" + os.path.basename(path))
+    os.close(fd)
+    try:
+        download_file(path, tmp)
+        yield tmp
+    finally:
+        os.remove(tmp)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Writes bytes atomically (locally: temporary name, then rename)."""
     if is_gcs(path):
