@@ -1,4 +1,7 @@
-"""The experiment runner: flags, jobs, the fold loop, checkpoints, predictions, scores, submission.
+"""What a `run.py` imports: the flags, the resolved run configuration and `main`.
+
+The jobs themselves (fold loop, checkpoints, predictions, scores, submission) run in
+`tpuflow.runner`.
 
 An experiment's `run.py` defines `init_model(cfg)` (an uncompiled Keras model) and
 `parse_example(serialized, cfg) -> (inputs, target)`, sets its flag defaults, and calls `main`:
