@@ -350,3 +350,23 @@ def test_png_encoding_is_lossless_for_mean_and_stacked(cv_dir, tmp_path):
             means = [np.floor(np.mean([storm[i] for i in run], axis=0) + 0.5)  # rounded half up
                      for run in frames.frame_indices(spec, row.frame_pos)]
             np.testing.assert_array_equal(ex["image"], np.stack(means, -1))
+
+
+def test_inspect_records_verifies_and_draws_a_contact_sheet(built, tmp_path):
+    root, _ = built
+    directory = str(tmp_path / "seq")
+    shutil.copytree(os.path.join(root, SPECS[3].name), directory)
+    tool = os.path.join(ROOT, "tools", "inspect_records.py")
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    sheet = str(tmp_path / "sheet.png")
+    out = subprocess.run([sys.executable, tool, f"--tfrec_dir={directory}", f"--contact_sheet={sheet}",
+                          "--n_examples=3", "--fold=-1"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "checksums            12/12 ok" in out.stdout and "sequence:n6:s2" in out.stdout
+    # 3 rows of 6 frames of 24 px, 2-pixel gaps.
+    assert Image.open(sheet).size == (6 * DIM + 5 * 2, 3 * (DIM + 2))
+    with open(os.path.join(directory, "fold.4.tfrecord-00001-of-00002"), "ab") as f:
+        f.write(b"junk")
+    out = subprocess.run([sys.executable, tool, f"--tfrec_dir={directory}"], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 1 and "fold.4.tfrecord-00001-of-00002: damaged" in out.stdout
