@@ -261,7 +261,7 @@ def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shard_names:
                 log(f"{path}: missing or damaged; rewriting it")
     for path in _shard_files(out_dir):
         name = os.path.basename(path)
-        if name not in shard_names or (old is None and name in todo):
+        if old is None or name not in shard_names:
             storage.remove(path)
     return DatasetPlan(spec, out_dir, key, old, todo)
 
