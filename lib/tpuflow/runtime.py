@@ -75,11 +75,26 @@ def _within(timeout_s: float, fn: Callable[[], T], what: str) -> T:
     return box["value"]
 
 
-def check_reachable(host: str, port: int, timeout_s: float, what: str) -> None:
-    """TPUUnreachableError unless a TCP connection to host:port opens within `timeout_s`."""
+# A gRPC (HTTP/2) client opens with this preface and an empty SETTINGS frame; the server's first
+# frame is its own SETTINGS (frame type 4). Anything else there is not a gRPC server.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4
+
+
+def check_reachable(host: str, port: int, timeout_s: float, what: str, grpc: bool = False) -> None:
+    """TPUUnreachableError unless a TCP connection to host:port opens within `timeout_s` (and, with
+    `grpc`, the server answers the HTTP/2 preface as a gRPC server does).
+
+    The gRPC check matters: TensorFlow's TPU initialisation waits forever on a port that accepts
+    connections but does not speak gRPC.
+    """
     def connect():
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            if grpc:
+                conn.sendall(_HTTP2_PREFACE)
+                header = conn.recv(9)
+                if len(header) < 4 or header[3] != _HTTP2_SETTINGS:
+                    raise ConnectionError("the port is open but does not answer as a gRPC server")
     try:
         _within(timeout_s, connect, f"{what} {host}:{port}")
     except OSError as err:
@@ -96,13 +111,14 @@ def connect_tpu(tpu: str, timeout_s: float = 10.0) -> tf.distribute.TPUStrategy:
     """TPUStrategy for `local` (TPU VM), a `grpc://host:port` address (TPU node) or a TPU name.
 
     Every network step is bounded by `timeout_s`, so an unreachable TPU fails in seconds with a
-    TPUUnreachableError instead of hanging: the grpc port (address), or the metadata server, the
-    TPU API and then the TPU's own grpc port (name). TPU system initialisation itself is not
-    bounded (a reachable TPU can legitimately take a minute to initialise).
+    TPUUnreachableError instead of hanging: the gRPC port (address), or the metadata server, the
+    TPU API and then the TPU's own gRPC port (name). TPU system initialisation itself is not
+    bounded (a reachable TPU can legitimately take a minute to initialise); a gRPC server that is
+    not a TPU fails it at once.
     """
     if tpu != "local":
         if tpu.startswith("grpc://"):
-            check_reachable(*_endpoint(tpu, 8470), timeout_s, f"--tpu_ip_or_name={tpu}: TPU address")
+            check_reachable(*_endpoint(tpu, 8470), timeout_s, f"--tpu_ip_or_name={tpu}: TPU address", grpc=True)
         else:  # a name: the client asks the metadata server, then the Cloud TPU API
             check_reachable(*metadata_endpoint(), timeout_s,
                             f"--tpu_ip_or_name={tpu}: a TPU name needs the GCE metadata server (run on "
@@ -112,7 +128,7 @@ def connect_tpu(tpu: str, timeout_s: float = 10.0) -> tf.distribute.TPUStrategy:
                            f"--tpu_ip_or_name={tpu}: resolving the TPU")
         if tpu != "local":
             check_reachable(*_endpoint(resolver.master(), 8470), timeout_s,
-                            f"--tpu_ip_or_name={tpu}: TPU endpoint")
+                            f"--tpu_ip_or_name={tpu}: TPU endpoint", grpc=True)
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except TPUUnreachableError:
