@@ -29,8 +29,8 @@ flags.DEFINE_string("job", "train_val_test_score_subm", "Words joined by '_' fro
 flags.DEFINE_string("tpu_ip_or_name", None, "TPU name, grpc:// address or 'local' (TPU VM); None: GPUs or CPU")
 flags.DEFINE_boolean("tpu_fallback", False, "If the TPU cannot be reached, warn and run on the GPUs/CPU instead of failing")
 flags.DEFINE_float("tpu_timeout_s", 10.0, "Seconds each TPU network step (address, metadata server, TPU API) may take")
-flags.DEFINE_string("mixed_precision", None, "mixed_float16 (GPU), mixed_bfloat16 (TPU/CPU), auto (by device: "
-                    "bf16 on TPU, fp16 on GPU, fp32 on CPU) or None (float32)")
+flags.DEFINE_string("mixed_precision", "auto", "auto (by device: mixed_bfloat16 on TPU, mixed_float16 on GPU, "
+                    "float32 on CPU), mixed_float16, mixed_bfloat16 or None (float32 everywhere)")
 flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical devices (tests multi-replica code)")
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (TPU: 32-256 hides host overhead)")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step (auto: Keras "
