@@ -115,7 +115,7 @@ def test_corrupt_backup_is_reported_and_the_fold_restarts(killed_and_resumed, cv
     assert "Fold 0: train+val already complete, skipping" in log
     assert _epochs_run(log) == EPOCHS  # fold 1 trained from its first epoch
     shapes, ids, ckpts = _outputs(snapshot)
-    assert ckpts == [1, 1] and shapes[f"y_pred_val_fold_1_tta_1.npy"] == (len(ids[1]), 1)
+    assert ckpts == [1, 1] and shapes["y_pred_val_fold_1_tta_1.npy"] == (len(ids[1]), 1)
 
 
 def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):

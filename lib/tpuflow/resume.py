@@ -97,9 +97,12 @@ class FoldProgress:
         return todo
 
     def mark(self, job: str) -> None:
-        """Records `job` as done (atomically), after its outputs are written."""
+        """Records `job` as done (atomically), after its outputs are written; once training is
+        recorded, the fold's backup is no longer needed (removed after the record: no gap)."""
         self.done.add(job)
         storage.write_json(self.path, {"fingerprint": self.fingerprint, "done": sorted(self.done)})
+        if job == "train":
+            clear_backup(fold_dir(self.cfg.output_dir, self.fold))
 
 
 class FoldBackup(keras.callbacks.Callback):
@@ -123,10 +126,6 @@ class FoldBackup(keras.callbacks.Callback):
         stem = storage.join(self.dir, f"epoch-{epochs:03d}")
         return stem + ".weights.h5", stem + ".optimizer.npz"
 
-    def _clear(self) -> None:
-        for name in storage.glob(storage.join(self.dir, "epoch-*")) + [storage.join(self.dir, STATE)]:
-            storage.remove(name)
-
     def restore(self, model: keras.Model) -> int:
         """Loads the last backup into `model`; returns the epochs already done (0: start afresh).
 
@@ -135,7 +134,7 @@ class FoldBackup(keras.callbacks.Callback):
         """
         state_path = storage.join(self.dir, STATE)
         if not self.cfg.resume or not storage.exists(state_path):
-            self._clear()
+            clear_backup(self.dir)
             return 0
         before = model.get_weights(), [v.numpy() for v in model.optimizer.variables]
         try:
@@ -144,11 +143,11 @@ class FoldBackup(keras.callbacks.Callback):
             _say(f"{err}; fold {self.fold} restarts from scratch", warning=True)
             model.set_weights(before[0])
             _assign(model.optimizer.variables, before[1], "the initial optimizer state")
-            self._clear()
+            clear_backup(self.dir)
             return 0
         if state is None:
             _say(f"{state_path}: backup of other settings; fold {self.fold} starts afresh")
-            self._clear()
+            clear_backup(self.dir)
             return 0
         self._pending = state["callbacks"]
         epochs = int(state["epochs_done"])
@@ -220,9 +219,11 @@ class FoldBackup(keras.callbacks.Callback):
             if old not in (weights_path, optimizer_path):
                 storage.remove(old)
 
-    def finish(self) -> None:
-        """Training of the fold is complete: its backup is no longer needed."""
-        self._clear()
+
+def clear_backup(directory: str) -> None:
+    """Removes a fold's epoch backup (its done record stays)."""
+    for name in storage.glob(storage.join(directory, "epoch-*")) + [storage.join(directory, STATE)]:
+        storage.remove(name)
 
 
 class CorruptBackup(Exception):
