@@ -2,7 +2,6 @@
 worker counts, resume, bad input, --explain; and the TensorFlow-free record format."""
 import glob
 import hashlib
-import io
 import os
 import shutil
 import subprocess
