@@ -14,10 +14,11 @@ setup(
         "numpy",
         "pandas",
         "absl-py",
-        "pillow",
+        "pillow>=10.2",  # RGB JPEGs without chroma subsampling (stacked/mean records)
         "scipy",
         "matplotlib",
         "google-cloud-storage",
+        "google-crc32c",
     ],
     extras_require={
         "test": ["pytest", "gcp-storage-emulator", "mitmproxy>=11"],

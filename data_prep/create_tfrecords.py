@@ -1,12 +1,16 @@
-"""Writes fold-sharded TFRecord datasets from the CV split.
+"""Writes fold-sharded TFRecord datasets from the CV split: many specs in one pass over the frames.
 
 Usage:
-    python data_prep/create_tfrecords.py --data_dir=data --out_dir=data --specs=single,stacked:s5
-    python data_prep/create_tfrecords.py --data_dir=data --out_dir=data --spec_file=specs.txt
+    python data_prep/create_tfrecords.py --data_dir=data --specs=single,stacked:s5,sequence:n24:s1
+    python data_prep/create_tfrecords.py --data_dir=data --spec_file=data_prep/reference_specs.txt
+    python data_prep/create_tfrecords.py --data_dir=data --specs=stacked:s5 --explain=abc_010,abc_000
 
 Specs: `single`, `stacked:s<step>`, `mean:s<step>`, `sequence:n<frames>:s<step>`; each becomes
 `<out_dir>/data-tfrec-<kind>-frames<NNN>-step<SSS>/` with fold.<k>.tfrecord-*, test.tfrecord-*
-and manifest.json.
+and manifest.json. Each source frame is read and decoded once per storm, whatever the number of
+specs. A re-run skips datasets that are complete and rewrites only missing or damaged shards.
+`--explain` prints which source frames each channel or step of the given examples uses, and
+builds nothing.
 """
 from absl import app, flags
 
@@ -17,8 +21,13 @@ flags.DEFINE_string("out_dir", None, "Root for the dataset dirs (default: --data
 flags.DEFINE_list("specs", ["single"], "Dataset specs, comma-separated")
 flags.DEFINE_string("spec_file", None, "File with one spec per line (# comments); replaces --specs")
 flags.DEFINE_integer("shards_per_fold", 1, "Files per fold (TPU hosts read shards in parallel)")
-flags.DEFINE_enum("encoding", "jpeg", list(builder.ENCODINGS), "Encoding of stacked/mean images")
+flags.DEFINE_enum("encoding", "jpeg", list(builder.ENCODINGS),
+                  "Encoding of stacked/mean images: jpeg (4:4:4) or png (lossless)")
 flags.DEFINE_integer("quality", 95, "JPEG quality of stacked/mean images")
+flags.DEFINE_integer("workers", 0, "Worker processes (0: all cores)")
+flags.DEFINE_integer("chunk_frames", 128, "Frames of a storm per work unit (bounds memory)")
+flags.DEFINE_bool("overwrite", False, "Replace an existing dataset built with other specs/inputs")
+flags.DEFINE_list("explain", [], "Image ids: print the source frames of their examples and exit")
 FLAGS = flags.FLAGS
 
 
@@ -26,11 +35,14 @@ def main(argv):
     del argv
     lines = storage.read_text(FLAGS.spec_file).splitlines() if FLAGS.spec_file else FLAGS.specs
     specs = frames.parse_specs(lines)
-    out_dir = FLAGS.out_dir or FLAGS.data_dir
-    manifests = builder.build_datasets(FLAGS.data_dir, out_dir, specs, FLAGS.shards_per_fold,
-                                       FLAGS.encoding, FLAGS.quality)
-    for spec, manifest in zip(specs, manifests):
-        print(f"{storage.join(out_dir, spec.name)}: {manifest['counts']}")
+    if FLAGS.explain:
+        for line in builder.explain_examples(FLAGS.data_dir, specs, FLAGS.explain):
+            print(line)
+        return
+    builder.build_datasets(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir, specs,
+                           shards_per_fold=FLAGS.shards_per_fold, encoding=FLAGS.encoding,
+                           quality=FLAGS.quality, workers=FLAGS.workers or None,
+                           overwrite=FLAGS.overwrite, chunk_frames=FLAGS.chunk_frames)
 
 
 if __name__ == "__main__":

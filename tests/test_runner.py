@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow import experiment, records, scoring
+from tpuflow import experiment, records
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -105,14 +105,21 @@ import sys
 import numpy as np, keras, tensorflow as tf
 sys.path.insert(0, {here!r})
 import tiny_experiment
-from tpuflow import experiment, records, runner, runtime
+from tpuflow import experiment, pipeline, records, runner, runtime
 
 strategy = runtime.get_strategy(None, cpu_replicas=2)
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
-cfg = experiment.make_config(data_dir={cv!r}, data_tfrec_dir={rec!r}, output_dir={out!r}, quick=True,
-                             dim=16, cpu_replicas=2, batch_size=6, tta_number=0, verbose=0, n_folds=1,
-                             job="train_val")
+settings = dict(data_dir={cv!r}, data_tfrec_dir={rec!r}, output_dir={out!r}, quick=True, dim=16, cpu_replicas=2,
+                tta_number=0, verbose=0, n_folds=1, job="train_val")
+try:  # a global batch that does not split over the replicas is an error naming both numbers
+    experiment.run(experiment.make_config(batch_size=5, **settings), tiny_experiment.init_model,
+                   tiny_experiment.parse_example)
+    raise AssertionError("batch 5 on 2 replicas was accepted")
+except ValueError as err:
+    assert "--batch_size=5 (global) is not divisible by the 2 replicas" in str(err), err
+cfg = experiment.make_config(batch_size=3, batch_size_per_replica=True, **settings)
 result = experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
+assert cfg.global_batch_size == 6, cfg.global_batch_size
 # Exactly once, in id order: a weight-free model whose output identifies the example.
 with strategy.scope():
     inp = keras.Input((16, 16, 1))
@@ -121,6 +128,13 @@ parse = lambda s: tiny_experiment.parse_example(s, cfg)
 files = records.record_files({rec!r}, [0])
 ids = records.read_ids(files)
 assert len(ids) % 6, "choose a batch that does not divide the fold"
+# Static shapes, per replica too: each of the 2 replicas gets 3 of the 6 examples of every batch.
+train_ds = pipeline.train_dataset(files, parse, 6, shuffle_buffer=8, aug_prob=1.0, seed=0)
+predict_ds = pipeline.predict_dataset(files, parse, 6, len(ids))
+assert train_ds.element_spec[0].shape == (6, 16, 16, 1), train_ds.element_spec
+assert predict_ds.element_spec.shape == (6, 16, 16, 1), predict_ds.element_spec
+per_replica = next(iter(strategy.experimental_distribute_dataset(predict_ds)))
+assert [v.shape for v in strategy.experimental_local_results(per_replica)] == [(3, 16, 16, 1)] * 2
 pred = runner.predict(probe, files, parse, len(ids), cfg, 0)[:, 0]
 expected = np.array([float(tf.reduce_mean(parse(s)[0])) for s in tf.data.TFRecordDataset(files)])
 assert pred.shape == expected.shape, (pred.shape, expected.shape)

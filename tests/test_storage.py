@@ -395,3 +395,11 @@ def test_resumable_upload_survives_a_service_outage(tmp_path, monkeypatch):
     finally:
         stop_process(proc)
         log.close()
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tmp_path / "out.json"
+    storage.write_json(str(path), {"a": 1})
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

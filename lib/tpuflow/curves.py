@@ -3,7 +3,8 @@
 Files: `<output_dir>/curves/fold_<k>.csv` (one row per epoch: epoch, then every value Keras and
 the runner's callbacks logged, e.g. loss, rmse, val_loss, val_rmse, learning_rate) and
 `fold_<k>.png`. Both are rewritten atomically after every epoch, so a long run on a remote
-machine can be watched (and a preempted one still leaves its curves).
+machine can be watched (and a preempted one still leaves its curves). A fold resumed after a
+kill keeps the rows of the epochs it does not redo.
 """
 from __future__ import annotations
 
@@ -61,7 +62,13 @@ class TrainingCurves(keras.callbacks.Callback):
         self.rows: list[dict] = []
 
     def on_train_begin(self, logs=None):
-        self.rows = []
+        self.rows = None  # known at the first epoch: which earlier rows (if resumed) to keep
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.rows is None:
+            earlier = pd.read_csv(io.BytesIO(storage.read_bytes(self.csv_path))) \
+                if epoch and storage.exists(self.csv_path) else pd.DataFrame({"epoch": []})
+            self.rows = earlier[earlier["epoch"] <= epoch].to_dict("records")
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})

@@ -1,4 +1,7 @@
-"""The experiment runner: flags, jobs, the fold loop, checkpoints, predictions, scores, submission.
+"""What a `run.py` imports: the flags, the resolved run configuration and `main`.
+
+The jobs themselves (fold loop, checkpoints, predictions, scores, submission) run in
+`tpuflow.runner`.
 
 An experiment's `run.py` defines `init_model(cfg)` (an uncompiled Keras model) and
 `parse_example(serialized, cfg) -> (inputs, target)`, sets its flag defaults, and calls `main`:
@@ -27,8 +30,16 @@ FLAGS = flags.FLAGS
 _EARLIER_FLAGS = set(FLAGS)
 flags.DEFINE_string("job", "train_val_test_score_subm", "Words joined by '_' from " + ", ".join(JOB_WORDS))
 flags.DEFINE_string("tpu_ip_or_name", None, "TPU name, grpc:// address or 'local' (TPU VM); None: GPUs or CPU")
-flags.DEFINE_string("mixed_precision", None, "mixed_float16 (GPU), mixed_bfloat16 (TPU/CPU) or None")
+flags.DEFINE_boolean("tpu_fallback", False, "If the TPU cannot be reached, warn and run on the GPUs/CPU instead of failing")
+flags.DEFINE_float("tpu_timeout_s", 10.0, "Seconds each TPU network step (address, metadata server, TPU API) may take")
+flags.DEFINE_string("mixed_precision", "auto", "auto (by device: mixed_bfloat16 on TPU, mixed_float16 on GPU, "
+                    "float32 on CPU), mixed_float16, mixed_bfloat16 or None (float32 everywhere)")
 flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical devices (tests multi-replica code)")
+flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (TPU: 32-256 hides host overhead)")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step (auto: Keras "
+                  "decides; TPUs always compile)")
+flags.DEFINE_boolean("resume", True, "Resume an interrupted fold from its per-epoch backup and skip completed "
+                     "folds (--noresume: start every fold afresh)")
 flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
 flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
 flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
@@ -44,8 +55,12 @@ flags.DEFINE_integer("initial_fold", 0, "First fold to run")
 flags.DEFINE_integer("dim", 366, "Image height and width fed to the model (records are resized)")
 flags.DEFINE_boolean("invert", False, "Invert pixel values (255 - x)")
 flags.DEFINE_integer("n_epochs", 15, "Maximum epochs per fold")
-flags.DEFINE_integer("batch_size", 32, "Global batch size (all replicas together)")
-flags.DEFINE_float("lr", 1e-3, "Initial learning rate")
+flags.DEFINE_integer("batch_size", 32, "Batch size: global (all replicas together) unless --batch_size_per_replica")
+flags.DEFINE_boolean("batch_size_per_replica", False, "--batch_size is per replica: global batch = it x replicas")
+flags.DEFINE_float("lr", 1e-3, "Initial learning rate (at --base_batch_size when --lr_scaling is set)")
+flags.DEFINE_enum("lr_scaling", "none", ["none", "linear", "sqrt"], "Scale --lr by (global batch / "
+                  "--base_batch_size), or its square root")
+flags.DEFINE_integer("base_batch_size", 0, "Batch size --lr was tuned for (0: the per-replica batch)")
 flags.DEFINE_float("bn_momentum", None, "Override every BatchNormalization momentum (e.g. 0.9: short runs from scratch)")
 flags.DEFINE_string("backbone", "EfficientNetB0", "keras.applications backbone name")
 flags.DEFINE_string("weights", None, "Backbone weights: None, imagenet or a file path")
@@ -88,6 +103,8 @@ def make_config(**overrides) -> Config:
     cfg.jobs = sorted(parse_jobs(cfg.job), key=JOB_WORDS.index)
     if not 0 <= cfg.tta_number <= 9:
         raise ValueError(f"--tta_number={cfg.tta_number}: must be 0..9")
+    if cfg.steps_per_execution < 1:
+        raise ValueError(f"--steps_per_execution={cfg.steps_per_execution}: must be >= 1")
     if cfg.quick:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
         cfg.n_epochs, cfg.steps_per_epoch, cfg.buffer_size = 1, 2, 64
         cfg.batch_size = min(cfg.batch_size, 4 * cfg.cpu_replicas)

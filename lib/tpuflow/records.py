@@ -11,9 +11,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tpuflow import storage
-
-MANIFEST = "manifest.json"
+from tpuflow import recordio, storage
+from tpuflow.recordio import MANIFEST, shard_bounds, shard_name  # noqa: F401  (shared naming)
 
 # Every record carries these; builders may add more (storm_id, fold_id, frame_id, ...).
 COMMON_FEATURES = {
@@ -22,11 +21,6 @@ COMMON_FEATURES = {
     "label": tf.io.FixedLenFeature([], tf.int64),
     "label_le": tf.io.FixedLenFeature([], tf.int64),
 }
-
-
-def shard_name(prefix: str, index: int, count: int) -> str:
-    """`fold.0` -> `fold.0.tfrecord-00001-of-00004` (TFDS-style, sortable)."""
-    return f"{prefix}.tfrecord-{index:05d}-of-{count:05d}"
 
 
 def to_feature(value) -> tf.train.Feature:
@@ -46,12 +40,6 @@ def serialize_example(features: dict) -> bytes:
     """Serialises a dict of plain values to a tf.train.Example."""
     return tf.train.Example(features=tf.train.Features(
         feature={k: to_feature(v) for k, v in features.items()})).SerializeToString()
-
-
-def shard_bounds(n_examples: int, n_shards: int) -> list[tuple[int, int]]:
-    """Contiguous, near-equal [start, stop) ranges: fixed example->shard assignment, order kept."""
-    edges = [round(i * n_examples / n_shards) for i in range(n_shards + 1)]
-    return list(zip(edges[:-1], edges[1:]))
 
 
 def write_shards(examples: Sequence[tuple[str, bytes]], out_dir: str, prefix: str,
@@ -74,7 +62,8 @@ def write_shards(examples: Sequence[tuple[str, bytes]], out_dir: str, prefix: st
     for i, (start, stop) in enumerate(shard_bounds(len(keys), n_shards)):
         name = shard_name(prefix, i, n_shards)
         with storage.atomic_path(storage.join(out_dir, name)) as tmp:
-            with tf.io.TFRecordWriter(tmp) as writer:
+            with open(tmp, "wb") as f:
+                writer = recordio.RecordWriter(f)
                 for _, record in examples[start:stop]:
                     writer.write(record)
         counts[name] = stop - start

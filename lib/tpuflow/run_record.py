@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import os
 import platform
+import re
 import subprocess
 import time
 from typing import Callable
@@ -165,13 +166,13 @@ class RunRecord:
         }
         self.record = dict(fresh)
         if previous and not trains:  # keep what this invocation does not redo
-            keep = ("flags", "dataset", "model", "cv", "folds", "timings", "runtime", "git", "run_py",
-                    "description")
+            keep = ("flags", "dataset", "model", "cv", "runtime", "git", "run_py", "description")
             self.record.update({k: previous[k] for k in keep if previous.get(k) is not None})
             self.record["dataset"] = fresh["dataset"] or self.record["dataset"]
-            self.record["timings"] = {**previous.get("timings", {})}
-        if previous.get("lb"):  # leaderboard scores belong to the experiment id, not one training
-            self.record["lb"] = previous["lb"]
+        # Folds skipped by a resumed run keep their facts; leaderboard scores belong to the id.
+        for key in ("folds", "timings", "lb"):
+            if isinstance(previous.get(key), dict):
+                self.record[key] = dict(previous[key])
         self.write()
 
     def write(self) -> None:
@@ -184,6 +185,8 @@ class RunRecord:
         import tensorflow as tf  # noqa: PLC0415
         from tpuflow import models  # noqa: PLC0415
         cfg = self.cfg
+        if "train" in cfg.jobs:  # now with what the strategy resolved (global batch, scaled LR, ...)
+            self.record["flags"] = _json_safe(vars(cfg))
         self.record["model"] = {
             "architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
             "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params()),
@@ -191,20 +194,22 @@ class RunRecord:
         device = next((d for d in ("TPU", "GPU") if tf.config.list_logical_devices(d)), "CPU")
         self.record["runtime"] = {
             "replicas": int(strategy.num_replicas_in_sync), "strategy": type(strategy).__name__,
-            "device": device, "precision": keras.mixed_precision.global_policy().name,
+            "device": device, "precision": getattr(cfg, "precision", keras.mixed_precision.global_policy().name),
             "host": platform.node(),
         }
         self.write()
 
-    def fold_done(self, fold: int, history, timings: dict) -> None:
-        """After a fold: epochs trained (from the fit History, None if the fold was not trained)
-        and the best epoch, timings so far."""
+    def fold_done(self, fold: int, history, best_checkpoint: str, timings: dict) -> None:
+        """After a fold: epochs trained (from the fit History; None if the fold was not trained
+        now), the best epoch and its score (from the kept checkpoint's name), timings so far."""
         if history is not None:
-            monitored = history.history[self.cfg.monitor]
-            best = int(np.argmin(monitored))
+            # A resumed fold's History starts at the resumed epoch: count from epoch 1.
+            epochs = history.epoch[-1] + 1 if history.epoch else 0
+            best = re.search(r"-e(\d+)-([0-9.]+)\.weights\.h5$", best_checkpoint)
             self.record["folds"][str(fold)] = {
-                "epochs": len(history.epoch), "best_epoch": best + 1,
-                "best_val_rmse": float(history.history["val_rmse"][best]),
+                "epochs": epochs, "epochs_this_run": len(history.epoch),
+                "best_epoch": int(best.group(1)), "best_val_rmse": float(best.group(2)),
+                "checkpoint": best_checkpoint.rsplit("/", 1)[-1],
             }
         self.record["timings"].update({k: round(v, 3) for k, v in timings.items()})
         self.write()

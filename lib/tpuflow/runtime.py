@@ -1,16 +1,25 @@
 """Picks the distribution strategy (TPU, GPUs or CPU) and the mixed-precision policy.
 
 The same experiment code runs everywhere: only `--tpu_ip_or_name`, `--mixed_precision` and
-`--cpu_replicas` change.
+`--cpu_replicas` change. Also here: the global batch from a per-replica one, learning-rate
+scaling for it, and a TPU connection that fails in seconds (not a hang) when the TPU is unreachable.
 """
 from __future__ import annotations
 
 import logging
+import math
+import os
+import socket
+import threading
+from typing import Callable, TypeVar
 
 import keras
 import tensorflow as tf
 
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
+AUTO_PRECISION = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16", "cpu": "float32"}
+LR_SCALING = ("none", "linear", "sqrt")
+T = TypeVar("T")
 _NONE_WORDS = ("", "none", "None")
 
 
@@ -31,37 +40,189 @@ def split_cpu(n_replicas: int) -> None:
                            "initialised; set it before any TensorFlow work") from err
 
 
-def get_strategy(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1) -> tf.distribute.Strategy:
-    """TPUStrategy for a TPU name, `grpc://` address or `local` (TPU VM); else MirroredStrategy
-    over all visible GPUs; else the CPU (MirroredStrategy over logical CPUs if `cpu_replicas` > 1).
+class TPUUnreachableError(RuntimeError):
+    """The TPU named by `--tpu_ip_or_name` could not be reached or initialised."""
+
+
+def _endpoint(address: str, default_port: int) -> tuple[str, int]:
+    """`grpc://host:port`, `http://host:port` or `host[:port]` -> (host, port)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    return host, int(port) if port else default_port
+
+
+def _within(timeout_s: float, fn: Callable[[], T], what: str) -> T:
+    """`fn()` run in a daemon thread: its result, or TPUUnreachableError after `timeout_s`.
+
+    Name resolution and the TPU client's HTTP calls have no timeout of their own; a thread keeps a
+    hung call from hanging the run (the thread is abandoned, it holds nothing of ours).
     """
-    if tpu_ip_or_name not in (None, *_NONE_WORDS):
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_ip_or_name)
-        if tpu_ip_or_name != "local":
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # re-raised in the caller's thread
+            box["error"] = err
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TPUUnreachableError(f"{what}: no answer within {timeout_s:g} s (--tpu_timeout_s)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# A gRPC (HTTP/2) client opens with this preface and an empty SETTINGS frame; the server's first
+# frame is its own SETTINGS (frame type 4). Anything else there is not a gRPC server.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4
+
+
+def check_reachable(host: str, port: int, timeout_s: float, what: str, grpc: bool = False) -> None:
+    """TPUUnreachableError unless a TCP connection to host:port opens within `timeout_s` (and, with
+    `grpc`, the server answers the HTTP/2 preface as a gRPC server does).
+
+    The gRPC check matters: TensorFlow's TPU initialisation waits forever on a port that accepts
+    connections but does not speak gRPC.
+    """
+    def connect():
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            if grpc:
+                conn.sendall(_HTTP2_PREFACE)
+                header = conn.recv(9)
+                if len(header) < 4 or header[3] != _HTTP2_SETTINGS:
+                    raise ConnectionError("the port is open but does not answer as a gRPC server")
+    try:
+        _within(timeout_s, connect, f"{what} {host}:{port}")
+    except OSError as err:
+        raise TPUUnreachableError(f"{what} {host}:{port} is not reachable: {err}") from err
+
+
+def metadata_endpoint() -> tuple[str, int]:
+    """The GCE metadata server the TPU client asks for project and zone (same variables it reads)."""
+    address = os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_IP") or "metadata.google.internal"
+    return _endpoint(address, 80)
+
+
+def connect_tpu(tpu: str, timeout_s: float = 10.0) -> tf.distribute.TPUStrategy:
+    """TPUStrategy for `local` (TPU VM), a `grpc://host:port` address (TPU node) or a TPU name.
+
+    Every network step is bounded by `timeout_s`, so an unreachable TPU fails in seconds with a
+    TPUUnreachableError instead of hanging: the gRPC port (address), or the metadata server, the
+    TPU API and then the TPU's own gRPC port (name). TPU system initialisation itself is not
+    bounded (a reachable TPU can legitimately take a minute to initialise); a gRPC server that is
+    not a TPU fails it at once.
+    """
+    if tpu != "local":
+        if tpu.startswith("grpc://"):
+            check_reachable(*_endpoint(tpu, 8470), timeout_s, f"--tpu_ip_or_name={tpu}: TPU address", grpc=True)
+        else:  # a name: the client asks the metadata server, then the Cloud TPU API
+            check_reachable(*metadata_endpoint(), timeout_s,
+                            f"--tpu_ip_or_name={tpu}: a TPU name needs the GCE metadata server (run on "
+                            "Google Cloud or pass a grpc:// address);")
+    try:
+        resolver = _within(timeout_s, lambda: tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu),
+                           f"--tpu_ip_or_name={tpu}: resolving the TPU")
+        if tpu != "local":
+            check_reachable(*_endpoint(resolver.master(), 8470), timeout_s,
+                            f"--tpu_ip_or_name={tpu}: TPU endpoint", grpc=True)
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-        strategy = tf.distribute.TPUStrategy(resolver)
-        kind = f"TPU {tpu_ip_or_name!r}"
-    elif tf.config.list_physical_devices("GPU"):
-        strategy = tf.distribute.MirroredStrategy()
-        kind = "GPU"
-    elif cpu_replicas > 1:
-        split_cpu(cpu_replicas)
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
-        strategy = tf.distribute.MirroredStrategy(devices)
-        kind = "CPU (logical devices)"
-    else:
-        strategy = tf.distribute.get_strategy()
-        kind = "CPU"
+    except TPUUnreachableError:
+        raise
+    except Exception as err:  # resolver and TF errors: name the flag and keep the cause
+        raise TPUUnreachableError(f"--tpu_ip_or_name={tpu}: {type(err).__name__}: {err}") from err
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def get_strategy(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tpu_fallback: bool = False,
+                 tpu_timeout_s: float = 10.0) -> tf.distribute.Strategy:
+    """TPUStrategy for a TPU name, `grpc://` address or `local` (TPU VM); else MirroredStrategy
+    over all visible GPUs; else the CPU (MirroredStrategy over logical CPUs if `cpu_replicas` > 1).
+
+    An unreachable TPU raises TPUUnreachableError within about `tpu_timeout_s`, or with
+    `tpu_fallback` prints a warning and goes on with the GPUs or the CPU.
+    """
+    strategy = None
+    if tpu_ip_or_name not in (None, *_NONE_WORDS):
+        try:
+            strategy, kind = connect_tpu(tpu_ip_or_name, tpu_timeout_s), f"TPU {tpu_ip_or_name!r}"
+        except TPUUnreachableError as err:
+            if not tpu_fallback:
+                raise
+            logging.warning("%s; falling back (--tpu_fallback)", err)
+            print(f"WARNING: {err}; falling back to GPU/CPU (--tpu_fallback)", flush=True)
+    if strategy is None:
+        strategy, kind = _local_strategy(cpu_replicas)
     logging.info("Running on %s with %d replica(s)", kind, strategy.num_replicas_in_sync)
     print(f"Running on {kind} with {strategy.num_replicas_in_sync} replica(s)", flush=True)
     return strategy
 
 
-def set_precision(policy: str | None) -> str:
-    """Sets the global Keras dtype policy; None/'' keeps float32. Returns the policy in force."""
+def _local_strategy(cpu_replicas: int) -> tuple[tf.distribute.Strategy, str]:
+    """MirroredStrategy over all visible GPUs, else the CPU (split into logical devices if asked)."""
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy(), "GPU"
+    if cpu_replicas > 1:
+        split_cpu(cpu_replicas)
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+        return tf.distribute.MirroredStrategy(devices), "CPU (logical devices)"
+    return tf.distribute.get_strategy(), "CPU"
+
+
+def device_kind(strategy: tf.distribute.Strategy) -> str:
+    """'tpu', 'gpu' or 'cpu': what the strategy's replicas run on."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "tpu"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        devices = strategy.extended.worker_devices
+    else:  # the default strategy: whatever TensorFlow places ops on, a GPU if there is one
+        devices = [d.name for d in tf.config.list_logical_devices()]
+    return "gpu" if any("GPU" in d.upper() for d in devices) else "cpu"
+
+
+def global_batch_size(batch_size: int, replicas: int, per_replica: bool) -> int:
+    """The global batch (all replicas together) from `--batch_size` and `--batch_size_per_replica`.
+
+    A global batch must split evenly over the replicas (each gets the same static shape).
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch_size={batch_size}: must be >= 1")
+    if per_replica:
+        return batch_size * replicas
+    if batch_size % replicas:
+        raise ValueError(f"--batch_size={batch_size} (global) is not divisible by the {replicas} replicas; "
+                         f"use a multiple of {replicas} or --batch_size_per_replica")
+    return batch_size
+
+
+def scaled_lr(lr: float, global_batch: int, base_batch: int, rule: str) -> float:
+    """`--lr` scaled for the global batch: 'none', 'linear' (lr * g/b) or 'sqrt' (lr * sqrt(g/b)).
+
+    `lr` is the rate tuned at `base_batch`; bigger accelerator batches keep the same per-example step.
+    """
+    if rule not in LR_SCALING:
+        raise ValueError(f"--lr_scaling={rule!r}: expected one of {LR_SCALING}")
+    if rule != "none" and base_batch < 1:
+        raise ValueError(f"--base_batch_size={base_batch}: must be >= 1 with --lr_scaling={rule}")
+    ratio = global_batch / base_batch if rule != "none" else 1.0
+    return lr * (ratio if rule == "linear" else math.sqrt(ratio))
+
+
+def set_precision(policy: str | None, strategy: tf.distribute.Strategy | None = None) -> str:
+    """Sets the global Keras dtype policy; None/'' keeps float32. Returns the policy in force.
+
+    'auto' picks by device: mixed_bfloat16 on TPU (native bf16 matrix units, no loss scaling),
+    mixed_float16 on GPU (Keras compile then wraps the optimizer in a LossScaleOptimizer),
+    float32 on CPU.
+    """
+    if policy == "auto":
+        policy = AUTO_PRECISION[device_kind(strategy or tf.distribute.get_strategy())]
     name = "float32" if policy in (None, *_NONE_WORDS) else policy
     if name not in ("float32", *PRECISIONS):
-        raise ValueError(f"--mixed_precision={policy!r}: expected one of {PRECISIONS} or None")
+        raise ValueError(f"--mixed_precision={policy!r}: expected one of {PRECISIONS}, auto or None")
     keras.mixed_precision.set_global_policy(name)
     return name

@@ -38,6 +38,8 @@ import numpy as np
 _GS = "gs://"
 _WILDCARD = re.compile(r"[*?\[]")
 _READ_BLOCK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 _TMP_PREFIX = ".tmp-"  # atomic_path's temporaries: never listed as files of a tree
 
 
@@ -393,12 +395,29 @@ def atomic_path(path: str) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix="-" + base, dir=directory)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """Yields a local filename holding `path`'s bytes: the path itself when local, a downloaded
+    (checksum-verified) temporary copy for `gs://`. For readers that need a real file (h5py)."""
+    if not is_gcs(path):
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(prefix="tpuflow-", suffix="-" + os.path.basename(path))
+    os.close(fd)
+    try:
+        download_file(path, tmp)
+        yield tmp
+    finally:
+        os.remove(tmp)
 
 
 def write_bytes(path: str, data: bytes) -> None:

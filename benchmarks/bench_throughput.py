@@ -1,0 +1,131 @@
+"""Usage: python benchmarks/bench_throughput.py [--backbone=EfficientNetB0] [--dim=128] [--batch_size=32]
+    [--kinds=single,stacked:s2,mean:s2,sequence:n6:s1] [--mixed_precision=mixed_float16] [--profile=/tmp/trace]
+
+Is the input pipeline or the model the bottleneck? For each dataset kind, on this machine:
+
+- input: training-pipeline examples/s (read, decode, resize, augment, batch: `pipeline.train_dataset`,
+  exactly what `model.fit` consumes), on the host CPU;
+- model: training examples/s of the kind's model (the backbone on each image; for sequences on each
+  frame, then an LSTM over time) fed from one in-memory batch, so no input work is counted;
+- their ratio: input/model > 1 means the accelerator (or CPU) running the model is the limit
+  (model-bound); < 1 means it waits for data (input-bound: cache, fewer augmentations, more hosts).
+
+Data are built-in synthetic storms (`--size` px) written to a temporary directory. The model runs
+under the same strategy as training (all GPUs if any). `--profile=<dir>` also writes a TensorBoard
+trace of a few input batches and model steps (view: tensorboard --logdir <dir>, Profile tab).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+from absl import app, flags
+
+from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("kinds", ["single", "stacked:s2", "mean:s2", "sequence:n6:s1"], "Dataset kinds to measure")
+flags.DEFINE_string("backbone", "EfficientNetB0", "keras.applications backbone of the model")
+flags.DEFINE_integer("dim", 128, "Model input size (records are resized to it)")
+flags.DEFINE_integer("size", 128, "Size of the synthetic frames written to the records")
+flags.DEFINE_integer("batch_size", 32, "Global batch size")
+flags.DEFINE_float("aug_prob", 0.5, "Training augmentation probability")
+flags.DEFINE_integer("input_batches", 30, "Timed input-pipeline batches per kind (after one warm-up batch)")
+flags.DEFINE_integer("model_steps", 5, "Timed model training steps per kind (after two warm-up steps)")
+flags.DEFINE_string("mixed_precision", None, "Model precision: mixed_float16, mixed_bfloat16, auto or None")
+flags.DEFINE_string("profile", None, "Directory for a TensorBoard trace of a few batches and steps")
+flags.DEFINE_string("work_dir", None, "Where to write the temporary records (default: system temp)")
+
+
+def parse_fn(spec: frames.DatasetSpec, dim: int):
+    """The kind's record parser as an experiment's `parse_example` would write it."""
+    def parse(serialized):
+        if spec.kind == "sequence":
+            example = records.parse_sequence(serialized, n_frames=spec.depth, dim=dim)
+        else:
+            example = records.parse_image(serialized, channels=spec.channels, dim=dim)
+        return example["image"], tf.cast(example["label"], tf.float32)
+    return parse
+
+
+def build_model(spec: frames.DatasetSpec, dim: int, backbone: str) -> keras.Model:
+    """The backbone over each image (each frame of a sequence, then an LSTM over time) -> wind speed."""
+    if spec.kind != "sequence":
+        inputs = keras.Input((dim, dim, spec.channels))
+        return keras.Model(inputs, models.head(models.image_features(inputs, backbone, None), "regression"))
+    frame = keras.Input((dim, dim, 1))
+    per_frame = keras.Model(frame, models.image_features(frame, backbone, None))
+    inputs = keras.Input((spec.depth, dim, dim, 1))
+    x = keras.layers.LSTM(64)(keras.layers.TimeDistributed(per_frame)(inputs))
+    return keras.Model(inputs, models.head(x, "regression"))
+
+
+def input_rate(ds: tf.data.Dataset, batches: int, batch_size: int) -> float:
+    """Examples/s drawn from `ds` after one warm-up batch (fills buffers, traces the maps)."""
+    it = iter(ds)
+    next(it)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - started)
+
+
+def model_rate(model: keras.Model, batch: tuple, steps: int, batch_size: int) -> float:
+    """Training examples/s of `model` on one batch held in memory (no input work), after warm-up."""
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # traces and compiles the step
+    started = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def make_records(work: str, specs: list[frames.DatasetSpec], size: int) -> dict:
+    """Synthetic storms -> CV split -> records of every kind; {spec: training files}."""
+    raw = os.path.join(work, "raw")
+    synthetic.make_synthetic(raw, synthetic.SyntheticConfig(seed=0, size=size, n_storms=12, n_test_only_storms=0,
+                                                            min_frames=20, max_frames=40))
+    split.write_cv_split(raw, *split.create_cv_split(raw, n_folds=5, seed=33))
+    builder.build_datasets(raw, work, specs, shards_per_fold=2)
+    return {spec: records.record_files(os.path.join(work, spec.name), range(5)) for spec in specs}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    specs = [frames.DatasetSpec.parse(k) for k in FLAGS.kinds]
+    strategy = runtime.get_strategy()
+    precision = runtime.set_precision(FLAGS.mixed_precision, strategy)
+    batch = runtime.global_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync, per_replica=False)
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' work slows both figures)")
+    print(f"model: {FLAGS.backbone} at {FLAGS.dim} px, batch {batch}, {precision}; input: {FLAGS.size} px "
+          f"frames resized to {FLAGS.dim}, aug_prob {FLAGS.aug_prob}")
+    with tempfile.TemporaryDirectory(dir=FLAGS.work_dir) as work:
+        files = make_records(work, specs, FLAGS.size)
+        for spec in specs:
+            ds = pipeline.train_dataset(files[spec], parse_fn(spec, FLAGS.dim), batch, shuffle_buffer=256,
+                                        aug_prob=FLAGS.aug_prob, seed=0)
+            data_rate = input_rate(ds, FLAGS.input_batches, batch)
+            with strategy.scope():
+                model = build_model(spec, FLAGS.dim, FLAGS.backbone)
+                model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+            one_batch = next(iter(ds))
+            step_rate = model_rate(model, one_batch, FLAGS.model_steps, batch)
+            ratio = data_rate / step_rate
+            verdict = "model-bound" if ratio >= 1 else "input-bound"
+            print(f"kind={spec} input={data_rate:.1f} ex/s model={step_rate:.1f} ex/s "
+                  f"input/model={ratio:.2f} -> {verdict}", flush=True)
+            if FLAGS.profile:
+                trace_dir = os.path.join(FLAGS.profile, str(spec).replace(":", "_"))
+                tf.profiler.experimental.start(trace_dir)
+                input_rate(ds, 3, batch)
+                model.fit(tf.data.Dataset.from_tensors(one_batch).repeat(), steps_per_epoch=3, epochs=1, verbose=0,
+                          shuffle=False)
+                tf.profiler.experimental.stop()
+                print(f"  trace: {trace_dir} (tensorboard --logdir {FLAGS.profile})", flush=True)
+            keras.backend.clear_session()
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,160 @@
+"""Preemption: a real training process is killed mid-fold, the same command is re-run, and the run
+resumes the fold where it stopped, skips the finished fold, and ends with the outputs of an
+uninterrupted run; a corrupt backup is reported and its fold restarts cleanly."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import keras
+import tiny_experiment
+from tpuflow import experiment, records, resume, runner
+
+HERE = os.path.dirname(__file__)
+EPOCHS = 6
+SETTINGS = dict(job="train_val", n_folds=2, n_epochs=EPOCHS, steps_per_epoch=30, tta_number=1, verbose=2,
+                dim=16, batch_size=8, weights=None)  # dim/batch_size/weights: tiny_experiment's defaults
+
+
+def _command(cv_dir, single_dir, out):
+    flags = [f"--{k}={v}" for k, v in SETTINGS.items() if k not in ("dim", "batch_size", "weights")]
+    return [sys.executable, os.path.join(HERE, "tiny_experiment.py"), f"--data_dir={cv_dir}",
+            f"--data_tfrec_dir={single_dir}", f"--output_dir={out}", *flags]
+
+
+def _state(out, fold):
+    try:
+        with open(os.path.join(out, "backup", f"fold_{fold}", "state.json")) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _epochs_run(log: str) -> int:
+    return len(re.findall(rf"^Epoch \d+/{EPOCHS}$", log, flags=re.M))
+
+
+def _outputs(out):
+    """What a run leaves: prediction file shapes, ids per fold, checkpoints per fold."""
+    preds = os.path.join(out, "preds")
+    shapes = {f: np.load(os.path.join(preds, f)).shape for f in sorted(os.listdir(preds))}
+    ids = {k: np.load(os.path.join(preds, f"ids_val_fold_{k}.npy")).tolist() for k in range(2)}
+    ckpts = [sum(f.startswith(f"model-best-f{k}-e") for f in os.listdir(out)) for k in range(2)]
+    return shapes, ids, ckpts
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(cv_dir, single_dir, tmp_path_factory):
+    """Runs the command, SIGKILLs it once fold 1 has a backup of epoch >= 1, re-runs it."""
+    root = tmp_path_factory.mktemp("preempt")
+    out = str(root / "run")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
+        [os.path.join(os.path.dirname(HERE), "lib"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(_command(cv_dir, single_dir, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    state = None
+    while proc.poll() is None:
+        state = _state(out, 1)
+        if state and state["epochs_done"] >= 1:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    first_log = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{first_log[-3000:]}"
+    state = _state(out, 1)  # the last complete backup (maybe later than the one seen)
+    assert state and 1 <= state["epochs_done"] < EPOCHS, "the kill came after fold 1 finished training"
+    killed_at = state["epochs_done"]
+    snapshot = str(root / "snapshot")
+    shutil.copytree(out, snapshot)  # the killed run's files, for the corrupt-backup test
+    again = subprocess.run(_command(cv_dir, single_dir, out), capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    return out, snapshot, killed_at, first_log, again.stdout
+
+
+def test_rerun_after_kill_resumes_the_fold_and_skips_the_finished_one(killed_and_resumed):
+    out, _, killed_at, first_log, log = killed_and_resumed
+    assert _epochs_run(first_log) >= EPOCHS + 1  # fold 0 completed, fold 1 was under way
+    assert "Fold 0: train+val already complete, skipping" in log
+    assert f"Resuming fold 1 at epoch {killed_at + 1} (backup of epoch {killed_at}" in log
+    assert _epochs_run(log) == EPOCHS - killed_at  # only fold 1's remaining epochs ran
+    for k in range(2):  # the backups are gone once a fold is trained; the done record stays
+        backup = os.path.join(out, "backup", f"fold_{k}")
+        assert sorted(os.listdir(backup)) == ["done.json"]
+        assert json.load(open(os.path.join(backup, "done.json")))["done"] == ["train", "val"]
+
+
+def test_resumed_run_has_the_outputs_of_an_uninterrupted_run(killed_and_resumed, cv_dir, single_dir, tmp_path):
+    out, *_ = killed_and_resumed
+    reference = tmp_path / "reference"
+    experiment.run(experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(reference),
+                                          **SETTINGS), tiny_experiment.init_model, tiny_experiment.parse_example)
+    shapes, ids, ckpts = _outputs(out)
+    assert (shapes, ids, ckpts) == _outputs(str(reference))
+    assert ckpts == [1, 1]
+    for k in range(2):
+        assert ids[k] == records.read_ids(records.record_files(single_dir, [k])).tolist()
+    assert set(json.load(open(os.path.join(out, "config.json")))) == set(json.load(open(reference / "config.json")))
+
+
+def test_corrupt_backup_is_reported_and_the_fold_restarts(killed_and_resumed, cv_dir, single_dir, capsys):
+    _, snapshot, killed_at, *_ = killed_and_resumed
+    weights = os.path.join(snapshot, "backup", "fold_1", f"epoch-{killed_at:03d}.weights.h5")
+    with open(weights, "r+b") as f:  # truncated, as by a kill during a non-atomic copy
+        f.truncate(os.path.getsize(weights) // 2)
+    experiment.run(experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=snapshot,
+                                          **SETTINGS), tiny_experiment.init_model, tiny_experiment.parse_example)
+    log = capsys.readouterr().out
+    assert f"WARNING: {weights}: corrupt backup" in log and "fold 1 restarts from scratch" in log
+    assert "Fold 0: train+val already complete, skipping" in log
+    assert _epochs_run(log) == EPOCHS  # fold 1 trained from its first epoch
+    shapes, ids, ckpts = _outputs(snapshot)
+    assert ckpts == [1, 1] and shapes["y_pred_val_fold_1_tta_1.npy"] == (len(ids[1]), 1)
+
+
+def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
+    """What a resumed fold needs beyond weights: Adam moments and step, the (reduced) LR, the best
+    value so far (else a worse epoch could replace the best checkpoint) and the plateau counters."""
+    cfg = experiment.make_config(output_dir=str(tmp_path), dim=8, task="regression")
+    cfg.global_batch_size, cfg.scaled_lr = 4, cfg.lr
+
+    def fold_setup():
+        model = tiny_experiment.init_model(cfg)
+        runner.compile_model(model, cfg)
+        runner.FreshStart(model)
+        checkpoint = runner.BestCheckpoint(cfg.output_dir, 0, "val_rmse")
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_rmse", patience=3)
+        backup = resume.FoldBackup(cfg, 0, {"checkpoint": (checkpoint, ("best", "path")),
+                                            "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))},
+                                   runner.CHECKPOINT_GLOB.format(fold=0))
+        for callback in (checkpoint, reduce_lr, backup):
+            callback.set_model(model)
+        return model, checkpoint, reduce_lr, backup
+
+    model, checkpoint, reduce_lr, backup = fold_setup()
+    model.fit(np.ones((8, 8, 8, 1), np.float32), np.ones(8, np.float32), batch_size=4, epochs=2, verbose=0)
+    model.optimizer.learning_rate.assign(0.25)  # as if reduced on a plateau
+    checkpoint.on_epoch_end(1, {"val_rmse": 3.5})
+    reduce_lr.wait, reduce_lr.best, reduce_lr.cooldown_counter = 2, 3.5, 1
+    backup.on_epoch_end(1)
+    saved = [v.numpy() for v in model.optimizer.variables], model.get_weights()
+
+    model, checkpoint, reduce_lr, backup = fold_setup()  # a new process: fresh objects
+    assert backup.restore(model) == 2
+    reduce_lr.on_train_begin()  # Keras resets the plateau state here; the backup (last) puts it back
+    backup.on_train_begin()
+    for restored, value in zip(model.optimizer.variables, saved[0]):
+        np.testing.assert_array_equal(restored.numpy(), value)
+    for restored, value in zip(model.get_weights(), saved[1]):
+        np.testing.assert_array_equal(restored, value)
+    assert float(model.optimizer.learning_rate) == 0.25 and int(model.optimizer.iterations) == 4
+    assert checkpoint.best == 3.5 and os.path.exists(checkpoint.path)
+    assert (reduce_lr.wait, reduce_lr.best, reduce_lr.cooldown_counter) == (2, 3.5, 1)
+    checkpoint.on_epoch_end(2, {"val_rmse": 4.0})  # worse than before the kill: best file kept
+    assert checkpoint.best == 3.5 and len(runner.fold_checkpoints(cfg.output_dir, 0)) == 1
