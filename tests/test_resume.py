@@ -11,11 +11,12 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import keras
 import tiny_experiment
-from tpuflow import experiment, records, resume, runner
+from tpuflow import experiment, records, resume, run_record, runner
 
 HERE = os.path.dirname(__file__)
 EPOCHS = 6
@@ -158,3 +159,15 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
     assert (reduce_lr.wait, reduce_lr.best, reduce_lr.cooldown_counter) == (2, 3.5, 1)
     checkpoint.on_epoch_end(2, {"val_rmse": 4.0})  # worse than before the kill: best file kept
     assert checkpoint.best == 3.5 and len(runner.fold_checkpoints(cfg.output_dir, 0)) == 1
+
+
+def test_resumed_run_keeps_whole_fold_curves_and_record(killed_and_resumed):
+    out, _, killed_at, *_ = killed_and_resumed
+    record = run_record.read_record(out)
+    assert record["status"] == "complete"
+    assert record["folds"]["0"]["epochs"] == EPOCHS  # trained by the killed run, kept
+    assert record["folds"]["1"]["epochs"] == EPOCHS
+    assert record["folds"]["1"]["epochs_this_run"] == EPOCHS - killed_at
+    for k in range(2):
+        curve = pd.read_csv(os.path.join(out, "curves", f"fold_{k}.csv"))
+        assert curve["epoch"].tolist() == list(range(1, EPOCHS + 1))

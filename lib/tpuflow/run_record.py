@@ -205,7 +205,7 @@ class RunRecord:
         if history is not None:
             # A resumed fold's History starts at the resumed epoch: count from epoch 1.
             epochs = history.epoch[-1] + 1 if history.epoch else 0
-            best = re.search(r"-e(\d+)-([0-9.]+)\.weights\.h5$", best_checkpoint)
+            best = re.search(r"-e(\d+)-(.+)\.weights\.h5$", best_checkpoint)
             self.record["folds"][str(fold)] = {
                 "epochs": epochs, "epochs_this_run": len(history.epoch),
                 "best_epoch": int(best.group(1)), "best_val_rmse": float(best.group(2)),
