@@ -22,17 +22,27 @@ $(STAMP): setup.py
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Small synthetic storms -> CV split -> records of all four kinds -> a 5-fold CNN with TTA ->
-# CV scores next to the mean baseline, and a submission. A few minutes on a 2-core CPU.
+# Small synthetic storms -> CV split -> records of all four kinds -> three 5-fold experiments with
+# TTA (single frame, stacked history, CNN-LSTM over a 6-frame sequence) -> their ensemble -> the
+# leaderboard of the three. Under 10 minutes on a 2-core CPU.
+RUNS      = $(DEMO)/runs
+DEMO_FLAGS = --job=train_val_test_score_subm --data_dir=$(DATA) --backbone=MobileNetV3Small --weights=None \
+	--dim=64 --bn_momentum=0.9 --n_epochs=6 --batch_size=32 --lr=3e-3 --tta_number=3
+
 demo: $(STAMP)
 	$(PY) data_prep/make_synthetic.py --out_dir=$(DATA) --overwrite --size=64 --n_storms=30 \
 		--n_test_only_storms=5 --min_frames=15 --max_frames=50
 	$(PY) data_prep/create_cv_split.py --data_dir=$(DATA)
 	$(PY) data_prep/create_tfrecords.py --data_dir=$(DATA) --specs=single,stacked:s2,mean:s2,sequence:n6:s1
-	$(PY) experiments/run-20261121-1300/run.py --job=train_val_test_score_subm \
-		--data_dir=$(DATA) --data_tfrec_dir=$(DATA)/data-tfrec-single-frames001-step001 \
-		--output_dir=$(DEMO)/runs/run-20261121-1300 --backbone=MobileNetV3Small --weights=None \
-		--dim=64 --bn_momentum=0.9 --n_epochs=6 --batch_size=32 --lr=3e-3 --tta_number=3
+	$(PY) experiments/run-20261121-1300-cnn-1ch/run.py $(DEMO_FLAGS) \
+		--data_tfrec_dir=$(DATA)/data-tfrec-single-frames001-step001 --output_dir=$(RUNS)/run-20261121-1300-cnn-1ch
+	$(PY) experiments/run-20261121-1310-cnn-3ch-ind/run.py $(DEMO_FLAGS) \
+		--data_tfrec_dir=$(DATA)/data-tfrec-stacked-frames003-step002 --output_dir=$(RUNS)/run-20261121-1310-cnn-3ch-ind
+	$(PY) experiments/run-20261121-1330-cnn-lstm/run.py $(DEMO_FLAGS) \
+		--data_tfrec_dir=$(DATA)/data-tfrec-sequence-frames006-step001 --output_dir=$(RUNS)/run-20261121-1330-cnn-lstm
+	$(PY) tools/ensemble.py --data_dir=$(DATA) --model_dirs='$(RUNS)/run-*' --out_dir=$(DEMO)/ensemble \
+		--method=pairwise
+	$(PY) tools/leaderboard.py --runs=$(RUNS) --out_csv=$(DEMO)/experiments.csv --plot=$(DEMO)/leaderboard.png
 
 clean:
 	rm -rf $(DEMO)
