@@ -62,3 +62,20 @@ def test_ensemble_tool_reads_runs_from_the_bucket_and_writes_there(bucket_run, c
         sub = pd.read_csv(local)
     fmt = pd.read_csv(os.path.join(cv_dir, "submission_format.csv"))
     assert sub["image_id"].tolist() == fmt["image_id"].tolist()
+
+
+def test_leaderboard_reads_records_from_the_bucket_and_sets_lb_there(bucket_run):
+    root, out, _ = bucket_run
+    tool = os.path.join(ROOT, "tools", "leaderboard.py")
+    proc = subprocess.run([sys.executable, tool, f"--runs={root}/runs", f"--out_csv={root}/experiments.csv"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run-gcs" in proc.stdout
+    with storage.local_copy(f"{root}/experiments.csv") as local:
+        table = pd.read_csv(local)
+    assert table["experiment_id"].tolist() == ["run-gcs"]
+    proc = subprocess.run([sys.executable, tool, f"--runs={root}/runs", "--set_lb=run-gcs:7.25:7.5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = storage.read_json(f"{out}/record.json")
+    assert record["lb"] == {"private": 7.25, "public": 7.5}
