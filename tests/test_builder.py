@@ -286,6 +286,16 @@ def test_duplicate_times_name_the_storm(cv_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_empty_fold_is_named_and_nothing_is_written(cv_dir, tmp_path):
+    data = _copy_data(cv_dir, tmp_path / "data")
+    train = pd.read_csv(os.path.join(data, "train_cv.csv"))
+    train.loc[train["fold_id"] == 3, "fold_id"] = 2
+    train.to_csv(os.path.join(data, "train_cv.csv"), index=False)
+    with pytest.raises(ValueError, match=r"no frames for \['fold.3'\]"):
+        builder.build_datasets(data, str(tmp_path / "out"), SPECS, workers=1, log=lambda _: None)
+    assert not _leftovers(str(tmp_path / "out")) and not glob.glob(str(tmp_path / "out" / "*" / records.MANIFEST))
+
+
 @pytest.mark.parametrize("kwargs, error", [
     (dict(shards_per_fold=0), "--shards_per_fold=0"),
     (dict(quality=101), "--quality=101"),
