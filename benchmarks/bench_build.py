@@ -1,4 +1,4 @@
-"""Usage: python benchmarks/build_bench.py [--n_storms=8] [--frames=60] [--workers=0] [--work_dir=/tmp]
+"""Usage: python benchmarks/bench_build.py [--n_storms=8] [--frames=60] [--workers=0] [--work_dir=/tmp]
 
 Builds the reference batch of 15 datasets (data_prep/reference_specs.txt) from synthetic
 366x366 storms two ways, in one run:

@@ -1,6 +1,6 @@
 """Speed of `storage_sync.sync` against a local Cloud Storage emulator.
 
-Usage: python benchmarks/gcs_sync_bench.py [--files=200] [--kib=256] [--workers=8]
+Usage: python benchmarks/bench_gcs_sync.py [--files=200] [--kib=256] [--workers=8]
 
 Prints, for one tree of random files: the upload with one worker (the baseline, a plain
 sequential copy loop), the upload with --workers, and a re-sync of the unchanged tree (sizes
