@@ -220,6 +220,19 @@ def test_loader_puts_rows_in_fold_order_and_averages_test_over_folds(dataset):
     np.testing.assert_allclose(inputs.test[2], mean.loc[inputs.test_ids].to_numpy(), rtol=1e-12)
 
 
+def test_loader_mixes_float64_and_float32_experiments_saved_out_of_order(tmp_path):
+    data_dir, train, fmt = write_data(str(tmp_path), FOLDS, n_test=10)
+    wide = random_models(str(tmp_path / "a"), train, fmt, n_models=1, n_tta=1, dtype=np.float64, shuffle=True)
+    narrow = random_models(str(tmp_path / "b"), train, fmt, n_models=1, n_tta=1, dtype=np.float32, shuffle=True)
+    inputs = ensemble_data.load_inputs(data_dir, wide + narrow)
+    assert inputs.val.dtype == np.float64 and inputs.val.shape == (2, len(FOLDS))
+    preds = os.path.join(narrow[0], "preds")
+    for f, s in zip(inputs.folds, inputs.fold_slices):
+        saved = pd.Series(np.load(os.path.join(preds, f"y_pred_val_fold_{f}_tta_0.npy")),
+                          index=np.load(os.path.join(preds, f"ids_val_fold_{f}.npy")))
+        np.testing.assert_array_equal(inputs.val[1, s], saved.loc[inputs.oof_ids[s]].to_numpy())
+
+
 def test_loader_reads_probabilities_or_turns_them_into_values(tmp_path):
     labels = np.array([20.0, 35.0, 50.0, 65.0])
     data_dir, train, fmt = write_data(str(tmp_path), FOLDS, n_test=6, labels=labels)

@@ -162,8 +162,9 @@ class _Loader:
                 self.val = self.val.astype(np.float64)  # a wider file: keep its precision
             if order is None:
                 self.val[i, s] = arr
-            else:
-                np.take(arr, order, axis=0, out=self.val[i, s], mode="clip")  # valid indices: unbuffered
+            else:  # `take` writes into `out` only from the same dtype
+                np.take(arr.astype(self.val.dtype, copy=False), order, axis=0, out=self.val[i, s],
+                        mode="clip")  # valid indices: unbuffered
         # Every fold's test rows share one saved order (ids_test.npy): sum first, reorder once.
         total = self.test[i] if test_order is None else np.zeros_like(self.test[i])
         for f in folds:

@@ -161,7 +161,7 @@ class RunRecord:
             "dataset": dataset_info(cfg.data_tfrec_dir, manifest) if manifest else None,
             "model": None, "cv": None, "folds": {}, "timings": {}, "runtime": None,
             "versions": versions(), "git": git_info(run_py),
-            "run_py": {"path": os.path.abspath(run_py), "source": open(run_py).read()},
+            "run_py": {"path": os.path.abspath(run_py), "source": storage.read_text(run_py)},
             "lb": {"private": None, "public": None},
         }
         self.record = dict(fresh)
@@ -203,8 +203,9 @@ class RunRecord:
         """After a fold: epochs trained (from the fit History; None if the fold was not trained
         now), the best epoch and its score (from the kept checkpoint's name), timings so far."""
         if history is not None:
-            # A resumed fold's History starts at the resumed epoch: count from epoch 1.
-            epochs = history.epoch[-1] + 1 if history.epoch else 0
+            # A resumed fold's History starts at the resumed epoch: count from epoch 1. An empty
+            # History: the run was killed after its last epoch's backup, so all epochs ran.
+            epochs = history.epoch[-1] + 1 if history.epoch else history.params["epochs"]
             best = re.search(r"-e(\d+)-(.+)\.weights\.h5$", best_checkpoint)
             self.record["folds"][str(fold)] = {
                 "epochs": epochs, "epochs_this_run": len(history.epoch),
