@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from tpuflow import scoring, storage
+from tpuflow import scoring, split, storage
 
 _PRED_RE = re.compile(r"^y_pred_(val|test)_fold_(\d+)_tta_(\d+)\.npy$")
 PROBS_TO_VALUES = ("expectation", "argmax")
@@ -86,9 +86,9 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     """
     if probs_to_values not in (None, *PROBS_TO_VALUES):
         raise ValueError(f"--probs_to_values={probs_to_values}: use one of {PROBS_TO_VALUES}")
-    train = _read_csv(storage.join(data_dir, "train_cv.csv"), ["image_id", "fold_id", target_col])
+    train = split.read_csv(storage.join(data_dir, "train_cv.csv"), ("image_id", "fold_id", target_col))
     fmt_path = storage.join(data_dir, "submission_format.csv")
-    fmt = _read_csv(fmt_path, ["image_id"])
+    fmt = split.read_csv(fmt_path, ("image_id",))
     if fmt.shape[1] < 2:
         raise ValueError(f"{fmt_path}: needs a value column after image_id")
     value_col = [c for c in fmt.columns if c != "image_id"][0]
@@ -252,11 +252,11 @@ def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int]]
     extra = sorted({f for _, f, _ in found} - set(folds))
     if extra:
         raise ValueError(f"{preds_dir}: predictions for fold(s) {extra} that train_cv.csv does not have")
-    for split in ("val", "test"):
+    for part in ("val", "test"):
         for f in folds:
             for t in range(max(ttas) + 1):
-                if (split, f, t) not in found:
-                    raise FileNotFoundError(f"{scoring.pred_path(preds_dir, split, f, t)}: "
+                if (part, f, t) not in found:
+                    raise FileNotFoundError(f"{scoring.pred_path(preds_dir, part, f, t)}: "
                                             f"missing (found TTA 0..{max(ttas)} elsewhere in {preds_dir})")
     return preds_dir, ttas
 
@@ -303,16 +303,6 @@ class _IdOrder:
         order = np.empty(n, dtype=np.intp)
         order[pos] = np.arange(n)
         return order
-
-
-def _read_csv(path: str, columns: list[str]) -> pd.DataFrame:
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: missing")
-    df = pd.read_csv(io.BytesIO(storage.read_bytes(path)))
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (has {list(df.columns)})")
-    return df
 
 
 def _load_labels(path: str) -> np.ndarray | None:

@@ -1,4 +1,6 @@
-"""TFRecord features, the deterministic sharded writer, manifests and record parsers.
+"""Reading TFRecord datasets: file names, manifests and record parsers (TensorFlow side).
+
+Records are written without TensorFlow by `tpuflow.recordio` (through the builder).
 
 Files are `fold.<k>.tfrecord-<i:05d>-of-<n:05d>` and `test.tfrecord-<i:05d>-of-<n:05d>`, so
 `fold.[0123].tfrecord*` selects training folds; `manifest.json` beside them records the spec and
@@ -11,8 +13,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tpuflow import recordio, storage
-from tpuflow.recordio import MANIFEST, shard_bounds, shard_name  # noqa: F401  (shared naming)
+from tpuflow import storage
+from tpuflow.recordio import MANIFEST
 
 # Every record carries these; builders may add more (storm_id, fold_id, frame_id, ...).
 COMMON_FEATURES = {
@@ -21,53 +23,6 @@ COMMON_FEATURES = {
     "label": tf.io.FixedLenFeature([], tf.int64),
     "label_le": tf.io.FixedLenFeature([], tf.int64),
 }
-
-
-def to_feature(value) -> tf.train.Feature:
-    """One helper turns a Python value (bytes/str/int/float or a list of one kind) into a Feature."""
-    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
-    if all(isinstance(v, (bytes, str)) for v in values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[v.encode() if isinstance(v, str) else v for v in values]))
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
-    if all(isinstance(v, (float, np.floating)) for v in values):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
-    raise TypeError(f"cannot store {value!r} in a tf.train.Feature (mixed or unsupported types)")
-
-
-def serialize_example(features: dict) -> bytes:
-    """Serialises a dict of plain values to a tf.train.Example."""
-    return tf.train.Example(features=tf.train.Features(
-        feature={k: to_feature(v) for k, v in features.items()})).SerializeToString()
-
-
-def write_shards(examples: Sequence[tuple[str, bytes]], out_dir: str, prefix: str,
-                 n_shards: int) -> dict[str, int]:
-    """Writes serialised examples, in order, into `n_shards` files; returns {file name: count}.
-
-    Each shard is written to a temporary name and renamed, so a crash never leaves a partial
-    shard under a final name. Refuses duplicate keys, zero examples and fewer examples than shards.
-    """
-    keys = [k for k, _ in examples]
-    if not keys:
-        raise ValueError(f"{prefix}: zero examples to write to {out_dir}")
-    if len(keys) < n_shards:
-        raise ValueError(f"{prefix}: {len(keys)} examples cannot fill {n_shards} shards")
-    if len(set(keys)) != len(keys):
-        seen = set()
-        dup = next(k for k in keys if k in seen or seen.add(k))
-        raise ValueError(f"{prefix}: duplicate example key {dup!r}")
-    counts = {}
-    for i, (start, stop) in enumerate(shard_bounds(len(keys), n_shards)):
-        name = shard_name(prefix, i, n_shards)
-        with storage.atomic_path(storage.join(out_dir, name)) as tmp:
-            with open(tmp, "wb") as f:
-                writer = recordio.RecordWriter(f)
-                for _, record in examples[start:stop]:
-                    writer.write(record)
-        counts[name] = stop - start
-    return counts
 
 
 def read_manifest(tfrec_dir: str) -> dict:

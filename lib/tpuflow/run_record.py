@@ -31,12 +31,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tpuflow import __version__, frames, storage
+from tpuflow import __version__, frames, recordio, storage
 
 RECORD_NAME = "record.json"
-MANIFEST_NAME = "manifest.json"  # records.MANIFEST, named here to keep this module TensorFlow-free
 SCHEMA_VERSION = 1
-STATUSES = ("running", "complete", "failed")
 
 # Every record has these top-level fields (values may be null/empty while a run is going on).
 FIELDS = ("schema_version", "experiment_id", "status", "error", "started", "updated", "description",
@@ -90,7 +88,7 @@ def write_record(path: str, record: dict) -> None:
 def dataset_info(tfrec_dir: str, manifest: dict) -> dict:
     """What the record keeps of a dataset: its spec fields, history depth and manifest hash."""
     spec = frames.DatasetSpec.parse(manifest["spec"])
-    raw = storage.read_bytes(storage.join(tfrec_dir, MANIFEST_NAME))
+    raw = storage.read_bytes(storage.join(tfrec_dir, recordio.MANIFEST))
     return {"dir": tfrec_dir, "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
             "step": spec.step, "channels": spec.channels,
             "history_depth": spec.history_span + 1,  # frames of the storm's timeline one example spans

@@ -21,8 +21,8 @@ import threading
 import time
 
 from tpuflow import storage
+from tpuflow.recordio import MANIFEST
 
-MANIFEST = "manifest.json"
 DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tpuflow", "gcs_sync")
 _MiB = 1 << 20
 _RESUMABLE_QUANTUM = 256 * 1024  # the service wants chunks in multiples of 256 KiB

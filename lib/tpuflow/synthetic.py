@@ -25,12 +25,11 @@ import numpy as np
 from PIL import Image
 
 from tpuflow import storage
+from tpuflow.split import FEATURE_COLUMNS, LABEL_COLUMNS  # what the reader of this layout expects
 
 MIN_WIND_KT = 15
 MAX_WIND_KT = 185
 STEP_SECONDS = 1800  # the real data's usual 30 min between frames
-FEATURE_COLUMNS = ("image_id", "storm_id", "relative_time", "ocean")
-LABEL_COLUMNS = ("image_id", "wind_speed")
 _TEXTURE_KNOTS = 16  # knots per side of the cloud-texture bank (twice the frame): ~8 cloud blobs per frame width
 
 
