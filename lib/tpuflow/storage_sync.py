@@ -126,6 +126,10 @@ class ResumableUpload:
         # The session URL authenticates the upload by itself, so plain requests suffice.
         self._http = requests.Session()
 
+    def close(self) -> None:
+        """Releases the HTTP connection pool (a long sync uploads many big files)."""
+        self._http.close()
+
     def _fingerprint(self) -> dict:
         return {"object": self.dst, "size": self.size, "crc32c": self.crc32c,
                 "mtime_ns": os.stat(self.local).st_mtime_ns}
@@ -379,21 +383,24 @@ def _upload(local: str, remote: str, t: Transfer, threshold: int, chunk_size: in
     resumed: bool | None = None  # known after the first successful start()
     sent = failures = 0
     must_start = True
-    while must_start or not upload.done:
-        try:
-            if must_start:  # (re)loads the saved session and asks how many bytes it holds
-                upload.start()
-                resumed = upload.resumed if resumed is None else resumed
-                must_start = False
+    try:
+        while must_start or not upload.done:
+            try:
+                if must_start:  # (re)loads the saved session and asks how many bytes it holds
+                    upload.start()
+                    resumed = upload.resumed if resumed is None else resumed
+                    must_start = False
+                    continue
+                confirmed = upload.send_chunk()
+            except TransientUploadError:
+                failures += 1
+                if failures >= retries:
+                    raise
+                time.sleep(min(2.0 ** failures, 30.0))
+                must_start = True
                 continue
-            confirmed = upload.send_chunk()
-        except TransientUploadError:
-            failures += 1
-            if failures >= retries:
-                raise
-            time.sleep(min(2.0 ** failures, 30.0))
-            must_start = True
-            continue
-        sent += confirmed
-        bar.add(confirmed)
+            sent += confirmed
+            bar.add(confirmed)
+    finally:
+        upload.close()
     return sent, bool(resumed)
