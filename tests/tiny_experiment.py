@@ -1,7 +1,7 @@
 """A tiny but real experiment (small CNN on `single` records) for fast runner tests."""
 import keras
 
-from tpuflow import experiment, models, records
+from tpuflow import experiment, models
 
 
 def init_model(cfg):
@@ -13,8 +13,7 @@ def init_model(cfg):
 
 
 def parse_example(serialized, cfg):
-    example = records.parse_image(serialized, channels=1, dim=cfg.dim, invert=cfg.invert)
-    return example["image"], experiment.target(example, cfg)
+    return experiment.parse_image_example(serialized, cfg, channels=1)
 
 
 if __name__ == "__main__":

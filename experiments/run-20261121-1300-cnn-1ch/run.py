@@ -4,9 +4,7 @@ Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
     python run.py --job=score_subm --tta_number=9      # from cached predictions
 """
-import keras
-
-from tpuflow import experiment, models, records
+from tpuflow import experiment, models
 
 DEFAULTS = dict(
     architecture="cnn-1ch", dataset_kind="single",
@@ -17,16 +15,13 @@ DEFAULTS = dict(
 
 
 def init_model(cfg):
-    """Backbone features of one (dim, dim, 1) frame -> wind speed."""
-    frame = keras.Input((cfg.dim, cfg.dim, 1), name="frame")
-    features = models.image_features(frame, cfg.backbone, cfg.weights)
-    return keras.Model(frame, models.head(features, cfg.task, cfg.n_classes))
+    """Backbone features of one frame ((dim, dim, 1)) -> wind speed."""
+    return models.image_model(cfg, channels=1)
 
 
 def parse_example(serialized, cfg):
     """A `single` record -> ((dim, dim, 1) image in [0, 255], target)."""
-    example = records.parse_image(serialized, channels=1, dim=cfg.dim, invert=cfg.invert)
-    return example["image"], experiment.target(example, cfg)
+    return experiment.parse_image_example(serialized, cfg, channels=1)
 
 
 if __name__ == "__main__":

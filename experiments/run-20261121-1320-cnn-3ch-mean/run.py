@@ -4,9 +4,7 @@ Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
     python run.py --job=score_subm --tta_number=9      # from cached predictions
 """
-import keras
-
-from tpuflow import experiment, models, records
+from tpuflow import experiment, models
 
 DEFAULTS = dict(
     architecture="cnn-3ch-mean", dataset_kind="mean",
@@ -17,16 +15,13 @@ DEFAULTS = dict(
 
 
 def init_model(cfg):
-    """Backbone features of one (dim, dim, 3) history image -> wind speed."""
-    image = keras.Input((cfg.dim, cfg.dim, 3), name="history")
-    features = models.image_features(image, cfg.backbone, cfg.weights)
-    return keras.Model(image, models.head(features, cfg.task, cfg.n_classes))
+    """Backbone features of three frame-run means as channels ((dim, dim, 3)) -> wind speed."""
+    return models.image_model(cfg, channels=3)
 
 
 def parse_example(serialized, cfg):
     """A `mean` record -> ((dim, dim, 3) image in [0, 255], target)."""
-    example = records.parse_image(serialized, channels=3, dim=cfg.dim, invert=cfg.invert)
-    return example["image"], experiment.target(example, cfg)
+    return experiment.parse_image_example(serialized, cfg, channels=3)
 
 
 if __name__ == "__main__":

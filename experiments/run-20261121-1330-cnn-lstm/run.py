@@ -10,7 +10,7 @@ Usage:
 """
 import keras
 
-from tpuflow import experiment, models, records
+from tpuflow import experiment, models
 
 DEFAULTS = dict(
     architecture="cnn-lstm", dataset_kind="sequence",
@@ -29,8 +29,7 @@ def init_model(cfg):
 
 def parse_example(serialized, cfg):
     """A `sequence` record of n frames -> ((n/3, dim, dim, 3) in [0, 255], target)."""
-    example = records.parse_sequence(serialized, cfg.n_frames, cfg.dim, pack3=True, invert=cfg.invert)
-    return example["image"], experiment.target(example, cfg)
+    return experiment.parse_sequence_example(serialized, cfg, pack3=True)
 
 
 if __name__ == "__main__":

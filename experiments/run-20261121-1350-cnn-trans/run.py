@@ -9,7 +9,7 @@ Usage:
 """
 import keras
 
-from tpuflow import experiment, models, records
+from tpuflow import experiment, models
 
 DEFAULTS = dict(
     architecture="cnn-trans", dataset_kind="sequence",
@@ -28,8 +28,7 @@ def init_model(cfg):
 
 def parse_example(serialized, cfg):
     """A `sequence` record of n frames -> ((n, dim, dim, 1) in [0, 255], oldest first, target)."""
-    example = records.parse_sequence(serialized, cfg.n_frames, cfg.dim, invert=cfg.invert)
-    return example["image"], experiment.target(example, cfg)
+    return experiment.parse_sequence_example(serialized, cfg)
 
 
 if __name__ == "__main__":

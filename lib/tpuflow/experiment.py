@@ -21,7 +21,7 @@ from typing import Callable
 import tensorflow as tf
 from absl import app, flags
 
-from tpuflow import frames, run_record, runner, storage
+from tpuflow import frames, records, run_record, runner, storage
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 TASKS = ("regression", "classification")
@@ -121,6 +121,20 @@ def target(example: dict, cfg: Config):
     if cfg.task == "classification":
         return tf.one_hot(example["label_le"], cfg.n_classes)
     return tf.cast(example["label"], tf.float32)
+
+
+def parse_image_example(serialized, cfg: Config, channels: int):
+    """A one-image record (`single`: 1 channel, `stacked`/`mean`: 3) -> ((dim, dim, channels)
+    image in [0, 255], target)."""
+    example = records.parse_image(serialized, channels=channels, dim=cfg.dim, invert=cfg.invert)
+    return example["image"], target(example, cfg)
+
+
+def parse_sequence_example(serialized, cfg: Config, pack3: bool = False):
+    """A `sequence` record -> ((n, dim, dim, 1) frames, oldest first, or (n/3, dim, dim, 3) with
+    `pack3`; target)."""
+    example = records.parse_sequence(serialized, cfg.n_frames, cfg.dim, pack3=pack3, invert=cfg.invert)
+    return example["image"], target(example, cfg)
 
 
 def main(init_model: Callable, parse_example: Callable, **defaults) -> None:

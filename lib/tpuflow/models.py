@@ -148,6 +148,13 @@ def set_regression_bias(model: keras.Model, value: float) -> bool:
     return True
 
 
+def image_model(cfg, channels: int) -> keras.Model:
+    """One (dim, dim, channels) image -> backbone features -> head: the model of every
+    single-image experiment (a frame, or history packed as channels)."""
+    image = keras.Input((cfg.dim, cfg.dim, channels), name="image")
+    return keras.Model(image, head(image_features(image, cfg.backbone, cfg.weights), cfg.task, cfg.n_classes))
+
+
 def head(features, task: str, n_classes: int = 0):
     """Output layer in float32 (stable under mixed precision): one value or class probabilities."""
     if task == "regression":
