@@ -16,6 +16,7 @@ setup(
         "absl-py",
         "pillow>=10.2",  # RGB JPEGs without chroma subsampling (stacked/mean records)
         "scipy",
+        "scikit-learn>=1.6",  # the CV splitters (GroupKFold, StratifiedGroupKFold)
         "matplotlib",
         "google-cloud-storage",
         "google-crc32c",

@@ -1,25 +1,34 @@
 """Creates the grouped k-fold CV split of the raw competition data.
 
 Usage:
-    python data_prep/create_cv_split.py --data_dir=data [--out_dir=data] [--n_folds=5] [--seed=33]
+    python data_prep/create_cv_split.py --data_dir=data [--out_dir=data] [--n_folds=5]
+        [--split_method=group|group_shuffle|stratified] [--seed=33] [--wind_speed_range=0,250]
 
 Writes train_cv.csv (+ image_path, frame_id, storm_id_le, wind_speed_le, fold_id), test_cv.csv
 (placeholder labels, fold_id -1) and unique_labels_sorted.npy (class index -> wind speed).
 """
 from absl import app, flags
 
-from tpuflow import split
+from tpuflow import split, validate
 
 flags.DEFINE_string("data_dir", "data", "Raw data dir: the competition CSVs, train/ and test/ JPEGs")
 flags.DEFINE_string("out_dir", None, "Where to write the split (default: --data_dir)")
 flags.DEFINE_integer("n_folds", 5, "Number of folds (storms are never split across folds)")
-flags.DEFINE_integer("seed", 33, "Shuffle seed: the same seed always gives the same split")
+flags.DEFINE_integer("seed", 33, "Seed of the group_shuffle and stratified methods")
+flags.DEFINE_enum("split_method", "group", list(split.METHODS),
+                  "group: scikit-learn GroupKFold by storm, the reference's split (no seed); "
+                  "group_shuffle: seeded GroupKFold(shuffle=True); stratified: seeded "
+                  "StratifiedGroupKFold on binned wind speed")
+flags.DEFINE_string("wind_speed_range", "0,250", "LOW,HIGH: plausible wind speeds (knots); "
+                    "others are an error naming the row")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    train, test, labels = split.create_cv_split(FLAGS.data_dir, FLAGS.n_folds, FLAGS.seed)
+    train, test, labels = split.create_cv_split(
+        FLAGS.data_dir, FLAGS.n_folds, FLAGS.seed, method=FLAGS.split_method,
+        wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
     out_dir = FLAGS.out_dir or FLAGS.data_dir
     split.write_cv_split(out_dir, train, test, labels)
     counts = train.groupby("fold_id").agg(frames=("image_id", "size"), storms=("storm_id", "nunique"))
