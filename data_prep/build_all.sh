@@ -2,16 +2,20 @@
 # Usage: data_prep/build_all.sh DATA_DIR [OUT_DIR] [extra create_tfrecords.py flags...]
 #
 # Builds the reference batch of 15 datasets (data_prep/reference_specs.txt) in one pass over the
-# frames, 8 shards per fold. Safe to re-run: complete datasets are skipped and only missing or
-# damaged shards are rewritten.
+# frames. Safe to re-run: complete datasets are skipped and only missing or damaged shards are
+# rewritten. Flags (--workers=1, --shards_per_fold=8, ...) may follow DATA_DIR or OUT_DIR.
 set -euo pipefail
-if [[ $# -lt 1 ]]; then
+if [[ $# -lt 1 || "$1" == --* ]]; then
   sed -n '2,6p' "$0" >&2
   exit 2
 fi
 here="$(cd "$(dirname "$0")" && pwd)"
 data_dir="$1"
-out_dir="${2:-$1}"
-shift $(( $# >= 2 ? 2 : 1 ))
+shift
+out_dir="$data_dir"
+if [[ $# -ge 1 && "$1" != --* ]]; then
+  out_dir="$1"
+  shift
+fi
 exec "${PYTHON:-python}" "$here/create_tfrecords.py" --data_dir="$data_dir" --out_dir="$out_dir" \
-  --spec_file="$here/reference_specs.txt" --shards_per_fold=8 "$@"
+  --spec_file="$here/reference_specs.txt" "$@"

@@ -14,16 +14,23 @@ builds nothing.
 """
 from absl import app, flags
 
-from tpuflow import builder, frames, storage
+from tpuflow import builder, frames, storage, validate
 
 flags.DEFINE_string("data_dir", "data", "Dir with train_cv.csv and test_cv.csv (create_cv_split.py)")
 flags.DEFINE_string("out_dir", None, "Root for the dataset dirs (default: --data_dir)")
 flags.DEFINE_list("specs", ["single"], "Dataset specs, comma-separated")
 flags.DEFINE_string("spec_file", None, "File with one spec per line (# comments); replaces --specs")
-flags.DEFINE_integer("shards_per_fold", 1, "Files per fold (TPU hosts read shards in parallel)")
+flags.DEFINE_integer("shards_per_fold", builder.SHARDS_PER_FOLD,
+                     "Files per fold (readers interleave shards; TPU hosts read them in parallel)")
 flags.DEFINE_enum("encoding", "jpeg", list(builder.ENCODINGS),
                   "Encoding of stacked/mean images: jpeg (4:4:4) or png (lossless)")
 flags.DEFINE_integer("quality", 95, "JPEG quality of stacked/mean images")
+flags.DEFINE_enum("mean_rounding", "round", list(builder.MEAN_ROUNDINGS),
+                  "mean images: round to the nearest level, or truncate as the reference does")
+flags.DEFINE_integer("order_seed", 0, "Seed of the shuffled record order within each fold")
+flags.DEFINE_string("image_dir", None, "Dir that image_path is relative to and frames must stay "
+                    "inside (default: --data_dir)")
+flags.DEFINE_string("wind_speed_range", "0,250", "LOW,HIGH: plausible wind speeds (knots)")
 flags.DEFINE_integer("workers", 0, "Worker processes (0: all cores)")
 flags.DEFINE_integer("chunk_frames", 128, "Frames of a storm per work unit (bounds memory)")
 flags.DEFINE_bool("overwrite", False, "Replace an existing dataset built with other specs/inputs")
@@ -42,7 +49,10 @@ def main(argv):
     builder.build_datasets(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir, specs,
                            shards_per_fold=FLAGS.shards_per_fold, encoding=FLAGS.encoding,
                            quality=FLAGS.quality, workers=FLAGS.workers or None,
-                           overwrite=FLAGS.overwrite, chunk_frames=FLAGS.chunk_frames)
+                           overwrite=FLAGS.overwrite, chunk_frames=FLAGS.chunk_frames,
+                           mean_rounding=FLAGS.mean_rounding, order_seed=FLAGS.order_seed,
+                           image_dir=FLAGS.image_dir,
+                           wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
 
 
 if __name__ == "__main__":

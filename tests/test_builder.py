@@ -103,6 +103,7 @@ def _source_frames(cv_dir):
     """Frames of every storm in builder order, decoded as the readers decode them:
     table, {storm: [float32 (H, W)]}."""
     table = builder.load_frame_table(cv_dir)
+    table["example_index"] = builder.example_order(table, 0)
     pixels = {storm: [tf.io.decode_jpeg(tf.io.read_file(p), channels=1).numpy()[..., 0].astype(np.float32)
                       for p in group["image_path"]]
               for storm, group in table.groupby("storm_id")}
@@ -135,8 +136,8 @@ def test_every_kind_round_trips_to_the_expected_tensors(built, cv_dir, spec_text
     for prefix in ["fold.0", "fold.3", "test"]:
         files = records.record_files(directory, None if prefix == "test" else [int(prefix[-1])])
         examples = _parsed(directory, parse, files)
-        rows = table[table["prefix"] == prefix]
-        assert [e["image_id"].decode() for e in examples] == rows["image_id"].tolist()  # storm, time order
+        rows = table[table["prefix"] == prefix].sort_values("example_index")
+        assert [e["image_id"].decode() for e in examples] == rows["image_id"].tolist()  # record order
         np.testing.assert_array_equal([e["label"] for e in examples], rows["wind_speed"])
         for ex, row in zip(examples, rows.itertuples()):
             storm = pixels[row.storm_id]
@@ -189,7 +190,7 @@ def test_manifest_checksums_match_and_verify_reports_damage(built, tmp_path):
     for name, digest in manifest["sha256"].items():
         assert hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest() == digest
     assert manifest["encoding"] == "jpeg" and manifest["jpeg_color"].startswith("RGB")
-    assert set(manifest["build"]["sources"]) == {"train_cv.csv", "test_cv.csv"}
+    assert set(manifest["build"]["sources"]) == {"train_cv.csv", "test_cv.csv", "frames"}
     os.remove(os.path.join(directory, "fold.1.tfrecord-00000-of-00002"))
     with open(os.path.join(directory, "test.tfrecord-00001-of-00002"), "r+b") as f:
         f.truncate(50)
@@ -360,6 +361,7 @@ def test_png_encoding_is_lossless_for_mean_and_stacked(cv_dir, tmp_path):
                                    log=lambda _: None)
     assert [(m["encoding"], m["quality"], m["jpeg_color"]) for m in built] == [("png", None, None)] * 2
     table = builder.load_frame_table(cv_dir)
+    table["example_index"] = builder.example_order(table, 0)
     pixels = {storm: [builder.decode_frame(open(p, "rb").read(), p).astype(np.float64)
                       for p in group["image_path"]] for storm, group in table.groupby("storm_id")}
     for spec in specs:

@@ -25,22 +25,27 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import dataclasses
 import hashlib
 import io
 import multiprocessing
 import os
+import signal
 import sys
+import tempfile
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tpuflow import __version__, frames, recordio, split, storage
+from tpuflow import __version__, frames, recordio, split, storage, validate
 
 ENCODINGS = ("jpeg", "png")
-BUILD_FORMAT = 2  # bump when the same inputs and flags would give different record bytes
+MEAN_ROUNDINGS = ("round", "truncate")
+SHARDS_PER_FOLD = 16  # shuffled shards read in parallel: 4 training folds -> 64 files to interleave
+BUILD_FORMAT = 3  # bump when the same inputs and flags would give different record bytes
 SOURCES = ("train_cv.csv", "test_cv.csv")
 _SHARD_PATTERNS = ("fold.*.tfrecord-*", "test.tfrecord-*")
 _PIXEL_KINDS = ("stacked", "mean")  # kinds whose images are computed (the others copy bytes)
@@ -50,21 +55,85 @@ _PIXEL_KINDS = ("stacked", "mean")  # kinds whose images are computed (the other
 # Frames: reading, decoding, encoding (worker side; no TensorFlow)
 
 
-def load_frame_table(data_dir: str) -> pd.DataFrame:
-    """train_cv + test_cv rows ordered by storm and time, with `split` and `prefix` (the shard
-    file prefix: `fold.<k>` or `test`)."""
-    cols = ("image_id", "storm_id", "relative_time", "image_path", "frame_id", "wind_speed",
-            "wind_speed_le", "fold_id")
-    train = split.read_csv(storage.join(data_dir, "train_cv.csv"), cols).assign(split="train")
-    test = split.read_csv(storage.join(data_dir, "test_cv.csv"), cols).assign(split="test")
-    bad = train.loc[train["fold_id"] < 0, "image_id"].tolist()
-    if bad:
-        raise ValueError(f"{storage.join(data_dir, 'train_cv.csv')}: negative fold_id for image ids "
-                         f"{bad[:10]}")
+def _read_split_csv(data_dir: str, name: str, image_dir: str,
+                    wind_speed_range: tuple[int, int]) -> pd.DataFrame:
+    """One of train_cv.csv / test_cv.csv, checked, with `image_path` resolved inside `image_dir`.
+
+    Reads the reference's files as they are: rows in any order, `image_path` relative to the
+    data dir, test rows without `fold_id` or labels; `wind_speed_le` and `frame_id` are derived
+    when absent.
+    """
+    path = storage.join(data_dir, name)
+    train = name == "train_cv.csv"
+    required = ("image_id", "storm_id", "relative_time", "image_path") + (("wind_speed", "fold_id") if train else ())
+    df = split.read_csv(path, required)
+    df["relative_time"] = validate.numeric_column(df, "relative_time", path)
+    if train:
+        df["wind_speed"] = validate.wind_speeds(df, path, value_range=wind_speed_range)
+        fold = validate.numeric_column(df, "fold_id", path)
+        bad = np.flatnonzero(((fold < 0) | (fold != np.round(fold))).to_numpy())
+        if len(bad):
+            raise ValueError(f"{path}: row {validate.csv_row(int(bad[0]))}: fold_id "
+                             f"{validate.shown(df['fold_id'].iloc[bad[0]])} is not a fold number (0, 1, ...)")
+        df["fold_id"] = fold.astype(np.int64)
+        if "wind_speed_le" not in df.columns:
+            df["wind_speed_le"] = np.searchsorted(np.unique(df["wind_speed"]), df["wind_speed"])
+    else:  # labels of test rows are placeholders; the reference writes no fold_id for them
+        labels = pd.to_numeric(df.get("wind_speed", pd.Series(0, index=df.index)), errors="coerce")
+        df["wind_speed"] = labels.fillna(split.TEST_PLACEHOLDER).round().astype(np.int64)
+        df["wind_speed_le"] = 0
+        df["fold_id"] = -1
+    df["image_path"] = validate.resolve_frame_paths(df["image_path"], image_dir, path)
+    return df.assign(split="train" if train else "test", csv_row=np.arange(len(df)))
+
+
+def load_frame_table(data_dir: str, image_dir: str | None = None,
+                     wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> pd.DataFrame:
+    """train_cv + test_cv rows ordered by storm and time, with `split`, `csv_row` (the row in its
+    CSV) and `prefix` (the shard file prefix: `fold.<k>` or `test`). Frame paths are resolved
+    against `image_dir` (default: `data_dir`) and must stay inside it."""
+    image_dir = image_dir or data_dir
+    train, test = (_read_split_csv(data_dir, name, image_dir, wind_speed_range) for name in SOURCES)
     table = frames.order_storm_frames(pd.concat([train, test], ignore_index=True))
+    if "frame_id" not in table.columns or table["frame_id"].isna().any():
+        table["frame_id"] = table[frames.POSITION_COLUMN]
     table["prefix"] = np.where(table["split"] == "test", "test",
                                "fold." + table["fold_id"].astype(str))
     return table
+
+
+def example_order(table: pd.DataFrame, seed: int) -> np.ndarray:
+    """Per row, its index among the examples of its shard prefix.
+
+    Training folds: a seeded random permutation (of the rows in storm/time order, so it depends
+    only on the CSVs and the seed, not on the workers): consecutive frames of a storm are near
+    duplicates, and records written in storm order leave a reader's shuffle buffer holding few
+    storms. Test: the row order of test_cv.csv (submission_format.csv order).
+    """
+    index = np.zeros(len(table), dtype=np.int64)
+    for prefix, rows in table.groupby("prefix", sort=True).indices.items():
+        if prefix == "test":
+            index[rows] = np.argsort(np.argsort(table["csv_row"].to_numpy()[rows], kind="stable"))
+        else:
+            fold = int(prefix.split(".")[1])
+            index[rows] = np.random.default_rng([seed, fold]).permutation(len(rows))
+    return index
+
+
+def frames_digest(table: pd.DataFrame, workers: int) -> str:
+    """sha256 over every frame's image id, size and content hash: the part of the build key that
+    makes an edited, replaced or truncated frame rebuild the datasets built from it."""
+    def one(path: str) -> str:
+        if storage.is_gcs(path):
+            data = storage.read_bytes(path)
+            return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+        return f"{os.path.getsize(path)} {file_sha256(path)}"
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib frees the GIL
+        hashes = list(pool.map(one, table["image_path"]))
+    digest = hashlib.sha256()
+    for image_id, line in sorted(zip(table["image_id"].astype(str), hashes)):
+        digest.update(f"{image_id} {line}\n".encode())
+    return digest.hexdigest()
 
 
 def decode_frame(data: bytes, path: str) -> np.ndarray:
@@ -94,8 +163,11 @@ def encode_image(pixels: np.ndarray, encoding: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def mean_image(cumsum: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 channel means of the frame runs [starts[c], stops[c]), rounded half up.
+def mean_image(cumsum: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+               rounding: str = "round") -> np.ndarray:
+    """(H, W, 3) uint8 channel means of the frame runs [starts[c], stops[c]), rounded half up
+    (`round`) or truncated (`truncate`, the reference's `np.uint8(mean)`: 0.5 level darker on
+    average, a bias the model learns but does not need).
 
     `cumsum[i]` is the sum of the first i frames, kept modulo 2**16 (or 2**32): a difference of
     two entries is still the exact sum of a run as long as that sum fits the type, which holds
@@ -105,7 +177,7 @@ def mean_image(cumsum: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.
     for c in range(3):  # one channel at a time, in uint32: 5x faster than one int64 expression
         n = int(stops[c] - starts[c])
         sums = (cumsum[stops[c]] - cumsum[starts[c]]).astype(np.uint32)
-        out[..., c] = (2 * sums + n) // (2 * n)
+        out[..., c] = (2 * sums + n) // (2 * n) if rounding == "round" else sums // n
     return out
 
 
@@ -129,6 +201,7 @@ class ChunkTask:
     images: tuple[tuple[frames.DatasetSpec, tuple[int, ...]], ...]
     encoding: str
     quality: int
+    mean_rounding: str = "round"
 
 
 @dataclasses.dataclass
@@ -167,7 +240,8 @@ def run_chunk(task: ChunkTask) -> ChunkResult:
             if spec.kind == "stacked":
                 pixels = np.stack([decoded[i] for i in starts[t]], axis=-1)
             else:
-                pixels = mean_image(cumsum, starts[t] - pixel_from, stops[t] - pixel_from)
+                pixels = mean_image(cumsum, starts[t] - pixel_from, stops[t] - pixel_from,
+                                    task.mean_rounding)
             out.append(encode_image(pixels, task.encoding, task.quality))
         images[spec] = out
     return ChunkResult(data[task.raw_from - lo:], shape, images)
@@ -190,13 +264,15 @@ def file_sha256(path: str) -> str:
 
 
 def build_key(spec: frames.DatasetSpec, encoding: str, quality: int, shards_per_fold: int,
-              sources: dict[str, str]) -> dict:
-    """What decides a dataset's bytes: a manifest with an equal key describes the same dataset."""
+              sources: dict[str, str], order_seed: int = 0, mean_rounding: str = "round") -> dict:
+    """What decides a dataset's bytes: a manifest with an equal key describes the same dataset.
+    `sources` holds the CSVs' hashes and `frames`, the digest of every frame (`frames_digest`)."""
     pixels = spec.kind in _PIXEL_KINDS
     return {"format": BUILD_FORMAT, "spec": spec.to_string(),
             "encoding": encoding if pixels else "source",
             "quality": quality if pixels and encoding == "jpeg" else None,
-            "shards_per_fold": shards_per_fold, "sources": sources}
+            "mean_rounding": mean_rounding if spec.kind == "mean" else None,
+            "shards_per_fold": shards_per_fold, "order_seed": order_seed, "sources": sources}
 
 
 @dataclasses.dataclass
@@ -208,6 +284,14 @@ class DatasetPlan:
     key: dict
     old: dict | None  # the matching manifest being repaired, if any
     todo: set[str]
+
+
+def _remove_temporaries(out_dir: str) -> None:
+    """Deletes the `.tmp-*` files a killed build left (partial shards, record spills)."""
+    if not storage.is_gcs(out_dir) and os.path.isdir(out_dir):
+        for name in os.listdir(out_dir):
+            if name.startswith(storage.TMP_PREFIX):
+                os.remove(os.path.join(out_dir, name))
 
 
 def _shard_files(out_dir: str) -> list[str]:
@@ -233,6 +317,7 @@ def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shard_names:
     """
     manifest_path = storage.join(out_dir, recordio.MANIFEST)
     old = None
+    _remove_temporaries(out_dir)
     if storage.exists(manifest_path):
         try:
             old = storage.read_json(manifest_path)
@@ -292,22 +377,27 @@ class _AtomicFile:
 
 
 class ShardWriter:
-    """Writes the examples of one (dataset, prefix), in order, to the shards still to write.
+    """Writes the examples of one (dataset, prefix) to the shards still to write.
 
-    The example -> shard assignment is fixed by `recordio.shard_bounds`; each shard goes to a
-    temporary name and is renamed when its last example is in. A shard redone against a
-    manifest must come out with the recorded sha256 (else the sources changed since).
+    Examples arrive in storm order but are numbered in the shuffled record order
+    (`example_order`); the example -> shard assignment is fixed by `recordio.shard_bounds` over
+    those numbers. Each record is appended to a spill file (`.tmp-order-<prefix>` beside the
+    shards; a local temporary file for gs://) as it arrives; once the pass is over, `finish`
+    copies every wanted shard's records out of it in example order, to a temporary name that is
+    renamed when complete. Memory holds only offsets; the disk holds the dataset once more
+    until the shards are out. A shard redone against a manifest must come out with the recorded
+    sha256 (else the sources changed since).
     """
 
     def __init__(self, plan: DatasetPlan, prefix: str, count: int, n_shards: int):
         self.plan = plan
+        self.prefix = prefix
         self.bounds = recordio.shard_bounds(count, n_shards)
         self.names = [recordio.shard_name(prefix, i, n_shards) for i in range(n_shards)]
         self.sha256: dict[str, str] = {}
         self.finished: list[str] = []
-        self._shard = -1
-        self._out: _AtomicFile | None = None
-        self._writer: recordio.RecordWriter | None = None
+        self._where: dict[int, tuple[int, int]] = {}  # example index -> (offset, length) in the spill
+        self._spill = None
 
     def shard_of(self, index: int) -> int:
         return next(i for i, (a, b) in enumerate(self.bounds) if a <= index < b)
@@ -316,24 +406,43 @@ class ShardWriter:
         return self.names[self.shard_of(index)] in self.plan.todo
 
     def write(self, index: int, record: bytes) -> None:
-        """Writes the example at `index` (examples of a shard arrive in order, without gaps)."""
-        shard = self.shard_of(index)
-        if self._out is None:
-            self._shard = shard
-            self._out = _AtomicFile(storage.join(self.plan.out_dir, self.names[shard]))
-            self._writer = recordio.RecordWriter(self._out.file)
-        if shard != self._shard:
-            raise RuntimeError(f"{self.names[self._shard]}: example {index} arrived before the "
-                               "shard was complete")
-        self._writer.write(record)
-        if self._writer.count == self.bounds[shard][1] - self.bounds[shard][0]:
-            self._finish()
+        """Keeps the example at `index` (any order) until `finish`."""
+        if self._spill is None:
+            if storage.is_gcs(self.plan.out_dir):
+                self._spill = tempfile.TemporaryFile(prefix=storage.TMP_PREFIX + "order-")
+            else:
+                os.makedirs(self.plan.out_dir, exist_ok=True)
+                path = os.path.join(self.plan.out_dir, f"{storage.TMP_PREFIX}order-{self.prefix}")
+                self._spill = open(path, "w+b", buffering=1 << 20)
+                os.remove(path)  # the open file stays; nothing is left if the process dies
+        self._where[index] = (self._spill.tell(), len(record))
+        self._spill.write(record)
 
-    def _finish(self) -> None:
-        name = self.names[self._shard]
-        digest = self._writer.sha256()
+    def finish(self) -> None:
+        """Writes every wanted shard from the spill, in example order, and drops the spill."""
+        for shard, name in enumerate(self.names):
+            if name not in self.plan.todo:
+                continue
+            a, b = self.bounds[shard]
+            lost = [i for i in range(a, b) if i not in self._where]
+            if lost:
+                raise RuntimeError(f"{name}: examples {lost[:5]} were never computed")
+            out = _AtomicFile(storage.join(self.plan.out_dir, name))
+            writer = recordio.RecordWriter(out.file)
+            try:
+                for i in range(a, b):
+                    offset, length = self._where[i]
+                    self._spill.seek(offset)
+                    writer.write(self._spill.read(length))
+            except BaseException:
+                out.discard()
+                raise
+            self._spill.seek(0, os.SEEK_END)
+            self._commit(name, out, writer.sha256())
+        self.abort()
+
+    def _commit(self, name: str, out: "_AtomicFile", digest: str) -> None:
         expected = self.plan.old["sha256"].get(name) if self.plan.old else None
-        out, self._out = self._out, None
         if expected is not None and digest != expected:
             out.discard()
             raise ValueError(f"{storage.join(self.plan.out_dir, name)}: rebuilt shard differs from "
@@ -344,10 +453,11 @@ class ShardWriter:
         self.finished.append(name)
 
     def abort(self) -> None:
-        """Drops the shard being written (its temporary file goes away)."""
-        if self._out is not None:
-            self._out.discard()
-            self._out = None
+        """Drops the spilled records."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+            self._where = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +490,8 @@ def check_frames_exist(table: pd.DataFrame) -> None:
 
 
 def _chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dict,
-                 chunk_frames: int, encoding: str, quality: int) -> Iterator[tuple[ChunkTask, _Chunk]]:
+                 chunk_frames: int, encoding: str, quality: int,
+                 mean_rounding: str = "round") -> Iterator[tuple[ChunkTask, _Chunk]]:
     """The chunks to compute, in storm and time order, skipping chunks with nothing to write."""
     copy_specs = [p.spec for p in plans if p.spec.kind not in _PIXEL_KINDS]
     raw_span = max([s.history_span for s in copy_specs], default=0)
@@ -409,9 +520,19 @@ def _chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dic
                 raw_from = start if previous_done else max(0, start - raw_span)
             read_from = min(pixel_from, raw_from, start)
             task = ChunkTask(str(storm_id), tuple(paths[read_from:stop]), read_from, pixel_from,
-                             start, stop, raw_from, images, encoding, quality)
+                             start, stop, raw_from, images, encoding, quality, mean_rounding)
             previous_done = True
             yield task, _Chunk(rows, wanted, len(storm))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the worker is killed when the builder dies, even by SIGKILL (which
+    runs no cleanup): otherwise it would wait forever on a pipe that nobody writes to."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _computed(tasks: Iterator[tuple[ChunkTask, _Chunk]], workers: int
@@ -424,7 +545,8 @@ def _computed(tasks: Iterator[tuple[ChunkTask, _Chunk]], workers: int
     # fork starts workers at once, but TensorFlow's threads do not survive a fork: when the
     # parent has imported it (tests, notebooks), spawn fresh interpreters instead.
     method = "spawn" if "tensorflow" in sys.modules or sys.platform != "linux" else "fork"
-    pool = concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context(method))
+    pool = concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context(method),
+                                                  initializer=_die_with_parent, initargs=(os.getpid(),))
     try:
         pending = collections.deque()
         for task, chunk in tasks:
@@ -452,7 +574,7 @@ def example_features(row) -> dict:
 
 def _write_pass(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dict,
                 image_size: list | None, chunk_frames: int, encoding: str, quality: int,
-                workers: int, log: Callable[[str], None]) -> list[int]:
+                workers: int, log: Callable[[str], None], mean_rounding: str = "round") -> list[int]:
     """Computes every wanted example and hands it to its writer; returns the frame size."""
     copy_span = max([p.spec.history_span for p in plans if p.spec.kind not in _PIXEL_KINDS],
                     default=0)
@@ -460,7 +582,7 @@ def _write_pass(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dict
     storm_id, first_path = None, None
     indices = {}
     n_storms, done = table["storm_id"].nunique(), 0
-    tasks = _chunk_tasks(table, plans, writers, chunk_frames, encoding, quality)
+    tasks = _chunk_tasks(table, plans, writers, chunk_frames, encoding, quality, mean_rounding)
     for task, chunk, result in _computed(tasks, workers):
         if task.storm_id != storm_id:
             storm_id, raw, indices = task.storm_id, {}, {}
@@ -496,9 +618,12 @@ def _write_pass(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dict
 # Entry points
 
 
-def _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_frames) -> None:
+def _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_frames,
+                   mean_rounding="round") -> None:
     if not specs:
         raise ValueError("no dataset specs given")
+    if mean_rounding not in MEAN_ROUNDINGS:
+        raise ValueError(f"--mean_rounding={mean_rounding!r}: expected one of {MEAN_ROUNDINGS}")
     if encoding not in ENCODINGS:
         raise ValueError(f"--encoding={encoding!r}: expected one of {ENCODINGS}")
     checks = [("--shards_per_fold", shards_per_fold, 1, None), ("--quality", quality, 1, 100),
@@ -513,20 +638,24 @@ def _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_fra
 
 
 def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec],
-                   shards_per_fold: int = 1, encoding: str = "jpeg", quality: int = 95,
+                   shards_per_fold: int = SHARDS_PER_FOLD, encoding: str = "jpeg", quality: int = 95,
                    workers: int | None = None, overwrite: bool = False, chunk_frames: int = 128,
-                   log: Callable[[str], None] = print) -> list[dict]:
+                   log: Callable[[str], None] = print, mean_rounding: str = "round",
+                   order_seed: int = 0, image_dir: str | None = None,
+                   wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> list[dict]:
     """Builds (or completes) `<out_root>/<spec.name>/` for every spec; returns their manifests.
 
     One pass over the storms serves every spec; `workers` processes (default: all cores)
     compute chunks of `chunk_frames` frames. Datasets whose manifest matches are kept (damaged
     or missing shards are rewritten); a directory holding another dataset is an error unless
     `overwrite`. If the build fails, the shards it wrote for datasets without a manifest are
-    removed again, so no half-built dataset is left behind.
+    removed again, so no half-built dataset is left behind. Training records are written in a
+    seeded shuffled order (`example_order`, `order_seed`); frames are read from `image_dir`
+    (default: `data_dir`), which every `image_path` must stay inside.
     """
     workers = workers or os.cpu_count() or 1
-    _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_frames)
-    table = load_frame_table(data_dir)
+    _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_frames, mean_rounding)
+    table = load_frame_table(data_dir, image_dir, wind_speed_range)
     check_frames_exist(table)
     n_folds = int(table.loc[table["split"] == "train", "fold_id"].max()) + 1
     prefixes = [f"fold.{k}" for k in range(n_folds)] + ["test"]
@@ -536,14 +665,15 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
     if empty:
         raise ValueError(f"{data_dir}: no frames for {empty} (check fold_id in train_cv.csv and "
                          "test_cv.csv)")
-    # Examples of a prefix are numbered in storm and time order: that order is the shard order.
-    table["example_index"] = table.groupby("prefix", sort=False).cumcount()
+    table["example_index"] = example_order(table, order_seed)  # the record order in the shards
     n_shards = {p: min(shards_per_fold, counts[p]) for p in prefixes}
     shard_names = [recordio.shard_name(p, i, n_shards[p]) for p in prefixes for i in range(n_shards[p])]
     sources = {name: file_sha256(storage.join(data_dir, name)) for name in SOURCES}
+    sources["frames"] = frames_digest(table, workers)
 
     plans = [plan_dataset(spec, storage.join(out_root, spec.name),
-                          build_key(spec, encoding, quality, shards_per_fold, sources),
+                          build_key(spec, encoding, quality, shards_per_fold, sources, order_seed,
+                                    mean_rounding),
                           shard_names, overwrite, log) for spec in specs]
     active = [p for p in plans if p.todo]
     for plan in plans:
@@ -556,7 +686,9 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
         repaired = [p.old["image_size"] for p in active if p.old is not None]
         try:
             image_size = _write_pass(table, active, writers, repaired[0] if repaired else None,
-                                     chunk_frames, encoding, quality, workers, log)
+                                     chunk_frames, encoding, quality, workers, log, mean_rounding)
+            for writer in writers.values():
+                writer.finish()
         except BaseException:
             _clean_up(active, writers.values())
             raise
@@ -602,6 +734,8 @@ def _manifest(plan: DatasetPlan, encoding: str, n_folds: int, image_size: list, 
         "encoding": plan.key["encoding"], "quality": plan.key["quality"],
         "jpeg_color": "RGB channels, no YCbCr, no subsampling" if pixels and encoding == "jpeg" else None,
         "image_size": image_size, "n_folds": n_folds, "counts": counts, "shards": shards,
+        "mean_rounding": plan.key["mean_rounding"],
+        "record_order": {"folds": f"shuffled (seed {plan.key['order_seed']})", "test": "test_cv.csv rows"},
         "sha256": dict(sorted(sha256.items())), "sources": plan.key["sources"],
         "tpuflow_version": __version__,
     }

@@ -41,6 +41,7 @@ _READ_BLOCK = 1 << 20
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _TMP_PREFIX = ".tmp-"  # atomic_path's temporaries: never listed as files of a tree
+TMP_PREFIX = _TMP_PREFIX  # for writers that clean up what a killed run left
 
 
 class ChecksumMismatchError(OSError):
