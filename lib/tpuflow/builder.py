@@ -305,11 +305,19 @@ def _describe(key: dict) -> str:
         f", sources={key.get('sources')}"
 
 
+def _same_but_sources(old_key: dict | None, key: dict) -> bool:
+    """Whether two build keys differ in their sources (CSVs, frames) only."""
+    if not isinstance(old_key, dict) or not isinstance(old_key.get("sources"), dict):
+        return False
+    return {**old_key, "sources": None} == {**key, "sources": None}
+
+
 def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shard_names: Sequence[str],
                  overwrite: bool, log: Callable[[str], None]) -> DatasetPlan:
     """Decides what to write for one dataset, clearing what cannot be kept.
 
     - a manifest with the same key: shards whose sha256 checks out are kept, the others redone;
+    - a manifest of the same dataset built from other CSVs or frames: rebuilt;
     - a manifest of another dataset: an error naming both, unless `overwrite`;
     - no manifest (an interrupted first build): leftover shard files are removed.
     Shard files that are not part of the planned dataset are removed either way, so a reader's
@@ -325,7 +333,12 @@ def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shard_names:
             if not overwrite:
                 raise ValueError(f"{manifest_path}: unreadable manifest ({err}); pass --overwrite "
                                  "to rebuild the dataset") from err
-        if old is not None and old.get("build") != key:
+        stale = old is not None and old.get("build") != key and _same_but_sources(old.get("build"), key)
+        if stale:  # same dataset, edited inputs: rebuilt, as `make` would
+            changed = sorted(k for k in key["sources"] if old["build"]["sources"].get(k) != key["sources"][k])
+            log(f"{out_dir}: inputs changed since the build ({', '.join(changed)}); rebuilding")
+            old = None
+        elif old is not None and old.get("build") != key:
             if not overwrite:
                 theirs = old.get("build") or {"spec": old.get("spec"), "format": "unknown"}
                 raise ValueError(

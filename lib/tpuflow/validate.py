@@ -49,8 +49,9 @@ def numeric_column(df: pd.DataFrame, column: str, path: str) -> pd.Series:
     bad = np.flatnonzero(values.isna().to_numpy())
     if len(bad):
         row = int(bad[0])
-        raise ValueError(f"{path}: row {csv_row(row)}: {column} {shown(df[column].iloc[row])} is not a "
-                         f"number ({len(bad)} such row(s))")
+        cell = df[column].iloc[row]
+        what = "is empty" if pd.isna(cell) else f"{shown(cell)} is not a number"
+        raise ValueError(f"{path}: row {csv_row(row)}: {column} {what} ({len(bad)} such row(s))")
     return values
 
 
