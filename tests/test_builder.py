@@ -21,12 +21,8 @@ DIM = 24  # conftest's TINY frames
 
 
 def _copy_data(cv_dir, dst) -> str:
-    """A private copy of the split data (CSV paths rewritten), safe to damage."""
+    """A private copy of the split data (image paths are relative to it), safe to damage."""
     shutil.copytree(cv_dir, dst)
-    for name in builder.SOURCES:
-        df = pd.read_csv(os.path.join(dst, name))
-        df["image_path"] = df["image_path"].str.replace(cv_dir, str(dst), regex=False)
-        df.to_csv(os.path.join(dst, name), index=False)
     return str(dst)
 
 

@@ -136,7 +136,7 @@ assert predict_ds.element_spec.shape == (6, 16, 16, 1), predict_ds.element_spec
 per_replica = next(iter(strategy.experimental_distribute_dataset(predict_ds)))
 assert [v.shape for v in strategy.experimental_local_results(per_replica)] == [(3, 16, 16, 1)] * 2
 pred = runner.predict(probe, files, parse, len(ids), cfg, 0)[:, 0]
-expected = np.array([float(tf.reduce_mean(parse(s)[0])) for s in tf.data.TFRecordDataset(files)])
+expected = np.array([float(tf.reduce_mean(pipeline.to_float(parse(s)[0]))) for s in tf.data.TFRecordDataset(files)])
 assert pred.shape == expected.shape, (pred.shape, expected.shape)
 np.testing.assert_allclose(pred, expected, rtol=1e-5)
 saved = np.load({out!r} + "/preds/ids_val_fold_0.npy")

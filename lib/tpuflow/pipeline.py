@@ -1,10 +1,16 @@
 """The tf.data input pipeline: one function for training, one ordered one for prediction.
 
-Training order (fixed): read shards interleaved -> parse -> [cache] -> shuffle -> repeat ->
-augment -> batch(drop_remainder=True, static shapes for TPU) -> prefetch.
-Prediction order: read shards sequentially -> parse -> TTA transform -> pad to a whole number of
-global batches -> batch(drop_remainder=True) -> prefetch; the caller trims the padding, so every
-example is predicted exactly once, in record order (the order `records.read_ids` returns).
+Training order (fixed): read shards interleaved, one record from each in turn -> [cache] ->
+shuffle the serialized records -> repeat -> parse (uint8 pixels) -> augment -> batch
+(drop_remainder=True, static shapes for TPU) -> float32 -> prefetch.
+The builder writes each fold's records in a shuffled order over many shards, so interleaving
+them mixes storms before the buffer does; the buffer holds encoded records (tens of KB each),
+not decoded images (a 366 px 24-frame example is 12.9 MB as float32), and pixels stay uint8
+until the batch, so host memory stays bounded whatever the kind.
+Prediction order: read shards sequentially -> parse -> float32 -> TTA transform -> pad to a
+whole number of global batches -> batch(drop_remainder=True) -> prefetch; the caller trims the
+padding, so every example is predicted exactly once, in record order (the order
+`records.read_ids` returns).
 """
 from __future__ import annotations
 
@@ -18,20 +24,33 @@ AUTOTUNE = tf.data.AUTOTUNE
 ParseFn = Callable[[tf.Tensor], tuple]
 
 
+MAX_OPEN_FILES = 64  # shards read at once: 4 training folds x 16 shards
+
+
+def to_float(x):
+    """Integer pixel tensors of an input structure -> float32 (other tensors unchanged)."""
+    return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if t.dtype.is_integer else t, x)
+
+
 def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
                   shuffle_buffer: int = 2048, aug_prob: float = 0.0, cache: bool = False,
                   seed: int | None = None) -> tf.data.Dataset:
-    """Endless, shuffled, augmented batches of (inputs, target) for `model.fit`."""
+    """Endless, shuffled, augmented batches of (inputs, target) for `model.fit`.
+
+    `cache` keeps the serialized records in memory: later epochs skip reading (not decoding).
+    """
     files_ds = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(len(files), seed=seed)
-    ds = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                             num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    ds = ds.map(parse_fn, num_parallel_calls=AUTOTUNE)
-    if cache:  # decoded images: later epochs skip reading and decoding
+    ds = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), MAX_OPEN_FILES),
+                             block_length=1, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    if cache:
         ds = ds.cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+    ds = ds.map(parse_fn, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
     if aug_prob > 0:
-        ds = ds.map(lambda x, y: (augment.random_augment(x, aug_prob), y), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+        ds = ds.map(lambda x, y: (augment.random_augment(x, aug_prob), y), num_parallel_calls=AUTOTUNE,
+                    deterministic=seed is not None)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.map(lambda x, y: (to_float(x), y)).prefetch(2)
 
 
 def padded_count(n_examples: int, batch_size: int) -> int:
@@ -46,7 +65,7 @@ def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_
     Padding repeats the first example; predictions beyond `n_examples` must be dropped.
     """
     ds = tf.data.TFRecordDataset(list(files)).map(
-        lambda s: augment.apply_tta(parse_fn(s)[0], tta_index),
+        lambda s: augment.apply_tta(to_float(parse_fn(s)[0]), tta_index),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     n_padded = padded_count(n_examples, batch_size)
     if n_padded > n_examples:

@@ -63,33 +63,35 @@ def parse_common(serialized: tf.Tensor) -> dict:
 
 
 def decode_image(encoded: tf.Tensor, channels: int, dim: int | None = None) -> tf.Tensor:
-    """Decodes one JPEG/PNG to float32 (H, W, channels) in [0, 255], resized to dim x dim if given.
+    """Decodes one JPEG/PNG to uint8 (H, W, channels), resized to dim x dim if given (bilinear,
+    rounded to whole levels; a frame already dim x dim is unchanged).
 
+    Pixels stay uint8 (a quarter of float32's bytes) until the pipeline has batched them
+    (`pipeline.to_float`), so shuffle and prefetch buffers stay small whatever the kind.
     The static shape is set so that TPU programs see fixed shapes.
     """
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-    image = tf.cast(image, tf.float32)
     if dim is not None:
-        image = tf.image.resize(image, [dim, dim], method="bilinear")
-        image = tf.ensure_shape(image, [dim, dim, channels])
+        resized = tf.image.resize(image, [dim, dim], method="bilinear")
+        image = tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), [dim, dim, channels])
     return image
 
 
 def parse_image(serialized: tf.Tensor, channels: int, dim: int | None = None,
                 invert: bool = False) -> dict:
-    """Record with one encoded image -> {image_id, image (H, W, C) float32, label, label_le}.
+    """Record with one encoded image -> {image_id, image (H, W, C) uint8, label, label_le}.
 
     `invert` maps x -> 255 - x (cold cloud tops bright or dark, as the backbone prefers).
     """
     ex = parse_common(serialized)
     image = decode_image(ex["image"][0], channels, dim)
-    ex["image"] = 255.0 - image if invert else image
+    ex["image"] = 255 - image if invert else image
     return ex
 
 
 def parse_sequence(serialized: tf.Tensor, n_frames: int, dim: int, pack3: bool = False,
                    invert: bool = False) -> dict:
-    """`sequence` record of n encoded frames -> image (n, dim, dim, 1), or (n/3, dim, dim, 3) with
+    """`sequence` record of n encoded frames -> uint8 image (n, dim, dim, 1), or (n/3, dim, dim, 3) with
     `pack3` (three consecutive frames as the channels of one image, for 2D backbones over time).
 
     Frames are decoded with a fixed count (`n_frames`) so the shape is static for TPUs.
@@ -99,10 +101,10 @@ def parse_sequence(serialized: tf.Tensor, n_frames: int, dim: int, pack3: bool =
     ex = parse_common(serialized)
     encoded = tf.ensure_shape(ex["image"], [n_frames])
     frames = tf.map_fn(lambda e: decode_image(e, 1, dim), encoded,
-                       fn_output_signature=tf.TensorSpec([dim, dim, 1], tf.float32))
+                       fn_output_signature=tf.TensorSpec([dim, dim, 1], tf.uint8))
     if pack3:  # (n, H, W, 1) -> (n/3, 3, H, W) -> (n/3, H, W, 3)
         frames = tf.transpose(tf.reshape(frames, [n_frames // 3, 3, dim, dim]), [0, 2, 3, 1])
-    ex["image"] = 255.0 - frames if invert else frames
+    ex["image"] = 255 - frames if invert else frames
     return ex
 
 
