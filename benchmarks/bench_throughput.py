@@ -1,5 +1,6 @@
 """Usage: python benchmarks/bench_throughput.py [--backbone=EfficientNetB0] [--dim=128] [--batch_size=32]
     [--kinds=single,stacked:s2,mean:s2,sequence:n6:s1] [--mixed_precision=mixed_float16] [--profile=/tmp/trace]
+    [--storms=12] [--buffer=2048] [--model_steps=0: input only]
 
 Is the input pipeline or the model the bottleneck? For each dataset kind, on this machine:
 
@@ -8,7 +9,14 @@ Is the input pipeline or the model the bottleneck? For each dataset kind, on thi
 - model: training examples/s of the kind's model (the backbone on each image; for sequences on each
   frame, then an LSTM over time) fed from one in-memory batch, so no input work is counted;
 - their ratio: input/model > 1 means the accelerator (or CPU) running the model is the limit
-  (model-bound); < 1 means it waits for data (input-bound: cache, fewer augmentations, more hosts).
+  (model-bound); < 1 means it waits for data (input-bound: cache, fewer augmentations, more hosts);
+- pipeline memory: the peak resident memory of the process while the input batches are drawn,
+  above what it held before the pipeline was made (sampled every 5 ms), next to what the
+  pipeline's shuffle buffer would hold if it kept decoded float32 examples, as it once did.
+
+For the heaviest kind, 366 px `sequence:n24:s1`, give enough storms to fill the buffer, e.g.
+`--size=366 --dim=366 --kinds=sequence:n24:s1 --storms=70 --batch_size=16 --input_batches=5
+--model_steps=0`.
 
 Data are built-in synthetic storms (`--size` px) written to a temporary directory. The model runs
 under the same strategy as training (all GPUs if any). `--profile=<dir>` also writes a TensorBoard
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 
 import keras
@@ -38,6 +47,37 @@ flags.DEFINE_integer("model_steps", 5, "Timed model training steps per kind (aft
 flags.DEFINE_string("mixed_precision", None, "Model precision: mixed_float16, mixed_bfloat16, auto or None")
 flags.DEFINE_string("profile", None, "Directory for a TensorBoard trace of a few batches and steps")
 flags.DEFINE_string("work_dir", None, "Where to write the temporary records (default: system temp)")
+flags.DEFINE_integer("storms", 12, "Synthetic storms (20-40 frames each)")
+flags.DEFINE_integer("buffer", 2048, "Shuffle buffer (the experiments' default --buffer_size)")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class PeakMemory:
+    """Samples the resident memory in a thread between `with` entry and exit; `.peak` is the
+    highest value above the memory at entry."""
+
+    def __enter__(self):
+        self.base, self.peak, self._stop = rss_bytes(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes() - self.base)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes() - self.base)
 
 
 def parse_fn(spec: frames.DatasetSpec, dim: int):
@@ -85,10 +125,10 @@ def model_rate(model: keras.Model, batch: tuple, steps: int, batch_size: int) ->
 def make_records(work: str, specs: list[frames.DatasetSpec], size: int) -> dict:
     """Synthetic storms -> CV split -> records of every kind; {spec: training files}."""
     raw = os.path.join(work, "raw")
-    synthetic.make_synthetic(raw, synthetic.SyntheticConfig(seed=0, size=size, n_storms=12, n_test_only_storms=0,
-                                                            min_frames=20, max_frames=40))
+    synthetic.make_synthetic(raw, synthetic.SyntheticConfig(seed=0, size=size, n_storms=FLAGS.storms,
+                                                            n_test_only_storms=0, min_frames=20, max_frames=40))
     split.write_cv_split(raw, *split.create_cv_split(raw, n_folds=5, seed=33))
-    builder.build_datasets(raw, work, specs, shards_per_fold=2)
+    builder.build_datasets(raw, work, specs)
     return {spec: records.record_files(os.path.join(work, spec.name), range(5)) for spec in specs}
 
 
@@ -104,9 +144,20 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(dir=FLAGS.work_dir) as work:
         files = make_records(work, specs, FLAGS.size)
         for spec in specs:
-            ds = pipeline.train_dataset(files[spec], parse_fn(spec, FLAGS.dim), batch, shuffle_buffer=256,
-                                        aug_prob=FLAGS.aug_prob, seed=0)
-            data_rate = input_rate(ds, FLAGS.input_batches, batch)
+            with PeakMemory() as memory:
+                ds = pipeline.train_dataset(files[spec], parse_fn(spec, FLAGS.dim), batch, shuffle_buffer=FLAGS.buffer,
+                                            aug_prob=FLAGS.aug_prob, seed=0)
+                data_rate = input_rate(ds, FLAGS.input_batches, batch)
+            n_records = sum(1 for _ in tf.data.TFRecordDataset(files[spec]))
+            float_example = (spec.depth if spec.kind == "sequence" else 1) * FLAGS.dim ** 2 * spec.channels * 4
+            print(f"kind={spec} pipeline memory: peak {memory.peak / 2**30:.2f} GiB above the "
+                  f"{memory.base / 2**30:.2f} GiB before it (buffer {FLAGS.buffer} of {n_records} records); "
+                  f"a buffer of decoded float32 examples would hold "
+                  f"{min(FLAGS.buffer, n_records) * float_example / 2**30:.1f} GiB "
+                  f"(ratio {min(FLAGS.buffer, n_records) * float_example / max(memory.peak, 1):.1f}x)", flush=True)
+            if FLAGS.model_steps <= 0:
+                print(f"kind={spec} input={data_rate:.1f} ex/s (model not measured: --model_steps=0)", flush=True)
+                continue
             with strategy.scope():
                 model = build_model(spec, FLAGS.dim, FLAGS.backbone)
                 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
