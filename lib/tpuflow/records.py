@@ -38,9 +38,9 @@ def record_files(tfrec_dir: str, folds: Iterable[int] | None = None) -> list[str
     prefixes = ["test"] if folds is None else [f"fold.{k}" for k in folds]
     files = []
     for prefix in prefixes:
-        found = storage.glob(storage.join(tfrec_dir, f"{prefix}.tfrecord-*"))
+        found = storage.glob(storage.join(tfrec_dir, f"{prefix}.tfrecord*"))  # also adopted `fold.0.tfrecord`
         if not found:
-            raise FileNotFoundError(f"{tfrec_dir}: no {prefix}.tfrecord-* files")
+            raise FileNotFoundError(f"{tfrec_dir}: no {prefix}.tfrecord* files")
         files += found
     return files
 
