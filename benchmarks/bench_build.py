@@ -77,7 +77,9 @@ def baseline_dataset(data_dir: str, spec, out_dir: str, stage_dir: str, shards_p
         for t, image_id in enumerate(storm["image_id"]):
             _stage_example(spec, paths, t, stage_dir, image_id, encoding, quality)
     os.makedirs(out_dir, exist_ok=True)
+    table["example_index"] = builder.example_order(table, 0)  # the builder's record order
     for prefix, rows in table.groupby("prefix", sort=True):
+        rows = rows.sort_values("example_index")
         n = min(shards_per_fold, len(rows))
         for i, (a, b) in enumerate(recordio.shard_bounds(len(rows), n)):
             with tf.io.TFRecordWriter(os.path.join(out_dir, recordio.shard_name(prefix, i, n))) as w:

@@ -149,10 +149,11 @@ def main(argv: list[str]) -> None:
                                             aug_prob=FLAGS.aug_prob, seed=0)
                 data_rate = input_rate(ds, FLAGS.input_batches, batch)
             n_records = sum(1 for _ in tf.data.TFRecordDataset(files[spec]))
+            held = min(FLAGS.buffer, n_records, pipeline.SHUFFLE_BYTES // pipeline.mean_record_bytes(files[spec]))
             float_example = (spec.depth if spec.kind == "sequence" else 1) * FLAGS.dim ** 2 * spec.channels * 4
             print(f"kind={spec} pipeline memory: peak {memory.peak / 2**30:.2f} GiB above the "
-                  f"{memory.base / 2**30:.2f} GiB before it (buffer {FLAGS.buffer} of {n_records} records); "
-                  f"a buffer of decoded float32 examples would hold "
+                  f"{memory.base / 2**30:.2f} GiB before it (buffer {held} of {n_records} records); "
+                  f"the old buffer of {min(FLAGS.buffer, n_records)} decoded float32 examples would hold "
                   f"{min(FLAGS.buffer, n_records) * float_example / 2**30:.1f} GiB "
                   f"(ratio {min(FLAGS.buffer, n_records) * float_example / max(memory.peak, 1):.1f}x)", flush=True)
             if FLAGS.model_steps <= 0:

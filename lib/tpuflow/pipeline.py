@@ -25,6 +25,7 @@ ParseFn = Callable[[tf.Tensor], tuple]
 
 
 MAX_OPEN_FILES = 64  # shards read at once: 4 training folds x 16 shards
+SHUFFLE_BYTES = 1 << 30  # the shuffle buffer's share of host memory (records, not images)
 
 
 def to_float(x):
@@ -37,8 +38,12 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
                   seed: int | None = None) -> tf.data.Dataset:
     """Endless, shuffled, augmented batches of (inputs, target) for `model.fit`.
 
-    `cache` keeps the serialized records in memory: later epochs skip reading (not decoding).
+    The buffer holds at most `shuffle_buffer` records and about `SHUFFLE_BYTES` of them (a
+    24-frame 366 px record is ~0.8 MB): records are written in a shuffled order, so a smaller
+    buffer costs no mixing (`benchmarks/bench_mixing.py`: ideal storms per batch from 64 records
+    on). `cache` keeps the serialized records in memory: later epochs skip reading, not decoding.
     """
+    shuffle_buffer = max(1, min(shuffle_buffer, SHUFFLE_BYTES // mean_record_bytes(files)))
     files_ds = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(len(files), seed=seed)
     ds = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), MAX_OPEN_FILES),
                              block_length=1, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
@@ -51,6 +56,12 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
                     deterministic=seed is not None)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.map(lambda x, y: (to_float(x), y)).prefetch(2)
+
+
+def mean_record_bytes(files: Sequence[str], sample: int = 32) -> int:
+    """Mean size of the first `sample` records of the first file (1 if it has none)."""
+    sizes = [len(r) for r in tf.data.TFRecordDataset(list(files)[:1]).take(sample).as_numpy_iterator()]
+    return max(1, sum(sizes) // max(1, len(sizes)))
 
 
 def padded_count(n_examples: int, batch_size: int) -> int:
