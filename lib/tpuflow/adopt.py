@@ -33,10 +33,35 @@ def spec_from_dir_name(tfrec_dir: str) -> frames.DatasetSpec:
     return frames.DatasetSpec(kind, n_frames=n if kind == "sequence" else None, step=step)
 
 
-def _check_file(path: str, data: bytes, spec: frames.DatasetSpec) -> tuple[int, list[int] | None]:
+class _Hashing(io.RawIOBase):
+    """A binary file that keeps the sha256 of what is read from it."""
+
+    def __init__(self, f):
+        self._f, self.sha = f, hashlib.sha256()
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        self.sha.update(data)
+        return data
+
+
+def _file_sha256(path: str) -> str:
+    """sha256 of a shard, checking both CRCs of every record on the way (streamed locally)."""
+    if storage.is_gcs(path):
+        f = _Hashing(io.BytesIO(storage.read_bytes(path)))
+        for _ in recordio.read_records(f, path):
+            pass
+        return f.sha.hexdigest()
+    with open(path, "rb") as raw:
+        f = _Hashing(raw)
+        for _ in recordio.read_records(f, path):
+            pass
+        f.read()  # nothing should be left; hash it anyway
+        return f.sha.hexdigest()
+
+
+def _check_file(path: str, spec: frames.DatasetSpec) -> tuple[int, list[int] | None]:
     """(records, image size of its first record); every record parsed and checked."""
-    for _ in recordio.read_records(io.BytesIO(data), path):  # checks both CRCs of every record
-        pass
     features = {"image_id": tf.io.FixedLenFeature([], tf.string),
                 "image": tf.io.VarLenFeature(tf.string),
                 "label": tf.io.FixedLenFeature([], tf.int64),
@@ -83,11 +108,11 @@ def adopt_dataset(tfrec_dir: str, spec: frames.DatasetSpec | None = None,
     counts, shards, sha256, sizes = {}, {}, {}, set()
     for path in files:
         name = os.path.basename(path)
-        data = storage.read_bytes(path)
-        n, size = _check_file(path, data, spec)
+        digest = _file_sha256(path)
+        n, size = _check_file(path, spec)
         prefix = _SHARD.match(name).group(1)
         counts[prefix] = counts.get(prefix, 0) + n
-        shards[name], sha256[name] = n, hashlib.sha256(data).hexdigest()
+        shards[name], sha256[name] = n, digest
         if size:
             sizes.add(tuple(size))
         log(f"{name}: {n} records ok")

@@ -9,17 +9,21 @@ are known from the CSVs before any image is read), then makes one pass over the 
   every spec: JPEG with RGB channels and no subsampling (the channels are different frames; see
   `encode_image`) or PNG (lossless);
 - the parent takes the chunk results in storm order, assembles the records (`single`/`sequence`
-  records hold the source JPEG bytes: no re-encoding, bit-exact) and writes them to the open
-  shard of each (spec, fold), so the bytes do not depend on the number of workers.
+  records hold the source JPEG bytes: no re-encoding, bit-exact) and spills them to one
+  unlinked temporary file per (spec, fold); at the end of the pass each shard is written from
+  it in the fold's seeded shuffled record order (`example_order`: batches then mix storms), so
+  the bytes do not depend on the number of workers.
 
 Memory stays bounded by the chunks in flight (at most 2 per worker), each holding `chunk_frames`
 source frames plus their encoded `stacked`/`mean` images, and by the parent's copy of the source
-bytes of the current storm (for `sequence` history). Neither TensorFlow nor any intermediate
-per-example file is involved (see `tpuflow.recordio`).
+bytes of the current storm (for `sequence` history); the spills hold only offsets in memory.
+Neither TensorFlow nor any intermediate per-example file is involved (see `tpuflow.recordio`).
 
 Shards are written under a temporary name and renamed; `manifest.json` (spec, encoding, counts,
-sha256 per shard, source CSV hashes) comes last. A re-run skips datasets whose manifest matches
-and whose shards check out, and rewrites only missing or damaged shards.
+sha256 per shard, hashes of the CSVs and of every frame) comes last. A re-run skips datasets
+whose manifest matches and whose shards check out, rewrites only missing or damaged shards,
+rebuilds datasets whose CSVs or frames changed, and removes the `.tmp-*` files a killed run
+left. Workers die with the builder, even when it is killed with SIGKILL.
 """
 from __future__ import annotations
 

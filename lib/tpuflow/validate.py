@@ -82,23 +82,19 @@ def resolve_frame_paths(image_paths: pd.Series, data_dir: str, csv_path: str) ->
     naming the CSV row: frames outside it would be read and packed into records.
     """
     gcs = storage.is_gcs(data_dir)
-    root = data_dir.rstrip("/") if gcs else os.path.realpath(data_dir)
+    root = data_dir.rstrip("/") if gcs else os.path.realpath(data_dir).rstrip(os.sep)
     out = []
     for row, value in enumerate(image_paths):
         path = str(value)
-        if gcs:
+        if gcs:  # no symlinks in a bucket: normalise `..` away, then compare prefixes
             full = path if storage.is_gcs(path) else storage.join(root, path)
-            bucket_and_key = full[len("gs://"):]
-            resolved = "gs://" + os.path.normpath(bucket_and_key)
-            inside = resolved.startswith(root + "/") and ".." not in path.split("/")
-            shown = full
+            resolved = "gs://" + os.path.normpath(full[len("gs://"):])
+            inside = resolved.startswith(root + "/")
         else:
-            full = path if os.path.isabs(path) else os.path.join(data_dir, path)
-            resolved = os.path.realpath(full)
-            inside = resolved.startswith(root.rstrip(os.sep) + os.sep)
-            shown = full
+            resolved = os.path.realpath(path if os.path.isabs(path) else os.path.join(data_dir, path))
+            inside = resolved.startswith(root + os.sep)
         if not inside:
             raise ValueError(f"{csv_path}: row {csv_row(row)}: image_path {path!r} resolves to "
                              f"{resolved}, outside the data dir {root} (frames must live inside it)")
-        out.append(resolved if not gcs else shown)
+        out.append(resolved)
     return out
