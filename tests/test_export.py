@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import tiny_experiment
+import tiny_sequence_experiment
 from tpuflow import experiment, export, records
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,3 +81,17 @@ def test_export_of_an_untrained_fold_fails_naming_it_and_keeps_an_earlier_export
     with pytest.raises(FileNotFoundError, match=r"model-best-f3-e\*.weights.h5, found 0"):
         export.export_run(str(trained_run), str(export_dir), folds=[3], run_py=os.path.join(HERE, "tiny_experiment.py"))
     assert sorted(os.listdir(export_dir)) == before
+
+
+def test_sequence_classification_ensemble_matches_the_runner(cv_dir, history_dirs, tmp_path):
+    run_dir = tmp_path / "run-seq-cls"
+    cfg = experiment.make_config(data_dir=cv_dir, data_tfrec_dir=history_dirs["sequence"], output_dir=str(run_dir),
+                                 quick=True, dim=16, batch_size=8, weights=None, verbose=0, n_folds=2, tta="d4",
+                                 tta_number=2, task="classification", job="train_test")
+    experiment.run(cfg, tiny_sequence_experiment.init_model, tiny_sequence_experiment.parse_example)
+    export.export_run(str(run_dir), str(tmp_path / "serving"), run_py=os.path.join(HERE, "tiny_sequence_experiment.py"))
+    served = _serve(tmp_path / "serving", records.record_files(history_dirs["sequence"], None), tmp_path / "s.npy")
+    labels = np.load(os.path.join(cv_dir, "unique_labels_sorted.npy"))
+    runner = np.mean([np.load(run_dir / "preds" / f"y_pred_test_fold_{k}_tta_{t}.npy") @ labels
+                      for k in range(2) for t in range(3)], axis=0)
+    np.testing.assert_allclose(served, runner, rtol=1e-4, atol=1e-3)
