@@ -83,7 +83,8 @@ def export_run(run_dir: str, export_dir: str, folds: list[int] | None = None, vi
                            f"{keras.backend.backend()!r}: a SavedModel is a TensorFlow format")
     cfg, module, record = load_run(run_dir, run_py)
     folds = list(runner.folds(cfg)) if folds is None else list(folds)
-    views = list(views or cfg.tta_views)
+    # Runs made before views were recorded used the reference's views 0..tta_number.
+    views = list(views or getattr(cfg, "tta_views", None) or augment.REFERENCE_VIEWS[: cfg.tta_number + 1])
     for name in views:
         if name not in augment.VIEWS:
             raise ValueError(f"--views: unknown view {name!r}; expected names from {augment.VIEWS}")

@@ -148,10 +148,15 @@ def pretrain(cfg) -> dict:
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=1e-4), loss=_own_output)
     curve = curves.TrainingCurves(cfg.output_dir, 0, f"SimSiam {cfg.backbone}")
     curve.csv_path, curve.png_path = (storage.join(cfg.output_dir, "curves", f"pretrain.{e}") for e in ("csv", "png"))
-    history = model.fit(train_dataset(ds, cfg.batch_size, cfg.seed), epochs=cfg.n_epochs, steps_per_epoch=steps,
-                        verbose=cfg.verbose, shuffle=False, callbacks=[
-                            SaveBackbone(net, record["backbone_file"]), curve,
-                            tensorboard.FoldScalars(cfg.output_dir, "pretrain")])
+    try:
+        history = model.fit(train_dataset(ds, cfg.batch_size, cfg.seed), epochs=cfg.n_epochs, steps_per_epoch=steps,
+                            verbose=cfg.verbose, shuffle=False, callbacks=[
+                                SaveBackbone(net, record["backbone_file"]), curve,
+                                tensorboard.FoldScalars(cfg.output_dir, "pretrain")])
+    except BaseException as err:  # the record says how the run ended, as an experiment's does
+        record.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000])
+        storage.write_json(storage.join(cfg.output_dir, RECORD_FILE), record)
+        raise
     losses = [float(v) for v in history.history["loss"]]
     record.update(status="complete", epochs=len(losses), loss_per_epoch=losses, final_loss=losses[-1],
                   seconds=round(time.time() - start, 3))
