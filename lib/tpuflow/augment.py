@@ -185,7 +185,9 @@ def apply_view(image: tf.Tensor, name: str) -> tf.Tensor:
         raise ValueError(f"unknown view {name!r}; expected one of {VIEWS}")
     image = tf.convert_to_tensor(image)
     _check_rank(image)
-    _quarter_turns(image, 1)  # transposes, like quarter turns, need a square image
+    height, width = image.shape[-3], image.shape[-2]
+    if height is not None and width is not None and height != width:
+        raise ValueError(f"view {name!r} needs a square image to keep its shape; got shape {image.shape}")
     if name == "transpose":
         return _transpose(image)
     return tf.image.rot90(_transpose(image), k=2)  # transverse
