@@ -20,6 +20,7 @@ setup(
         "matplotlib",
         "google-cloud-storage",
         "google-crc32c",
+        "tensorboard",  # tf.summary's writers (TensorFlow no longer brings it) and the viewer
     ],
     extras_require={
         "test": ["pytest", "gcp-storage-emulator", "mitmproxy>=11"],

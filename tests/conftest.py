@@ -52,3 +52,17 @@ def history_dirs(cv_dir, tmp_path_factory) -> dict[str, str]:
 def kind_dirs(single_dir, history_dirs) -> dict[str, str]:
     """A dataset dir for every record kind: {kind: dir}."""
     return {"single": single_dir, **history_dirs}
+
+
+@pytest.fixture(scope="session")
+def simsiam_backbone(cv_dir, tmp_path_factory) -> str:
+    """Backbone weights file of a tiny SimSiam pretraining run (MobileNetV3Small, 32 px) on the
+    raw frames, made by the command-line tool."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    out = tmp_path_factory.mktemp("simsiam") / "pretrained"
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "pretrain_simsiam.py")
+    proc = subprocess.run([sys.executable, tool, f"--data_dir={cv_dir}", f"--output_dir={out}",
+                           "--backbone=MobileNetV3Small", "--dim=32", "--quick"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(out / "backbone.weights.h5")

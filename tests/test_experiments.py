@@ -37,7 +37,7 @@ def test_there_are_experiments_of_every_kind():
 
 
 @pytest.mark.parametrize("run_py", RUN_FILES, ids=_name)
-def test_experiment_runs_every_job_quickly(run_py, cv_dir, kind_dirs, tmp_path):
+def test_experiment_runs_every_job_quickly(run_py, cv_dir, kind_dirs, tmp_path, request):
     defaults = load_experiment(run_py).DEFAULTS
     out = tmp_path / _name(run_py)
     cmd = [sys.executable, run_py, "--job=train_val_test_score_subm", "--quick", f"--data_dir={cv_dir}",
@@ -45,10 +45,16 @@ def test_experiment_runs_every_job_quickly(run_py, cv_dir, kind_dirs, tmp_path):
            "--weights=None", "--n_folds=1", "--tta_number=1"]
     if _name(run_py) != DEFAULT_BACKBONE_RUN:
         cmd.append("--backbone=MobileNetV3Small")
+    if str(defaults.get("weights", "")).endswith("backbone.weights.h5"):  # fine-tuned from SimSiam
+        cmd.append(f"--weights={request.getfixturevalue('simsiam_backbone')}")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CV rmse" in proc.stdout
     assert "2/2 - " in proc.stdout  # not a terminal: one line per epoch, not a progress bar
+    if str(defaults.get("weights", "")).endswith("backbone.weights.h5"):
+        assert "backbone.weights.h5: loaded into MobileNetV3Small\n" in proc.stdout  # nothing skipped
+    if defaults.get("mixup_prob"):
+        assert run_record.read_record(str(out))["flags"]["mixup_prob"] == defaults["mixup_prob"]
     fmt = pd.read_csv(os.path.join(cv_dir, "submission_format.csv"))
     sub = pd.read_csv(out / f"{out.name}.csv")
     assert sub["image_id"].tolist() == fmt["image_id"].tolist()

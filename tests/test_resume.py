@@ -45,7 +45,7 @@ def _epochs_run(log: str) -> int:
 def _outputs(out):
     """What a run leaves: prediction file shapes, ids per fold, checkpoints per fold."""
     preds = os.path.join(out, "preds")
-    shapes = {f: np.load(os.path.join(preds, f)).shape for f in sorted(os.listdir(preds))}
+    shapes = {f: np.load(os.path.join(preds, f)).shape for f in sorted(os.listdir(preds)) if f.endswith(".npy")}
     ids = {k: np.load(os.path.join(preds, f"ids_val_fold_{k}.npy")).tolist() for k in range(2)}
     ckpts = [sum(f.startswith(f"model-best-f{k}-e") for f in os.listdir(out)) for k in range(2)]
     return shapes, ids, ckpts

@@ -13,6 +13,12 @@ t     transform
       crop of 0.7 resized (bilinear) back to the input size
 ====  ==========================================================
 
+Each transform has a name (a *view*): TTA sets are lists of views, ``ref`` (the ten above, the
+default), ``d4`` (the eight symmetries of the square: the identity, both flips, the three quarter
+turns and the two transposes) or any comma-separated list of names starting with ``orig``
+(:func:`tta_views`). The index t in prediction file names is the position in the run's set; the
+run records the names, so an index always means one view.
+
 "Rotation by theta" is counter-clockwise as the image is displayed (row 0 at
 the top), the same direction as ``np.rot90`` and ``tf.image.rot90``; the
 quarter turns use ``tf.image.rot90`` and agree with the general rotation
@@ -41,6 +47,19 @@ N_TRANSFORMS = 10
 
 CROP_FRACTION = 0.7
 """Central fraction kept after a 45-degree rotation (drops the empty corners)."""
+
+REFERENCE_VIEWS = ("orig", "flip_lr", "flip_ud", "rot90", "rot180", "rot270",
+                   "rot45_crop", "rot135_crop", "rot225_crop", "rot315_crop")
+"""The reference's ten views, by TTA index (the default set)."""
+
+D4_VIEWS = ("orig", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose", "transverse")
+"""The dihedral group of the square: `transpose` mirrors about the main diagonal (x[j, i]),
+`transverse` about the anti-diagonal."""
+
+VIEWS = REFERENCE_VIEWS + D4_VIEWS[6:]
+"""Every view name, for explicit lists."""
+
+TTA_SETS = {"ref": REFERENCE_VIEWS, "d4": D4_VIEWS}
 
 # Quarter turns (counter-clockwise) applied by tta indices 3, 4, 5.
 _QUARTER_TURNS = {3: 1, 4: 2, 5: 3}
@@ -135,13 +154,54 @@ def _quarter_turns(image: tf.Tensor, k: int) -> tf.Tensor:
     return tf.image.rot90(image, k=k)
 
 
-def apply_tta(image: tf.Tensor, tta_index: int) -> tf.Tensor:
-    """Applies TTA transform ``tta_index`` (0..9, see the module docstring).
+def _transpose(image: tf.Tensor) -> tf.Tensor:
+    rank = image.shape.rank
+    return tf.transpose(image, [1, 0, 2] if rank == 3 else [0, 2, 1, 3])
+
+
+def tta_views(spec: str, tta_number: int | None = None) -> tuple[str, ...]:
+    """The views of a TTA set: ``ref``, ``d4`` or names joined by ``,`` (the first must be
+    ``orig``: index 0 is the un-augmented score everywhere), limited to the first
+    ``tta_number + 1`` (a larger number takes the whole set). Errors name the flag."""
+    names = TTA_SETS.get(spec) or tuple(n.strip() for n in spec.split(",") if n.strip())
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown or not names:
+        raise ValueError(f"--tta={spec!r}: unknown view(s) {unknown}; use ref, d4 or a comma list "
+                         f"of {', '.join(VIEWS)}")
+    if names[0] != "orig":
+        raise ValueError(f"--tta={spec!r}: the first view must be 'orig' (TTA index 0 is the original)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--tta={spec!r}: a view is listed twice")
+    if tta_number is not None and tta_number < 0:
+        raise ValueError(f"--tta_number={tta_number}: must be >= 0")
+    return names if tta_number is None else names[: tta_number + 1]
+
+
+def apply_view(image: tf.Tensor, name: str) -> tf.Tensor:
+    """Applies the named view (see :data:`VIEWS`); same shapes and rules as :func:`apply_tta`."""
+    if name in REFERENCE_VIEWS:
+        return apply_tta(image, REFERENCE_VIEWS.index(name))
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}; expected one of {VIEWS}")
+    image = tf.convert_to_tensor(image)
+    _check_rank(image)
+    height, width = image.shape[-3], image.shape[-2]
+    if height is not None and width is not None and height != width:
+        raise ValueError(f"view {name!r} needs a square image to keep its shape; got shape {image.shape}")
+    if name == "transpose":
+        return _transpose(image)
+    return tf.image.rot90(_transpose(image), k=2)  # transverse
+
+
+def apply_tta(image: tf.Tensor, tta_index: int | str) -> tf.Tensor:
+    """Applies TTA transform ``tta_index`` (0..9, see the module docstring), or a view by name.
 
     ``image`` is (H, W, C) or (N, H, W, C): for a sequence the same transform is
     applied to every frame.  The output has the input's shape and dtype.
     ``tta_index`` is a Python int (fixed when a ``tf.data`` map is traced).
     """
+    if isinstance(tta_index, str):
+        return apply_view(image, tta_index)
     if isinstance(tta_index, bool) or not isinstance(tta_index, int) or not 0 <= tta_index < N_TRANSFORMS:
         raise ValueError(f"tta_index must be an int in 0..{N_TRANSFORMS - 1}; got {tta_index!r}")
     image = tf.convert_to_tensor(image)

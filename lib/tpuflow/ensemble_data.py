@@ -106,7 +106,7 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     targets = train[target_col].to_numpy()[oof_rows]
 
     plans = [_plan_model(d, folds) for d in model_dirs]
-    total = sum(len(ttas) for _, ttas in plans)
+    total = sum(len(ttas) for _, ttas, _ in plans)
     if total < 2:
         raise ValueError(f"--model_dirs: {total} prediction(s) found; an ensemble needs at least two")
     labels = _load_labels(labels_path or storage.join(data_dir, "unique_labels_sorted.npy"))
@@ -114,13 +114,13 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     val_orders = [_IdOrder(oof_ids[s], f"fold {f} of train_cv.csv") for f, s in zip(folds, fold_slices)]
     test_orders = _IdOrder(test_ids, "submission_format.csv")
     names, dirs, ttas_all = [], [], []
-    for i, (preds_dir, ttas) in enumerate(plans):
+    for i, (preds_dir, ttas, views) in enumerate(plans):
         model_dir = model_dirs[i]
         val_order = [match(scoring.ids_path(preds_dir, "val", f)) for f, match in zip(folds, val_orders)]
         test_order = test_orders(scoring.ids_path(preds_dir, "test", 0))
         for t in ttas:
             loader.add(preds_dir, folds, t, val_order, test_order)
-            names.append(f"{_label(model_dir, model_dirs)}:tta{t}")
+            names.append(f"{_label(model_dir, model_dirs)}:tta{t}" + (f":{views[t]}" if views else ""))
             dirs.append(model_dir)
             ttas_all.append(t)
         if progress is not None:
@@ -240,8 +240,9 @@ class _NpyReader:
         return np.frombuffer(data, dtype, count, start).reshape(shape, order="F" if fortran else "C")
 
 
-def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int]]:
-    """The TTA indices of one experiment; every (split, fold, TTA) file must be there."""
+def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int], list[str] | None]:
+    """The TTA indices of one experiment and their recorded view names (None for runs made before
+    views were recorded); every (split, fold, TTA) file must be there, and have a view name."""
     preds_dir = storage.join(model_dir, "preds")
     if not storage.isdir(preds_dir):
         raise FileNotFoundError(f"{preds_dir}: missing")
@@ -258,7 +259,11 @@ def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int]]
                 if (part, f, t) not in found:
                     raise FileNotFoundError(f"{scoring.pred_path(preds_dir, part, f, t)}: "
                                             f"missing (found TTA 0..{max(ttas)} elsewhere in {preds_dir})")
-    return preds_dir, ttas
+    views = scoring.read_views(preds_dir)
+    if views is not None and max(ttas) >= len(views):
+        raise ValueError(f"{scoring.views_path(preds_dir)}: names {len(views)} TTA views, but {preds_dir} "
+                         f"holds TTA 0..{max(ttas)}: predictions of another TTA set were left there")
+    return preds_dir, ttas, views
 
 
 class _IdOrder:

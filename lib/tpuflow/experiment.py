@@ -21,7 +21,7 @@ from typing import Callable
 import tensorflow as tf
 from absl import app, flags
 
-from tpuflow import frames, records, run_record, runner, storage
+from tpuflow import augment, frames, mixup, records, run_record, runner, scoring, storage
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 TASKS = ("regression", "classification")
@@ -65,7 +65,13 @@ flags.DEFINE_float("bn_momentum", None, "Override every BatchNormalization momen
 flags.DEFINE_string("backbone", "EfficientNetB0", "keras.applications backbone name")
 flags.DEFINE_string("weights", None, "Backbone weights: None, imagenet or a file path")
 flags.DEFINE_float("aug_prob", 0.5, "Probability that a training example gets one of the nine augmentations")
-flags.DEFINE_integer("tta_number", 9, "TTA transforms beyond the original (0..9)")
+flags.DEFINE_integer("tta_number", 9, "TTA views beyond the original (a number beyond the set's size: the whole set)")
+flags.DEFINE_string("tta", None, "TTA set: ref (the reference's ten views), d4 (the eight symmetries of the square) "
+                    "or view names joined by ',' starting with orig (None: the set recorded in the predictions "
+                    "dir, else ref)")
+flags.DEFINE_float("mixup_prob", 0.0, "Probability that a training example is mixed with another of its batch (0: off)")
+flags.DEFINE_float("mixup_alpha", 0.4, "Mixing weights are drawn from Beta(alpha, alpha)")
+flags.DEFINE_enum("mixup_mode", "mixup", list(mixup.MODES), "mixup: blend whole images; cutmix: paste a box")
 flags.DEFINE_integer("n_classes", 0, "Classes for classification (0: from unique_labels_sorted.npy)")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing for classification")
 flags.DEFINE_integer("buffer_size", 2048, "Shuffle buffer (examples)")
@@ -101,8 +107,7 @@ def make_config(**overrides) -> Config:
     values.update(overrides)
     cfg = Config(**values)
     cfg.jobs = sorted(parse_jobs(cfg.job), key=JOB_WORDS.index)
-    if not 0 <= cfg.tta_number <= 9:
-        raise ValueError(f"--tta_number={cfg.tta_number}: must be 0..9")
+    mixup.check(cfg.mixup_alpha, cfg.mixup_prob, cfg.mixup_mode)
     if cfg.steps_per_execution < 1:
         raise ValueError(f"--steps_per_execution={cfg.steps_per_execution}: must be >= 1")
     if cfg.quick:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
@@ -113,6 +118,10 @@ def make_config(**overrides) -> Config:
     cfg.output_dir = cfg.output_dir or "."
     cfg.experiment_id = os.path.basename(os.path.abspath(cfg.output_dir))
     cfg.data_preds_dir = cfg.data_preds_dir or storage.join(cfg.output_dir, "preds")
+    # TTA index t -> view name; without --tta, the views the predictions dir was made with.
+    recorded = scoring.read_views(cfg.data_preds_dir)
+    cfg.tta_views = list(augment.tta_views(cfg.tta or (",".join(recorded) if recorded else "ref"), cfg.tta_number))
+    cfg.tta_number = len(cfg.tta_views) - 1
     return cfg
 
 

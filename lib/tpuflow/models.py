@@ -4,8 +4,13 @@ A registry is used because a flag (`--backbone`) picks the model by name.
 """
 from __future__ import annotations
 
+import warnings
+
 import keras
+import numpy as np
 from keras import layers
+
+from tpuflow import storage
 
 # Name prefix -> keras.applications module holding that family's `preprocess_input`.
 # Longest prefixes first so that e.g. ResNet50V2 is matched before ResNet.
@@ -53,17 +58,58 @@ def resolve_weights(weights: str | None) -> str | None:
     return None if weights in (None, "", "None", "none") else weights
 
 
+def load_weights_permissive(model: keras.Model, path: str, max_skipped: float = 0.1) -> list[str]:
+    """Loads a weights file (local or `gs://`) into `model`, skipping what does not fit; returns
+    the names of the layers it skipped (each with its variables left as they were).
+
+    Strict loading fails on the first variable that differs (another head, a backbone built for
+    another number of input channels); this loads every other layer. Keras' own `skip_mismatch`
+    does the loading and matching; which layers it skipped is found with a NaN sentinel (every
+    float variable is set to NaN first: what is still NaN afterwards was not in the file or did
+    not fit, and its layer is restored whole). Keras matches layers by position and type, not by
+    name, so weights of another architecture can fit a few layers by chance: skipping more than
+    `max_skipped` of the layers (and more than one) is an error, not a partial load.
+    """
+    variables = [v for v in model.weights if "float" in str(v.dtype)]
+    before = [keras.ops.convert_to_numpy(v) for v in variables]
+    for v in variables:
+        v.assign(keras.ops.full(v.shape, np.nan, dtype=v.dtype))
+    with storage.local_copy(path) as local, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns with its own list; ours is returned
+        model.load_weights(local, skip_mismatch=True)
+    missed = {v.path.rsplit("/", 1)[0] for v in variables if np.isnan(keras.ops.convert_to_numpy(v)).any()}
+    for v, value in zip(variables, before):
+        if v.path.rsplit("/", 1)[0] in missed:
+            v.assign(value)
+    n_layers = len({v.path.rsplit("/", 1)[0] for v in variables})
+    if len(missed) > max(1, max_skipped * n_layers):
+        raise ValueError(f"{path}: {len(missed)} of the {n_layers} layers of {model.name!r} do not fit its "
+                         "weights (weights of another architecture or backbone?)")
+    return sorted(missed)
+
+
 def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None,
                    pooling: str | None = "avg") -> keras.Model:
     """A headless backbone taking (H, W, 3) images in [0, 255]: average-pooled features (B, F), or
     with `pooling=None` its last feature maps (B, h, w, F) for convolutions over time.
 
-    `weights`: None, 'imagenet' (downloaded by Keras: needs network access) or a local file.
+    `weights`: None, 'imagenet' (downloaded by Keras: needs network access) or a weights file of
+    this backbone (local or `gs://`, e.g. from `tools/pretrain_simsiam.py`), loaded permissively:
+    layers that do not fit (another input channel count) are skipped and named on stdout.
     """
     if name not in backbone_names():
         raise ValueError(f"--backbone={name!r} is not in keras.applications; choose from {backbone_names()}")
     weights = resolve_weights(weights)
     constructor = getattr(keras.applications, name)
+    if weights not in (None, "imagenet"):
+        if not storage.exists(weights):
+            raise FileNotFoundError(f"--weights={weights}: no such file (None, imagenet or a weights file)")
+        net = constructor(include_top=False, weights=None, input_shape=input_shape, pooling=pooling)
+        skipped = load_weights_permissive(net, weights)
+        print(f"--weights={weights}: loaded into {name}" +
+              (f"; skipped {len(skipped)} layer(s) that do not fit: {', '.join(skipped)}" if skipped else ""),
+              flush=True)
+        return net
     try:
         net = constructor(include_top=False, weights=weights, input_shape=input_shape, pooling=pooling)
     except Exception as err:  # Keras raises plain Exceptions for failed downloads

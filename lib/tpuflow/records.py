@@ -96,16 +96,22 @@ def parse_sequence(serialized: tf.Tensor, n_frames: int, dim: int, pack3: bool =
 
     Frames are decoded with a fixed count (`n_frames`) so the shape is static for TPUs.
     """
+    ex = parse_common(serialized)
+    ex["image"] = decode_frames(ex["image"], n_frames, dim, pack3=pack3, invert=invert)
+    return ex
+
+
+def decode_frames(encoded: tf.Tensor, n_frames: int, dim: int, pack3: bool = False,
+                  invert: bool = False) -> tf.Tensor:
+    """n encoded frames (oldest first) -> (n, dim, dim, 1) uint8, or (n/3, dim, dim, 3) with `pack3`; what `parse_sequence` and exported models (`tpuflow.export`) feed the model."""
     if pack3 and n_frames % 3:
         raise ValueError(f"pack3 needs a multiple of 3 frames, got n_frames={n_frames}")
-    ex = parse_common(serialized)
-    encoded = tf.ensure_shape(ex["image"], [n_frames])
+    encoded = tf.ensure_shape(encoded, [n_frames])
     frames = tf.map_fn(lambda e: decode_image(e, 1, dim), encoded,
                        fn_output_signature=tf.TensorSpec([dim, dim, 1], tf.uint8))
     if pack3:  # (n, H, W, 1) -> (n/3, 3, H, W) -> (n/3, H, W, 3)
         frames = tf.transpose(tf.reshape(frames, [n_frames // 3, 3, dim, dim]), [0, 2, 3, 1])
-    ex["image"] = 255 - frames if invert else frames
-    return ex
+    return 255 - frames if invert else frames
 
 
 def _read_columns(files: Sequence[str], names: Sequence[str]) -> list[np.ndarray]:

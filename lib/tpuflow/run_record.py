@@ -217,6 +217,7 @@ class RunRecord:
         """The end of a successful invocation: CV scores (if scored), timings, status complete."""
         if "scores" in result:
             self.record["cv"] = cv_summary(result["scores"], self.cfg.metric, self.cfg.tta_number)
+            self.record["cv"]["tta_views"] = list(self.cfg.tta_views)  # what each TTA index means
         self.record["timings"].update({k: round(v, 3) for k, v in result["timings"].items()})
         self.record["timings"]["total"] = round(time.time() - self.start, 3)
         self.record["status"] = "complete"

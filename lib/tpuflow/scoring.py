@@ -21,6 +21,36 @@ def ids_path(preds_dir: str, split: str, fold: int) -> str:
     return storage.join(preds_dir, name)
 
 
+def views_path(preds_dir: str) -> str:
+    """`tta_views.json`: the view name of every TTA index of the predictions in `preds_dir`."""
+    return storage.join(preds_dir, "tta_views.json")
+
+
+def read_views(preds_dir: str) -> list[str] | None:
+    """The recorded views (index t -> name), or None for a dir without a record (the reference's
+    ten views, by the convention of runs made before views were recorded)."""
+    path = views_path(preds_dir)
+    return list(storage.read_json(path)["views"]) if storage.exists(path) else None
+
+
+def check_views(preds_dir: str, views) -> None:
+    """Refuses predictions whose TTA index would mean another view than in `views`."""
+    recorded = read_views(preds_dir)
+    n = min(len(recorded or ()), len(views))
+    if recorded and list(recorded[:n]) != list(views[:n]):
+        raise ValueError(f"{views_path(preds_dir)}: the predictions there are for TTA views {recorded}, "
+                         f"this run's are {list(views)}: TTA indices would mean different views. Use "
+                         "another --data_preds_dir (or --output_dir), or the recorded --tta")
+
+
+def record_views(preds_dir: str, views) -> None:
+    """Records the views before predictions are written (extending a shorter, agreeing record)."""
+    check_views(preds_dir, views)
+    recorded = read_views(preds_dir) or []
+    if len(views) > len(recorded):
+        storage.write_json(views_path(preds_dir), {"views": list(views)})
+
+
 def to_values(pred: np.ndarray, unique_labels: np.ndarray | None = None) -> np.ndarray:
     """Regression output (n,) / (n, 1) -> (n,); class probabilities (n, k) -> expected wind speed."""
     pred = np.asarray(pred, dtype=np.float64)
@@ -33,8 +63,12 @@ def to_values(pred: np.ndarray, unique_labels: np.ndarray | None = None) -> np.n
 
 
 def load_predictions(preds_dir: str, split: str, folds: range, tta_number: int,
-                     unique_labels: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{fold: (ids (n,), values (n_tta, n))}; a clear error naming any missing or mismatched file."""
+                     unique_labels: np.ndarray | None = None,
+                     views=None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{fold: (ids (n,), values (n_tta, n))}; a clear error naming any missing or mismatched file,
+    or predictions recorded for other TTA `views` than expected."""
+    if views is not None:
+        check_views(preds_dir, views)
     out = {}
     for k in folds:
         ids_file = ids_path(preds_dir, split, k)
