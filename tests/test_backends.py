@@ -4,6 +4,7 @@ the errors for a bad backend, a TPU that is not there and a checkpoint of anothe
 
 Keras fixes its backend per process, so runs under the other backend are subprocesses."""
 import hashlib
+import socket
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import tiny_experiment
-from tpuflow import backend, experiment, records, runner
+from tpuflow import backend, experiment, hosts, records, runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "tiny_experiment.py")
@@ -168,3 +169,55 @@ def test_checkpoint_of_another_model_is_named_with_both_shapes_and_nothing_is_ov
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()
              and p.name != "record.json" and p.name != "config.json"}
     assert after == {p: h for p, h in before.items() if p.name not in ("record.json", "config.json")}
+
+
+def test_each_host_reads_its_own_share_of_the_training_shards(single_dir):
+    files = records.record_files(single_dir, [1, 2, 3, 4])  # fold 0's training files: 8 shards
+    shares = [hosts.host_files(files, i, 3) for i in range(3)]
+    assert sorted(sum(shares, [])) == sorted(files) and all(shares)
+    ids = [records.read_ids(share).tolist() for share in shares]
+    assert sorted(sum(ids, [])) == sorted(records.read_ids(files).tolist())  # each example on one host
+    with pytest.raises(ValueError, match="2 training record file.s. cannot be shared by 3 hosts"):
+        hosts.host_files(files[:2], 0, 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_jax_processes_train_one_model_and_predict_every_example_once(cv_dir, single_dir, tmp_path):
+    """Two hosts on 127.0.0.1 (JAX's multi-process CPU collectives), one CPU device each: one
+    data-parallel model, each host reading its share of the shards; both hosts end with the same
+    weights and the predictions of a single-process run of the same checkpoint."""
+    port = _free_port()
+    procs = []
+    for index in range(2):
+        env = {**ENV, "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)}
+        procs.append(subprocess.Popen(
+            [sys.executable, TINY, "--backend=jax", "--distributed", "--job=train_val", "--n_folds=1", "--n_epochs=1",
+             "--steps_per_epoch=2", "--buffer_size=64", "--tta_number=1", "--batch_size=6", f"--data_dir={cv_dir}", f"--data_tfrec_dir={single_dir}",
+             f"--output_dir={tmp_path / f'host{index}'}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=env))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+        assert "Backend jax (--backend=jax): 2 CPU device(s) in 2 process(es) (DataParallel)" in log
+        assert "global batch 6 = 3 per device" in log
+    host0, host1 = tmp_path / "host0", tmp_path / "host1"
+    ids = records.read_ids(records.record_files(single_dir, [0])).tolist()
+    assert len(ids) % 6  # the last global batch is padded
+    for t in (0, 1):
+        name = f"preds/y_pred_val_fold_0_tta_{t}.npy"
+        assert np.load(host0 / name).shape == (len(ids), 1)
+        np.testing.assert_array_equal(np.load(host0 / name), np.load(host1 / name))
+    single = tmp_path / "single_preds"  # the same checkpoint, predicted by one process (TensorFlow here)
+    experiment.run(experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(host0),
+                                          data_preds_dir=str(single), job="val", quick=True, n_folds=1,
+                                          tta_number=1, verbose=0, dim=16, batch_size=6),
+                   tiny_experiment.init_model, tiny_experiment.parse_example)
+    for t in (0, 1):
+        name = f"y_pred_val_fold_0_tta_{t}.npy"
+        np.testing.assert_allclose(np.load(single / name), np.load(host0 / "preds" / name), rtol=1e-4, atol=1e-3)

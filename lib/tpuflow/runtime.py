@@ -305,7 +305,9 @@ def jax_placement(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, t
         if problem:
             logging.warning("%s; falling back (--tpu_fallback)", problem)
             print(f"WARNING: {problem}; falling back to {kind.upper()} (--tpu_fallback)", flush=True)
-    distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
+    # Input is split over hosts by tpuflow.hosts (by shard file), not by Keras' dataset sharding.
+    distribution = (keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+                    if len(devices) > 1 else None)
     keras.distribution.set_distribution(distribution)
     name = "DataParallel" if distribution else "single device"
     print(f"Running on {kind.upper()} with {len(devices)} replica(s) (jax, {jax.process_count()} process(es))",
