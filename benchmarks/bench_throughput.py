@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
-import keras
-import tensorflow as tf
-from absl import app, flags
+from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
+from tpuflow.throughput import input_rate, model_rate
 
-from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic
+import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("kinds", ["single", "stacked:s2", "mean:s2", "sequence:n6:s1"], "Dataset kinds to measure")
@@ -38,6 +38,7 @@ flags.DEFINE_integer("model_steps", 5, "Timed model training steps per kind (aft
 flags.DEFINE_string("mixed_precision", None, "Model precision: mixed_float16, mixed_bfloat16, auto or None")
 flags.DEFINE_string("profile", None, "Directory for a TensorBoard trace of a few batches and steps")
 flags.DEFINE_string("work_dir", None, "Where to write the temporary records (default: system temp)")
+flags.DEFINE_enum("backend", "auto", ["auto", "jax", "tensorflow"], "Keras backend (applied before Keras loads)")
 
 
 def parse_fn(spec: frames.DatasetSpec, dim: int):
@@ -63,25 +64,6 @@ def build_model(spec: frames.DatasetSpec, dim: int, backbone: str) -> keras.Mode
     return keras.Model(inputs, models.head(x, "regression"))
 
 
-def input_rate(ds: tf.data.Dataset, batches: int, batch_size: int) -> float:
-    """Examples/s drawn from `ds` after one warm-up batch (fills buffers, traces the maps)."""
-    it = iter(ds)
-    next(it)
-    started = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    return batches * batch_size / (time.perf_counter() - started)
-
-
-def model_rate(model: keras.Model, batch: tuple, steps: int, batch_size: int) -> float:
-    """Training examples/s of `model` on one batch held in memory (no input work), after warm-up."""
-    data = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # traces and compiles the step
-    started = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    return steps * batch_size / (time.perf_counter() - started)
-
-
 def make_records(work: str, specs: list[frames.DatasetSpec], size: int) -> dict:
     """Synthetic storms -> CV split -> records of every kind; {spec: training files}."""
     raw = os.path.join(work, "raw")
@@ -95,10 +77,11 @@ def make_records(work: str, specs: list[frames.DatasetSpec], size: int) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     specs = [frames.DatasetSpec.parse(k) for k in FLAGS.kinds]
-    strategy = runtime.get_strategy()
-    precision = runtime.set_precision(FLAGS.mixed_precision, strategy)
-    batch = runtime.global_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync, per_replica=False)
+    placement = runtime.get_runtime()  # Keras' backend: --backend or KERAS_BACKEND
+    precision = runtime.set_precision(FLAGS.mixed_precision, placement)
+    batch = runtime.global_batch_size(FLAGS.batch_size, placement.replicas, per_replica=False)
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' work slows both figures)")
+    print(runtime.describe(placement, precision, batch))
     print(f"model: {FLAGS.backbone} at {FLAGS.dim} px, batch {batch}, {precision}; input: {FLAGS.size} px "
           f"frames resized to {FLAGS.dim}, aug_prob {FLAGS.aug_prob}")
     with tempfile.TemporaryDirectory(dir=FLAGS.work_dir) as work:
@@ -107,7 +90,7 @@ def main(argv: list[str]) -> None:
             ds = pipeline.train_dataset(files[spec], parse_fn(spec, FLAGS.dim), batch, shuffle_buffer=256,
                                         aug_prob=FLAGS.aug_prob, seed=0)
             data_rate = input_rate(ds, FLAGS.input_batches, batch)
-            with strategy.scope():
+            with placement.scope():
                 model = build_model(spec, FLAGS.dim, FLAGS.backbone)
                 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
             one_batch = next(iter(ds))
