@@ -221,3 +221,12 @@ def test_two_jax_processes_train_one_model_and_predict_every_example_once(cv_dir
     for t in (0, 1):
         name = f"y_pred_val_fold_0_tta_{t}.npy"
         np.testing.assert_allclose(np.load(single / name), np.load(host0 / "preds" / name), rtol=1e-4, atol=1e-3)
+
+
+def test_doctor_names_a_missing_tpu_and_says_not_ready():
+    proc = _run([os.path.join(os.path.dirname(HERE), "tools", "doctor.py"), "--backend=jax", "--tpu_ip_or_name=local"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    assert "[  ok] backend: jax (--backend=jax)" in proc.stdout
+    assert "[FAIL] devices: TPUUnreachableError: --tpu_ip_or_name=local: the jax backend sees no TPU" in proc.stdout
+    assert "[skip] dataset: no --data_tfrec_dir" in proc.stdout
+    assert "VERDICT: NOT READY (1 problem(s)): devices: TPUUnreachableError" in proc.stdout
