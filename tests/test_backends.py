@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+import jax_env
 import tiny_experiment
 from tpuflow import backend, experiment, hosts, records, runner
 
@@ -24,7 +25,10 @@ ENV.pop("KERAS_BACKEND", None)
 
 
 def _run(args, env=None, **kwargs):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env or ENV, **kwargs)
+    env = env or ENV
+    backend_name = "jax" if "--backend=jax" in args or env.get("KERAS_BACKEND") == "jax" else "tensorflow"
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env=jax_env.env(env, backend_name), **kwargs)
 
 
 @pytest.mark.parametrize("argv, environ, expected", [
@@ -194,8 +198,8 @@ def test_two_jax_processes_train_one_model_and_predict_every_example_once(cv_dir
     port = _free_port()
     procs = []
     for index in range(2):
-        env = {**ENV, "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
-               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)}
+        env = jax_env.env({**ENV, "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+                           "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)}, "jax")
         procs.append(subprocess.Popen(
             [sys.executable, TINY, "--backend=jax", "--distributed", "--job=train_val", "--n_folds=1", "--n_epochs=1",
              "--steps_per_epoch=2", "--buffer_size=64", "--tta_number=1", "--batch_size=6", f"--data_dir={cv_dir}", f"--data_tfrec_dir={single_dir}",

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jax_env
 from tpuflow import builder, experiment, frames, run_record, runner, scoring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def test_experiment_runs_every_job_quickly(run_py, backend, cv_dir, kind_dirs, t
     if _name(run_py) != DEFAULT_BACKBONE_RUN or backend != "tensorflow":  # EfficientNetB0: once is enough
         cmd.append("--backbone=MobileNetV3Small")
     other = "jax" if backend == "tensorflow" else "tensorflow"
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "KERAS_BACKEND": other})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=jax_env.env({**ENV, "KERAS_BACKEND": other}, backend))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CV rmse" in proc.stdout
     assert f"Backend {backend} (--backend={backend})" in proc.stdout

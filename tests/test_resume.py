@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jax_env
 import keras
 import tiny_experiment
 from tpuflow import experiment, records, resume, run_record, runner
@@ -59,8 +60,8 @@ def killed_and_resumed(request, cv_dir, single_dir, tmp_path_factory):
     backend = request.param
     root = tmp_path_factory.mktemp(f"preempt_{backend}")
     out = str(root / "run")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
-        [os.path.join(os.path.dirname(HERE), "lib"), os.environ.get("PYTHONPATH", "")])}
+    env = jax_env.env({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
+        [os.path.join(os.path.dirname(HERE), "lib"), os.environ.get("PYTHONPATH", "")])}, backend)
     proc = subprocess.Popen(_command(cv_dir, single_dir, out, backend), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     state = None
