@@ -1,7 +1,7 @@
 """A tiny but real experiment (small CNN on `single` records) for fast runner tests."""
-import keras
+from tpuflow import experiment, models  # first, as in every run.py: experiment quiets TensorFlow's logs
 
-from tpuflow import experiment, models
+import keras  # noqa: E402
 
 
 def init_model(cfg):
