@@ -38,8 +38,8 @@ def user_message(err: BaseException) -> str | None:
     TensorFlow's errors (a corrupt or unreadable record file) count as user errors: their message
     names the op and, where TensorFlow knows it, the file.
     """
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
-        text = f"{err.filename}: {err.strerror or err}"  # e.g. a full disk: name the path
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.filename}: {err.strerror}"  # e.g. a full disk: the path first
     elif isinstance(err, (ValueError, OSError)) or type(err).__module__.startswith("tensorflow"):
         text = str(err)
     else:
