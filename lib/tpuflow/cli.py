@@ -140,15 +140,24 @@ def format_help(groups: dict[str, Sequence[str]], names: Sequence[str], defaults
     return "\n".join(lines)
 
 
-def answer_help(groups: dict[str, Sequence[str]], names: Sequence[str]) -> None:
+def script_relative(paths: dict, script_dir: str) -> dict:
+    """The relative local paths of `paths` ({flag: default}), resolved against `script_dir`."""
+    return {name: os.path.normpath(os.path.join(script_dir, value)) for name, value in paths.items()
+            if isinstance(value, str) and value and not value.startswith("gs://") and not os.path.isabs(value)}
+
+
+def answer_help(groups: dict[str, Sequence[str]], names: Sequence[str], relative: Sequence[str] = ()) -> None:
     """If the command line asks for --help, prints the grouped flags of the running script (with
-    the defaults it sets) and exits; call it before importing TensorFlow."""
+    the defaults it sets; those of `relative` resolved against its folder) and exits; call it
+    before importing TensorFlow."""
     if not help_requested():
         return
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None) or sys.argv[0]
+    here = os.path.dirname(os.path.abspath(path))
     defaults = script_defaults(path)
-    defaults.setdefault("output_dir", os.path.dirname(os.path.abspath(path)))
+    defaults.setdefault("output_dir", here)
+    defaults.update(script_relative({n: defaults.get(n, flags.FLAGS[n].default) for n in relative}, here))
     doc = (getattr(main, "__doc__", None) or "").strip()
     print(f"usage: python {os.path.basename(path)} [--flag=value ...]\n")
     print(format_help(groups, list(names) + ["debug"], defaults, doc))

@@ -94,7 +94,8 @@ HELP_GROUPS = {
                  "batch_size_per_replica", "steps_per_execution", "jit_compile"],
     "outputs": ["output_dir", "data_preds_dir", "verbose"],
 }
-cli.answer_help(HELP_GROUPS, OUR_FLAGS)  # exits after printing: TensorFlow is never loaded for --help
+SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
+cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
 import tensorflow as tf  # noqa: E402  (after --help)
 
@@ -186,8 +187,13 @@ def main(init_model: Callable, parse_example: Callable, **defaults) -> None:
         if name not in OUR_FLAGS:
             raise ValueError(f"run.py sets a default for unknown flag --{name}")
         FLAGS.set_default(name, value)
-    # By default outputs land next to run.py, whatever the working directory.
-    FLAGS.set_default("output_dir", defaults.get("output_dir") or os.path.dirname(os.path.abspath(sys.argv[0])))
+    # By default outputs land next to run.py, whatever the working directory, and the default data
+    # paths (relative ones) are relative to run.py too; paths given on the command line are
+    # relative to the working directory, as usual.
+    here = os.path.dirname(os.path.abspath(sys.argv[0]))
+    FLAGS.set_default("output_dir", defaults.get("output_dir") or here)
+    for name, value in cli.script_relative({n: FLAGS[n].default for n in SCRIPT_RELATIVE}, here).items():
+        FLAGS.set_default(name, value)
 
     def _main(argv):
         if len(argv) > 1:
