@@ -51,7 +51,7 @@ def test_second_lock_fails_naming_the_owner_and_release_frees_it(tmp_path):
     with lock.RunLock(run_dir):
         with pytest.raises(lock.RunDirLocked, match=rf"in use by another run \(pid {os.getpid()} on host "):
             lock.RunLock(run_dir).acquire()
-    assert os.listdir(run_dir) == []  # released: nothing left behind
+    assert not os.path.exists(run_dir)  # released: nothing left behind (not even the dir it made)
     with lock.RunLock(run_dir):
         pass
 

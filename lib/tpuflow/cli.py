@@ -53,17 +53,18 @@ def run_main(main: Callable[[list[str]], None]) -> None:
     def checked(argv):
         try:
             main(argv)
-        except (KeyboardInterrupt, SystemExit, app.UsageError):
+        except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # sorted into user errors and bugs below
-            message = user_message(err)
+            usage = isinstance(err, (UsageError, app.UsageError))
+            message = str(err) if isinstance(err, app.UsageError) else user_message(err)
             if message is None or flags.FLAGS.debug:
                 raise
             prog = os.path.basename(sys.argv[0])
             print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-            if isinstance(err, UsageError):
+            if usage:
                 print(f"{prog}: see --help for the flags", file=sys.stderr, flush=True)
-            sys.exit(USAGE_EXIT if isinstance(err, UsageError) else DATA_EXIT)
+            sys.exit(USAGE_EXIT if usage else DATA_EXIT)
 
     app.run(checked)
 

@@ -77,6 +77,7 @@ class RunLock:
                       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       "command": shlex.join([os.path.basename(sys.executable), *sys.argv])[:500]}
         self._generation = None  # of our lock object (gs://)
+        self._made_dir = False
         self._stop = threading.Event()
         self._thread = None
         self.lost = None  # set by the heartbeat if another run took the lock over
@@ -85,6 +86,7 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Takes the lock (over a stale one, saying so); RunDirLocked if a live run holds it."""
+        self._made_dir = not storage.is_gcs(self.run_dir) and not os.path.isdir(self.run_dir)
         storage.makedirs(self.run_dir)
         for _ in range(3):  # a lock released or taken over between our attempts: try again
             if self._create():
@@ -114,6 +116,8 @@ class RunLock:
         current = self._read()
         if current is not None and current.get("token") == self.owner["token"]:
             self._remove(current)
+        if self._made_dir and not os.listdir(self.run_dir):  # a run that failed its input checks
+            os.rmdir(self.run_dir)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
