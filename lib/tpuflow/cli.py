@@ -6,7 +6,6 @@
   OSError). Anything else is a bug and keeps its traceback; `--debug` shows tracebacks always.
 - `run.py --help` lists the experiment's own flags by group, without loading TensorFlow.
 - `Progress` reports long loops: a redrawn line on a terminal, a few plain lines in a log.
-
 - `quiet_native_logs` drops TensorFlow's C++ start-up logs (oneDNN, CUDA probing, CPU features).
 """
 from __future__ import annotations
@@ -26,6 +25,8 @@ from absl import app, flags
 flags.DEFINE_boolean("debug", False, "Show the full traceback of errors (default: one line naming the culprit)")
 
 USAGE_EXIT, DATA_EXIT = 2, 1
+_TF_USER_ERRORS = {"DataLossError", "NotFoundError", "PermissionDeniedError", "ResourceExhaustedError",
+                   "UnavailableError"}
 
 
 class UsageError(ValueError):
@@ -35,12 +36,14 @@ class UsageError(ValueError):
 def user_message(err: BaseException) -> str | None:
     """The one-line message of an error the user can fix, or None for a bug (show a traceback).
 
-    TensorFlow's errors (a corrupt or unreadable record file) count as user errors: their message
-    names the op and, where TensorFlow knows it, the file.
+    TensorFlow's file errors (a corrupt, missing or unreadable file; memory exhausted) count as
+    user errors; its other errors (shapes, types) are bugs.
     """
+    tf_user_error = (type(err).__module__.startswith("tensorflow")
+                     and type(err).__name__ in _TF_USER_ERRORS)
     if isinstance(err, OSError) and err.filename and err.strerror:
         text = f"{err.filename}: {err.strerror}"  # e.g. a full disk: the path first
-    elif isinstance(err, (ValueError, OSError)) or type(err).__module__.startswith("tensorflow"):
+    elif isinstance(err, (ValueError, OSError)) or tf_user_error:
         text = str(err)
     else:
         return None
@@ -52,7 +55,7 @@ def run_main(main: Callable[[list[str]], None]) -> None:
 
     def checked(argv):
         try:
-            main(argv)
+            return main(argv)  # absl exits with it
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # sorted into user errors and bugs below
@@ -123,14 +126,12 @@ def format_help(groups: dict[str, Sequence[str]], names: Sequence[str], defaults
     """Flag help grouped: `groups` maps a title to flag names; flags in no group come last."""
     fl = flags.FLAGS
     lines = [doc.strip(), ""] if doc else []
-    listed = set()
     for title, group in [*groups.items(), ("other", [n for n in names if not any(n in g for g in groups.values())])]:
         group = [n for n in group if n in names]
         if not group:
             continue
         lines.append(f"{title}:")
         for name in group:
-            listed.add(name)
             flag = fl[name]
             default = defaults.get(name, flag.default)
             shown = "--" + name if flag.flag_type() != "bool" else f"--[no]{name}"
