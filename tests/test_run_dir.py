@@ -206,6 +206,17 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
     record = run_record.read_record(str(out))
     assert record["cv"] == cv_before and record["status"] == "complete"
     assert record["cv_subsets"]["folds-0-1"]["folds"] == [0, 1]
+    # Retraining a fold of it alone (other settings) would mix two trainings: refused, nothing changed.
+    checkpoints = sorted(p.name for p in out.glob("model-best-f0-*"))
+    record_before = (out / "record.json").read_bytes()
+    with pytest.raises(experiment.cli.UsageError, match=rf"--output_dir={out} holds a CV over folds \[0, 1, 2, 3, 4\]; "
+                                                        r"retraining folds \[0\] alone with --lr=0.01 \(trained "
+                                                        r"with 0.001\) would leave"):
+        _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val", lr=0.01))
+    assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
+    assert (out / "record.json").read_bytes() == record_before
+    _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val"))  # same settings: resumes (nothing to do)
+    assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
     # The full set again replaces the full results (same numbers: same predictions).
     _run(_cfg(cv_dir, None, out, n_folds=5, job="score_subm"))
     assert (out / "scores.csv").read_bytes() == full["scores.csv"]
