@@ -1,5 +1,6 @@
 """Errors a person can act on: one line naming the flag, file or row, before any long work; exit
 status 2 for usage, 1 for data; a traceback only with --debug."""
+import glob
 import importlib.util
 import os
 import shutil
@@ -56,8 +57,10 @@ def test_run_py_usage_error_is_one_line_exit_2_and_data_error_exit_1(cv_dir, sin
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
 
 
-def test_run_py_help_lists_the_experiments_flags_by_group_without_tensorflow():
-    run_py = os.path.join(ROOT, "experiments", "run-20261121-1300-cnn-1ch", "run.py")
+@pytest.mark.parametrize("run_py", sorted(glob.glob(os.path.join(ROOT, "experiments", "*", "run.py"))),
+                         ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_run_py_help_lists_the_experiments_flags_by_group_without_tensorflow(run_py):
+    """Also: every experiment imports tpuflow before keras, so TensorFlow's logs are quieted."""
     proc = subprocess.run([sys.executable, "-X", "importtime", run_py, "--help"], capture_output=True, text=True,
                           env=ENV)
     assert proc.returncode == 0
@@ -68,6 +71,7 @@ def test_run_py_help_lists_the_experiments_flags_by_group_without_tensorflow():
     assert out.index("model:") < out.index("--backbone  (default: 'EfficientNetB0')") < out.index("training:")
     assert "--dim  (default: 366)" in out  # the experiment's own default, not the library's
     assert "--output_dir  (default: '" + os.path.dirname(run_py) + "')" in out
+    assert "--data_dir  (default: '" + os.path.join(ROOT, "data") + "')" in out  # relative to run.py
     assert "--helpfull" in out and "--alsologtostderr" not in out
 
 

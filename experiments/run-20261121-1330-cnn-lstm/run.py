@@ -8,9 +8,9 @@ Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
     python run.py --job=score_subm --tta_number=9      # from cached predictions
 """
-import keras
+from tpuflow import experiment, models  # first: --help answers, and TensorFlow's logs are quieted, before keras loads
 
-from tpuflow import experiment, models
+import keras  # noqa: E402
 
 DEFAULTS = dict(
     architecture="cnn-lstm", dataset_kind="sequence",
