@@ -7,9 +7,11 @@ Usage:
 Writes train_cv.csv (+ image_path, frame_id, storm_id_le, wind_speed_le, fold_id), test_cv.csv
 (placeholder labels, fold_id -1) and unique_labels_sorted.npy (class index -> wind speed).
 """
-from absl import app, flags
+import os
 
-from tpuflow import split, validate
+from absl import flags
+
+from tpuflow import cli, split, validate
 
 flags.DEFINE_string("data_dir", "data", "Raw data dir: the competition CSVs, train/ and test/ JPEGs")
 flags.DEFINE_string("out_dir", None, "Where to write the split (default: --data_dir)")
@@ -25,11 +27,17 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    if FLAGS.n_folds < 2:
+        raise cli.UsageError(f"--n_folds={FLAGS.n_folds}: must be >= 2 (each fold is validated on by a model "
+                             "trained on the others)")
+    out_dir = FLAGS.out_dir or FLAGS.data_dir
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise cli.UsageError(f"--out_dir={out_dir}: is a file, not a directory")
     train, test, labels = split.create_cv_split(
         FLAGS.data_dir, FLAGS.n_folds, FLAGS.seed, method=FLAGS.split_method,
         wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
-    out_dir = FLAGS.out_dir or FLAGS.data_dir
     split.write_cv_split(out_dir, train, test, labels)
     counts = train.groupby("fold_id").agg(frames=("image_id", "size"), storms=("storm_id", "nunique"))
     print(f"{len(train)} train frames, {len(test)} test frames, {len(labels)} distinct wind speeds -> {out_dir}")
@@ -37,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

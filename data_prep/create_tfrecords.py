@@ -12,9 +12,9 @@ specs. A re-run skips datasets that are complete and rewrites only missing or da
 `--explain` prints which source frames each channel or step of the given examples uses, and
 builds nothing.
 """
-from absl import app, flags
+from absl import flags
 
-from tpuflow import builder, frames, storage, validate
+from tpuflow import builder, cli, frames, storage, validate
 
 flags.DEFINE_string("data_dir", "data", "Dir with train_cv.csv and test_cv.csv (create_cv_split.py)")
 flags.DEFINE_string("out_dir", None, "Root for the dataset dirs (default: --data_dir)")
@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

@@ -7,9 +7,11 @@ The logic lives in `tpuflow.synthetic`; this script only maps flags to its confi
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags
 
+from tpuflow import cli
 from tpuflow.synthetic import SyntheticConfig, make_synthetic
 
 _DEFAULTS = SyntheticConfig()
@@ -49,9 +51,11 @@ def main(argv: list[str]) -> None:
         pixel_noise=FLAGS.pixel_noise,
         jpeg_quality=FLAGS.jpeg_quality,
     )
-    summary = make_synthetic(FLAGS.out_dir, config, overwrite=FLAGS.overwrite)
+    bar = cli.Progress("rendering storms", FLAGS.n_storms + FLAGS.n_test_only_storms, stream=sys.stderr)
+    summary = make_synthetic(FLAGS.out_dir, config, overwrite=FLAGS.overwrite,
+                             progress=lambda done, total: bar.update())
     print(json.dumps(summary, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

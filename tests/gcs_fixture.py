@@ -65,7 +65,7 @@ def start_emulator(data_dir: pathlib.Path, log, port: int | None = None
     port = port or _free_port()
     host = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "-d", str(data_dir), "start",
+        [sys.executable, str(pathlib.Path(__file__).with_name("gcs_emulator.py")), "-d", str(data_dir), "start",
          "--host", "127.0.0.1", "--port", str(port), "-q"], stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:

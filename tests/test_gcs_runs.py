@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(cv_dir, single_dir, out, **kw):
     cfg = experiment.make_config(**{**dict(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=out,
-                                           quick=True, dim=16, batch_size=8, tta_number=1, verbose=0), **kw})
+                                           quick=True, dim=16, batch_size=8, tta_number=1, verbose=0, n_folds=5), **kw})
     return experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
 
 

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(HERE)
 
 def _cfg(cv_dir, single_dir, out, **kw):
     base = dict(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(out), quick=True, dim=16,
-                batch_size=8, tta_number=2, weights=None, verbose=0)
+                batch_size=8, tta_number=2, weights=None, verbose=0, n_folds=5)
     return experiment.make_config(**{**base, **kw})
 
 

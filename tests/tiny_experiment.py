@@ -1,6 +1,7 @@
 """A tiny but real experiment (small CNN on `single` records) for fast runner tests."""
-from tpuflow import experiment, models  # first: tpuflow picks Keras' backend (--backend)
-import keras  # noqa: E402,I001
+from tpuflow import experiment, models  # first, as in every run.py: picks Keras' backend, quiets TensorFlow's logs
+
+import keras  # noqa: E402
 
 
 def init_model(cfg):

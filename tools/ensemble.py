@@ -24,7 +24,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from absl import app, flags  # noqa: E402
 
-from tpuflow import ensemble, ensemble_data, ensemble_report  # noqa: E402
+from tpuflow import cli, ensemble, ensemble_data, ensemble_report  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Dir with train_cv.csv and submission_format.csv (and "
@@ -64,6 +64,8 @@ def _progress(done: int, total: int, model_dir: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if os.path.exists(FLAGS.out_dir) and not os.path.isdir(FLAGS.out_dir):
+        raise cli.UsageError(f"--out_dir={FLAGS.out_dir}: is a file, not a directory")
     tic = time.perf_counter()
     dirs = ensemble_data.expand_model_dirs(FLAGS.model_dirs)
     inputs = ensemble_data.load_inputs(FLAGS.data_dir, dirs, target_col=FLAGS.target_col,
@@ -79,4 +81,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

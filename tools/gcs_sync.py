@@ -23,7 +23,7 @@ flags.DEFINE_string("dst", None, "gs://bucket/prefix or local directory to copy 
 flags.DEFINE_integer("workers", 8, "Parallel transfers.")
 flags.DEFINE_bool("dry_run", False, "List what would be copied, copy nothing.")
 flags.DEFINE_enum("progress", "auto", ["auto", "on", "off"],
-                  "Progress line on stderr; 'auto' shows it when stderr is a terminal.")
+                  "Progress on stderr; 'auto': a redrawn line on a terminal, a line every 10 s in a log.")
 flags.DEFINE_integer("resumable_threshold_mb", 32,
                      "Upload files of at least this many MiB through resumable sessions.")
 flags.DEFINE_integer("chunk_size_mb", 16, "Chunk size of resumable uploads in MiB.")

@@ -12,11 +12,16 @@ Exits with status 1 if any shard is missing or damaged.
 import sys
 
 import numpy as np
-import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from PIL import Image, ImageDraw
 
-from tpuflow import builder, records, storage
+from tpuflow import cli
+
+cli.quiet_native_logs()  # before TensorFlow loads
+
+import tensorflow as tf  # noqa: E402
+
+from tpuflow import builder, records, storage  # noqa: E402
 
 flags.DEFINE_string("tfrec_dir", None, "Dataset dir (with manifest.json)", required=True)
 flags.DEFINE_string("contact_sheet", None, "Write a PNG contact sheet here")
@@ -76,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from tpuflow import leaderboard, storage
+from tpuflow import cli, leaderboard, storage
 
 flags.DEFINE_list("runs", None, "Run dirs or dirs of run dirs (local or gs://)", required=True)
 flags.DEFINE_string("out_csv", None, "Write the experiment database here (CSV)")
@@ -70,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

@@ -7,8 +7,9 @@ Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
     python run.py --job=score_subm --tta_number=9      # from cached predictions
 """
-from tpuflow import experiment, models
-import keras  # after tpuflow, which picks Keras' backend (--backend)
+from tpuflow import experiment, models  # first: picks Keras' backend (--backend), answers --help, quiets TensorFlow's logs
+
+import keras  # noqa: E402
 
 DEFAULTS = dict(
     architecture="cnn-conv3d", dataset_kind="sequence",

@@ -18,17 +18,16 @@ import sys
 import types
 from typing import Callable
 
-from tpuflow import backend
+from absl import flags
+from absl import logging as absl_logging
 
+from tpuflow import backend, cli, frames, lock, storage
+
+cli.quiet_native_logs()  # before anything imports TensorFlow
 try:  # a bad --backend or KERAS_BACKEND is named here, before Keras loads (and fails on it)
     backend.require()
 except backend.BackendError as _err:
     raise SystemExit(f"ERROR: {_err}") from None
-
-import tensorflow as tf  # noqa: E402 (after the backend check)
-from absl import app, flags  # noqa: E402
-
-from tpuflow import augment, frames, mixup, records, run_record, runner, scoring, storage  # noqa: E402
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 TASKS = ("regression", "classification")
@@ -82,7 +81,7 @@ flags.DEFINE_string("tta", None, "TTA set: ref (the reference's ten views), d4 (
                     "dir, else ref)")
 flags.DEFINE_float("mixup_prob", 0.0, "Probability that a training example is mixed with another of its batch (0: off)")
 flags.DEFINE_float("mixup_alpha", 0.4, "Mixing weights are drawn from Beta(alpha, alpha)")
-flags.DEFINE_enum("mixup_mode", "mixup", list(mixup.MODES), "mixup: blend whole images; cutmix: paste a box")
+flags.DEFINE_enum("mixup_mode", "mixup", ["mixup", "cutmix"], "mixup: blend whole images; cutmix: paste a box")
 flags.DEFINE_integer("n_classes", 0, "Classes for classification (0: from unique_labels_sorted.npy)")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing for classification")
 flags.DEFINE_integer("buffer_size", 2048, "Shuffle buffer (examples)")
@@ -91,13 +90,33 @@ flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0: trainin
 flags.DEFINE_integer("lr_patience", 2, "Epochs without improvement before the LR is reduced")
 flags.DEFINE_float("lr_factor", 0.5, "LR reduction factor on plateau")
 flags.DEFINE_integer("seed", 33, "Seed for shuffling and initialisation")
-flags.DEFINE_boolean("quick", False, "Quick run: tiny batches, 2 steps, 1 epoch, small buffers (tests, demo)")
+flags.DEFINE_boolean("quick", False, "Smoke run in seconds: 1 fold, 1 epoch of 2 steps, 32 px images, no TTA "
+                     "(unless those flags are given), tiny batches; its CV means nothing")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent "
                      "(default: 1 on a terminal, 2 when output goes to a file or pipe)")
 
 OUR_FLAGS = sorted(set(FLAGS) - _EARLIER_FLAGS)
 
+# `run.py --help`: the experiment's flags by group (flags in none are listed as "other").
+HELP_GROUPS = {
+    "data": ["data_dir", "data_tfrec_dir", "dataset_kind", "invert", "aug_prob", "buffer_size", "use_cache"],
+    "model": ["architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing", "bn_momentum"],
+    "training": ["job", "quick", "n_folds", "initial_fold", "n_epochs", "batch_size", "lr", "lr_scaling",
+                 "base_batch_size", "lr_patience", "lr_factor", "steps_per_epoch", "monitor", "metric",
+                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume"],
+    "hardware": ["backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "mixed_precision",
+                 "cpu_replicas", "batch_size_per_replica", "steps_per_execution", "jit_compile"],
+    "outputs": ["output_dir", "data_preds_dir", "verbose"],
+}
+SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
+cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
+
+import tensorflow as tf  # noqa: E402  (after --help)
+
+from tpuflow import augment, mixup, records, run_record, runner, scoring  # noqa: E402
+
 Config = types.SimpleNamespace
+QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
 
 
 def parse_jobs(job: str) -> set[str]:
@@ -118,12 +137,16 @@ def make_config(**overrides) -> Config:
     values.update(overrides)
     cfg = Config(**values)
     cfg.jobs = sorted(parse_jobs(cfg.job), key=JOB_WORDS.index)
+    check_flags(cfg)
     mixup.check(cfg.mixup_alpha, cfg.mixup_prob, cfg.mixup_mode)
-    if cfg.steps_per_execution < 1:
-        raise ValueError(f"--steps_per_execution={cfg.steps_per_execution}: must be >= 1")
     if cfg.quick:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
+        asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
         cfg.n_epochs, cfg.steps_per_epoch, cfg.buffer_size = 1, 2, 64
         cfg.batch_size = min(cfg.batch_size, 4 * cfg.cpu_replicas)
+        quick = {"n_folds": 1, "tta_number": 0, "dim": min(cfg.dim, QUICK_DIM)}  # unless asked for
+        for name, value in quick.items():
+            if name not in asked:
+                setattr(cfg, name, value)
     if cfg.verbose is None:  # progress bars only where a terminal redraws them
         cfg.verbose = 1 if sys.stdout.isatty() else 2
     cfg.output_dir = cfg.output_dir or "."
@@ -134,6 +157,26 @@ def make_config(**overrides) -> Config:
     cfg.tta_views = list(augment.tta_views(cfg.tta or (",".join(recorded) if recorded else "ref"), cfg.tta_number))
     cfg.tta_number = len(cfg.tta_views) - 1
     return cfg
+
+
+def check_flags(cfg: Config) -> None:
+    """Flag values that cannot work fail here, naming the flag, before anything is loaded."""
+    def need(ok: bool, name: str, why: str) -> None:
+        if not ok:
+            raise cli.UsageError(f"--{name}={getattr(cfg, name)!r}: {why}")
+    need(cfg.tta_number >= 0, "tta_number", "must be >= 0 (views beyond the original)")
+    need(cfg.steps_per_execution >= 1, "steps_per_execution", "must be >= 1")
+    need(cfg.n_folds >= 1, "n_folds", "must be >= 1 (folds to run, from --initial_fold)")
+    need(cfg.initial_fold >= 0, "initial_fold", "must be >= 0")
+    need(cfg.n_epochs >= 1, "n_epochs", "must be >= 1")
+    need(cfg.batch_size >= 1, "batch_size", "must be >= 1")
+    need(cfg.cpu_replicas >= 1, "cpu_replicas", "must be >= 1 (logical CPU devices)")
+    need(cfg.dim >= 1, "dim", "must be >= 1 (image height and width in pixels)")
+    need(cfg.n_classes >= 0, "n_classes", "must be >= 0 (0: from unique_labels_sorted.npy)")
+    need(cfg.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0 (0: one pass over the training folds)")
+    if cfg.output_dir and not storage.is_gcs(cfg.output_dir) and os.path.exists(cfg.output_dir) \
+            and not os.path.isdir(cfg.output_dir):
+        raise cli.UsageError(f"--output_dir={cfg.output_dir}: is a file, not a directory")
 
 
 def target(example: dict, cfg: Config):
@@ -163,24 +206,39 @@ def main(init_model: Callable, parse_example: Callable, **defaults) -> None:
         if name not in OUR_FLAGS:
             raise ValueError(f"run.py sets a default for unknown flag --{name}")
         FLAGS.set_default(name, value)
-    # By default outputs land next to run.py, whatever the working directory.
-    FLAGS.set_default("output_dir", defaults.get("output_dir") or os.path.dirname(os.path.abspath(sys.argv[0])))
+    # By default outputs land next to run.py, whatever the working directory, and the default data
+    # paths (relative ones) are relative to run.py too; paths given on the command line are
+    # relative to the working directory, as usual.
+    here = os.path.dirname(os.path.abspath(sys.argv[0]))
+    FLAGS.set_default("output_dir", defaults.get("output_dir") or here)
+    for name, value in cli.script_relative({n: FLAGS[n].default for n in SCRIPT_RELATIVE}, here).items():
+        FLAGS.set_default(name, value)
 
     def _main(argv):
         if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+            raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+        if not FLAGS["verbosity"].present:  # status lines are printed once, not logged as well
+            absl_logging.set_verbosity(absl_logging.ERROR)
         run(make_config(), init_model, parse_example)
 
-    app.run(_main)
+    cli.run_main(_main)
 
 
 def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
     """Runs the configured jobs (inputs are checked before any long work); returns the results.
 
-    A run that fails or is interrupted after it started leaves its record marked `failed`.
+    The run holds its run dir's lock throughout (`tpuflow.lock`). A run that fails or is
+    interrupted after it started leaves its record marked `failed`.
     """
-    try:
-        return runner.run_jobs(cfg, init_model, parse_example)
-    except BaseException as err:
-        run_record.mark_failed(cfg.output_dir, err)
-        raise
+    with lock.RunLock(cfg.output_dir):  # a second run on this run dir fails here, naming this one
+        try:
+            return runner.run_jobs(cfg, init_model, parse_example)
+        except BaseException as err:
+            explained = runner.explain_error(cfg, err)
+            try:
+                run_record.mark_failed(cfg.output_dir, explained)
+            except OSError as record_err:  # the run's own error is the one to report
+                print(f"WARNING: could not mark the record failed: {record_err}", file=sys.stderr, flush=True)
+            if explained is err:
+                raise
+            raise explained from err

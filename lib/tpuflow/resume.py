@@ -203,8 +203,7 @@ class FoldBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         epochs = epoch + 1
         weights_path, optimizer_path = self._files(epochs)
-        with storage.atomic_path(weights_path) as tmp:
-            self.model.save_weights(tmp)
+        storage.save_weights(self.model, weights_path)
         buf = io.BytesIO()
         np.savez(buf, **{f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.optimizer.variables)})
         storage.write_bytes(optimizer_path, buf.getvalue())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import inspect
+import json
 import os
 import platform
 import re
@@ -96,12 +97,25 @@ def dataset_info(tfrec_dir: str, manifest: dict) -> dict:
 
 
 def cv_summary(table: pd.DataFrame, metric: str, tta_number: int) -> dict:
-    """The CV fields from a `runner.score` table (rows: folds and 'all'; columns tta_*)."""
+    """The CV fields from a `runner.score` table (rows: folds and 'all'; columns tta_*); `folds`
+    lists the folds the CV covers."""
     def row(name):
         return {"no_tta": float(table.loc[name, "tta_0"]), "tta": float(table.loc[name, "tta_mean"])}
-    return {"metric": metric, "tta_number": tta_number, **row("all"),
+    folds = sorted(int(k) for k in table.index if k != "all")
+    return {"metric": metric, "tta_number": tta_number, "folds": folds, **row("all"),
             "baseline": float(table.loc["all", "baseline"]),
             "per_fold": {k: row(k) for k in table.index if k != "all"}}
+
+
+def cv_folds(run_dir: str) -> list[int] | None:
+    """The folds the CV in a run dir's record covers (None: no record or not scored yet)."""
+    path = record_path(run_dir)
+    if not storage.exists(path):
+        return None
+    cv = storage.read_json(path).get("cv")
+    if not isinstance(cv, dict):
+        return None
+    return [int(k) for k in cv.get("folds", cv.get("per_fold", {}))]
 
 
 def git_info(path: str) -> dict:
@@ -167,10 +181,14 @@ class RunRecord:
             keep = ("flags", "dataset", "model", "cv", "runtime", "git", "run_py", "description")
             self.record.update({k: previous[k] for k in keep if previous.get(k) is not None})
             self.record["dataset"] = fresh["dataset"] or self.record["dataset"]
-        # Folds skipped by a resumed run keep their facts; leaderboard scores belong to the id.
-        for key in ("folds", "timings", "lb"):
+        # Folds skipped by a resumed run keep their facts; leaderboard scores belong to the id;
+        # a CV over more folds than this invocation runs stays (see `finish`).
+        for key in ("folds", "timings", "lb", "cv_subsets"):
             if isinstance(previous.get(key), dict):
                 self.record[key] = dict(previous[key])
+        mine = set(range(cfg.initial_fold, cfg.initial_fold + cfg.n_folds))
+        if isinstance(previous.get("cv"), dict) and not set(cv_folds(cfg.output_dir) or []) <= mine:
+            self.record["cv"] = previous["cv"]
         self.write()
 
     def write(self) -> None:
@@ -216,8 +234,12 @@ class RunRecord:
     def finish(self, result: dict) -> None:
         """The end of a successful invocation: CV scores (if scored), timings, status complete."""
         if "scores" in result:
-            self.record["cv"] = cv_summary(result["scores"], self.cfg.metric, self.cfg.tta_number)
-            self.record["cv"]["tta_views"] = list(self.cfg.tta_views)  # what each TTA index means
+            summary = cv_summary(result["scores"], self.cfg.metric, self.cfg.tta_number)
+            summary["tta_views"] = list(self.cfg.tta_views)  # what each TTA index means
+            if result.get("subset"):  # fewer folds than the run's CV: kept beside it, never over it
+                self.record.setdefault("cv_subsets", {})[result["subset"].lstrip(".")] = summary
+            else:
+                self.record["cv"] = summary
         self.record["timings"].update({k: round(v, 3) for k, v in result["timings"].items()})
         self.record["timings"]["total"] = round(time.time() - self.start, 3)
         self.record["status"] = "complete"
@@ -233,7 +255,16 @@ def mark_failed(run_dir: str, error: BaseException) -> None:
     record = storage.read_json(path)
     if record.get("status") == "running":
         record.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000], updated=_now())
-        storage.write_json(path, record)
+        try:
+            storage.write_json(path, record)
+        except OSError:
+            if storage.is_gcs(path):
+                raise
+            # A full disk has no room for the temporary copy: rewrite in place, in the blocks the
+            # record already has (a torn write here loses only a record that said `running`).
+            with open(path, "r+b") as f:
+                f.write((json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
+                f.truncate()
 
 
 def set_lb(path: str, private: float | None, public: float | None) -> dict:

@@ -108,8 +108,7 @@ def cv_scores(train_cv: pd.DataFrame, preds: dict[int, tuple[np.ndarray, np.ndar
     for k, (ids, values) in preds.items():
         fold_ids = train_cv.loc[train_cv["fold_id"] == k, "image_id"]
         if set(ids) != set(fold_ids) or len(ids) != len(fold_ids):
-            raise ValueError(f"val predictions of fold {k} cover {len(ids)} ids; train_cv.csv has "
-                             f"{len(fold_ids)} in that fold (records built from another split?)")
+            raise ValueError(_ids_mismatch(k, ids, fold_ids))
         y = truth.loc[ids].to_numpy()
         base = np.full(len(y), train_cv.loc[train_cv["fold_id"] != k, "wind_speed"].mean())
         all_true.append(y)
@@ -119,6 +118,22 @@ def cv_scores(train_cv: pd.DataFrame, preds: dict[int, tuple[np.ndarray, np.ndar
     rows["all"] = _score_row(np.concatenate(all_true), np.concatenate(all_pred, axis=1),
                              np.concatenate(all_base), round_pred)
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _ids_mismatch(fold: int, ids: np.ndarray, fold_ids: pd.Series) -> str:
+    """What differs between a fold's predicted ids and its rows in train_cv.csv, with examples."""
+    extra = sorted(set(map(str, ids)) - set(map(str, fold_ids)))
+    missing = sorted(set(map(str, fold_ids)) - set(map(str, ids)))
+    parts = [f"val predictions of fold {fold} (ids_val_fold_{fold}.npy, {len(ids)} ids) do not match "
+             f"fold {fold} of train_cv.csv ({len(fold_ids)} ids):"]
+    if extra:
+        parts.append(f"{len(extra)} predicted id(s) not in the fold, e.g. {extra[:3]};")
+    if missing:
+        parts.append(f"{len(missing)} id(s) of the fold not predicted, e.g. {missing[:3]};")
+    if not extra and not missing:
+        parts.append(f"{len(ids) - len(set(map(str, ids)))} id(s) predicted more than once;")
+    parts.append("were the records built from another split?")
+    return " ".join(parts)
 
 
 def _score_row(y: np.ndarray, values: np.ndarray, baseline: np.ndarray, round_pred: bool) -> dict:

@@ -400,9 +400,36 @@ def atomic_path(path: str) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename or not err.errno:
+            raise
+        # e.g. a full disk: the bare "[Errno 28] No space left on device" names no file
+        raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
+    except RuntimeError as err:  # h5py reports a full disk as a RuntimeError naming the temporary
+        if "No space left on device" not in str(err):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_weights(model, path: str) -> None:
+    """`model.save_weights(path)` (a Keras model), atomically, to a local or `gs://` path.
+
+    A local disk without room for the weights fails before writing, with an error naming the
+    path: HDF5 can crash the whole process (SIGSEGV) when a write fails half-way through a file.
+    """
+    if not is_gcs(path):
+        need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        stat = os.statvfs(directory)
+        if stat.f_bavail * stat.f_frsize < need:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({stat.f_bavail * stat.f_frsize} bytes "
+                          f"free, about {need} needed for the weights)", str(path))
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
 
 
 @contextlib.contextmanager

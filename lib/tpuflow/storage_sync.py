@@ -69,10 +69,12 @@ class SyncReport:
 
 
 class _Progress:
-    """A one-line text progress bar on stderr, redrawn at most ten times a second."""
+    """Progress on stderr: on a terminal one line redrawn at most ten times a second; in a log a
+    plain line every ten seconds and at the end."""
 
     def __init__(self, total_files: int, total_bytes: int, enabled: bool):
         self.total_files, self.total_bytes, self.enabled = total_files, total_bytes, enabled
+        self.tty = sys.stderr.isatty()
         self.files = self.bytes = 0
         self._start = self._last = time.monotonic()
         self._lock = threading.Lock()
@@ -82,16 +84,17 @@ class _Progress:
             self.bytes += nbytes
             self.files += files
             now = time.monotonic()
-            if self.enabled and (now - self._last > 0.1 or self.files == self.total_files):
+            every = 0.1 if self.tty else 10.0
+            if self.enabled and (now - self._last > every or self.files == self.total_files):
                 self._last = now
                 rate = self.bytes / _MiB / max(now - self._start, 1e-6)
-                sys.stderr.write(f"\r{self.files}/{self.total_files} files  "
+                sys.stderr.write(f"{'' if self.tty else 'synced '}{self.files}/{self.total_files} files  "
                                  f"{self.bytes / _MiB:.1f}/{self.total_bytes / _MiB:.1f} MiB  "
-                                 f"{rate:.1f} MiB/s ")
+                                 f"{rate:.1f} MiB/s " + ("\r" if self.tty else "\n"))
                 sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             sys.stderr.write("\n")
 
 
@@ -280,7 +283,7 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
     nothing. Files `src` lacks are left alone at `dst` (nothing is deleted). Uploads of files of
     at least `resumable_threshold` bytes go through `ResumableUpload` in `chunk_size` pieces,
     resuming a session saved in `state_dir` by an earlier, interrupted sync. `progress=None`
-    shows a progress line only when stderr is a terminal. Raises `SyncError` listing every
+    shows progress on stderr (see `_Progress`), `False` none. Raises `SyncError` listing every
     object that failed (after `retries` attempts each); manifests are then not copied.
     """
     if is_gcs_src := storage.is_gcs(src):
@@ -314,8 +317,7 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
     if dry_run or not planned:
         return report
 
-    bar = _Progress(len(planned), sum(t.size for t in planned),
-                    sys.stderr.isatty() if progress is None else progress)
+    bar = _Progress(len(planned), sum(t.size for t in planned), True if progress is None else progress)
     lock = threading.Lock()
 
     def run(t: Transfer) -> None:

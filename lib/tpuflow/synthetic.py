@@ -20,6 +20,7 @@ import os
 import string
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -255,8 +256,10 @@ def _csv(columns: tuple[str, ...], rows: list[tuple]) -> str:
     return buf.getvalue()
 
 
-def _write_dataset(directory: str, storms: list[Storm], config: SyntheticConfig) -> int:
-    """Renders every frame and writes the raw layout under `directory`; returns frames written."""
+def _write_dataset(directory: str, storms: list[Storm], config: SyntheticConfig,
+                   progress: Callable[[int, int], None] | None = None) -> int:
+    """Renders every frame and writes the raw layout under `directory`; returns frames written.
+    `progress(storms done, storms)` is called after each storm."""
     renderer = _Renderer(config.size, config.pixel_noise, np.random.default_rng([config.seed, 3]))
     train_features, train_labels, test_features, submission = [], [], [], []
     for subdir in ("train", "test"):
@@ -279,6 +282,8 @@ def _write_dataset(directory: str, storms: list[Storm], config: SyntheticConfig)
                 test_features.append(row)
                 submission.append((image_id, 0))
             storage.write_bytes(storage.join(directory, subdir, image_id + ".jpg"), _jpeg(pixels, config.jpeg_quality))
+        if progress:
+            progress(index + 1, len(storms))
     storage.write_text(storage.join(directory, "training_set_features.csv"), _csv(FEATURE_COLUMNS, train_features))
     storage.write_text(storage.join(directory, "training_set_labels.csv"), _csv(LABEL_COLUMNS, train_labels))
     storage.write_text(storage.join(directory, "test_set_features.csv"), _csv(FEATURE_COLUMNS, test_features))
@@ -286,7 +291,8 @@ def _write_dataset(directory: str, storms: list[Storm], config: SyntheticConfig)
     return len(train_features) + len(test_features)
 
 
-def make_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False) -> dict:
+def make_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Writes a synthetic dataset in the raw competition layout to `out_dir`; returns a summary.
 
     The dataset is built in `<out_dir>.tmp-<pid>` and renamed into place, so `out_dir` is either
@@ -305,7 +311,7 @@ def make_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig(), ov
     tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
     storage.remove(tmp_dir)
     try:
-        n_frames = _write_dataset(tmp_dir, storms, config)
+        n_frames = _write_dataset(tmp_dir, storms, config, progress)
         if os.path.isdir(out_dir) and os.listdir(out_dir):
             old_dir = f"{out_dir}.old-{os.getpid()}"
             os.replace(out_dir, old_dir)

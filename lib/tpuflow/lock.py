@@ -1,0 +1,268 @@
+"""One writer per run dir: `<run dir>/run.lock`, naming its owner, kept fresh by a heartbeat.
+
+Two `run.py` processes on one `--output_dir` (the same experiment started twice, say with another
+`--lr`) would redo and overwrite each other's folds and leave a record describing neither. The
+first to create the lock file owns the run dir until it exits; a second fails at once with an
+error naming the owner (pid, host, start time, command).
+
+Creation is atomic: locally the lock is written under a temporary name and hard-linked into place
+(`link` fails if the name exists); on Cloud Storage it is uploaded with the precondition
+`if_generation_match=0` ("only if no such object"). A crashed or preempted owner leaves its lock
+behind; it is stale, and taken over by the next run (which then resumes the run dir), when
+- the owner ran on this host and its process is gone (pid not running, or reused by another
+  process: the start time differs), or
+- the owner is elsewhere (another VM, a `gs://` run dir shared by several) and its heartbeat,
+  rewritten every `HEARTBEAT_S` seconds, is older than `STALE_S`.
+A takeover removes exactly the stale lock it judged (Cloud Storage: a delete pinned to that
+object's generation), then creates its own as above: of two runs taking over at once, one wins.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import socket
+import sys
+import threading
+import time
+import uuid
+
+from tpuflow import storage
+
+LOCK_NAME = "run.lock"
+HEARTBEAT_S = 30.0
+STALE_S = 300.0  # ten missed heartbeats: a preempted VM, not a slow one
+
+
+class RunDirLocked(OSError):
+    """Another live run owns the run dir; the message names it."""
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a local process (clock ticks since boot, from /proc), to tell a reused pid
+    from the owner; None where /proc is not available."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def describe(owner: dict) -> str:
+    """'pid 123 on host h, started <time>, heartbeat 4 s ago: python run.py --lr=3e-3'."""
+    age = time.time() - float(owner.get("heartbeat", 0))
+    return (f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')}, "
+            f"heartbeat {age:.0f} s ago: {owner.get('command')}")
+
+
+class RunLock:
+    """The lock of one run dir: `acquire` (or `with`), `release`; a heartbeat thread meanwhile."""
+
+    def __init__(self, run_dir: str, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S):
+        self.run_dir, self.path = run_dir, storage.join(run_dir, LOCK_NAME)
+        self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self.owner = {"token": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
+                      "pid_start": _process_start(os.getpid()),
+                      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      "command": shlex.join([os.path.basename(sys.executable), *sys.argv])[:500]}
+        self._generation = None  # of our lock object (gs://)
+        self._made_dir = False
+        self._stop = threading.Event()
+        self._thread = None
+        self.lost = None  # set by the heartbeat if another run took the lock over
+
+    # -- public
+
+    def acquire(self) -> RunLock:
+        """Takes the lock (over a stale one, saying so); RunDirLocked if a live run holds it."""
+        self._made_dir = not storage.is_gcs(self.run_dir) and not os.path.isdir(self.run_dir)
+        storage.makedirs(self.run_dir)
+        for _ in range(3):  # a lock released or taken over between our attempts: try again
+            if self._create():
+                break
+            current = self._read()
+            if current is None:
+                continue
+            reason = self.stale_reason(current)
+            if reason is None:
+                raise RunDirLocked(f"--output_dir={self.run_dir} is in use by another run ({describe(current)}); "
+                                   f"wait for it, or use another --output_dir. If that run is dead, {self.path} "
+                                   f"is taken over once its heartbeat is {self.stale_s:.0f} s old (or delete it)")
+            print(f"Taking over the run dir from a dead run ({reason}): {describe(current)}", flush=True)
+            self._remove(current)
+        else:
+            raise RunDirLocked(f"{self.path}: could not take the run-dir lock (other runs keep taking it)")
+        self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        """Stops the heartbeat and removes the lock if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        current = self._read()
+        if current is not None and current.get("token") == self.owner["token"]:
+            self._remove(current)
+        if self._made_dir and not os.listdir(self.run_dir):  # a run that failed its input checks
+            os.rmdir(self.run_dir)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def stale_reason(self, owner: dict) -> str | None:
+        """Why a lock's owner is dead (None: it may be alive)."""
+        if owner.get("host") == self.owner["host"] and isinstance(owner.get("pid"), int):
+            pid = owner["pid"]
+            if not _pid_alive(pid):
+                return f"process {pid} is gone"
+            start = _process_start(pid)
+            if owner.get("pid_start") and start and start != owner["pid_start"]:
+                return f"pid {pid} now belongs to another process"
+            return None
+        age = time.time() - float(owner.get("heartbeat", 0))
+        if age > self.stale_s:
+            return f"no heartbeat for {age:.0f} s"
+        return None
+
+    # -- storage
+
+    def _content(self) -> bytes:
+        return (json.dumps({**self.owner, "heartbeat": time.time()}, sort_keys=True) + "\n").encode()
+
+    def _create(self) -> bool:
+        """Creates the lock file if there is none; True if we now own it."""
+        data = self._content()
+        if storage.is_gcs(self.path):
+            from google.api_core import exceptions as gexc
+            blob = self._blob()
+            with storage.gcs_errors(self.path, "create the run-dir lock"):
+                try:
+                    blob.upload_from_string(data, if_generation_match=0)
+                except gexc.PreconditionFailed:
+                    return False
+            self._generation = blob.generation
+            return True
+        tmp = f"{self.path}.{self.owner['token']}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, self.path)  # atomic: fails if the lock exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+
+    def _read(self) -> dict | None:
+        """The lock's owner record (with `_generation` on gs://), None if there is no lock."""
+        try:
+            if storage.is_gcs(self.path):
+                with storage.gcs_errors(self.path, "read the run-dir lock"):
+                    blob = self._blob(reload=True)
+                    if blob is None:
+                        return None
+                    generation = blob.generation  # (a download may reset the blob's metadata)
+                    data = blob.download_as_bytes(if_generation_match=generation)
+                owner = json.loads(data)
+                owner["_generation"] = generation
+                return owner
+            with open(self.path, "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # a lock we cannot read: owned by something we cannot judge alive
+            return {"pid": None, "host": "?", "heartbeat": self._mtime(), "command": "(unreadable lock file)"}
+
+    def _mtime(self) -> float:
+        try:
+            return os.path.getmtime(self.path)
+        except OSError:
+            return 0.0
+
+    def _remove(self, owner: dict) -> None:
+        """Removes the lock `owner` was read from, and nothing newer."""
+        if storage.is_gcs(self.path):
+            from google.api_core import exceptions as gexc
+            with storage.gcs_errors(self.path, "remove the run-dir lock"):
+                try:
+                    self._blob().delete(if_generation_match=owner["_generation"])
+                except (gexc.PreconditionFailed, gexc.NotFound):
+                    pass  # replaced or removed meanwhile: not the one we judged
+            return
+        aside = f"{self.path}.removing-{self.owner['token']}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        with open(aside, "rb") as f:
+            moved = f.read()
+        try:
+            same = json.loads(moved).get("token") == owner.get("token")
+        except ValueError:
+            same = "token" not in owner
+        if not same:  # another run's lock, created in between: put it back unless replaced again
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        os.remove(aside)
+
+    def _blob(self, reload: bool = False):
+        bucket, name = storage.split_gcs(self.path)
+        if reload:
+            return storage.client().bucket(bucket).get_blob(name)
+        return storage.client().bucket(bucket).blob(name)
+
+    # -- heartbeat
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._refresh()
+            except Exception as err:  # a failed heartbeat must not kill the run: retried next time
+                print(f"WARNING: {self.path}: heartbeat not written ({err})", file=sys.stderr, flush=True)
+
+    def _refresh(self) -> None:
+        """Rewrites the lock with a new heartbeat, only while it is still ours."""
+        data = self._content()
+        if storage.is_gcs(self.path):
+            from google.api_core import exceptions as gexc
+            blob = self._blob()
+            try:
+                blob.upload_from_string(data, if_generation_match=self._generation)
+            except gexc.PreconditionFailed:
+                self._lost()
+                return
+            self._generation = blob.generation
+            return
+        current = self._read()
+        if current is None or current.get("token") != self.owner["token"]:
+            self._lost()
+            return
+        storage.write_bytes(self.path, data)
+
+    def _lost(self) -> None:
+        self.lost = f"{self.path}: another run took over this run dir's lock"
+        print(f"WARNING: {self.lost}", file=sys.stderr, flush=True)
+        self._stop.set()
+
+    def check(self) -> None:
+        """Raises RunDirLocked if another run has taken the lock over (call between folds)."""
+        if self.lost:
+            raise RunDirLocked(self.lost)

@@ -1,0 +1,190 @@
+"""Errors a person can act on: one line naming the flag, file or row, before any long work; exit
+status 2 for usage, 1 for data; a traceback only with --debug."""
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tiny_experiment
+from tpuflow import cli, experiment, records, run_record, scoring
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "lib"), HERE])}
+
+
+def _cfg(cv_dir, single_dir, out, **kw):
+    base = dict(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(out), quick=True, dim=16,
+                batch_size=8, tta_number=0, weights=None, verbose=0)
+    return experiment.make_config(**{**base, **kw})
+
+
+def _run(cfg, init_model=tiny_experiment.init_model):
+    return experiment.run(cfg, init_model, tiny_experiment.parse_example)
+
+
+def _stderr_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) <= 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: exit status, one line, --debug
+
+
+def test_run_py_usage_error_is_one_line_exit_2_and_data_error_exit_1(cv_dir, single_dir, tmp_path):
+    tiny = os.path.join(HERE, "tiny_experiment.py")
+    usage = subprocess.run([sys.executable, tiny, "--n_folds=0", f"--output_dir={tmp_path / 'a'}"],
+                           capture_output=True, text=True, env=ENV)
+    assert usage.returncode == 2
+    assert _stderr_line(usage) == ("tiny_experiment.py: error: --n_folds=0: must be >= 1 (folds to run, "
+                                   "from --initial_fold)")
+    empty = tmp_path / "no-records"
+    empty.mkdir()
+    data = subprocess.run([sys.executable, tiny, f"--data_dir={cv_dir}", f"--data_tfrec_dir={empty}",
+                           f"--output_dir={tmp_path / 'b'}"], capture_output=True, text=True, env=ENV)
+    assert data.returncode == 1
+    assert str(empty) in _stderr_line(data) and "manifest" in _stderr_line(data)
+    assert "Running on" not in data.stdout  # before any work
+    debug = subprocess.run([*data.args, "--debug"], capture_output=True, text=True, env=ENV)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+
+
+@pytest.mark.parametrize("run_py", sorted(glob.glob(os.path.join(ROOT, "experiments", "*", "run.py"))),
+                         ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_run_py_help_lists_the_experiments_flags_by_group_without_tensorflow(run_py):
+    """Also: every experiment imports tpuflow before keras, so TensorFlow's logs are quieted."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", run_py, "--help"], capture_output=True, text=True,
+                          env=ENV)
+    assert proc.returncode == 0
+    assert "tensorflow" not in proc.stderr and "keras" not in proc.stderr  # -X importtime lists every import
+    out = proc.stdout
+    for group in ("data:", "model:", "training:", "hardware:", "outputs:"):
+        assert f"\n{group}\n" in out
+    assert out.index("model:") < out.index("--backbone  (default: 'EfficientNetB0')") < out.index("training:")
+    assert "--dim  (default: 366)" in out  # the experiment's own default, not the library's
+    assert "--output_dir  (default: '" + os.path.dirname(run_py) + "')" in out
+    assert "--data_dir  (default: '" + os.path.join(ROOT, "data") + "')" in out  # relative to run.py
+    assert "--helpfull" in out and "--alsologtostderr" not in out
+
+
+def test_create_cv_split_flag_errors_name_the_flag(raw_dir, tmp_path):
+    script = os.path.join(ROOT, "data_prep", "create_cv_split.py")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for flags, expected in ((["--n_folds=0"], "--n_folds=0: must be >= 2"),
+                            (["--n_folds=-3"], "--n_folds=-3: must be >= 2"),
+                            (["--n_folds=1"], "--n_folds=1: must be >= 2"),
+                            ([f"--out_dir={afile}"], f"--out_dir={afile}: is a file, not a directory")):
+        proc = subprocess.run([sys.executable, script, f"--data_dir={raw_dir}", *flags], capture_output=True,
+                              text=True, env=ENV)
+        assert proc.returncode == 2, proc.stderr
+        assert _stderr_line(proc).startswith(f"create_cv_split.py: error: {expected}")
+
+
+def test_ensemble_out_dir_that_is_a_file_is_named(cv_dir, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "ensemble.py"), f"--data_dir={cv_dir}",
+                           f"--model_dirs={tmp_path}/run-*", f"--out_dir={afile}"], capture_output=True, text=True,
+                          env=ENV)
+    assert proc.returncode == 2
+    assert _stderr_line(proc) == f"ensemble.py: error: --out_dir={afile}: is a file, not a directory"
+
+
+def test_one_line_messages_for_user_errors_and_none_for_bugs():
+    assert cli.user_message(OSError(28, "No space left on device", "/runs/x/a.npy")) == \
+        "/runs/x/a.npy: No space left on device"
+    assert cli.user_message(ValueError("--dim=7: too\n small")) == "--dim=7: too small"
+    assert cli.user_message(TypeError("'NoneType' object is not subscriptable")) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# run.py flags, checked before any long work
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("n_folds", 0, "--n_folds=0: must be >= 1"),
+    ("n_folds", -2, "--n_folds=-2: must be >= 1"),
+    ("n_epochs", 0, "--n_epochs=0: must be >= 1"),
+    ("cpu_replicas", 0, "--cpu_replicas=0: must be >= 1"),
+    ("dim", 0, "--dim=0: must be >= 1"),
+    ("initial_fold", -1, "--initial_fold=-1: must be >= 0"),
+])
+def test_bad_run_flag_is_a_usage_error_naming_it(flag, value, expected, tmp_path):
+    with pytest.raises(cli.UsageError) as caught:
+        experiment.make_config(output_dir=str(tmp_path), **{flag: value})
+    assert str(caught.value).startswith(expected)
+
+
+def test_output_dir_that_is_a_file_is_named(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(cli.UsageError, match=f"--output_dir={afile}: is a file, not a directory"):
+        experiment.make_config(output_dir=str(afile))
+
+
+def _zoo(name):
+    path = os.path.join(ROOT, "experiments", name, "run.py")
+    spec = importlib.util.spec_from_file_location(f"zoo_{name.replace('-', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dim_too_small_for_the_backbone_names_dim(cv_dir, single_dir, tmp_path):
+    zoo = _zoo("run-20261121-1300-cnn-1ch")
+    cfg = _cfg(cv_dir, single_dir, tmp_path / "run", dim=7, backbone="MobileNetV3Small", job="train")
+    with pytest.raises(cli.UsageError, match=r"--dim=7 --backbone=MobileNetV3Small: the model cannot be built"):
+        experiment.run(cfg, zoo.init_model, zoo.parse_example)
+    assert run_record.read_record(str(tmp_path / "run"))["status"] == "failed"
+
+
+def test_n_classes_that_do_not_match_the_labels_fail_before_training(cv_dir, single_dir, tmp_path):
+    n_labels = len(np.load(os.path.join(cv_dir, "unique_labels_sorted.npy")))
+    cfg = _cfg(cv_dir, single_dir, tmp_path / "run", task="classification", n_classes=3, job="train")
+    with pytest.raises(cli.UsageError, match=rf"--n_classes=3: the data has {n_labels} classes .*"
+                                             rf"unique_labels_sorted.npy\); use 0 or {n_labels}"):
+        _run(cfg)
+    assert not (tmp_path / "run" / "record.json").exists()  # nothing started
+
+
+def test_a_run_whose_every_epoch_is_nan_says_it_diverged(cv_dir, single_dir, tmp_path):
+    cfg = _cfg(cv_dir, single_dir, tmp_path / "run", lr=1e30, n_folds=1, job="train_val_score")
+    with pytest.raises(ValueError, match=r"fold 0: training diverged: val_rmse was NaN or infinite after every one "
+                                         r"of 1 epoch\(s\), so there is no checkpoint \(try a lower --lr=1e\+30\)"):
+        _run(cfg)
+    record = run_record.read_record(str(tmp_path / "run"))
+    assert record["status"] == "failed" and "diverged" in record["error"]
+
+
+def test_corrupt_shard_is_named_from_the_manifest_checksums(cv_dir, single_dir, tmp_path):
+    damaged = tmp_path / "records"
+    shutil.copytree(single_dir, damaged)
+    shard = records.record_files(str(damaged), [1])[0]
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a record: its CRC fails
+    open(shard, "wb").write(bytes(data))
+    with pytest.raises(ValueError) as caught:
+        _run(_cfg(cv_dir, str(damaged), tmp_path / "run", n_folds=1, job="train"))
+    assert str(caught.value).startswith(f"corrupt record file(s): {shard} (damaged); rebuild with "
+                                        "data_prep/create_tfrecords.py")
+
+
+def test_prediction_ids_that_do_not_match_the_fold_are_shown():
+    train_cv = pd.DataFrame({"image_id": ["a_1", "a_2", "b_1", "c_1"], "wind_speed": [30, 40, 50, 60],
+                             "fold_id": [0, 0, 1, 1]})
+    preds = {0: (np.array(["a_1", "z_9"]), np.zeros((1, 2)))}
+    with pytest.raises(ValueError) as caught:
+        scoring.cv_scores(train_cv, preds)
+    assert str(caught.value) == ("val predictions of fold 0 (ids_val_fold_0.npy, 2 ids) do not match fold 0 of "
+                                 "train_cv.csv (2 ids): 1 predicted id(s) not in the fold, e.g. ['z_9']; 1 id(s) "
+                                 "of the fold not predicted, e.g. ['a_2']; were the records built from another "
+                                 "split?")
