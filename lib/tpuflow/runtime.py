@@ -103,6 +103,8 @@ def check_reachable(host: str, port: int, timeout_s: float, what: str, grpc: boo
                     raise ConnectionError("the port is open but does not answer as a gRPC server")
     try:
         _within(timeout_s, connect, f"{what} {host}:{port}")
+    except TimeoutError as err:  # the socket's own timeout, which races the thread's under load
+        raise TPUUnreachableError(f"{what} {host}:{port}: no answer within {timeout_s:g} s (--tpu_timeout_s)") from err
     except OSError as err:
         raise TPUUnreachableError(f"{what} {host}:{port} is not reachable: {err}") from err
 
