@@ -63,7 +63,7 @@ def test_tta_sets_and_their_errors():
 def d4_run(cv_dir, single_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tta") / "run-d4"
     cfg = experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(out), quick=True,
-                                 dim=16, batch_size=8, weights=None, verbose=0, tta="d4")
+                                 dim=16, batch_size=8, weights=None, verbose=0, tta="d4", n_folds=5)
     result = experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
     return out, result
 

@@ -144,6 +144,7 @@ def make_config(**overrides) -> Config:
         cfg.n_epochs, cfg.steps_per_epoch, cfg.buffer_size = 1, 2, 64
         cfg.batch_size = min(cfg.batch_size, 4 * cfg.cpu_replicas)
         quick = {"n_folds": 1, "tta_number": 0, "dim": min(cfg.dim, QUICK_DIM)}  # unless asked for
+        asked |= {"tta_number"} if "tta" in asked else set()  # a TTA set asked for: all its views
         for name, value in quick.items():
             if name not in asked:
                 setattr(cfg, name, value)
