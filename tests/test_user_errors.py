@@ -188,3 +188,28 @@ def test_prediction_ids_that_do_not_match_the_fold_are_shown():
                                  "train_cv.csv (2 ids): 1 predicted id(s) not in the fold, e.g. ['z_9']; 1 id(s) "
                                  "of the fold not predicted, e.g. ['a_2']; were the records built from another "
                                  "split?")
+
+
+def test_tools_print_one_line_errors_naming_the_culprit(tmp_path):
+    """adopt_records and export_model: data errors exit 1, usage errors 2, no traceback, no TF logs."""
+    not_records = tmp_path / "not-records"
+    not_records.mkdir()
+    (not_records / "notes.txt").write_text("x")
+    adopt = os.path.join(ROOT, "tools", "adopt_records.py")
+    data = subprocess.run([sys.executable, adopt, f"--tfrec_dir={not_records}", "--spec=single"],
+                          capture_output=True, text=True, env=ENV)
+    assert data.returncode == 1, data.stderr[-3000:]
+    assert _stderr_line(data) == (f"adopt_records.py: error: {not_records}: no fold.<k>.tfrecord* or "
+                                  "test.tfrecord* files")
+    usage = subprocess.run([sys.executable, adopt, f"--tfrec_dir={not_records}", "--spec=nonsense"],
+                           capture_output=True, text=True, env=ENV)
+    assert usage.returncode == 2, usage.stderr[-3000:]
+    assert _stderr_line(usage).startswith("adopt_records.py: error: --spec=nonsense: ")
+    missing = tmp_path / "no-such-run"
+    export = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_model.py"), f"--run_dir={missing}",
+                             f"--export_dir={tmp_path / 'serving'}"], capture_output=True, text=True, env=ENV)
+    assert export.returncode == 1, export.stderr[-3000:]
+    line = _stderr_line(export)
+    assert line.startswith("export_model.py: error: ") and str(missing) in line
+    debug = subprocess.run([*export.args, "--debug"], capture_output=True, text=True, env=ENV)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr

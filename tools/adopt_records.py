@@ -9,9 +9,13 @@ Usage:
 Shards are `fold.<k>.tfrecord*` and `test.tfrecord*`. `--spec` may be left out when the directory
 has this project's name (`data-tfrec-<kind>-frames<NNN>-step<SSS>`).
 """
-from absl import app, flags
+from absl import flags
 
-from tpuflow import adopt, frames
+from tpuflow import cli
+
+cli.quiet_native_logs()  # before TensorFlow loads
+
+from tpuflow import adopt, frames  # noqa: E402
 
 flags.DEFINE_string("tfrec_dir", None, "Record directory to adopt", required=True)
 flags.DEFINE_string("spec", None, "Dataset spec: single, stacked:s<step>, mean:s<step>, sequence:n<frames>:s<step>")
@@ -19,10 +23,14 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
-    spec = frames.DatasetSpec.parse(FLAGS.spec) if FLAGS.spec else None
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}")
+    try:
+        spec = frames.DatasetSpec.parse(FLAGS.spec) if FLAGS.spec else None
+    except ValueError as err:
+        raise cli.UsageError(f"--spec={FLAGS.spec}: {err}") from None
     adopt.adopt_dataset(FLAGS.tfrec_dir, spec)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

@@ -23,7 +23,7 @@ import os
 import sys
 import urllib.request
 
-from tpuflow import backend, experiment, records, runner, runtime, storage  # first: picks Keras' backend
+from tpuflow import backend, cli, experiment, records, runner, runtime, storage  # first: picks Keras' backend
 
 from absl import app, flags  # noqa: E402,I001
 
@@ -268,11 +268,15 @@ def _apply_experiment_defaults(argv: list[str]) -> None:
     """The run.py's flag defaults (DEFAULTS), before flags are parsed, as its `main` does."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--experiment=")), None)
     if path:
-        for name, value in load_run_py(path).DEFAULTS.items():
+        try:
+            run_py = load_run_py(path)
+        except OSError:
+            return  # main loads it again and names the file in one line
+        for name, value in run_py.DEFAULTS.items():
             FLAGS.set_default(name, value)
     FLAGS.set_default("output_dir", os.getcwd())
 
 
 if __name__ == "__main__":
     _apply_experiment_defaults(sys.argv[1:])
-    app.run(main)
+    cli.run_main(main)  # the verdict's exit status passes through

@@ -20,6 +20,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # a SavedModel is a Tensor
 
 from absl import app, flags  # noqa: E402
 
+from tpuflow import cli  # noqa: E402
+
+cli.quiet_native_logs()  # before TensorFlow loads
+
 from tpuflow import augment, export  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run dir with config.json, record.json and model-best-f<k>-*.weights.h5",
@@ -38,11 +42,14 @@ def main(argv):
         folds = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
     except ValueError:
         raise app.UsageError(f"--folds={','.join(FLAGS.folds)}: expected fold numbers") from None
-    views = list(augment.tta_views(FLAGS.views)) if FLAGS.views else None
+    try:
+        views = list(augment.tta_views(FLAGS.views)) if FLAGS.views else None
+    except ValueError as err:
+        raise app.UsageError(f"--views={FLAGS.views}: {str(err).split(': ', 1)[-1]}") from None
     info = export.export_run(FLAGS.run_dir, FLAGS.export_dir, folds, views, FLAGS.experiment_py)
     print(f"Exported folds {info['folds']} x TTA views {info['views']} ({info['kind']} frames "
           f"{info['input']}) to {FLAGS.export_dir}", flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

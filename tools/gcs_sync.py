@@ -11,11 +11,9 @@ object or path on failure.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
-from tpuflow import storage_sync
+from tpuflow import cli, storage_sync
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Local directory or gs://bucket/prefix to copy from.")
@@ -36,15 +34,12 @@ flags.mark_flags_as_required(["src", "dst"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        report = storage_sync.sync(
-            FLAGS.src, FLAGS.dst, workers=FLAGS.workers, dry_run=FLAGS.dry_run,
-            progress={"auto": None, "on": True, "off": False}[FLAGS.progress],
-            retries=FLAGS.retries, resumable_threshold=FLAGS.resumable_threshold_mb << 20,
-            chunk_size=FLAGS.chunk_size_mb << 20, state_dir=FLAGS.state_dir)
-    except (OSError, ValueError) as e:
-        print(f"gcs_sync: error: {e}", file=sys.stderr)
-        return 1
+    # OSError / ValueError (a missing bucket, object or path; a checksum mismatch): one line, exit 1
+    report = storage_sync.sync(
+        FLAGS.src, FLAGS.dst, workers=FLAGS.workers, dry_run=FLAGS.dry_run,
+        progress={"auto": None, "on": True, "off": False}[FLAGS.progress],
+        retries=FLAGS.retries, resumable_threshold=FLAGS.resumable_threshold_mb << 20,
+        chunk_size=FLAGS.chunk_size_mb << 20, state_dir=FLAGS.state_dir)
     for t in report.planned if report.dry_run else []:
         print(f"would copy {t.name} ({t.size} bytes, {t.reason})")
     print(report.summary())
@@ -52,4 +47,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)

@@ -18,7 +18,11 @@ import types
 
 from absl import app, flags
 
-from tpuflow import pretrain
+from tpuflow import cli
+
+cli.quiet_native_logs()  # before TensorFlow loads
+
+from tpuflow import pretrain  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "Raw data dir: every train/*.jpg and test/*.jpg frame")
 flags.DEFINE_string("data_tfrec_dir", None, "Or a `single` record dataset (all folds and test)")
@@ -52,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)
