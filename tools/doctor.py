@@ -33,6 +33,7 @@ flags.DEFINE_integer("model_steps", 3, "Timed model training steps")
 FLAGS = flags.FLAGS
 OK, WARN, FAIL, SKIP = "ok", "WARN", "FAIL", "skip"
 MEMORY_SHARE = 0.8  # of the available host memory a run may plan to use
+DECODED_BATCHES = 4  # after the buffer: prefetch(2), the batch being built, the one in use
 
 
 class Report:
@@ -153,21 +154,36 @@ def available_memory() -> int | None:
 
 
 def check_memory(report: Report, cfg, run_py, manifest: dict) -> None:
-    """Decoded examples held by the shuffle buffer (and by --use_cache: every training example)."""
+    """Host memory the input pipeline holds (`pipeline.train_dataset`): the shuffle buffer of
+    serialized records (at most --buffer_size and about `pipeline.SHUFFLE_BYTES` of them), a few
+    decoded float32 batches after it, and with --use_cache every serialized training record."""
     import tensorflow as tf  # noqa: PLC0415 (the tf.data side)
+
+    from tpuflow import pipeline  # noqa: PLC0415 (imports TensorFlow)
+    train_folds = [k for k in range(int(manifest["n_folds"])) if k != cfg.initial_fold]
+    train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
     first = records.record_files(cfg.data_tfrec_dir, [cfg.initial_fold])[0]
     image = run_py.parse_example(next(iter(tf.data.TFRecordDataset(first).take(1))), cfg)[0]
-    per_example = int(image.shape.num_elements()) * image.dtype.size
-    n_train = records.example_count(manifest, [k for k in range(int(manifest["n_folds"])) if k != cfg.initial_fold])
-    need = per_example * min(cfg.buffer_size, n_train) + (per_example * n_train if cfg.use_cache else 0)
+    per_example = int(image.shape.num_elements()) * 4  # float32 once batched (uint8 until then)
+    n_train = records.example_count(manifest, train_folds)
+    record_bytes = pipeline.mean_record_bytes(train_files)
+    held = max(1, min(cfg.buffer_size, n_train, pipeline.SHUFFLE_BYTES // record_bytes))
+    batch = getattr(cfg, "global_batch_size", None) or cfg.batch_size
+    buffer_bytes = held * record_bytes
+    batch_bytes = DECODED_BATCHES * batch * per_example
+    cache_bytes = sum(tf.io.gfile.stat(path).length for path in train_files) if cfg.use_cache else 0
+    need = buffer_bytes + batch_bytes + cache_bytes
     have = available_memory()
-    what = (f"{_size(per_example)} per decoded example x (shuffle buffer {cfg.buffer_size}"
-            + (f" + cache of {n_train} training examples" if cfg.use_cache else "") + f") = {_size(need)}")
+    what = (f"shuffle buffer {held} records (--buffer_size={cfg.buffer_size}, at most "
+            f"{_size(pipeline.SHUFFLE_BYTES)}) x {_size(record_bytes)} = {_size(buffer_bytes)}"
+            f" + {DECODED_BATCHES} decoded batches of {batch} x {_size(per_example)} = {_size(batch_bytes)}"
+            + (f" + --use_cache of {n_train} serialized training records = {_size(cache_bytes)}"
+               if cfg.use_cache else "") + f"; {_size(need)} in all")
     if have is None:
         report.add(SKIP, "host memory", f"{what}; cannot read the available memory here")
     elif need > MEMORY_SHARE * have:
         report.add(FAIL, "host memory", f"{what} > {MEMORY_SHARE:.0%} of the {_size(have)} available: "
-                   "lower --buffer_size or drop --use_cache")
+                   "lower --buffer_size or --batch_size, or drop --use_cache")
     else:
         report.add(OK, "host memory", f"{what} of {_size(have)} available")
 
@@ -265,16 +281,23 @@ def main(argv: list[str]) -> None:
 
 
 def _apply_experiment_defaults(argv: list[str]) -> None:
-    """The run.py's flag defaults (DEFAULTS), before flags are parsed, as its `main` does."""
+    """The run.py's flag defaults (DEFAULTS), before flags are parsed, as `experiment.main` does:
+    its relative default data paths resolve against the run.py's folder, and its outputs default
+    to that folder."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--experiment=")), None)
-    if path:
-        try:
-            run_py = load_run_py(path)
-        except OSError:
-            return  # main loads it again and names the file in one line
-        for name, value in run_py.DEFAULTS.items():
-            FLAGS.set_default(name, value)
-    FLAGS.set_default("output_dir", os.getcwd())
+    if not path:
+        FLAGS.set_default("output_dir", os.getcwd())
+        return
+    try:
+        defaults = load_run_py(path).DEFAULTS
+    except OSError:
+        return  # main loads it again and names the file in one line
+    for name, value in defaults.items():
+        FLAGS.set_default(name, value)
+    here = os.path.dirname(os.path.abspath(path))
+    FLAGS.set_default("output_dir", defaults.get("output_dir") or here)
+    for name, value in cli.script_relative({n: FLAGS[n].default for n in experiment.SCRIPT_RELATIVE}, here).items():
+        FLAGS.set_default(name, value)
 
 
 if __name__ == "__main__":

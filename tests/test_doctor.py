@@ -1,0 +1,54 @@
+"""tools/doctor.py's host-memory estimate models the pipeline (serialized records in the shuffle
+buffer, decoded batches after it, serialized records in the cache), and a run.py's relative
+default data paths resolve against its folder, as `experiment.main` resolves them."""
+import importlib.util
+import os
+
+import tensorflow as tf
+
+import tiny_experiment
+from tpuflow import experiment, pipeline, records
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _doctor():
+    spec = importlib.util.spec_from_file_location("tpuflow_doctor_tool", os.path.join(ROOT, "tools", "doctor.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+doctor = _doctor()
+
+
+def test_memory_counts_serialized_records_in_the_buffer_and_the_cache(cv_dir, single_dir, tmp_path):
+    cfg = experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(tmp_path), dim=16,
+                                 batch_size=8, buffer_size=5, use_cache=True)
+    manifest = records.read_manifest(single_dir)
+    report = doctor.Report()
+    doctor.check_memory(report, cfg, tiny_experiment, manifest)
+    (status, name, text), = report.lines
+    train = records.record_files(single_dir, [k for k in range(int(manifest["n_folds"])) if k != cfg.initial_fold])
+    record_bytes = pipeline.mean_record_bytes(train)
+    cache = sum(tf.io.gfile.stat(p).length for p in train)
+    assert name == "host memory" and status in (doctor.OK, doctor.SKIP), text
+    assert f"shuffle buffer 5 records (--buffer_size=5, at most 1.0 GiB) x {doctor._size(record_bytes)}" in text
+    assert f"{doctor.DECODED_BATCHES} decoded batches of 8 x {doctor._size(16 * 16 * 4)}" in text  # float32 1ch
+    assert f"serialized training records = {doctor._size(cache)}" in text and "--use_cache" in text
+
+
+def test_a_run_pys_relative_default_paths_resolve_against_its_folder():
+    run_py = os.path.join(ROOT, "experiments", "run-20261121-1300-cnn-1ch", "run.py")
+    names = sorted(set(doctor.load_run_py(run_py).DEFAULTS) | {"output_dir", *experiment.SCRIPT_RELATIVE})
+    saved = {n: doctor.FLAGS[n].default for n in names}
+    try:
+        doctor._apply_experiment_defaults([f"--experiment={os.path.relpath(run_py)}"])
+        assert doctor.FLAGS["data_dir"].default == os.path.join(ROOT, "data")
+        assert doctor.FLAGS["data_tfrec_dir"].default == os.path.join(ROOT, "data",
+                                                                      "data-tfrec-single-frames001-step001")
+        assert doctor.FLAGS["output_dir"].default == os.path.dirname(run_py)
+    finally:
+        for name, value in saved.items():
+            doctor.FLAGS.set_default(name, value)
