@@ -1,8 +1,8 @@
 """A tiny but real sequence experiment (frames packed three per image, a small CNN per step, then
 the mean over steps) for fast tests of sequence paths (export)."""
-import keras
+from tpuflow import experiment, models  # first, as in every run.py: picks Keras' backend, quiets TensorFlow's logs
 
-from tpuflow import experiment, models
+import keras  # noqa: E402
 
 
 def init_model(cfg):
