@@ -118,15 +118,15 @@ def simsiam_model(backbone: str, dim: int, weights: str | None = None, proj_dim:
 
 
 class SaveBackbone(keras.callbacks.Callback):
-    """Writes the backbone's weights after every epoch (atomically): a stopped run keeps the last."""
+    """Writes the backbone's weights after every epoch (`storage.save_weights`: atomically, a full
+    disk named before writing): a stopped run keeps the last."""
 
     def __init__(self, net: keras.Model, path: str):
         super().__init__()
         self.net, self.path = net, path
 
     def on_epoch_end(self, epoch, logs=None):
-        with storage.atomic_path(self.path) as tmp:
-            self.net.save_weights(tmp)
+        storage.save_weights(self.net, self.path)
 
 
 def pretrain(cfg) -> dict:
