@@ -95,3 +95,52 @@ def test_sequence_classification_ensemble_matches_the_runner(cv_dir, history_dir
     runner = np.mean([np.load(run_dir / "preds" / f"y_pred_test_fold_{k}_tta_{t}.npy") @ labels
                       for k in range(2) for t in range(3)], axis=0)
     np.testing.assert_allclose(served, runner, rtol=1e-4, atol=1e-3)
+
+
+class _FakeArchive:
+    def __init__(self, text):
+        self.text = text
+
+    def write_out(self, path, verbose=False):
+        os.makedirs(path)
+        with open(os.path.join(path, "saved_model.pb"), "w") as f:
+            f.write(self.text)
+
+
+def test_export_dir_is_replaced_whole_with_its_info_and_restored_if_the_rename_fails(tmp_path, monkeypatch):
+    target = tmp_path / "serving"
+    export._write(_FakeArchive("old"), {"folds": [0]}, str(target))
+    assert (target / "saved_model.pb").read_text() == "old"
+    assert json.load(open(target / export.EXPORT_INFO)) == {"folds": [0]}  # written before the rename
+    export._write(_FakeArchive("new"), {"folds": [0, 1]}, str(target))
+    assert (target / "saved_model.pb").read_text() == "new"
+    assert json.load(open(target / export.EXPORT_INFO)) == {"folds": [0, 1]}
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if str(dst) == str(target) and os.path.basename(src) == "model":
+            raise OSError(28, "No space left on device", str(dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError):
+        export._write(_FakeArchive("newer"), {"folds": [1]}, str(target))
+    assert (target / "saved_model.pb").read_text() == "new"  # the earlier export is back
+    assert sorted(os.listdir(tmp_path)) == ["serving"]  # no temporaries left
+
+
+class _FakeTree(_FakeArchive):
+    def write_out(self, path, verbose=False):
+        super().write_out(path, verbose)
+        os.makedirs(os.path.join(path, "variables"))
+        with open(os.path.join(path, "variables", f"{self.text}.data"), "w") as f:
+            f.write(self.text)
+
+
+def test_gs_export_dir_is_overwritten_and_stale_files_deleted(gcs_emulator):
+    from tpuflow import storage
+    target = gcs_emulator.create_bucket() + "/serving"
+    export._write(_FakeTree("old"), {"folds": [0]}, target)
+    export._write(_FakeTree("new"), {"folds": [1]}, target)
+    assert sorted(storage.list_files(target)) == sorted([export.EXPORT_INFO, "saved_model.pb", "variables/new.data"])
+    assert storage.read_json(storage.join(target, export.EXPORT_INFO)) == {"folds": [1]}

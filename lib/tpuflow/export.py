@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tpuflow import augment, records, run_record, runner, storage
 
+EXPORT_INFO = "tpuflow_export.json"  # what was exported (run, folds, views, input), inside the export dir
 
 def load_run(run_dir: str, run_py: str | None = None) -> tuple[types.SimpleNamespace, types.ModuleType, dict]:
     """(the run's resolved configuration, its experiment module, its record) from a run dir.
@@ -77,7 +78,9 @@ def _view(x: tf.Tensor, name: str) -> tf.Tensor:
 def export_run(run_dir: str, export_dir: str, folds: list[int] | None = None, views: list[str] | None = None,
                run_py: str | None = None) -> dict:
     """Writes the SavedModel of `folds` (default: every fold of the run) with TTA `views` (default:
-    the run's) to `export_dir` (replaced atomically); returns what was exported."""
+    the run's) to `export_dir`, with what was exported in `EXPORT_INFO` beside it; returns that.
+    A failed export leaves an earlier one intact; a local `export_dir` is replaced by a rename, a
+    gs:// one file by file (see `_write`)."""
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(f"export needs the TensorFlow backend (KERAS_BACKEND=tensorflow), not "
                            f"{keras.backend.backend()!r}: a SavedModel is a TensorFlow format")
@@ -115,31 +118,51 @@ def export_run(run_dir: str, export_dir: str, folds: list[int] | None = None, vi
     for model in fold_models:
         archive.track(model)
     archive.add_endpoint(name="serve", fn=serve, input_signature=[signature])
-    _write(archive, export_dir)
     info = {"run_dir": run_dir, "folds": folds, "views": views, "checkpoints": checkpoints, "kind": kind,
             "input": signature.shape.as_list(), "task": cfg.task}
-    storage.write_json(storage.join(export_dir, "tpuflow_export.json"), info)
+    _write(archive, info, export_dir)
     return info
 
 
-def _write(archive, export_dir: str) -> None:
-    """Writes the SavedModel to a temporary dir first: a failed export leaves an earlier one intact."""
+def _write(archive, info: dict, export_dir: str) -> None:
+    """Writes the SavedModel and its `EXPORT_INFO` to a local temporary dir first, so a failed
+    export leaves an earlier one intact, then puts it in place:
+
+    - local: the old dir is moved aside and the new one renamed in (the old one is put back if that
+      rename fails, and deleted once it succeeds);
+    - gs://: Cloud Storage has no rename of a prefix, so the files are uploaded over `export_dir`
+      (`storage.sync`: checksum-verified, unchanged files skipped), then objects of an earlier
+      export that the new one lacks are deleted. Not atomic: a reader during the upload can see a
+      mix of old and new files.
+    """
     if storage.is_gcs(export_dir):
         with tempfile.TemporaryDirectory() as tmp:
-            archive.write_out(os.path.join(tmp, "model"), verbose=False)
-            storage.sync(os.path.join(tmp, "model"), export_dir)
+            model = os.path.join(tmp, "model")
+            archive.write_out(model, verbose=False)
+            storage.write_json(os.path.join(model, EXPORT_INFO), info)
+            storage.sync(model, export_dir)
+            stale = set(storage.list_files(export_dir)) - set(storage.list_files(model))
+        for name in sorted(stale):
+            storage.remove(storage.join(export_dir, name))
         return
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        archive.write_out(os.path.join(tmp, "model"), verbose=False)
+        model = os.path.join(tmp, "model")
+        archive.write_out(model, verbose=False)
+        storage.write_json(os.path.join(model, EXPORT_INFO), info)
         old = None
         if os.path.exists(export_dir):
             old = tmp + "-old"
             os.rename(export_dir, old)
-        os.rename(os.path.join(tmp, "model"), export_dir)
+        try:
+            os.rename(model, export_dir)
+        except OSError:
+            if old:
+                os.rename(old, export_dir)  # the earlier export back in place
+            raise
         if old:
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
