@@ -194,7 +194,8 @@ def _free_port() -> int:
 def test_two_jax_processes_train_one_model_and_predict_every_example_once(cv_dir, single_dir, tmp_path):
     """Two hosts on 127.0.0.1 (JAX's multi-process CPU collectives), one CPU device each: one
     data-parallel model, each host reading its share of the shards; both hosts end with the same
-    weights and the predictions of a single-process run of the same checkpoint."""
+    weights and the predictions of a single-process run of the same checkpoint. They share one
+    --output_dir: host 0 writes (and locks) it, host 1 writes its copy under it, never the same files."""
     port = _free_port()
     procs = []
     for index in range(2):
@@ -203,14 +204,15 @@ def test_two_jax_processes_train_one_model_and_predict_every_example_once(cv_dir
         procs.append(subprocess.Popen(
             [sys.executable, TINY, "--backend=jax", "--distributed", "--job=train_val", "--n_folds=1", "--n_epochs=1",
              "--steps_per_epoch=2", "--buffer_size=64", "--tta_number=1", "--batch_size=6", f"--data_dir={cv_dir}", f"--data_tfrec_dir={single_dir}",
-             f"--output_dir={tmp_path / f'host{index}'}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+             f"--output_dir={tmp_path / 'run'}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=env))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
         assert "Backend jax (--backend=jax): 2 CPU device(s) in 2 process(es) (DataParallel)" in log
         assert "global batch 6 = 3 per device" in log
-    host0, host1 = tmp_path / "host0", tmp_path / "host1"
+    host0, host1 = tmp_path / "run", tmp_path / "run" / "host_1"
+    assert (host0 / "record.json").exists() and (host1 / "record.json").exists()
     ids = records.read_ids(records.record_files(single_dir, [0])).tolist()
     assert len(ids) % 6  # the last global batch is padded
     for t in (0, 1):

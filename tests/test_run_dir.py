@@ -210,9 +210,13 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
     checkpoints = sorted(p.name for p in out.glob("model-best-f0-*"))
     record_before = (out / "record.json").read_bytes()
     with pytest.raises(experiment.cli.UsageError, match=rf"--output_dir={out} holds a CV over folds \[0, 1, 2, 3, 4\]; "
-                                                        r"retraining folds \[0\] alone with --lr=0.01 \(trained "
-                                                        r"with 0.001\) would leave"):
+                                                        r"redoing folds \[0\] \(train\+val\) alone with --lr=0.01 "
+                                                        r"\(trained with 0.001\) would leave"):
         _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val", lr=0.01))
+    preds_before = {p.name: p.read_bytes() for p in (out / "preds").iterdir()}
+    with pytest.raises(experiment.cli.UsageError, match=r"redoing folds \[0\] \(val\) alone with --lr=0.01"):
+        _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="val", lr=0.01))  # predictions would mix too
+    assert {p.name: p.read_bytes() for p in (out / "preds").iterdir()} == preds_before
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
     assert (out / "record.json").read_bytes() == record_before
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val"))  # same settings: resumes (nothing to do)
@@ -282,3 +286,12 @@ def test_injected_enospc_while_saving_predictions_names_the_file(cv_dir, single_
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val_test"))  # resumes: test predictions only
     assert (out / "preds" / "y_pred_test_fold_0_tta_0.npy").exists()
     assert np.load(out / "preds" / "ids_test.npy").size
+
+
+def test_quick_run_goes_to_a_temporary_dir_with_a_batch_every_device_count_divides(tmp_path):
+    cfg = experiment.make_config(quick=True)
+    assert os.path.basename(cfg.output_dir).startswith("tpuflow-quick-") and os.path.isdir(cfg.output_dir)
+    assert (cfg.batch_size, cfg.batch_size_per_replica) == (4, True)  # 4 per device, on any number of devices
+    os.rmdir(cfg.output_dir)
+    cfg = experiment.make_config(quick=True, output_dir=str(tmp_path / "run"), batch_size=6)
+    assert (cfg.output_dir, cfg.batch_size, cfg.batch_size_per_replica) == (str(tmp_path / "run"), 6, False)

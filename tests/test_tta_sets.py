@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tiny_experiment
-from tpuflow import augment, ensemble_data, experiment, run_record
+from tpuflow import augment, ensemble_data, experiment, run_record, scoring
 
 
 def _view(x, name):
@@ -101,3 +101,13 @@ def test_ensemble_names_say_the_view_and_refuse_unnamed_indices(d4_run, cv_dir, 
     (tmp_path / "preds" / "tta_views.json").write_text(json.dumps({"views": ["orig", "flip_lr"]}))
     with pytest.raises(ValueError, match="names 2 TTA views, but .* holds TTA 0..7"):
         ensemble_data.load_inputs(cv_dir, [str(tmp_path)])
+
+
+def test_a_run_that_predicted_fewer_views_keeps_its_whole_set(tmp_path):
+    """A --quick or --tta_number=3 run records the set it took its views from, so a later run in
+    that dir without --tta gets as many views of that set as it asks for, not only those."""
+    scoring.record_views(str(tmp_path / "preds"), ["orig"], augment.D4_VIEWS)
+    cfg = experiment.make_config(output_dir=str(tmp_path), tta_number=9)
+    assert cfg.tta_views == list(augment.D4_VIEWS) and cfg.tta_number == 7
+    cfg = experiment.make_config(output_dir=str(tmp_path), tta_number=2)
+    assert cfg.tta_views == ["orig", "flip_lr", "flip_ud"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import types
 from typing import Callable
 
@@ -90,8 +91,9 @@ flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0: trainin
 flags.DEFINE_integer("lr_patience", 2, "Epochs without improvement before the LR is reduced")
 flags.DEFINE_float("lr_factor", 0.5, "LR reduction factor on plateau")
 flags.DEFINE_integer("seed", 33, "Seed for shuffling and initialisation")
-flags.DEFINE_boolean("quick", False, "Smoke run in seconds: 1 fold, 1 epoch of 2 steps, 32 px images, no TTA "
-                     "(unless those flags are given), tiny batches; its CV means nothing")
+flags.DEFINE_boolean("quick", False, "Smoke run in seconds: 1 epoch of 2 steps, a 64-record buffer; 1 fold, 32 px, "
+                     "no TTA, 4 examples per device and a new temporary run dir unless those flags are given; "
+                     "its CV means nothing")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent "
                      "(default: 1 on a terminal, 2 when output goes to a file or pipe)")
 
@@ -113,7 +115,7 @@ cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing
 
 import tensorflow as tf  # noqa: E402  (after --help)
 
-from tpuflow import augment, mixup, records, run_record, runner, scoring  # noqa: E402
+from tpuflow import augment, hosts, mixup, records, run_record, runner, runtime, scoring  # noqa: E402
 
 Config = types.SimpleNamespace
 QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
@@ -142,20 +144,26 @@ def make_config(**overrides) -> Config:
     if cfg.quick:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
         asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
         cfg.n_epochs, cfg.steps_per_epoch, cfg.buffer_size = 1, 2, 64
-        cfg.batch_size = min(cfg.batch_size, 4 * cfg.cpu_replicas)
+        if "batch_size" not in asked:  # 4 per device, so that any number of devices divides it
+            cfg.batch_size, cfg.batch_size_per_replica = 4, True
         quick = {"n_folds": 1, "tta_number": 0, "dim": min(cfg.dim, QUICK_DIM)}  # unless asked for
         asked |= {"tta_number"} if "tta" in asked else set()  # a TTA set asked for: all its views
         for name, value in quick.items():
             if name not in asked:
                 setattr(cfg, name, value)
+        if "output_dir" not in asked:  # a smoke run never writes into the experiment's real run dir
+            name = os.path.basename(os.path.abspath(cfg.output_dir or "."))
+            cfg.output_dir = tempfile.mkdtemp(prefix=f"tpuflow-quick-{name}-")
     if cfg.verbose is None:  # progress bars only where a terminal redraws them
         cfg.verbose = 1 if sys.stdout.isatty() else 2
     cfg.output_dir = cfg.output_dir or "."
     cfg.experiment_id = os.path.basename(os.path.abspath(cfg.output_dir))
     cfg.data_preds_dir = cfg.data_preds_dir or storage.join(cfg.output_dir, "preds")
-    # TTA index t -> view name; without --tta, the views the predictions dir was made with.
-    recorded = scoring.read_views(cfg.data_preds_dir)
-    cfg.tta_views = list(augment.tta_views(cfg.tta or (",".join(recorded) if recorded else "ref"), cfg.tta_number))
+    # TTA index t -> view name: the first tta_number + 1 views of the set; without --tta, the set
+    # the predictions dir was made with (whatever number of its views a run predicted).
+    recorded = scoring.read_view_set(cfg.data_preds_dir)
+    cfg.tta_set = list(augment.tta_views(cfg.tta or (",".join(recorded) if recorded else "ref")))
+    cfg.tta_views = cfg.tta_set[: cfg.tta_number + 1]
     cfg.tta_number = len(cfg.tta_views) - 1
     return cfg
 
@@ -231,9 +239,16 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
     The run holds its run dir's lock throughout (`tpuflow.lock`). A run that fails or is
     interrupted after it started leaves its record marked `failed`.
     """
-    with lock.RunLock(cfg.output_dir):  # a second run on this run dir fails here, naming this one
+    if cfg.distributed and backend.chosen == "jax":
+        runtime.start_hosts()  # before the lock: which host this is decides the run dir
+        host, n_hosts = hosts.process_info()
+        if host:  # host 0 writes the run dir; host k the same outputs under it, never the same files
+            preds_default = cfg.data_preds_dir == storage.join(cfg.output_dir, "preds")
+            cfg.output_dir = storage.join(cfg.output_dir, f"host_{host}")
+            cfg.data_preds_dir = storage.join(cfg.output_dir, "preds") if preds_default else cfg.data_preds_dir
+    with lock.RunLock(cfg.output_dir) as held:  # a second run on this run dir fails here, naming this one
         try:
-            return runner.run_jobs(cfg, init_model, parse_example)
+            return runner.run_jobs(cfg, init_model, parse_example, check_lock=held.check)
         except BaseException as err:
             explained = runner.explain_error(cfg, err)
             try:

@@ -30,8 +30,8 @@ STATE = "state.json"
 DONE = "done.json"
 # Settings that do not change what a fold's training produces: a run may change them and resume.
 NOT_FINGERPRINTED = frozenset({
-    "job", "jobs", "verbose", "resume", "output_dir", "experiment_id", "data_preds_dir", "tta_number", "tta", "tta_views",
-    "n_folds", "initial_fold", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "cpu_replicas",
+    "job", "jobs", "verbose", "resume", "output_dir", "experiment_id", "data_preds_dir",
+    "tta_number", "tta", "tta_views", "tta_set", "n_folds", "initial_fold", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "cpu_replicas",
     "steps_per_execution", "jit_compile", "backend", "distributed"})  # backups cross backends
 
 

@@ -274,6 +274,18 @@ def get_runtime(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tpu
 _JAX_KINDS = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
 
 
+_hosts_started = False
+
+
+def start_hosts() -> None:
+    """`keras.distribution.initialize()` once per process: JAX's multi-host start-up (on Cloud TPU it
+    finds the other hosts itself, elsewhere from KERAS_DISTRIBUTION_* variables)."""
+    global _hosts_started
+    if not _hosts_started:
+        keras.distribution.initialize()
+        _hosts_started = True
+
+
 def jax_placement(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tpu_fallback: bool = False,
                   distributed: bool = False) -> Placement:
     """Data parallelism over every device JAX sees (TPU cores, GPUs, or CPU devices; all hosts of
@@ -286,7 +298,7 @@ def jax_placement(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, t
     """
     import jax  # noqa: PLC0415 (only under the jax backend)
     if distributed:
-        keras.distribution.initialize()
+        start_hosts()
     with contextlib.suppress(RuntimeError):  # TF feeds tf.data on the CPU only; JAX owns the accelerators
         tf.config.set_visible_devices([], "GPU")
     if cpu_replicas > 1:

@@ -33,6 +33,16 @@ def read_views(preds_dir: str) -> list[str] | None:
     return list(storage.read_json(path)["views"]) if storage.exists(path) else None
 
 
+def read_view_set(preds_dir: str) -> list[str] | None:
+    """The whole TTA set the recorded views were taken from (a run may have predicted only its
+    first views: `--tta_number`, `--quick`); None without a record."""
+    path = views_path(preds_dir)
+    if not storage.exists(path):
+        return None
+    recorded = storage.read_json(path)
+    return list(recorded.get("set") or recorded["views"])
+
+
 def check_views(preds_dir: str, views) -> None:
     """Refuses predictions whose TTA index would mean another view than in `views`."""
     recorded = read_views(preds_dir)
@@ -43,12 +53,14 @@ def check_views(preds_dir: str, views) -> None:
                          "another --data_preds_dir (or --output_dir), or the recorded --tta")
 
 
-def record_views(preds_dir: str, views) -> None:
-    """Records the views before predictions are written (extending a shorter, agreeing record)."""
+def record_views(preds_dir: str, views, view_set) -> None:
+    """Records the views (and the set they are the first of) before predictions are written,
+    extending a shorter, agreeing record."""
     check_views(preds_dir, views)
     recorded = read_views(preds_dir) or []
-    if len(views) > len(recorded):
-        storage.write_json(views_path(preds_dir), {"views": list(views)})
+    if len(views) > len(recorded) or read_view_set(preds_dir) != list(view_set):
+        storage.write_json(views_path(preds_dir), {"views": list(views) if len(views) > len(recorded) else recorded,
+                                                   "set": list(view_set)})
 
 
 def to_values(pred: np.ndarray, unique_labels: np.ndarray | None = None) -> np.ndarray:
