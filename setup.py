@@ -1,6 +1,9 @@
 """Installable tpuflow library (src layout: the package lives in lib/)."""
 from setuptools import find_packages, setup
 
+TF = "tensorflow>=2.18,<2.22"
+JAX = "jax>=0.5"
+
 setup(
     name="tpuflow",
     version="0.1.0",
@@ -8,9 +11,10 @@ setup(
     package_dir={"": "lib"},
     packages=find_packages("lib"),
     python_requires=">=3.10",
+    # TensorFlow comes from an extra: a TPU VM needs `tensorflow-cpu` next to `jax[tpu]` (the plain
+    # wheel would try to open the TPU that JAX owns), the legacy TPUStrategy path `tensorflow-tpu`.
     install_requires=[
-        # 2.20 must keep working: it is the newest tensorflow-tpu release.
-        "tensorflow>=2.18,<2.22",
+        "keras>=3.8",
         "numpy",
         "pandas",
         "absl-py",
@@ -22,10 +26,18 @@ setup(
         "google-crc32c",
     ],
     extras_require={
-        "test": ["pytest", "gcp-storage-emulator", "mitmproxy>=11"],
+        # Laptop / CPU machine / CI: TensorFlow (2.20 must keep working: the newest tensorflow-tpu)
+        # and CPU JAX, so that both Keras backends run. jax >= 0.12 needs Python 3.12; pip picks
+        # the newest release this Python supports.
+        "cpu": [TF, JAX],
+        "test": [TF, JAX, "pytest", "gcp-storage-emulator", "mitmproxy>=11"],
         # Documented, not installed here (see README):
-        "tpu": ["tensorflow-tpu", "libtpu"],
-        "gpu": ["tensorflow[and-cuda]>=2.18,<2.22"],
+        # TPU VM (Kaggle, Cloud TPU v4/v5e/v6e, TPU7x): Keras on JAX owns the TPU, TF only feeds tf.data.
+        "tpu": ["jax[tpu]>=0.5", "tensorflow-cpu>=2.18,<2.22"],
+        # Legacy TPUStrategy (TPU v2-v5 with a TF/libtpu pairing; tensorflow-tpu stops at 2.20).
+        "tpu-tf": ["tensorflow-tpu>=2.18,<=2.20", "libtpu"],
+        "gpu": ["tensorflow[and-cuda]>=2.18,<2.22"],  # CUDA GPUs, TensorFlow backend
+        "gpu-jax": ["jax[cuda12]>=0.5", "tensorflow-cpu>=2.18,<2.22"],  # CUDA GPUs, JAX backend
         "efficientnet": ["efficientnet"],
     },
 )

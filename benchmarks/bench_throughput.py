@@ -27,13 +27,13 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import time
 
-import keras
-import tensorflow as tf
-from absl import app, flags
+from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
+from tpuflow.throughput import input_rate, model_rate
 
-from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic
+import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("kinds", ["single", "stacked:s2", "mean:s2", "sequence:n6:s1"], "Dataset kinds to measure")
@@ -47,6 +47,7 @@ flags.DEFINE_integer("model_steps", 5, "Timed model training steps per kind (aft
 flags.DEFINE_string("mixed_precision", None, "Model precision: mixed_float16, mixed_bfloat16, auto or None")
 flags.DEFINE_string("profile", None, "Directory for a TensorBoard trace of a few batches and steps")
 flags.DEFINE_string("work_dir", None, "Where to write the temporary records (default: system temp)")
+flags.DEFINE_enum("backend", "auto", ["auto", "jax", "tensorflow"], "Keras backend (applied before Keras loads)")
 flags.DEFINE_integer("storms", 12, "Synthetic storms (20-40 frames each)")
 flags.DEFINE_integer("buffer", 2048, "Shuffle buffer (the experiments' default --buffer_size)")
 
@@ -103,25 +104,6 @@ def build_model(spec: frames.DatasetSpec, dim: int, backbone: str) -> keras.Mode
     return keras.Model(inputs, models.head(x, "regression"))
 
 
-def input_rate(ds: tf.data.Dataset, batches: int, batch_size: int) -> float:
-    """Examples/s drawn from `ds` after one warm-up batch (fills buffers, traces the maps)."""
-    it = iter(ds)
-    next(it)
-    started = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    return batches * batch_size / (time.perf_counter() - started)
-
-
-def model_rate(model: keras.Model, batch: tuple, steps: int, batch_size: int) -> float:
-    """Training examples/s of `model` on one batch held in memory (no input work), after warm-up."""
-    data = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # traces and compiles the step
-    started = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    return steps * batch_size / (time.perf_counter() - started)
-
-
 def make_records(work: str, specs: list[frames.DatasetSpec], size: int) -> dict:
     """Synthetic storms -> CV split -> records of every kind; {spec: training files}."""
     raw = os.path.join(work, "raw")
@@ -135,10 +117,11 @@ def make_records(work: str, specs: list[frames.DatasetSpec], size: int) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     specs = [frames.DatasetSpec.parse(k) for k in FLAGS.kinds]
-    strategy = runtime.get_strategy()
-    precision = runtime.set_precision(FLAGS.mixed_precision, strategy)
-    batch = runtime.global_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync, per_replica=False)
+    placement = runtime.get_runtime()  # Keras' backend: --backend or KERAS_BACKEND
+    precision = runtime.set_precision(FLAGS.mixed_precision, placement)
+    batch = runtime.global_batch_size(FLAGS.batch_size, placement.replicas, per_replica=False)
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' work slows both figures)")
+    print(runtime.describe(placement, precision, batch))
     print(f"model: {FLAGS.backbone} at {FLAGS.dim} px, batch {batch}, {precision}; input: {FLAGS.size} px "
           f"frames resized to {FLAGS.dim}, aug_prob {FLAGS.aug_prob}")
     with tempfile.TemporaryDirectory(dir=FLAGS.work_dir) as work:
@@ -159,7 +142,7 @@ def main(argv: list[str]) -> None:
             if FLAGS.model_steps <= 0:
                 print(f"kind={spec} input={data_rate:.1f} ex/s (model not measured: --model_steps=0)", flush=True)
                 continue
-            with strategy.scope():
+            with placement.scope():
                 model = build_model(spec, FLAGS.dim, FLAGS.backbone)
                 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
             one_batch = next(iter(ds))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jax_env
 from tpuflow import builder, experiment, frames, run_record, runner, scoring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,18 +37,23 @@ def test_there_are_experiments_of_every_kind():
     assert kinds == set(frames.KINDS)
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 @pytest.mark.parametrize("run_py", RUN_FILES, ids=_name)
-def test_experiment_runs_every_job_quickly(run_py, cv_dir, kind_dirs, tmp_path):
+def test_experiment_runs_every_job_quickly(run_py, backend, cv_dir, kind_dirs, tmp_path):
+    """The same run.py, unchanged, under either Keras backend (picked by --backend before Keras
+    loads; the environment says the other one, so the flag must win)."""
     defaults = load_experiment(run_py).DEFAULTS
     out = tmp_path / _name(run_py)
     cmd = [sys.executable, run_py, "--job=train_val_test_score_subm", "--quick", f"--data_dir={cv_dir}",
            f"--data_tfrec_dir={kind_dirs[defaults['dataset_kind']]}", f"--output_dir={out}", "--dim=32",
-           "--weights=None", "--n_folds=1", "--tta_number=1"]
-    if _name(run_py) != DEFAULT_BACKBONE_RUN:
+           "--weights=None", "--n_folds=1", "--tta_number=1", f"--backend={backend}"]
+    if _name(run_py) != DEFAULT_BACKBONE_RUN or backend != "tensorflow":  # EfficientNetB0: once is enough
         cmd.append("--backbone=MobileNetV3Small")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    other = "jax" if backend == "tensorflow" else "tensorflow"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=jax_env.env({**ENV, "KERAS_BACKEND": other}, backend))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CV rmse" in proc.stdout
+    assert f"Backend {backend} (--backend={backend})" in proc.stdout
     assert "2/2 - " in proc.stdout  # not a terminal: one line per epoch, not a progress bar
     fmt = pd.read_csv(os.path.join(cv_dir, "submission_format.csv"))
     sub = pd.read_csv(out / f"{out.name}.csv")
@@ -58,6 +64,7 @@ def test_experiment_runs_every_job_quickly(run_py, cv_dir, kind_dirs, tmp_path):
     assert record["model"]["architecture"] == defaults["architecture"]
     assert record["dataset"]["kind"] == defaults["dataset_kind"]
     assert record["folds"]["0"]["epochs"] == 1
+    assert record["runtime"]["backend"] == backend and record["versions"]["jax"]
     assert record["run_py"]["source"] == open(run_py).read()
     assert (out / "curves" / "fold_0.csv").exists() and (out / "curves" / "fold_0.png").exists()
 

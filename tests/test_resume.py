@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jax_env
 import keras
 import tiny_experiment
 from tpuflow import experiment, records, resume, run_record, runner
@@ -24,10 +25,10 @@ SETTINGS = dict(job="train_val", n_folds=2, n_epochs=EPOCHS, steps_per_epoch=30,
                 dim=16, batch_size=8, weights=None)  # dim/batch_size/weights: tiny_experiment's defaults
 
 
-def _command(cv_dir, single_dir, out):
+def _command(cv_dir, single_dir, out, backend):
     flags = [f"--{k}={v}" for k, v in SETTINGS.items() if k not in ("dim", "batch_size", "weights")]
     return [sys.executable, os.path.join(HERE, "tiny_experiment.py"), f"--data_dir={cv_dir}",
-            f"--data_tfrec_dir={single_dir}", f"--output_dir={out}", *flags]
+            f"--data_tfrec_dir={single_dir}", f"--output_dir={out}", f"--backend={backend}", *flags]
 
 
 def _state(out, fold):
@@ -51,15 +52,18 @@ def _outputs(out):
     return shapes, ids, ckpts
 
 
-@pytest.fixture(scope="module")
-def killed_and_resumed(cv_dir, single_dir, tmp_path_factory):
-    """Runs the command, SIGKILLs it once fold 1 has a backup of epoch >= 1, re-runs it."""
-    root = tmp_path_factory.mktemp("preempt")
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def killed_and_resumed(request, cv_dir, single_dir, tmp_path_factory):
+    """Runs the command under each Keras backend, SIGKILLs it once fold 1 has a backup of epoch >= 1,
+    re-runs it. (The in-process checks below run under TensorFlow: after JAX, they also show that
+    backups and checkpoints cross backends.)"""
+    backend = request.param
+    root = tmp_path_factory.mktemp(f"preempt_{backend}")
     out = str(root / "run")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
-        [os.path.join(os.path.dirname(HERE), "lib"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(_command(cv_dir, single_dir, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    env = jax_env.env({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
+        [os.path.join(os.path.dirname(HERE), "lib"), os.environ.get("PYTHONPATH", "")])}, backend)
+    proc = subprocess.Popen(_command(cv_dir, single_dir, out, backend), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     state = None
     while proc.poll() is None:
         state = _state(out, 1)
@@ -74,8 +78,9 @@ def killed_and_resumed(cv_dir, single_dir, tmp_path_factory):
     killed_at = state["epochs_done"]
     snapshot = str(root / "snapshot")
     shutil.copytree(out, snapshot)  # the killed run's files, for the corrupt-backup test
-    again = subprocess.run(_command(cv_dir, single_dir, out), capture_output=True, text=True, env=env)
+    again = subprocess.run(_command(cv_dir, single_dir, out, backend), capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"Backend {backend} (--backend={backend})" in first_log and f"Backend {backend}" in again.stdout
     return out, snapshot, killed_at, first_log, again.stdout
 
 

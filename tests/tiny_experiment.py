@@ -1,7 +1,6 @@
 """A tiny but real experiment (small CNN on `single` records) for fast runner tests."""
-import keras
-
-from tpuflow import experiment, models
+from tpuflow import experiment, models  # first: tpuflow picks Keras' backend (--backend)
+import keras  # noqa: E402,I001
 
 
 def init_model(cfg):

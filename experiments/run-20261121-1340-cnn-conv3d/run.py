@@ -7,9 +7,8 @@ Usage:
     python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
     python run.py --job=score_subm --tta_number=9      # from cached predictions
 """
-import keras
-
 from tpuflow import experiment, models
+import keras  # after tpuflow, which picks Keras' backend (--backend)
 
 DEFAULTS = dict(
     architecture="cnn-conv3d", dataset_kind="sequence",

@@ -18,10 +18,17 @@ import sys
 import types
 from typing import Callable
 
-import tensorflow as tf
-from absl import app, flags
+from tpuflow import backend
 
-from tpuflow import frames, records, run_record, runner, storage
+try:  # a bad --backend or KERAS_BACKEND is named here, before Keras loads (and fails on it)
+    backend.require()
+except backend.BackendError as _err:
+    raise SystemExit(f"ERROR: {_err}") from None
+
+import tensorflow as tf  # noqa: E402 (after the backend check)
+from absl import app, flags  # noqa: E402
+
+from tpuflow import frames, records, run_record, runner, storage  # noqa: E402
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 TASKS = ("regression", "classification")
@@ -29,6 +36,10 @@ TASKS = ("regression", "classification")
 FLAGS = flags.FLAGS
 _EARLIER_FLAGS = set(FLAGS)
 flags.DEFINE_string("job", "train_val_test_score_subm", "Words joined by '_' from " + ", ".join(JOB_WORDS))
+flags.DEFINE_enum("backend", "auto", list(backend.CHOICES), "Keras backend: auto (KERAS_BACKEND if set, else JAX "
+                  "where JAX sees a TPU, else TensorFlow), jax or tensorflow; applied before Keras is imported")
+flags.DEFINE_boolean("distributed", False, "Multi-host (JAX): keras.distribution.initialize() joins the slice's "
+                     "hosts; each host reads its share of the training shards")
 flags.DEFINE_string("tpu_ip_or_name", None, "TPU name, grpc:// address or 'local' (TPU VM); None: GPUs or CPU")
 flags.DEFINE_boolean("tpu_fallback", False, "If the TPU cannot be reached, warn and run on the GPUs/CPU instead of failing")
 flags.DEFINE_float("tpu_timeout_s", 10.0, "Seconds each TPU network step (address, metadata server, TPU API) may take")

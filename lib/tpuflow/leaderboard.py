@@ -23,7 +23,7 @@ LEAD_COLUMNS = ("experiment_id", "LB_private", "LB_public", "CV_tta", "CV_no_tta
 COLUMNS = ("task", "architecture", "resolution", "channels", "inverted", "kind", "n_frames", "step",
            "hist_depth", "backbone", "weights", "batch_size", "lr", "max_epochs", "aug_prob",
            "tta_number", "description", "status", "dataset", "n_params", "replicas", "device",
-           "wall_time_s", "updated", "run_dir")
+           "backend", "precision", "wall_time_s", "updated", "run_dir")
 # What the terminal table shows (the CSV has everything).
 SHOWN = ("experiment_id", "status", "LB_private", "LB_public", "CV_tta", "CV_no_tta", "architecture",
          "backbone", "kind", "hist_depth", "resolution", "epochs")
@@ -74,6 +74,7 @@ def record_row(path: str, record: dict) -> dict:
         "tta_number": cv.get("tta_number", flags.get("tta_number")), "description": record["description"],
         "status": record["status"], "dataset": dataset.get("spec"), "n_params": model.get("n_params"),
         "replicas": (record["runtime"] or {}).get("replicas"), "device": (record["runtime"] or {}).get("device"),
+        "backend": (record["runtime"] or {}).get("backend"), "precision": (record["runtime"] or {}).get("precision"),
         "wall_time_s": record["timings"].get("total"), "updated": record["updated"],
         "run_dir": path.rsplit("/", 1)[0],
     })

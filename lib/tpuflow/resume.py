@@ -32,7 +32,7 @@ DONE = "done.json"
 NOT_FINGERPRINTED = frozenset({
     "job", "jobs", "verbose", "resume", "output_dir", "experiment_id", "data_preds_dir", "tta_number",
     "n_folds", "initial_fold", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "cpu_replicas",
-    "steps_per_execution", "jit_compile"})
+    "steps_per_execution", "jit_compile", "backend", "distributed"})  # backups cross backends
 
 
 def fold_dir(output_dir: str, fold: int) -> str:
@@ -132,7 +132,7 @@ class FoldBackup(keras.callbacks.Callback):
         if not self.cfg.resume or not storage.exists(state_path):
             clear_backup(self.dir)
             return 0
-        before = model.get_weights(), [v.numpy() for v in model.optimizer.variables]
+        before = model.get_weights(), [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
         try:
             state = self._load(state_path, model)
         except CorruptBackup as err:
@@ -206,7 +206,7 @@ class FoldBackup(keras.callbacks.Callback):
         with storage.atomic_path(weights_path) as tmp:
             self.model.save_weights(tmp)
         buf = io.BytesIO()
-        np.savez(buf, **{f"v{i}": v.numpy() for i, v in enumerate(self.model.optimizer.variables)})
+        np.savez(buf, **{f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.optimizer.variables)})
         storage.write_bytes(optimizer_path, buf.getvalue())
         callbacks = {name: {a: _plain(getattr(cb, a)) for a in attrs} for name, (cb, attrs) in self.tracked.items()}
         storage.write_json(storage.join(self.dir, STATE), {

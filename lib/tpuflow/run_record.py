@@ -177,11 +177,10 @@ class RunRecord:
         self.record["updated"] = _now()
         write_record(self.path, self.record)
 
-    def set_model(self, model, strategy) -> None:
-        """Model and hardware facts (a keras.Model built under a tf.distribute.Strategy)."""
+    def set_model(self, model, placement) -> None:
+        """Model and hardware facts (a keras.Model built for a `runtime.Placement`)."""
         import keras  # noqa: PLC0415 (see module docstring)
-        import tensorflow as tf  # noqa: PLC0415
-        from tpuflow import models  # noqa: PLC0415
+        from tpuflow import backend, models, runtime  # noqa: PLC0415
         cfg = self.cfg
         if "train" in cfg.jobs:  # now with what the strategy resolved (global batch, scaled LR, ...)
             self.record["flags"] = _json_safe(vars(cfg))
@@ -189,12 +188,13 @@ class RunRecord:
             "architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
             "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params()),
         }
-        device = next((d for d in ("TPU", "GPU") if tf.config.list_logical_devices(d)), "CPU")
         self.record["runtime"] = {
-            "replicas": int(strategy.num_replicas_in_sync), "strategy": type(strategy).__name__,
-            "device": device, "precision": getattr(cfg, "precision", keras.mixed_precision.global_policy().name),
-            "host": platform.node(),
+            "replicas": placement.replicas, "strategy": placement.name,
+            "device": placement.kind.upper(), "precision": getattr(cfg, "precision", keras.mixed_precision.global_policy().name),
+            "host": platform.node(), "backend": placement.backend, "backend_reason": backend.reason,
+            "processes": placement.processes, "devices": placement.devices,
         }
+        self.record["versions"].update(runtime.versions())
         self.write()
 
     def fold_done(self, fold: int, history, best_checkpoint: str, timings: dict) -> None:

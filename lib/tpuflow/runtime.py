@@ -1,16 +1,22 @@
-"""Picks the distribution strategy (TPU, GPUs or CPU) and the mixed-precision policy.
+"""Picks where the model runs (TPU, GPUs or CPU, under Keras' JAX or TensorFlow backend) and the
+mixed-precision policy.
 
-The same experiment code runs everywhere: only `--tpu_ip_or_name`, `--mixed_precision` and
-`--cpu_replicas` change. Also here: the global batch from a per-replica one, learning-rate
+The same experiment code runs everywhere: only `--backend`, `--tpu_ip_or_name`, `--mixed_precision`
+and `--cpu_replicas` change. This is the only module that knows which backend runs: under
+TensorFlow a `tf.distribute` strategy replicates the model, under JAX Keras' own
+`keras.distribution.DataParallel` does (over all devices of all hosts). Also here: the global batch from a per-replica one, learning-rate
 scaling for it, and a TPU connection that fails in seconds (not a hang) when the TPU is unreachable.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import logging
 import math
 import os
 import socket
 import threading
+from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 import keras
@@ -212,7 +218,7 @@ def scaled_lr(lr: float, global_batch: int, base_batch: int, rule: str) -> float
     return lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
-def set_precision(policy: str | None, strategy: tf.distribute.Strategy | None = None) -> str:
+def set_precision(policy: str | None, strategy: "tf.distribute.Strategy | Placement | None" = None) -> str:
     """Sets the global Keras dtype policy; None/'' keeps float32. Returns the policy in force.
 
     'auto' picks by device: mixed_bfloat16 on TPU (native bf16 matrix units, no loss scaling),
@@ -220,9 +226,134 @@ def set_precision(policy: str | None, strategy: tf.distribute.Strategy | None = 
     float32 on CPU.
     """
     if policy == "auto":
-        policy = AUTO_PRECISION[device_kind(strategy or tf.distribute.get_strategy())]
+        kind = strategy.kind if isinstance(strategy, Placement) else device_kind(strategy or tf.distribute.get_strategy())
+        policy = AUTO_PRECISION[kind]
     name = "float32" if policy in (None, *_NONE_WORDS) else policy
     if name not in ("float32", *PRECISIONS):
         raise ValueError(f"--mixed_precision={policy!r}: expected one of {PRECISIONS}, auto or None")
     keras.mixed_precision.set_global_policy(name)
     return name
+
+
+@dataclass
+class Placement:
+    """Where the model runs: backend, device kind ('tpu', 'gpu' or 'cpu'), replicas (devices the
+    batch is split over, all hosts together) and the scope models are built in."""
+    backend: str
+    kind: str
+    replicas: int
+    name: str  # TPUStrategy, MirroredStrategy, DataParallel or single device
+    processes: int = 1
+    strategy: "tf.distribute.Strategy | None" = None
+    devices: list[str] = field(default_factory=list)
+
+    def scope(self):
+        """The TF strategy's scope; under JAX the distribution is set globally (fit and predict
+        outside a scope must see it too), so nothing to enter."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+
+def get_runtime(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tpu_fallback: bool = False,
+                tpu_timeout_s: float = 10.0, distributed: bool = False) -> Placement:
+    """The placement for Keras' backend: `get_strategy` under TensorFlow, `jax_placement` under JAX."""
+    if keras.backend.backend() == "jax":
+        return jax_placement(tpu_ip_or_name, cpu_replicas, tpu_fallback=tpu_fallback, distributed=distributed)
+    if distributed:
+        raise ValueError("--distributed (multi-host) needs the jax backend; TensorFlow's TPUStrategy "
+                         "spans a TPU slice's hosts by itself")
+    strategy = get_strategy(tpu_ip_or_name, cpu_replicas, tpu_fallback=tpu_fallback, tpu_timeout_s=tpu_timeout_s)
+    default = strategy is tf.distribute.get_strategy()
+    devices = ([d.name for d in tf.config.list_logical_devices()][:1] if default
+               else list(strategy.extended.worker_devices))
+    return Placement("tensorflow", device_kind(strategy), int(strategy.num_replicas_in_sync),
+                     "single device" if default else type(strategy).__name__, strategy=strategy, devices=devices)
+
+
+_JAX_KINDS = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
+
+
+def jax_placement(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tpu_fallback: bool = False,
+                  distributed: bool = False) -> Placement:
+    """Data parallelism over every device JAX sees (TPU cores, GPUs, or CPU devices; all hosts of
+    a slice with `distributed`), with `keras.distribution.DataParallel`.
+
+    `distributed`: `keras.distribution.initialize()` first (JAX's multi-host start-up; on Cloud TPU
+    it finds the other hosts itself, elsewhere from KERAS_DISTRIBUTION_* variables). A TPU asked
+    for (`tpu_ip_or_name`) but not seen is a TPUUnreachableError naming what JAX saw, or with
+    `tpu_fallback` a warning. `cpu_replicas` > 1 splits the host CPU (before JAX starts its devices).
+    """
+    import jax  # noqa: PLC0415 (only under the jax backend)
+    if distributed:
+        keras.distribution.initialize()
+    with contextlib.suppress(RuntimeError):  # TF feeds tf.data on the CPU only; JAX owns the accelerators
+        tf.config.set_visible_devices([], "GPU")
+    if cpu_replicas > 1:
+        split_jax_cpu(cpu_replicas)
+    devices = jax.devices()
+    kind = _JAX_KINDS.get(devices[0].platform, devices[0].platform)
+    if tpu_ip_or_name not in (None, *_NONE_WORDS):
+        problem = None
+        if kind != "tpu":
+            problem = (f"--tpu_ip_or_name={tpu_ip_or_name}: the jax backend sees no TPU, only "
+                       f"{len(devices)} {devices[0].platform} device(s) ({versions_line('jax')}); on a TPU VM "
+                       "install the 'tpu' extra (jax[tpu]) and make sure no other process holds the TPU")
+        elif tpu_ip_or_name != "local":
+            problem = (f"--tpu_ip_or_name={tpu_ip_or_name}: the jax backend runs on the TPU VM's own TPU "
+                       "(use 'local'); TPU nodes reached over the network need --backend=tensorflow")
+        if problem and not tpu_fallback:
+            raise TPUUnreachableError(problem)
+        if problem:
+            logging.warning("%s; falling back (--tpu_fallback)", problem)
+            print(f"WARNING: {problem}; falling back to {kind.upper()} (--tpu_fallback)", flush=True)
+    # Input is split over hosts by tpuflow.hosts (by shard file), not by Keras' dataset sharding.
+    distribution = (keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+                    if len(devices) > 1 else None)
+    keras.distribution.set_distribution(distribution)
+    name = "DataParallel" if distribution else "single device"
+    print(f"Running on {kind.upper()} with {len(devices)} replica(s) (jax, {jax.process_count()} process(es))",
+          flush=True)
+    return Placement("jax", kind, len(devices), name, processes=jax.process_count(), devices=[str(d) for d in devices])
+
+
+def split_jax_cpu(n_devices: int) -> None:
+    """Makes JAX show `n_devices` CPU devices; must happen before JAX starts its backends."""
+    import jax  # noqa: PLC0415
+    try:
+        jax.config.update("jax_num_cpu_devices", n_devices)
+    except RuntimeError as err:
+        if jax.local_device_count() != n_devices:
+            raise RuntimeError(f"--cpu_replicas={n_devices}: JAX's devices were already initialised "
+                               f"with {jax.local_device_count()}; set it before any JAX work") from err
+
+
+def _version(*dists: str) -> str | None:
+    for dist in dists:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(dist)
+    return None
+
+
+def versions(backend: str | None = None) -> dict:
+    """Installed versions of what decides where a run can go (None: not installed): Keras,
+    TensorFlow (any of its wheels), jax, jaxlib and libtpu."""
+    return {"keras": keras.__version__, "tensorflow": tf.__version__,
+            "tensorflow_wheel": next((d for d in ("tensorflow-tpu", "tensorflow-cpu", "tensorflow")
+                                      if _version(d)), None),
+            "jax": _version("jax"), "jaxlib": _version("jaxlib"), "libtpu": _version("libtpu", "libtpu-nightly")}
+
+
+def versions_line(backend: str) -> str:
+    """'jax 0.10.2, jaxlib 0.10.2, libtpu none' or 'tensorflow 2.20.0 (tensorflow-tpu), libtpu ...'."""
+    v = versions()
+    if backend == "jax":
+        return f"jax {v['jax']}, jaxlib {v['jaxlib']}, libtpu {v['libtpu'] or 'not installed'}"
+    return f"tensorflow {v['tensorflow']} ({v['tensorflow_wheel']}), libtpu {v['libtpu'] or 'not installed'}"
+
+
+def describe(placement: Placement, precision: str, global_batch: int) -> str:
+    """The start-up line: backend and why, devices, precision, batch per device, versions."""
+    from tpuflow import backend  # noqa: PLC0415
+    return (f"Backend {placement.backend} ({backend.reason or 'Keras default'}): {placement.replicas} "
+            f"{placement.kind.upper()} device(s) in {placement.processes} process(es) ({placement.name}), "
+            f"precision {precision}, global batch {global_batch} = {global_batch // placement.replicas} per device; "
+            f"keras {keras.__version__}, {versions_line(placement.backend)}")

@@ -1,0 +1,100 @@
+"""Which Keras backend runs (JAX or TensorFlow), decided before Keras is imported.
+
+Keras fixes its backend when it is first imported, from the `KERAS_BACKEND` environment
+variable, so the choice is made when `tpuflow` itself is imported (`run.py` files import tpuflow
+before Keras). Order of precedence:
+
+1. `--backend=jax|tensorflow` on the command line (`auto`, the default, defers to what follows);
+2. the `KERAS_BACKEND` environment variable;
+3. JAX if JAX sees a TPU (today's TPU VMs run Keras on JAX; TensorFlow there is CPU-only);
+4. TensorFlow.
+
+Nothing here imports Keras or TensorFlow; JAX is imported only to look for a TPU, and only when
+`libtpu` is installed (otherwise JAX cannot see one).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+CHOICES = ("auto", "jax", "tensorflow")
+BACKENDS = ("jax", "tensorflow")
+FLAG = "--backend"
+
+# Set by `apply`: the backend chosen and why (for the start-up line and the experiment record).
+chosen: str | None = None
+reason: str | None = None
+_error: "BackendError | None" = None
+
+
+class BackendError(ValueError):
+    """A backend name tpuflow cannot run on, or a choice made too late (Keras already imported)."""
+
+
+def flag_value(argv: list[str]) -> str | None:
+    """The value of the last `--backend=X` / `--backend X` in `argv` (None if absent)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(FLAG + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == FLAG and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def jax_sees_tpu() -> bool:
+    """True if JAX is installed with libtpu and lists TPU devices (imports JAX only then)."""
+    if importlib.util.find_spec("jax") is None or importlib.util.find_spec("libtpu") is None:
+        return False
+    import jax  # noqa: PLC0415 (only where a TPU is possible)
+    try:
+        return any(d.platform == "tpu" for d in jax.devices())
+    except RuntimeError:  # libtpu present but no TPU attached (or held by another process)
+        return False
+
+
+def resolve(argv: list[str], environ: dict) -> tuple[str, str]:
+    """(backend, reason) from the flag, the environment and the machine; BackendError if unknown."""
+    flag = flag_value(argv)
+    if flag is not None and flag not in CHOICES:
+        raise BackendError(f"{FLAG}={flag}: unknown backend; choose one of {', '.join(CHOICES)}")
+    if flag in BACKENDS:
+        return flag, f"{FLAG}={flag}"
+    env = environ.get("KERAS_BACKEND")
+    if env:
+        if env not in BACKENDS:
+            raise BackendError(f"KERAS_BACKEND={env}: tpuflow runs on {' or '.join(BACKENDS)}; "
+                               f"set KERAS_BACKEND or pass {FLAG}={'|'.join(CHOICES)}")
+        return env, f"KERAS_BACKEND={env}"
+    if jax_sees_tpu():
+        return "jax", "auto: JAX sees a TPU"
+    return "tensorflow", "auto: no TPU visible to JAX, TensorFlow by default"
+
+
+def apply(argv: list[str] | None = None) -> None:
+    """Resolves the backend from `argv` (default: sys.argv) and the environment and sets
+    `KERAS_BACKEND` for Keras to read. An error is kept for `require` (so that tools that never
+    load Keras, e.g. the leaderboard, still start); Keras imported earlier keeps its backend,
+    and `require` reports a mismatch."""
+    global chosen, reason, _error
+    try:
+        chosen, reason = resolve(sys.argv[1:] if argv is None else argv, os.environ)
+    except BackendError as err:
+        _error = err
+        return
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = chosen
+
+
+def require() -> str:
+    """The backend in force; BackendError if the choice was invalid or Keras was imported before
+    tpuflow with another backend."""
+    if _error is not None:
+        raise _error
+    keras = sys.modules.get("keras")
+    if keras is not None and chosen is not None and keras.backend.backend() != chosen:
+        raise BackendError(f"Keras was imported with the {keras.backend.backend()} backend before tpuflow "
+                           f"could select {chosen} ({reason}): import tpuflow before keras, or set "
+                           f"KERAS_BACKEND={chosen}")
+    return chosen

@@ -1,0 +1,66 @@
+"""Several hosts, one model (a multi-host TPU slice under JAX): who reads what, and predictions
+gathered so that every example is predicted exactly once, in record order, on every host.
+
+- Training: each host reads its own share of the record shards (every n-th file) and feeds its
+  share of the global batch; `keras.distribution.DataParallel` (with its own dataset sharding
+  off) assembles the hosts' parts into the global batch.
+- Prediction: the padded, ordered prediction dataset of global batches is split so that host i
+  feeds rows [i*b, (i+1)*b) of every global batch of n*b rows; the model's output for the global
+  batch is gathered from all hosts back into record order. (Each host decodes every record for
+  prediction; only training is split by file.)
+
+With one process (one host, any number of devices) all of this is the identity.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import numpy as np
+
+
+def process_info() -> tuple[int, int]:
+    """(this process's index, number of processes): (0, 1) unless JAX runs on several hosts."""
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax  # noqa: PLC0415
+    return jax.process_index(), jax.process_count()
+
+
+def host_files(files: Sequence[str], index: int, count: int) -> list[str]:
+    """This host's share of the training shards (every `count`-th file, from `index`)."""
+    files = list(files)
+    if count == 1:
+        return files
+    if len(files) < count:
+        raise ValueError(f"{len(files)} training record file(s) cannot be shared by {count} hosts: build the "
+                         f"records with at least {count} shards per fold (create_tfrecords.py --shards_per_fold)")
+    return files[index::count]
+
+
+def host_batch(global_batch: int, count: int) -> int:
+    """The rows of each global batch that one host feeds."""
+    if global_batch % count:
+        raise ValueError(f"global batch {global_batch} does not split over {count} hosts")
+    return global_batch // count
+
+
+def host_slices(dataset, global_batch: int, index: int, count: int):
+    """This host's rows of every global batch of a batched `tf.data` dataset, order kept."""
+    if count == 1:
+        return dataset
+    return dataset.rebatch(host_batch(global_batch, count)).shard(count, index)
+
+
+def predict(model: keras.Model, dataset, global_batch: int) -> np.ndarray:
+    """`model.predict` over a dataset of global batches: one host predicts as Keras does; on
+    several, each predicts its slice of every global batch and the slices are gathered from all
+    hosts (NumPy, record order, the same on every host). Keras' own `predict` cannot return
+    outputs that span other hosts' devices."""
+    index, count = process_info()
+    if count == 1:
+        return np.asarray(model.predict(dataset, verbose=0))
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    outputs = [np.asarray(multihost_utils.process_allgather(np.asarray(model.predict_on_batch(batch)), tiled=True))
+               for batch in host_slices(dataset, global_batch, index, count).as_numpy_iterator()]
+    return np.concatenate(outputs)

@@ -1,0 +1,278 @@
+"""Preflight before a long run: what will run where, and whether it can.
+
+Usage:
+    python tools/doctor.py [--experiment=experiments/<run>/run.py] [experiment flags: --backend,
+        --tpu_ip_or_name, --mixed_precision, --batch_size, --data_tfrec_dir, --data_dir,
+        --output_dir, --buffer_size, --use_cache, --dim, --backbone, ...]
+
+Takes the same flags as the experiment's run.py (its defaults applied) and checks, one line each:
+backend and why it was chosen; versions (Keras, TensorFlow and which wheel, jax, jaxlib, libtpu);
+whether the installed jax/libtpu or TensorFlow/libtpu pairing sees a TPU; devices and their
+count, precision, global batch and batch per device; for the experiment and dataset, the input
+pipeline's examples/s against the model's training step rate (input- or model-bound, the
+throughput benchmark's code); host memory against what the shuffle buffer and --use_cache need;
+and for gs:// data or outputs, whether the bucket's location matches the machine's zone. A check
+that cannot run here says why. Ends with a verdict; exit status 1 if something will fail.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import urllib.request
+
+from tpuflow import backend, experiment, records, runner, runtime, storage  # first: picks Keras' backend
+
+from absl import app, flags  # noqa: E402,I001
+
+flags.DEFINE_string("experiment", None, "The run.py to check (its flag defaults and model); None: runtime only")
+flags.DEFINE_integer("input_batches", 10, "Timed input-pipeline batches")
+flags.DEFINE_integer("model_steps", 3, "Timed model training steps")
+FLAGS = flags.FLAGS
+OK, WARN, FAIL, SKIP = "ok", "WARN", "FAIL", "skip"
+MEMORY_SHARE = 0.8  # of the available host memory a run may plan to use
+
+
+class Report:
+    def __init__(self):
+        self.lines: list[tuple[str, str, str]] = []
+
+    def add(self, status: str, check: str, detail: str) -> None:
+        self.lines.append((status, check, detail))
+        print(f"[{status:>4}] {check}: {detail}", flush=True)
+
+    def failures(self) -> list[str]:
+        return [f"{check}: {detail}" for status, check, detail in self.lines if status == FAIL]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_tpu_stack(report: Report, placement) -> None:
+    """Whether the installed pairings can see a TPU, without taking a TPU the other backend holds."""
+    v = runtime.versions()
+    if backend.chosen == "jax" and placement is None:
+        report.add(WARN, "jax/libtpu", f"jax {v['jax']} with libtpu {v['libtpu'] or 'not installed'}: "
+                   "no devices resolved (see devices)")
+    elif backend.chosen == "jax":
+        seen = "sees a TPU" if placement.kind == "tpu" else f"sees no TPU ({placement.kind} devices only)"
+        report.add(OK if placement.kind == "tpu" or not v["libtpu"] else WARN, "jax/libtpu",
+                   f"jax {v['jax']} with libtpu {v['libtpu'] or 'not installed'}: {seen}")
+    elif v["jax"] is None:
+        report.add(SKIP, "jax/libtpu", "jax not installed (the TPU path of today's TPU VMs: pip install '.[tpu]')")
+    elif v["libtpu"] is None:
+        report.add(OK, "jax/libtpu", f"jax {v['jax']} without libtpu: cannot see a TPU (on a TPU VM: the 'tpu' extra)")
+    else:
+        report.add(SKIP, "jax/libtpu", "not probed: the tensorflow backend runs, and JAX would take the TPU")
+    tf_tpu = v["tensorflow_wheel"] == "tensorflow-tpu"
+    if backend.chosen == "tensorflow" and placement is not None:
+        if placement.kind == "tpu":
+            report.add(OK, "tensorflow/libtpu", f"{runtime.versions_line('tensorflow')}: TPUStrategy reached the TPU")
+        else:
+            detail = ("TPUStrategy possible with --tpu_ip_or_name" if tf_tpu else
+                      f"{v['tensorflow_wheel']} {v['tensorflow']} has no TPU support (TPUStrategy needs tensorflow-tpu "
+                      "<= 2.20 and its libtpu: the 'tpu-tf' extra; TPU v6e/TPU7x: use --backend=jax)")
+            report.add(OK, "tensorflow/libtpu", detail)
+    else:
+        report.add(OK, "tensorflow/libtpu", f"{v['tensorflow_wheel']} {v['tensorflow']}: feeds tf.data on the CPU"
+                   + (" (tensorflow-tpu next to jax[tpu] would fight over the TPU: use tensorflow-cpu)" if tf_tpu else ""))
+
+
+def check_placement(report: Report, cfg):
+    """Devices, precision and batch as the run will resolve them; None if that fails."""
+    try:
+        placement = runtime.get_runtime(cfg.tpu_ip_or_name, cfg.cpu_replicas, tpu_fallback=cfg.tpu_fallback,
+                                        tpu_timeout_s=cfg.tpu_timeout_s, distributed=cfg.distributed)
+    except (runtime.TPUUnreachableError, RuntimeError, ValueError) as err:
+        report.add(FAIL, "devices", f"{type(err).__name__}: {err}")
+        return None
+    report.add(OK, "devices", f"{placement.replicas} {placement.kind.upper()} device(s) in {placement.processes} "
+               f"process(es) ({placement.name}): {', '.join(placement.devices[:8])}"
+               + (" ..." if len(placement.devices) > 8 else ""))
+    try:
+        cfg.precision = runtime.set_precision(cfg.mixed_precision, placement)
+        cfg.global_batch_size = runtime.global_batch_size(cfg.batch_size, placement.replicas, cfg.batch_size_per_replica)
+        cfg.scaled_lr = runtime.scaled_lr(cfg.lr, cfg.global_batch_size,
+                                          cfg.base_batch_size or cfg.global_batch_size // placement.replicas,
+                                          cfg.lr_scaling)
+    except ValueError as err:
+        report.add(FAIL, "batch/precision", str(err))
+        return None
+    report.add(OK, "batch/precision", f"precision {cfg.precision}, global batch {cfg.global_batch_size} = "
+               f"{cfg.global_batch_size // placement.replicas} per device, lr {cfg.scaled_lr:g}")
+    return placement
+
+
+def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
+    """Input pipeline vs model step rate on this machine, for this experiment and dataset."""
+    from tpuflow import pipeline  # noqa: PLC0415
+    from tpuflow.throughput import input_rate, model_rate  # noqa: PLC0415
+    n_folds = int(manifest["n_folds"])
+    files = records.record_files(cfg.data_tfrec_dir, [k for k in range(n_folds) if k != cfg.initial_fold])
+    parse = lambda serialized: run_py.parse_example(serialized, cfg)  # noqa: E731
+    ds = pipeline.train_dataset(files, parse, cfg.global_batch_size, shuffle_buffer=min(cfg.buffer_size, 256),
+                                aug_prob=cfg.aug_prob, seed=0)
+    data = input_rate(ds, FLAGS.input_batches, cfg.global_batch_size)
+    weights, cfg.weights = cfg.weights, None  # the step rate does not depend on the weights' values
+    try:
+        with placement.scope():
+            model = run_py.init_model(cfg)
+            runner.compile_model(model, cfg)
+    finally:
+        cfg.weights = weights
+    steps = model_rate(model, next(iter(ds)), FLAGS.model_steps, cfg.global_batch_size)
+    verdict = ("model-bound: the devices are the limit" if data >= steps else
+               "input-bound: the devices wait for data (--use_cache, fewer augmentations, more host CPUs)")
+    report.add(OK if data >= steps else WARN, "input vs model",
+               f"input {data:.1f} examples/s, model {steps:.1f} examples/s, ratio {data / steps:.2f}: {verdict}")
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available now (Linux: MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(report: Report, cfg, run_py, manifest: dict) -> None:
+    """Decoded examples held by the shuffle buffer (and by --use_cache: every training example)."""
+    import tensorflow as tf  # noqa: PLC0415 (the tf.data side)
+    first = records.record_files(cfg.data_tfrec_dir, [cfg.initial_fold])[0]
+    image = run_py.parse_example(next(iter(tf.data.TFRecordDataset(first).take(1))), cfg)[0]
+    per_example = int(image.shape.num_elements()) * image.dtype.size
+    n_train = records.example_count(manifest, [k for k in range(int(manifest["n_folds"])) if k != cfg.initial_fold])
+    need = per_example * min(cfg.buffer_size, n_train) + (per_example * n_train if cfg.use_cache else 0)
+    have = available_memory()
+    what = (f"{_size(per_example)} per decoded example x (shuffle buffer {cfg.buffer_size}"
+            + (f" + cache of {n_train} training examples" if cfg.use_cache else "") + f") = {_size(need)}")
+    if have is None:
+        report.add(SKIP, "host memory", f"{what}; cannot read the available memory here")
+    elif need > MEMORY_SHARE * have:
+        report.add(FAIL, "host memory", f"{what} > {MEMORY_SHARE:.0%} of the {_size(have)} available: "
+                   "lower --buffer_size or drop --use_cache")
+    else:
+        report.add(OK, "host memory", f"{what} of {_size(have)} available")
+
+
+def machine_zone(timeout_s: float = 2.0) -> str | None:
+    """This machine's zone from the GCE metadata server (e.g. us-central1-b); None off Google Cloud."""
+    host, port = runtime.metadata_endpoint()
+    request = urllib.request.Request(f"http://{host}:{port}/computeMetadata/v1/instance/zone",
+                                     headers={"Metadata-Flavor": "Google"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            return answer.read().decode().rsplit("/", 1)[-1]
+    except OSError:
+        return None
+
+
+def check_bucket_locations(report: Report, cfg) -> None:
+    """gs:// data or outputs in another region than the machine: slow reads, egress charges."""
+    paths = {p for p in (cfg.data_dir, cfg.data_tfrec_dir, cfg.output_dir) if p and storage.is_gcs(p)}
+    if not paths:
+        report.add(SKIP, "bucket location", "data and outputs are local (no gs:// path): nothing to check")
+        return
+    zone = machine_zone()
+    if zone is None:
+        report.add(SKIP, "bucket location", "cannot check here: no GCE metadata server (not on Google Cloud)")
+        return
+    region = zone.rsplit("-", 1)[0].upper()
+    for bucket in sorted({storage.split_gcs(p)[0] for p in paths}):
+        try:
+            location = storage.client().get_bucket(bucket).location.upper()
+        except Exception as err:  # any client error: named, the check goes on
+            report.add(WARN, "bucket location", f"gs://{bucket}: location unknown ({type(err).__name__}: {err})")
+            continue
+        if location == region:
+            report.add(OK, "bucket location", f"gs://{bucket} is in {location}, this machine in {zone}")
+        elif region.startswith(location):  # multi-region (US, EU, ASIA) holding the machine's region
+            report.add(WARN, "bucket location", f"gs://{bucket} is multi-region {location}, this machine in {zone}: "
+                       f"reads are free but slower than from a bucket in {region}")
+        else:
+            report.add(FAIL, "bucket location", f"gs://{bucket} is in {location}, this machine in {zone}: "
+                       "cross-region reads cost money and time (copy the data to a bucket in " + region + ")")
+
+
+@functools.cache
+def load_run_py(path: str):
+    """An experiment's run.py as a module (its `__main__` guard keeps it from running)."""
+    spec = importlib.util.spec_from_file_location("doctor_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    report = Report()
+    run_py = load_run_py(FLAGS.experiment) if FLAGS.experiment else None
+    cfg = experiment.make_config()
+    report.add(OK, "backend", f"{backend.chosen} ({backend.reason}), keras {_version('keras')}")
+    placement = check_placement(report, cfg)
+    check_tpu_stack(report, placement)
+    manifest = None
+    if not cfg.data_tfrec_dir:
+        report.add(SKIP, "dataset", "no --data_tfrec_dir: input rate and memory not checked")
+    else:
+        try:
+            manifest = records.read_manifest(cfg.data_tfrec_dir)
+            runner.check_dataset_kind(cfg, manifest)
+            report.add(OK, "dataset", f"{cfg.data_tfrec_dir}: {manifest['spec']}, {manifest['n_folds']} folds")
+        except (OSError, ValueError, KeyError) as err:
+            report.add(FAIL, "dataset", f"{type(err).__name__}: {err}")
+            manifest = None
+    if manifest and run_py is None:
+        report.add(SKIP, "input vs model", "no --experiment: pass the run.py whose model and parser to measure")
+        report.add(SKIP, "host memory", "no --experiment: the decoded example size depends on its parser")
+    elif manifest:
+        if cfg.task == "classification" and not cfg.n_classes:
+            cfg.n_classes = len(runner.load_unique_labels(cfg.data_dir, required=True))
+        check_memory(report, cfg, run_py, manifest)
+        if placement is None:
+            report.add(SKIP, "input vs model", "no devices resolved (see above)")
+        else:
+            try:
+                check_rates(report, cfg, run_py, placement, manifest)
+            except Exception as err:  # the experiment's own failure (model, parser): named, not a traceback
+                report.add(FAIL, "input vs model", f"{type(err).__name__}: {err}")
+    check_bucket_locations(report, cfg)
+    failures = report.failures()
+    if failures:
+        print(f"VERDICT: NOT READY ({len(failures)} problem(s)): " + "; ".join(failures), flush=True)
+        sys.exit(1)
+    where = f"{placement.replicas} {placement.kind.upper()} device(s)" if placement else "?"
+    print(f"VERDICT: READY: {backend.chosen} on {where}, precision {cfg.precision}"
+          + ("" if placement.kind != "cpu" or not cfg.tpu_ip_or_name else " (TPU fallback)"), flush=True)
+
+
+def _apply_experiment_defaults(argv: list[str]) -> None:
+    """The run.py's flag defaults (DEFAULTS), before flags are parsed, as its `main` does."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--experiment=")), None)
+    if path:
+        for name, value in load_run_py(path).DEFAULTS.items():
+            FLAGS.set_default(name, value)
+    FLAGS.set_default("output_dir", os.getcwd())
+
+
+if __name__ == "__main__":
+    _apply_experiment_defaults(sys.argv[1:])
+    app.run(main)
