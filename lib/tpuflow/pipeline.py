@@ -70,12 +70,14 @@ def padded_count(n_examples: int, batch_size: int) -> int:
 
 
 def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_examples: int,
-                    tta_index: int = 0) -> tf.data.Dataset:
+                    tta_index: int = 0, source: tf.data.Dataset | None = None) -> tf.data.Dataset:
     """Inputs only, in record order, TTA `tta_index` applied, padded to full batches.
 
     Padding repeats the first example; predictions beyond `n_examples` must be dropped.
+    `source`, if given, replaces the records of `files` (examples assembled by a view).
     """
-    ds = tf.data.TFRecordDataset(list(files)).map(
+    source = tf.data.TFRecordDataset(list(files)) if source is None else source
+    ds = source.map(
         lambda s: augment.apply_tta(to_float(parse_fn(s)[0]), tta_index),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     n_padded = padded_count(n_examples, batch_size)
