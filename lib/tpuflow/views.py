@@ -87,22 +87,10 @@ class View:
 
     # --- assembling --------------------------------------------------------------------------
 
-    def _sources(self, row) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Distinct store rows an example reads (sorted), and each slot's [start, stop) into them."""
-        row = int(row)
-        starts, stops = self.starts[row], self.stops[row]
-        if self.spec.kind == "mean":
-            used = np.arange(starts.min(), stops.max())
-        else:
-            used = np.unique(starts)
-        first = np.searchsorted(used, starts).astype(np.int32)
-        last = (np.searchsorted(used, stops - 1) + 1).astype(np.int32)
-        return used.astype(np.int64), first, last
-
     def example_numpy(self, row: int) -> np.ndarray:
         """The example's uint8 pixels at the frames' size (inspection, tests): the pipeline's own
         assembly, run eagerly."""
-        self._frame_table  # noqa: B018
+        self._frame_table, self._tensors  # noqa: B018
         return self.assemble(tf.constant(row, tf.int64))["image"].numpy()
 
     def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
@@ -123,38 +111,48 @@ class View:
         values = tf.constant(list(self.store.frames), dtype=tf.string)
         return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=b"")
 
+    @functools.cached_property
+    def _tensors(self) -> dict:
+        """Per-example slot runs and per-row columns as tensors, made eagerly (captured by maps)."""
+        table = self.store.table
+        return {"starts": tf.constant(self.starts), "stops": tf.constant(self.stops),
+                "image_id": tf.constant(table["image_id"].to_numpy().astype(str)),
+                "label": tf.constant(table["label"].to_numpy()), "label_le": tf.constant(table["label_le"].to_numpy())}
+
     def assemble(self, row: tf.Tensor) -> dict:
-        """A store row (the example's current frame) -> assembled example (see module doc)."""
-        used, first, last = tf.numpy_function(self._sources, [row], [tf.int64, tf.int32, tf.int32],
-                                              stateful=False)
-        depth = self.spec.depth
-        first, last = tf.ensure_shape(first, [depth]), tf.ensure_shape(last, [depth])
-        encoded = self._frame_table.lookup(used)
-        decoded = tf.map_fn(self._decode, encoded, fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
-        if self.spec.kind == "mean":
+        """A store row (the example's current frame) -> assembled example (see module doc).
+        Each distinct frame is decoded once per example (history padding repeats frames)."""
+        t = self._tensors
+        starts, stops = t["starts"][row], t["stops"][row]
+        if self.spec.kind == "mean":  # slot c: the mean of frames [starts[c], stops[c]), one run
+            low = tf.reduce_min(starts)
+            decoded = tf.map_fn(self._decode, self._frame_table.lookup(tf.range(low, tf.reduce_max(stops))),
+                                fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
             sums = tf.concat([tf.zeros_like(decoded[:1], tf.int32),
                               tf.cumsum(tf.cast(decoded, tf.int32), axis=0)], axis=0)
-            total = tf.gather(sums, last) - tf.gather(sums, first)
-            n = tf.reshape(last - first, [depth, 1, 1])
+            total = tf.gather(sums, stops - low) - tf.gather(sums, starts - low)
+            n = tf.reshape(tf.cast(stops - starts, tf.int32), [-1, 1, 1])
             slots = (2 * total + n) // (2 * n) if self.rounding == "round" else total // n
             slots = tf.cast(slots, tf.uint8)
         else:
-            slots = tf.gather(decoded, first)  # (depth, H, W)
+            used, slot_of = tf.unique(starts)
+            decoded = tf.map_fn(self._decode, self._frame_table.lookup(used),
+                                fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+            slots = tf.gather(decoded, slot_of)  # (depth, H, W)
         image = slots[..., None] if self.spec.kind == "sequence" else tf.transpose(slots, [1, 2, 0])
-        table = self.store.table
-        ids = tf.constant(table["image_id"].to_numpy().astype(str))
-        return {"image_id": tf.gather(ids, row), "image": image,
-                "label": tf.gather(tf.constant(table["label"].to_numpy()), row),
-                "label_le": tf.gather(tf.constant(table["label_le"].to_numpy()), row)}
+        return {"image_id": t["image_id"][row], "image": image, "label": t["label"][row],
+                "label_le": t["label_le"][row]}
+
+    def first_example(self, fold: int) -> dict:
+        """The first assembled example of a fold, eagerly (the runner's parse check)."""
+        self._frame_table, self._tensors  # noqa: B018
+        return self.assemble(tf.constant(self.split_rows(fold)[0], tf.int64))
 
     # --- datasets ----------------------------------------------------------------------------
 
-    def train_dataset(self, folds, parse_fn, batch_size: int, *, seed: int, fold: int, start: int = 0,
-                      aug_prob: float = 0.0) -> tf.data.Dataset:
-        """Endless batches of (inputs, target): a global shuffle of the training examples of
-        `folds`, from global example position `start` on (see module doc). Several hosts: host h
-        reads positions h, h + hosts, ..., and `batch_size` is its share of the global batch."""
-        self._frame_table  # noqa: B018 (created eagerly: the map functions capture it)
+    def train_order(self, folds, *, seed: int, fold: int, start: int = 0) -> tf.data.Dataset:
+        """Endless (store row, augmentation seed) of the global shuffle, from example position
+        `start` on (this host's share of the positions; see module doc)."""
         rows = tf.constant(self.train_rows(folds), tf.int64)
         n = int(rows.shape[0])
         host, n_hosts = hosts.process_info()
@@ -164,7 +162,16 @@ class View:
                 p % n, seed=tf.stack([tf.constant(seed * 1_000_003 + fold, tf.int64), p // n]), max_index=n - 1)
             return tf.gather(rows, order), tf.stack([tf.constant(seed, tf.int64), p])
 
-        ds = tf.data.Dataset.range(start + host, np.iinfo(np.int64).max, n_hosts).map(pick)
+        return tf.data.Dataset.range(start + host, np.iinfo(np.int64).max, n_hosts).map(pick)
+
+    def train_dataset(self, folds, parse_fn, batch_size: int, *, seed: int, fold: int, start: int = 0,
+                      aug_prob: float = 0.0) -> tf.data.Dataset:
+        """Endless batches of (inputs, target) for `model.fit`: `train_order`'s examples,
+        assembled, parsed, augmented (draws seeded by position), batched (`batch_size`: this
+        host's share of the global batch), float32. Host memory: the store, plus the examples
+        in flight (no shuffle buffer: the order needs none)."""
+        self._frame_table, self._tensors  # noqa: B018 (made eagerly: the map functions capture them)
+        ds = self.train_order(folds, seed=seed, fold=fold, start=start)
         ds = ds.map(lambda r, s: (parse_fn(self.assemble(r)), s), num_parallel_calls=AUTOTUNE, deterministic=True)
         if aug_prob > 0:
             ds = ds.map(lambda xy, s: ((augment.random_augment(xy[0], aug_prob, seed=s), xy[1]), s),
@@ -174,7 +181,7 @@ class View:
 
     def predict_dataset(self, rows: np.ndarray, parse_fn, batch_size: int, tta_index: int = 0) -> tf.data.Dataset:
         """Inputs of `rows` in that order, as `pipeline.predict_dataset` gives them for records."""
-        self._frame_table  # noqa: B018 (created eagerly: the map functions capture it)
+        self._frame_table, self._tensors  # noqa: B018 (made eagerly: the map functions capture them)
         source = tf.data.Dataset.from_tensor_slices(tf.constant(rows, tf.int64)).map(
             self.assemble, num_parallel_calls=AUTOTUNE, deterministic=True)
         return pipeline.predict_dataset([], parse_fn, batch_size, len(rows), tta_index, source=source)
@@ -191,11 +198,12 @@ class InputPosition(keras.callbacks.Callback):
         self.examples += self.examples_per_epoch
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def _loaded(store_dir: str, data_dir: str | None) -> store.FrameStore:
     return store.load_store(store_dir, data_dir)
 
 
+@functools.lru_cache(maxsize=4)
 def open_view(store_dir: str, view: str, data_dir: str | None = None) -> View:
     """The view `view` over the store in `store_dir` (read once per process), checked against the
     CSVs in `data_dir`: every error names the view, the store or its damaged shard."""
