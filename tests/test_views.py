@@ -2,11 +2,14 @@
 reference spec and of the demo's specs; bad views, foreign CSVs and damaged shards are refused."""
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from tpuflow import builder, frames, records, store, views
 
@@ -162,3 +165,25 @@ def test_store_is_the_source_frames_once_and_resumes(built, cv_dir):
     assert any("rewriting" in m for m in logs)
     store.build_store(cv_dir, built, shards=3, workers=2, log=logs.append)
     assert "up to date" in logs[-1]
+
+
+@pytest.mark.parametrize("spec", ["stacked:s2", "sequence:n6:s1"])
+def test_inspect_exports_views_and_records_alike(built, spec, tmp_path):
+    """tools/inspect_records.py --export writes every example losslessly, the same for a view and
+    for (PNG) prebuilt records; --view draws a contact sheet from the store."""
+    tool = os.path.join(HERE, "..", "tools", "inspect_records.py")
+    env = {**os.environ, "PYTHONPATH": os.path.join(HERE, "..", "lib")}
+    name = frames.DatasetSpec.parse(spec).name
+    for args, out in [([f"--tfrec_dir={os.path.join(built, name)}"], "records"),
+                      ([f"--tfrec_dir={os.path.join(built, store.NAME)}", f"--view={spec}",
+                        f"--contact_sheet={tmp_path / 'sheet.png'}"], "view")]:
+        proc = subprocess.run([sys.executable, tool, *args, f"--export={tmp_path / out}"],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(os.listdir(tmp_path / "records"))
+    assert files == sorted(os.listdir(tmp_path / "view"))
+    assert len(files) == sum(store.read_manifest(os.path.join(built, store.NAME))["counts"].values())
+    for f in files:
+        load = np.load if f.endswith(".npy") else (lambda p: np.asarray(Image.open(p)))
+        np.testing.assert_array_equal(load(tmp_path / "records" / f), load(tmp_path / "view" / f), err_msg=f)
+    assert Image.open(tmp_path / "sheet.png").size[0] > 0

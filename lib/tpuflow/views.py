@@ -134,6 +134,8 @@ class View:
             n = tf.reshape(tf.cast(stops - starts, tf.int32), [-1, 1, 1])
             slots = (2 * total + n) // (2 * n) if self.rounding == "round" else total // n
             slots = tf.cast(slots, tf.uint8)
+        elif self.spec.kind == "single":  # one frame: no loop
+            slots = self._decode(self._frame_table.lookup(starts[0]))[None]
         else:
             used, slot_of = tf.unique(starts)
             decoded = tf.map_fn(self._decode, self._frame_table.lookup(used),
