@@ -86,3 +86,27 @@ def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_
     ds = ds.batch(batch_size, drop_remainder=True)
     # Known length: Keras stops exactly; a wrong `n_examples` fails instead of misaligning ids.
     return ds.apply(tf.data.experimental.assert_cardinality(n_padded // batch_size)).prefetch(AUTOTUNE)
+
+
+def predict_tta_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_examples: int,
+                        n_tta: int, source: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """Every TTA view 0..n_tta-1 of every example in one pass: each record is read and decoded
+    once, and its views follow each other (example 0 TTA 0..n_tta-1, example 1, ...), padded to
+    full batches. Predictions reshaped to (n_examples, n_tta, ...) after trimming the padding are
+    `predict_dataset`'s for each TTA; memory holds one decoded example per view being made.
+    `source`, if given, replaces the records of `files` (examples assembled by a view)."""
+    source = tf.data.TFRecordDataset(list(files)) if source is None else source
+    ds = source.map(lambda s: parse_fn(s)[0], num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(n_tta).enumerate())
+
+    def view(t, x):
+        x = to_float(x)
+        return tf.switch_case(tf.cast(t, tf.int32), [lambda i=i: augment.apply_tta(x, i) for i in range(n_tta)])
+
+    ds = ds.map(view, num_parallel_calls=AUTOTUNE, deterministic=True)
+    n_views = n_examples * n_tta
+    n_padded = padded_count(n_views, batch_size)
+    if n_padded > n_views:
+        ds = ds.concatenate(ds.take(1).repeat(n_padded - n_views))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.apply(tf.data.experimental.assert_cardinality(n_padded // batch_size)).prefetch(AUTOTUNE)
