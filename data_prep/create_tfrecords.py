@@ -23,7 +23,8 @@ flags.DEFINE_string("out_dir", None, "Root for the dataset dirs (default: --data
 flags.DEFINE_list("specs", ["single"], "Dataset specs, comma-separated")
 flags.DEFINE_string("spec_file", None, "File with one spec per line (# comments); replaces --specs")
 flags.DEFINE_integer("shards_per_fold", builder.SHARDS_PER_FOLD,
-                     "Files per fold (readers interleave shards; TPU hosts read them in parallel)")
+                     "Files per fold (readers interleave shards; TPU hosts read them in parallel); "
+                     "for the frame store (frames), its number of files")
 flags.DEFINE_enum("encoding", "jpeg", list(builder.ENCODINGS),
                   "Encoding of stacked/mean images: jpeg (4:4:4) or png (lossless)")
 flags.DEFINE_integer("quality", 95, "JPEG quality of stacked/mean images")

@@ -212,3 +212,16 @@ def test_tta_in_one_pass_gives_every_view_of_the_ten_passes(built, source):
     got = got[: n * n_tta].reshape(n, n_tta, dim, dim, 3)
     for t, ds in enumerate(passes):
         np.testing.assert_array_equal(got[:, t], np.concatenate(list(ds.as_numpy_iterator()))[:n], err_msg=f"TTA {t}")
+
+
+def test_store_build_refuses_a_damaged_frame_and_leaves_no_shard(cv_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(cv_dir, data, ignore=shutil.ignore_patterns("data-*"))
+    table = builder.load_frame_table(str(data))
+    victim = table["image_path"].iloc[-1]  # in the last shard: earlier shards are written first
+    with open(victim, "wb") as f:
+        f.write(b"not a jpeg")
+    with pytest.raises(ValueError, match=f"{victim}: unreadable image"):
+        store.build_store(str(data), str(tmp_path / "out"), shards=3, workers=2, log=lambda m: None)
+    out = tmp_path / "out" / store.NAME
+    assert not out.exists() or not [n for n in os.listdir(out) if "tfrecord" in n or n == "manifest.json"]

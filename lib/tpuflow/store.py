@@ -86,24 +86,31 @@ def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int
     bounds = recordio.shard_bounds(len(table), n_shards)
     sha256 = dict(plan.old["sha256"]) if plan.old else {}
     sizes = np.zeros((len(table), 2), np.int64)
-    source_bytes = 0
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # reads and PIL decodes free the GIL
-        for name, (a, b) in zip(names, bounds):
-            rows = list(table.iloc[a:b].itertuples())
-            read = list(pool.map(_read_frame, [r.image_path for r in rows]))
-            for i, (data, size) in enumerate(read):
-                sizes[a + i] = size
-                source_bytes += len(data)
-            if name not in plan.todo:
-                continue
-            with storage.atomic_path(storage.join(out_dir, name)) as tmp, open(tmp, "wb") as f:
-                writer = recordio.RecordWriter(f)
-                for row, (data, size) in zip(rows, read):
-                    writer.write(recordio.encode_example(frame_features(row, size, data)))
-            if plan.old and writer.sha256() != plan.old["sha256"].get(name):
-                raise ValueError(f"{storage.join(out_dir, name)}: rebuilt shard differs from its "
-                                 "manifest; pass --overwrite to rebuild the store")
-            sha256[name] = writer.sha256()
+    source_bytes, written = 0, []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # reads and PIL decodes free the GIL
+            for name, (a, b) in zip(names, bounds):
+                rows = list(table.iloc[a:b].itertuples())
+                read = list(pool.map(_read_frame, [r.image_path for r in rows]))
+                for i, (data, size) in enumerate(read):
+                    sizes[a + i] = size
+                    source_bytes += len(data)
+                if name not in plan.todo:
+                    continue
+                with storage.atomic_path(storage.join(out_dir, name)) as tmp, open(tmp, "wb") as f:
+                    writer = recordio.RecordWriter(f)
+                    for row, (data, size) in zip(rows, read):
+                        writer.write(recordio.encode_example(frame_features(row, size, data)))
+                    if plan.old and writer.sha256() != plan.old["sha256"].get(name):  # not renamed
+                        raise ValueError(f"{storage.join(out_dir, name)}: rebuilt shard differs from "
+                                         "its manifest; pass --overwrite to rebuild the store")
+                written.append(name)
+                sha256[name] = writer.sha256()
+    except BaseException:
+        if plan.old is None:  # a failed first build leaves no shard (a repair keeps its good ones)
+            for name in written:
+                storage.remove(storage.join(out_dir, name))
+        raise
     if plan.old:
         log(f"{out_dir}: repaired {sorted(plan.todo)}")
         return plan.old
