@@ -110,7 +110,7 @@ files = records.record_files({rec!r}, [0])
 ids = records.read_ids(files)
 assert len(ids) % 6, "choose a batch that does not divide the fold"
 pred = runner.predict(probe, files, parse, len(ids), cfg, 0)[:, 0]
-expected = np.array([float(tf.reduce_mean(parse(s)[0])) for s in tf.data.TFRecordDataset(files)])
+expected = np.array([float(tf.reduce_mean(tf.cast(parse(s)[0], tf.float32))) for s in tf.data.TFRecordDataset(files)])  # uint8 pixels: mean as float
 np.testing.assert_allclose(pred, expected, rtol=1e-5)
 saved = np.load({out!r} + "/preds/y_pred_val_fold_0_tta_0.npy")
 assert saved.shape == (len(ids), 1), saved.shape
