@@ -22,8 +22,9 @@ $(STAMP): setup.py
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Small synthetic storms -> CV split -> records of all four kinds -> three 5-fold experiments with
-# TTA (single frame, stacked history, CNN-LSTM over a 6-frame sequence) -> their ensemble -> the
+# Small synthetic storms -> CV split -> records of all four kinds and the frame store -> three 5-fold
+# experiments with TTA (single frame, stacked history, and a CNN-LSTM over a 6-frame sequence read
+# from the frame store through a view) -> their ensemble -> the
 # leaderboard of the three. Under 10 minutes on a 2-core CPU.
 RUNS      = $(DEMO)/runs
 DEMO_FLAGS = --job=train_val_test_score_subm --data_dir=$(DATA) --backbone=MobileNetV3Small --weights=None \
@@ -33,13 +34,13 @@ demo: $(STAMP)
 	$(PY) data_prep/make_synthetic.py --out_dir=$(DATA) --overwrite --size=64 --n_storms=30 \
 		--n_test_only_storms=5 --min_frames=15 --max_frames=50
 	$(PY) data_prep/create_cv_split.py --data_dir=$(DATA)
-	$(PY) data_prep/create_tfrecords.py --data_dir=$(DATA) --specs=single,stacked:s2,mean:s2,sequence:n6:s1
+	$(PY) data_prep/create_tfrecords.py --data_dir=$(DATA) --specs=single,stacked:s2,mean:s2,sequence:n6:s1,frames
 	$(PY) experiments/run-20261121-1300-cnn-1ch/run.py $(DEMO_FLAGS) \
 		--data_tfrec_dir=$(DATA)/data-tfrec-single-frames001-step001 --output_dir=$(RUNS)/run-20261121-1300-cnn-1ch
 	$(PY) experiments/run-20261121-1310-cnn-3ch-ind/run.py $(DEMO_FLAGS) \
 		--data_tfrec_dir=$(DATA)/data-tfrec-stacked-frames003-step002 --output_dir=$(RUNS)/run-20261121-1310-cnn-3ch-ind
 	$(PY) experiments/run-20261121-1330-cnn-lstm/run.py $(DEMO_FLAGS) \
-		--data_tfrec_dir=$(DATA)/data-tfrec-sequence-frames006-step001 --output_dir=$(RUNS)/run-20261121-1330-cnn-lstm
+		--data_tfrec_dir=$(DATA)/data-frames --view=sequence:n6:s1 --output_dir=$(RUNS)/run-20261121-1330-cnn-lstm
 	$(PY) tools/ensemble.py --data_dir=$(DATA) --model_dirs='$(RUNS)/run-*' --out_dir=$(DEMO)/ensemble \
 		--method=pairwise
 	$(PY) tools/leaderboard.py --runs=$(RUNS) --out_csv=$(DEMO)/experiments.csv --plot=$(DEMO)/leaderboard.png

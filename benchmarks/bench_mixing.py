@@ -11,6 +11,9 @@ read for training), records are written in two layouts and read through
 - new: the builder's layout: `builder.example_order` (seeded shuffle within each fold),
   `builder.SHARDS_PER_FOLD` shards per fold.
 
+- view: the frame store read through a view (`views.View.train_order`): a global shuffle of
+  every training example, no buffer.
+
 It prints the mean and minimum number of distinct storms per batch for each, and for a fully
 shuffled order of the same training frames (the ideal, computed directly), and the ratio of each
 mean to the ideal's. Records hold only the storm (no image), so this measures order alone.
@@ -26,7 +29,7 @@ import tensorflow as tf
 from absl import app, flags
 from sklearn.model_selection import GroupKFold
 
-from tpuflow import builder, pipeline, recordio
+from tpuflow import builder, frames, pipeline, recordio, store, views
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("storms", 494, "Storms (the real training set has 494)")
@@ -83,6 +86,15 @@ def storms_per_batch(files: list[str]) -> np.ndarray:
     return np.array([len(np.unique(y)) for _, y in ds.take(FLAGS.batches).as_numpy_iterator()])
 
 
+def view_storms_per_batch(table: pd.DataFrame) -> np.ndarray:
+    """Storms per batch of a view's training order over the same frames (folds 0-3)."""
+    columns = table.assign(storm_id=table["storm"].astype(str), height=1, width=1)
+    view = views.View(store.FrameStore("<synthetic>", {}, columns, np.array([], object)), frames.DatasetSpec("single"))
+    order = view.train_order(range(4), seed=0, fold=4).map(lambda row, seed: row).batch(FLAGS.batch_size)
+    storm = table["storm"].to_numpy()
+    return np.array([len(np.unique(storm[rows])) for rows in order.take(FLAGS.batches).as_numpy_iterator()])
+
+
 def main(argv):
     del argv
     table = frame_table(FLAGS.storms, FLAGS.frames)
@@ -102,6 +114,7 @@ def main(argv):
                 table, os.path.join(work, "new"), builder.example_order(table, 0), builder.SHARDS_PER_FOLD),
         }
         results = {name: storms_per_batch(files) for name, files in layouts.items()}
+    results["view (global shuffle of the frame store)"] = view_storms_per_batch(table)
     results["fully shuffled (ideal)"] = ideal
     for name, counts in results.items():
         print(f"{name:40s} storms/batch mean {counts.mean():6.1f}  min {counts.min():3d}  "

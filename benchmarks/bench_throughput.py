@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 
 from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
-from tpuflow.throughput import input_rate, model_rate
+from tpuflow.throughput import PeakMemory, input_rate, model_rate
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
 import tensorflow as tf  # noqa: E402
@@ -50,35 +49,6 @@ flags.DEFINE_string("work_dir", None, "Where to write the temporary records (def
 flags.DEFINE_enum("backend", "auto", ["auto", "jax", "tensorflow"], "Keras backend (applied before Keras loads)")
 flags.DEFINE_integer("storms", 12, "Synthetic storms (20-40 frames each)")
 flags.DEFINE_integer("buffer", 2048, "Shuffle buffer (the experiments' default --buffer_size)")
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-class PeakMemory:
-    """Samples the resident memory in a thread between `with` entry and exit; `.peak` is the
-    highest value above the memory at entry."""
-
-    def __enter__(self):
-        self.base, self.peak, self._stop = rss_bytes(), 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_bytes() - self.base)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes() - self.base)
 
 
 def parse_fn(spec: frames.DatasetSpec, dim: int):

@@ -55,6 +55,8 @@ flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission
 flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
 flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
 flags.DEFINE_string("data_preds_dir", None, "Predictions dir (default: <output_dir>/preds)")
+flags.DEFINE_string("view", None, "Read --data_tfrec_dir as a frame store (create_tfrecords.py --specs=frames) "
+                    "through this view, assembled at read time: e.g. sequence:n24:s1, stacked:s5, mean:s10, single")
 flags.DEFINE_enum("dataset_kind", None, frames.KINDS,
                   "Record kind the experiment reads; checked against the dataset manifest (None: any)")
 flags.DEFINE_string("architecture", None, "Architecture name for the experiment record and leaderboard")

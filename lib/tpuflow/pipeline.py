@@ -70,12 +70,14 @@ def padded_count(n_examples: int, batch_size: int) -> int:
 
 
 def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_examples: int,
-                    tta_index: int = 0) -> tf.data.Dataset:
+                    tta_index: int = 0, source: tf.data.Dataset | None = None) -> tf.data.Dataset:
     """Inputs only, in record order, TTA `tta_index` applied, padded to full batches.
 
     Padding repeats the first example; predictions beyond `n_examples` must be dropped.
+    `source`, if given, replaces the records of `files` (examples assembled by a view).
     """
-    ds = tf.data.TFRecordDataset(list(files)).map(
+    source = tf.data.TFRecordDataset(list(files)) if source is None else source
+    ds = source.map(
         lambda s: augment.apply_tta(to_float(parse_fn(s)[0]), tta_index),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     n_padded = padded_count(n_examples, batch_size)
@@ -83,4 +85,31 @@ def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_
         ds = ds.concatenate(ds.take(1).repeat(n_padded - n_examples))
     ds = ds.batch(batch_size, drop_remainder=True)
     # Known length: Keras stops exactly; a wrong `n_examples` fails instead of misaligning ids.
+    return ds.apply(tf.data.experimental.assert_cardinality(n_padded // batch_size)).prefetch(AUTOTUNE)
+
+
+def predict_tta_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_examples: int,
+                        views: int | Sequence[int | str], source: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """Every TTA view (names or indices; an int n: the reference's views 0..n-1) of every example in
+    one pass: each record is read and decoded once, and its views follow each other (example 0
+    TTA 0..n_tta-1, example 1, ...), padded to full batches. Predictions reshaped to (n_examples,
+    n_tta, ...) after trimming the padding are `predict_dataset`'s for each TTA; memory holds one
+    decoded example per view being made. `source`, if given, replaces the records of `files`
+    (examples assembled by a view)."""
+    views = list(range(views)) if isinstance(views, int) else list(views)
+    n_tta = len(views)
+    source = tf.data.TFRecordDataset(list(files)) if source is None else source
+    ds = source.map(lambda s: parse_fn(s)[0], num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(n_tta).enumerate())
+
+    def view(t, x):
+        x = to_float(x)
+        return tf.switch_case(tf.cast(t, tf.int32), [lambda v=v: augment.apply_tta(x, v) for v in views])
+
+    ds = ds.map(view, num_parallel_calls=AUTOTUNE, deterministic=True)
+    n_views = n_examples * n_tta
+    n_padded = padded_count(n_views, batch_size)
+    if n_padded > n_views:
+        ds = ds.concatenate(ds.take(1).repeat(n_padded - n_views))
+    ds = ds.batch(batch_size, drop_remainder=True)
     return ds.apply(tf.data.experimental.assert_cardinality(n_padded // batch_size)).prefetch(AUTOTUNE)

@@ -71,31 +71,48 @@ def decode_image(encoded: tf.Tensor, channels: int, dim: int | None = None) -> t
     The static shape is set so that TPU programs see fixed shapes.
     """
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-    if dim is not None:
-        resized = tf.image.resize(image, [dim, dim], method="bilinear")
-        image = tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), [dim, dim, channels])
-    return image
+    return image if dim is None else resize(image, dim)
+
+
+def resize(image: tf.Tensor, dim: int) -> tf.Tensor:
+    """uint8 (..., H, W, C) -> (..., dim, dim, C): bilinear, rounded to whole levels, static shape."""
+    resized = tf.image.resize(image, [dim, dim], method="bilinear")
+    shape = image.shape[:-3].as_list() + [dim, dim, image.shape[-1]]
+    return tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), shape)
 
 
 def parse_image(serialized: tf.Tensor, channels: int, dim: int | None = None,
                 invert: bool = False) -> dict:
     """Record with one encoded image -> {image_id, image (H, W, C) uint8, label, label_le}.
 
+    `serialized` may also be an example assembled by a view (`tpuflow.views`): a dict whose
+    `image` is already decoded; it is resized the same way.
+
     `invert` maps x -> 255 - x (cold cloud tops bright or dark, as the backbone prefers).
     """
-    ex = parse_common(serialized)
-    image = decode_image(ex["image"][0], channels, dim)
+    if isinstance(serialized, dict):  # an example a view assembled from the frame store
+        ex = dict(serialized)
+        image = tf.ensure_shape(ex["image"], [None, None, channels])
+        image = image if dim is None else resize(image, dim)
+    else:
+        ex = parse_common(serialized)
+        image = decode_image(ex["image"][0], channels, dim)
     ex["image"] = 255 - image if invert else image
     return ex
 
 
-def parse_sequence(serialized: tf.Tensor, n_frames: int, dim: int, pack3: bool = False,
-                   invert: bool = False) -> dict:
-    """`sequence` record of n encoded frames -> uint8 image (n, dim, dim, 1), or (n/3, dim, dim, 3) with
-    `pack3` (three consecutive frames as the channels of one image, for 2D backbones over time).
+def parse_sequence(serialized, n_frames: int, dim: int, pack3: bool = False, invert: bool = False) -> dict:
+    """`sequence` record of n encoded frames (or an example a view assembled from the frame store)
+    -> uint8 image (n, dim, dim, 1), or (n/3, dim, dim, 3) with `pack3` (three consecutive frames
+    as the channels of one image, for 2D backbones over time).
 
     Frames are decoded with a fixed count (`n_frames`) so the shape is static for TPUs.
     """
+    if isinstance(serialized, dict):  # an example a view assembled from the frame store
+        ex = dict(serialized)
+        frames = resize(tf.ensure_shape(ex["image"], [n_frames, None, None, 1]), dim)
+        ex["image"] = arrange_frames(frames, n_frames, dim, pack3=pack3, invert=invert)
+        return ex
     ex = parse_common(serialized)
     ex["image"] = decode_frames(ex["image"], n_frames, dim, pack3=pack3, invert=invert)
     return ex
@@ -103,12 +120,19 @@ def parse_sequence(serialized: tf.Tensor, n_frames: int, dim: int, pack3: bool =
 
 def decode_frames(encoded: tf.Tensor, n_frames: int, dim: int, pack3: bool = False,
                   invert: bool = False) -> tf.Tensor:
-    """n encoded frames (oldest first) -> (n, dim, dim, 1) uint8, or (n/3, dim, dim, 3) with `pack3`; what `parse_sequence` and exported models (`tpuflow.export`) feed the model."""
-    if pack3 and n_frames % 3:
-        raise ValueError(f"pack3 needs a multiple of 3 frames, got n_frames={n_frames}")
+    """n encoded frames (oldest first) -> (n, dim, dim, 1) uint8, or (n/3, dim, dim, 3) with `pack3`;
+    what `parse_sequence` and exported models (`tpuflow.export`) feed the model."""
     encoded = tf.ensure_shape(encoded, [n_frames])
     frames = tf.map_fn(lambda e: decode_image(e, 1, dim), encoded,
                        fn_output_signature=tf.TensorSpec([dim, dim, 1], tf.uint8))
+    return arrange_frames(frames, n_frames, dim, pack3=pack3, invert=invert)
+
+
+def arrange_frames(frames: tf.Tensor, n_frames: int, dim: int, pack3: bool = False,
+                   invert: bool = False) -> tf.Tensor:
+    """(n, dim, dim, 1) decoded frames -> packed three per image with `pack3`, inverted with `invert`."""
+    if pack3 and n_frames % 3:
+        raise ValueError(f"pack3 needs a multiple of 3 frames, got n_frames={n_frames}")
     if pack3:  # (n, H, W, 1) -> (n/3, 3, H, W) -> (n/3, H, W, 3)
         frames = tf.transpose(tf.reshape(frames, [n_frames // 3, 3, dim, dim]), [0, 2, 3, 1])
     return 255 - frames if invert else frames

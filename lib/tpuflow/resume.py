@@ -193,6 +193,11 @@ class FoldBackup(keras.callbacks.Callback):
                 storage.remove(other)
         return keep
 
+    def restored(self, name: str, attr: str, default):
+        """A tracked value of the backup being resumed (`default` when starting afresh): for state
+        needed before training starts, such as the input position."""
+        return (self._pending or {}).get(name, {}).get(attr, default)
+
     def on_train_begin(self, logs=None):
         if self._pending is not None:
             for name, (callback, attrs) in self.tracked.items():

@@ -3,6 +3,8 @@ limits a run (used by benchmarks/bench_throughput.py, benchmarks/bench_backends.
 tools/doctor.py). Works under either Keras backend: the model is fed from tf.data, as in training."""
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import keras
@@ -27,3 +29,32 @@ def model_rate(model: keras.Model, batch: tuple, steps: int, batch_size: int) ->
     started = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
     return steps * batch_size / (time.perf_counter() - started)
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class PeakMemory:
+    """Samples the resident memory in a thread between `with` entry and exit; `.peak` is the
+    highest value above the memory at entry."""
+
+    def __enter__(self):
+        self.base, self.peak, self._stop = rss_bytes(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes() - self.base)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes() - self.base)

@@ -1,0 +1,110 @@
+"""Usage: python benchmarks/bench_store.py [--size=366] [--storms=4] [--dim=366]
+    [--kinds=single,stacked:s5,mean:s10,sequence:n24:s1] [--batch_size=8] [--input_batches=6]
+    [--spec_file=data_prep/reference_specs.txt] [--workers=2]
+
+Prebuilt records against one frame store read through views, both measured in this run on the
+same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
+
+- bytes on disk: the datasets of `--spec_file` (the reference's 15) written by the one-pass
+  builder, against one store (`create_tfrecords.py --specs=frames`), and each against the source
+  frames' bytes; and the build time of each;
+- input examples/s per kind, prebuilt records (`pipeline.train_dataset`) against a view
+  (`View.train_dataset`): read, decode, assemble, resize to `--dim`, augment, batch; with each
+  pipeline's peak resident memory above what the process held before it was made.
+
+The store is held in host memory (its size is the source frames': 272 MB for the competition's
+frames), so its figure is part of the view's peak. Timings depend on the machine's load (printed).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from tpuflow import builder, frames, pipeline, records, split, store, synthetic, views  # first: --backend
+from tpuflow.throughput import PeakMemory, input_rate
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("size", 366, "Synthetic frame size (px); the reference's frames are 366 px")
+flags.DEFINE_integer("storms", 4, "Synthetic storms (20-40 frames each)")
+flags.DEFINE_integer("dim", 366, "Model input size (examples are resized to it)")
+flags.DEFINE_list("kinds", ["single", "stacked:s5", "mean:s10", "sequence:n24:s1"], "Kinds to time")
+flags.DEFINE_string("spec_file", os.path.join(os.path.dirname(__file__), "..", "data_prep", "reference_specs.txt"),
+                    "Datasets whose bytes are compared with the store")
+flags.DEFINE_integer("batch_size", 8, "Batch size of the timed pipelines")
+flags.DEFINE_integer("input_batches", 6, "Timed batches per pipeline (after one warm-up batch)")
+flags.DEFINE_float("aug_prob", 0.5, "Training augmentation probability")
+flags.DEFINE_integer("workers", 2, "Builder worker processes")
+flags.DEFINE_string("work_dir", None, "Where to write the data (default: system temp)")
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+
+
+def parse_fn(spec: frames.DatasetSpec, dim: int):
+    """The kind's parser as an experiment writes it: takes records and assembled examples alike."""
+    def parse(serialized):
+        if spec.kind == "sequence":
+            example = records.parse_sequence(serialized, n_frames=spec.depth, dim=dim)
+        else:
+            example = records.parse_image(serialized, channels=spec.channels, dim=dim)
+        return example["image"], tf.cast(example["label"], tf.float32)
+    return parse
+
+
+def main(argv):
+    del argv
+    quiet = lambda message: None  # noqa: E731
+    all_specs = frames.parse_specs(open(FLAGS.spec_file).read().splitlines())
+    kinds = [frames.DatasetSpec.parse(k) for k in FLAGS.kinds]
+    specs = all_specs + [k for k in kinds if k not in all_specs]
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' work slows every figure)")
+    with tempfile.TemporaryDirectory(dir=FLAGS.work_dir) as work:
+        raw = os.path.join(work, "raw")
+        synthetic.make_synthetic(raw, synthetic.SyntheticConfig(seed=0, size=FLAGS.size, n_storms=FLAGS.storms,
+                                                                n_test_only_storms=0, min_frames=20, max_frames=40))
+        split.write_cv_split(raw, *split.create_cv_split(raw, n_folds=2 if FLAGS.storms < 5 else 5, seed=33))
+        table = builder.load_frame_table(raw)
+        source = sum(os.path.getsize(p) for p in table["image_path"])
+        started = time.perf_counter()
+        builder.build_datasets(raw, work, specs, workers=FLAGS.workers, log=quiet)
+        prebuilt_s = time.perf_counter() - started
+        started = time.perf_counter()
+        store.build_store(raw, work, workers=FLAGS.workers, log=quiet)
+        store_s = time.perf_counter() - started
+        store_dir = os.path.join(work, store.NAME)
+        sizes = {s: dir_bytes(os.path.join(work, s.name)) for s in specs}
+        reference = sum(sizes[s] for s in all_specs)
+        print(f"{len(table)} frames of {FLAGS.size} px in {FLAGS.storms} storms: {source / 2**20:.1f} MiB of source frames")
+        for s in all_specs:
+            print(f"  prebuilt {str(s):16s} {sizes[s] / 2**20:8.1f} MiB  {sizes[s] / source:6.1f}x the source frames")
+        print(f"bytes: {len(all_specs)} prebuilt datasets {reference / 2**20:.1f} MiB ({reference / source:.1f}x the "
+              f"source frames); one store {dir_bytes(store_dir) / 2**20:.1f} MiB ({dir_bytes(store_dir) / source:.3f}x "
+              f"the source frames); prebuilt/store {reference / dir_bytes(store_dir):.1f}x")
+        print(f"build: one-pass builder of {len(specs)} datasets {prebuilt_s:.1f} s, store {store_s:.1f} s "
+              f"(builder/store {prebuilt_s / store_s:.1f}x; {FLAGS.workers} workers)")
+        n_folds = int(table.loc[table["split"] == "train", "fold_id"].max()) + 1
+        train_folds = list(range(1, n_folds))
+        for spec in kinds:
+            parse = parse_fn(spec, FLAGS.dim)
+            files = records.record_files(os.path.join(work, spec.name), train_folds)
+            with PeakMemory() as prebuilt_memory:
+                ds = pipeline.train_dataset(files, parse, FLAGS.batch_size, aug_prob=FLAGS.aug_prob, seed=0)
+                prebuilt_rate = input_rate(ds, FLAGS.input_batches, FLAGS.batch_size)
+            del ds
+            with PeakMemory() as view_memory:
+                view = views.View(store.load_store(store_dir), spec)
+                ds = view.train_dataset(train_folds, parse, FLAGS.batch_size, seed=0, fold=0, aug_prob=FLAGS.aug_prob)
+                view_rate = input_rate(ds, FLAGS.input_batches, FLAGS.batch_size)
+            del ds, view
+            print(f"kind={spec}: input prebuilt {prebuilt_rate:.1f} ex/s, view {view_rate:.1f} ex/s, "
+                  f"view/prebuilt {view_rate / prebuilt_rate:.2f}x; peak memory prebuilt "
+                  f"{prebuilt_memory.peak / 2**20:.0f} MiB, view {view_memory.peak / 2**20:.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,102 @@
+"""Experiments on a view of the frame store: unchanged run.py files train from it under both
+backends, and a fold killed mid-run resumes on exactly the batches it would have seen."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jax_env
+from tpuflow import run_record, store
+
+HERE = os.path.dirname(__file__)
+ROOT = os.path.dirname(HERE)
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+       "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "lib"), os.environ.get("PYTHONPATH", "")])}
+EPOCHS, STEPS = 5, 12
+
+
+@pytest.fixture(scope="module")
+def store_dir(cv_dir, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("store"))
+    store.build_store(cv_dir, root, shards=2, workers=2, log=lambda m: None)
+    return os.path.join(root, store.NAME)
+
+
+def _tiny(cv_dir, store_dir, out, *flags, backend="tensorflow"):
+    cmd = [sys.executable, os.path.join(HERE, "tiny_experiment.py"), f"--data_dir={cv_dir}",
+           f"--data_tfrec_dir={store_dir}", "--view=single", f"--output_dir={out}", "--job=train_val",
+           "--n_folds=1", f"--n_epochs={EPOCHS}", f"--steps_per_epoch={STEPS}", "--tta_number=1",
+           "--verbose=2", f"--backend={backend}", *flags]
+    return cmd, jax_env.env({**ENV, "KERAS_BACKEND": backend}, backend)
+
+
+def _state(out):
+    try:
+        with open(os.path.join(out, "backup", "fold_0", "state.json")) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_killed_fold_resumes_on_the_batches_it_would_have_seen(cv_dir, store_dir, tmp_path):
+    out, reference = str(tmp_path / "run"), str(tmp_path / "reference")
+    cmd, env = _tiny(cv_dir, store_dir, out)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    while proc.poll() is None:
+        state = _state(out)
+        if state and state["epochs_done"] >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    log = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{log[-3000:]}"
+    state = _state(out)
+    done = state["epochs_done"]
+    assert 1 <= done < EPOCHS
+    assert state["callbacks"]["input"]["examples"] == done * STEPS * 8  # batch 8: tiny_experiment's
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"Resuming fold 0 at epoch {done + 1}" in again.stdout
+    cmd, env = _tiny(cv_dir, store_dir, reference)
+    uninterrupted = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert uninterrupted.returncode == 0, uninterrupted.stdout[-3000:] + uninterrupted.stderr[-3000:]
+    # Same batches, same augmentation draws, same state: the same model, to the last bit.
+    for name in ("y_pred_val_fold_0_tta_0.npy", "y_pred_val_fold_0_tta_1.npy", "ids_val_fold_0.npy"):
+        np.testing.assert_array_equal(np.load(os.path.join(out, "preds", name)),
+                                      np.load(os.path.join(reference, "preds", name)), err_msg=name)
+    curves = [open(os.path.join(d, "curves", "fold_0.csv")).read().splitlines() for d in (out, reference)]
+    loss = [[line.split(",")[:3] for line in c] for c in curves]
+    assert loss[0] == loss[1]
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_unchanged_experiment_trains_on_a_view(cv_dir, store_dir, tmp_path, backend):
+    """The zoo's CNN-LSTM run.py on `--view=sequence:n6:s1`, predictions for val and test."""
+    out = str(tmp_path / "lstm")
+    run = os.path.join(ROOT, "experiments", "run-20261121-1330-cnn-lstm", "run.py")
+    cmd = [sys.executable, run, f"--data_dir={cv_dir}", f"--data_tfrec_dir={store_dir}",
+           "--view=sequence:n6:s1", f"--output_dir={out}", "--job=train_val_test", "--quick",
+           "--n_folds=1", "--dim=32", "--backbone=MobileNetV3Small", "--weights=None", "--tta_number=1",
+           f"--backend={backend}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=jax_env.env({**ENV, "KERAS_BACKEND": backend}, backend))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ids = np.load(os.path.join(out, "preds", "ids_test.npy"))
+    assert ids.tolist() == pd.read_csv(os.path.join(cv_dir, "test_cv.csv"))["image_id"].tolist()
+    assert np.load(os.path.join(out, "preds", "y_pred_test_fold_0_tta_1.npy")).shape == (len(ids), 1)
+    record = run_record.read_record(out)
+    assert record["dataset"]["spec"] == "sequence:n6:s1" and record["dataset"]["dir"] == store_dir
+
+
+def test_store_without_view_and_wrong_kind_are_refused(cv_dir, store_dir, tmp_path):
+    cmd, env = _tiny(cv_dir, store_dir, str(tmp_path / "x"))
+    no_view = [c for c in cmd if not c.startswith("--view")]
+    proc = subprocess.run(no_view, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "is a frame store: pass --view=<spec>" in proc.stderr + proc.stdout
+    proc = subprocess.run(cmd[:-1] + ["--view=stacked:s0"], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "--view='stacked:s0'" in proc.stderr + proc.stdout
