@@ -31,7 +31,7 @@ setup(
         # and CPU JAX, so that both Keras backends run. jax >= 0.12 needs Python 3.12; pip picks
         # the newest release this Python supports.
         "cpu": [TF, JAX],
-        "test": [TF, JAX, "pytest", "gcp-storage-emulator", "mitmproxy>=11"],
+        "test": [TF, JAX, "pytest", "pytest-xdist", "gcp-storage-emulator", "mitmproxy>=11"],
         # Documented, not installed here (see README):
         # TPU VM (Kaggle, Cloud TPU v4/v5e/v6e, TPU7x): Keras on JAX owns the TPU, TF only feeds tf.data.
         "tpu": ["jax[tpu]>=0.5", "tensorflow-cpu>=2.18,<2.22"],
