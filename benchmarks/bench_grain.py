@@ -22,10 +22,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from tpuflow import builder, frames, records, split, store, synthetic, views  # first: --backend
+from tpuflow import frames, records, split, store, synthetic, views  # first: --backend
 from tpuflow.throughput import input_rate
 
-import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -22,9 +22,8 @@ import tempfile
 import time
 
 from tpuflow import builder, frames, pipeline, records, split, store, synthetic, views  # first: --backend
-from tpuflow.throughput import PeakMemory, input_rate
+from tpuflow.throughput import PeakMemory, input_rate, kind_parser
 
-import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -43,17 +42,6 @@ flags.DEFINE_string("work_dir", None, "Where to write the data (default: system 
 
 def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
-
-
-def parse_fn(spec: frames.DatasetSpec, dim: int):
-    """The kind's parser as an experiment writes it: takes records and assembled examples alike."""
-    def parse(serialized):
-        if spec.kind == "sequence":
-            example = records.parse_sequence(serialized, n_frames=spec.depth, dim=dim)
-        else:
-            example = records.parse_image(serialized, channels=spec.channels, dim=dim)
-        return example["image"], tf.cast(example["label"], tf.float32)
-    return parse
 
 
 def main(argv):
@@ -90,7 +78,7 @@ def main(argv):
         n_folds = int(table.loc[table["split"] == "train", "fold_id"].max()) + 1
         train_folds = list(range(1, n_folds))
         for spec in kinds:
-            parse = parse_fn(spec, FLAGS.dim)
+            parse = kind_parser(spec, FLAGS.dim)
             files = records.record_files(os.path.join(work, spec.name), train_folds)
             with PeakMemory() as prebuilt_memory:
                 ds = pipeline.train_dataset(files, parse, FLAGS.batch_size, aug_prob=FLAGS.aug_prob, seed=0)

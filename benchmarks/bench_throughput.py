@@ -28,7 +28,7 @@ import os
 import tempfile
 
 from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
-from tpuflow.throughput import PeakMemory, input_rate, model_rate
+from tpuflow.throughput import PeakMemory, input_rate, kind_parser, model_rate
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
 import tensorflow as tf  # noqa: E402
@@ -49,17 +49,6 @@ flags.DEFINE_string("work_dir", None, "Where to write the temporary records (def
 flags.DEFINE_enum("backend", "auto", ["auto", "jax", "tensorflow"], "Keras backend (applied before Keras loads)")
 flags.DEFINE_integer("storms", 12, "Synthetic storms (20-40 frames each)")
 flags.DEFINE_integer("buffer", 2048, "Shuffle buffer (the experiments' default --buffer_size)")
-
-
-def parse_fn(spec: frames.DatasetSpec, dim: int):
-    """The kind's record parser as an experiment's `parse_example` would write it."""
-    def parse(serialized):
-        if spec.kind == "sequence":
-            example = records.parse_sequence(serialized, n_frames=spec.depth, dim=dim)
-        else:
-            example = records.parse_image(serialized, channels=spec.channels, dim=dim)
-        return example["image"], tf.cast(example["label"], tf.float32)
-    return parse
 
 
 def build_model(spec: frames.DatasetSpec, dim: int, backbone: str) -> keras.Model:
@@ -98,7 +87,7 @@ def main(argv: list[str]) -> None:
         files = make_records(work, specs, FLAGS.size)
         for spec in specs:
             with PeakMemory() as memory:
-                ds = pipeline.train_dataset(files[spec], parse_fn(spec, FLAGS.dim), batch, shuffle_buffer=FLAGS.buffer,
+                ds = pipeline.train_dataset(files[spec], kind_parser(spec, FLAGS.dim), batch, shuffle_buffer=FLAGS.buffer,
                                             aug_prob=FLAGS.aug_prob, seed=0)
                 data_rate = input_rate(ds, FLAGS.input_batches, batch)
             n_records = sum(1 for _ in tf.data.TFRecordDataset(files[spec]))

@@ -10,6 +10,20 @@ import time
 import keras
 import tensorflow as tf
 
+from tpuflow import frames, records
+
+
+def kind_parser(spec: frames.DatasetSpec, dim: int):
+    """The kind's parser as an experiment's `parse_example` writes it (records and examples a view
+    assembled alike): serialized -> (uint8 image, float32 wind speed)."""
+    def parse(serialized):
+        if spec.kind == "sequence":
+            example = records.parse_sequence(serialized, n_frames=spec.depth, dim=dim)
+        else:
+            example = records.parse_image(serialized, channels=spec.channels, dim=dim)
+        return example["image"], tf.cast(example["label"], tf.float32)
+    return parse
+
 
 def input_rate(ds: tf.data.Dataset, batches: int, batch_size: int) -> float:
     """Examples/s drawn from `ds` after one warm-up batch (fills buffers, traces the maps)."""
