@@ -1,6 +1,6 @@
 """Test-time augmentation (TTA) transforms and the training augmentation.
 
-The ten TTA transforms of DESIGN.md, by index ``t``:
+The reference solution's ten TTA transforms, by index ``t`` (README, "Experiments"):
 
 ====  ==========================================================
 t     transform

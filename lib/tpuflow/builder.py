@@ -579,7 +579,7 @@ def _computed(tasks: Iterator[tuple[ChunkTask, _Chunk]], workers: int
 
 
 def example_features(row) -> dict:
-    """The features of one frame's record but its `image`: the DESIGN.md ones (image_id, label,
+    """The features of one frame's record but its `image`: the reference's (image_id, label,
     label_le) plus storm, fold, frame and time."""
     return {
         "image_id": row.image_id,

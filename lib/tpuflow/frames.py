@@ -2,7 +2,7 @@
 
 Kept apart from serialisation (no TensorFlow here) so the TFRecord builder, the `--explain`
 option of `data_prep/create_tfrecords.py` and the tests all share one definition of the rules
-(DESIGN.md, "Four dataset kinds"), for the current frame at position t and step s:
+(README, "Dataset kinds"), for the current frame at position t and step s:
 
 - `single`:   the frame itself (1 slot);
 - `stacked`:  frames [t-2s, t-s, t] (3 slots);
