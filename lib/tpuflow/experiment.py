@@ -243,7 +243,7 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
     """
     if cfg.distributed and backend.chosen == "jax":
         runtime.start_hosts()  # before the lock: which host this is decides the run dir
-        host, n_hosts = hosts.process_info()
+        host = hosts.process_info()[0]
         if host:  # host 0 writes the run dir; host k the same outputs under it, never the same files
             preds_default = cfg.data_preds_dir == storage.join(cfg.output_dir, "preds")
             cfg.output_dir = storage.join(cfg.output_dir, f"host_{host}")
