@@ -76,7 +76,7 @@ def test_tpu_asked_for_but_not_seen_by_jax_fails_naming_backend_and_devices(cv_d
 DATA_PARALLEL_CHECK = r"""
 import numpy as np, keras, tensorflow as tf
 import tiny_experiment
-from tpuflow import experiment, records, runner, runtime
+from tpuflow import experiment, hosts, pipeline, records, runtime
 
 assert keras.backend.backend() == "jax"
 try:
@@ -109,7 +109,8 @@ parse = lambda s: tiny_experiment.parse_example(s, cfg)
 files = records.record_files({rec!r}, [0])
 ids = records.read_ids(files)
 assert len(ids) % 6, "choose a batch that does not divide the fold"
-pred = runner.predict(probe, files, parse, len(ids), cfg, 0)[:, 0]
+pred = hosts.predict(probe, pipeline.predict_tta_dataset(files, parse, cfg.global_batch_size, len(ids), ["orig"]),
+                     cfg.global_batch_size)[:len(ids), 0]  # the path predict_split takes
 expected = np.array([float(tf.reduce_mean(tf.cast(parse(s)[0], tf.float32))) for s in tf.data.TFRecordDataset(files)])
 np.testing.assert_allclose(pred, expected, rtol=1e-5)
 saved = np.load({out!r} + "/preds/y_pred_val_fold_0_tta_0.npy")

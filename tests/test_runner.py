@@ -105,7 +105,7 @@ import sys
 import numpy as np, keras, tensorflow as tf
 sys.path.insert(0, {here!r})
 import tiny_experiment
-from tpuflow import experiment, pipeline, records, runner, runtime
+from tpuflow import experiment, hosts, pipeline, records, runtime
 
 strategy = runtime.get_strategy(None, cpu_replicas=2)
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
@@ -135,7 +135,8 @@ assert train_ds.element_spec[0].shape == (6, 16, 16, 1), train_ds.element_spec
 assert predict_ds.element_spec.shape == (6, 16, 16, 1), predict_ds.element_spec
 per_replica = next(iter(strategy.experimental_distribute_dataset(predict_ds)))
 assert [v.shape for v in strategy.experimental_local_results(per_replica)] == [(3, 16, 16, 1)] * 2
-pred = runner.predict(probe, files, parse, len(ids), cfg, 0)[:, 0]
+pred = hosts.predict(probe, pipeline.predict_tta_dataset(files, parse, cfg.global_batch_size, len(ids), ["orig"]),
+                     cfg.global_batch_size)[:len(ids), 0]  # the path predict_split takes
 expected = np.array([float(tf.reduce_mean(pipeline.to_float(parse(s)[0]))) for s in tf.data.TFRecordDataset(files)])
 assert pred.shape == expected.shape, (pred.shape, expected.shape)
 np.testing.assert_allclose(pred, expected, rtol=1e-5)
