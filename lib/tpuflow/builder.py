@@ -27,6 +27,7 @@ left. Workers die with the builder, even when it is killed with SIGKILL.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import concurrent.futures
 import ctypes
@@ -416,12 +417,6 @@ class ShardWriter:
         self._where: dict[int, tuple[int, int]] = {}  # example index -> (offset, length) in the spill
         self._spill = None
 
-    def shard_of(self, index: int) -> int:
-        return next(i for i, (a, b) in enumerate(self.bounds) if a <= index < b)
-
-    def wants(self, index: int) -> bool:
-        return self.names[self.shard_of(index)] in self.plan.todo
-
     def write(self, index: int, record: bytes) -> None:
         """Keeps the example at `index` (any order) until `finish`."""
         if self._spill is None:
@@ -506,10 +501,12 @@ def check_frames_exist(table: pd.DataFrame) -> None:
                                 + "; ".join(missing[:5]))
 
 
-def _chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dict,
-                 chunk_frames: int, encoding: str, quality: int,
-                 mean_rounding: str = "round") -> Iterator[tuple[ChunkTask, _Chunk]]:
-    """The chunks to compute, in storm and time order, skipping chunks with nothing to write."""
+def chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan],
+                wants: Callable[[frames.DatasetSpec, str, int], bool], chunk_frames: int,
+                encoding: str, quality: int,
+                mean_rounding: str = "round") -> Iterator[tuple[ChunkTask, _Chunk]]:
+    """The chunks to compute, in storm and time order, skipping chunks with nothing to write
+    (`wants(spec, prefix, example index)` says whether an example's shard is to be written)."""
     copy_specs = [p.spec for p in plans if p.spec.kind not in _PIXEL_KINDS]
     raw_span = max([s.history_span for s in copy_specs], default=0)
     for storm_id, storm in table.groupby("storm_id", sort=True):
@@ -521,8 +518,7 @@ def _chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dic
                     for t, r in zip(range(start, stop), storm.iloc[start:stop].itertuples())}
             wanted = {}
             for plan in plans:
-                keep = [t for t, (prefix, index, _) in rows.items()
-                        if writers[plan.spec, prefix].wants(index)]
+                keep = [t for t, (prefix, index, _) in rows.items() if wants(plan.spec, prefix, index)]
                 if keep:
                     wanted[plan.spec] = keep
             if not wanted:
@@ -589,45 +585,72 @@ def example_features(row) -> dict:
     }
 
 
-def _write_pass(table: pd.DataFrame, plans: Sequence[DatasetPlan], writers: dict,
-                image_size: list | None, chunk_frames: int, encoding: str, quality: int,
-                workers: int, log: Callable[[str], None], mean_rounding: str = "round") -> list[int]:
-    """Computes every wanted example and hands it to its writer; returns the frame size."""
-    copy_span = max([p.spec.history_span for p in plans if p.spec.kind not in _PIXEL_KINDS],
-                    default=0)
-    raw: dict[int, bytes] = {}
-    storm_id, first_path = None, None
-    indices = {}
-    n_storms, done = table["storm_id"].nunique(), 0
-    tasks = _chunk_tasks(table, plans, writers, chunk_frames, encoding, quality, mean_rounding)
-    for task, chunk, result in _computed(tasks, workers):
-        if task.storm_id != storm_id:
-            storm_id, raw, indices = task.storm_id, {}, {}
-            done += 1
-            if done % max(1, n_storms // 10) == 0:
-                log(f"storm {done}/{n_storms}")
-        if image_size is None:
-            image_size, first_path = list(result.shape), task.paths[task.start - task.read_from]
-        elif list(result.shape) != image_size:
-            raise ValueError(f"{task.paths[task.start - task.read_from]} (storm {task.storm_id!r}): "
-                             f"frame size {_size(result.shape)} differs from {_size(image_size)} of "
-                             f"{first_path or 'the dataset in its manifest'}")
+class RecordAssembler:
+    """Turns computed chunks, given in storm and time order, into records; the one place that
+    assembles them, for the local pass and the Beam pipeline (`tpuflow.beam_build`).
+
+    `single`/`sequence` records take the source bytes of their frames: it keeps those of the
+    current storm's last `history_span` frames, for the `sequence` history of the next chunk.
+    """
+
+    def __init__(self, plans: Sequence[DatasetPlan]):
+        self.copy_span = max([p.spec.history_span for p in plans if p.spec.kind not in _PIXEL_KINDS],
+                             default=0)
+        self.storm_id = None
+        self.raw: dict[int, bytes] = {}
+        self.indices: dict = {}
+
+    def records(self, task: ChunkTask, chunk: _Chunk, result: ChunkResult
+                ) -> Iterator[tuple[frames.DatasetSpec, str, int, bytes]]:
+        """(spec, shard prefix, example index, serialised record) of every wanted example of
+        the chunk; consume all of it before the next chunk."""
+        if task.storm_id != self.storm_id:
+            self.storm_id, self.raw, self.indices = task.storm_id, {}, {}
+        raw = self.raw
         raw.update(zip(range(task.raw_from, task.stop), result.raw))
         for spec, positions in chunk.wanted.items():
-            if spec.kind == "sequence" and spec not in indices:
-                indices[spec] = frames.storm_indices(spec, chunk.storm_length)
+            if spec.kind == "sequence" and spec not in self.indices:
+                self.indices[spec] = frames.storm_indices(spec, chunk.storm_length)
             encoded = iter(result.images.get(spec, ()))
             for t in positions:
                 prefix, index, features = chunk.rows[t]
                 if spec.kind == "single":
                     images = [raw[t]]
                 elif spec.kind == "sequence":
-                    images = [raw[i] for i in indices[spec][t]]
+                    images = [raw[i] for i in self.indices[spec][t]]
                 else:
                     images = [next(encoded)]
-                writers[spec, prefix].write(index, recordio.encode_example({**features, "image": images}))
-        for i in [i for i in raw if i < task.stop - copy_span]:
+                yield spec, prefix, index, recordio.encode_example({**features, "image": images})
+        for i in [i for i in raw if i < task.stop - self.copy_span]:
             del raw[i]
+
+
+def size_mismatch(task: ChunkTask, shape, image_size, first_path: str | None) -> ValueError:
+    """The error for a frame whose size differs from the dataset's (`image_size`, of `first_path`)."""
+    return ValueError(f"{task.paths[task.start - task.read_from]} (storm {task.storm_id!r}): "
+                      f"frame size {_size(shape)} differs from {_size(image_size)} of "
+                      f"{first_path or 'the dataset in its manifest'}")
+
+
+def _write_pass(build: "BuildPlan", plans: Sequence[DatasetPlan], writers: dict,
+                image_size: list | None, workers: int, log: Callable[[str], None]) -> list[int]:
+    """Computes every wanted example and hands it to its writer; returns the frame size."""
+    first_path = None
+    n_storms, done, storm_id = build.table["storm_id"].nunique(), 0, None
+    assembler = RecordAssembler(plans)
+    tasks = chunk_tasks(build.table, plans, build.wants, build.chunk_frames, build.encoding,
+                        build.quality, build.mean_rounding)
+    for task, chunk, result in _computed(tasks, workers):
+        if task.storm_id != storm_id:
+            storm_id, done = task.storm_id, done + 1
+            if done % max(1, n_storms // 10) == 0:
+                log(f"storm {done}/{n_storms}")
+        if image_size is None:
+            image_size, first_path = list(result.shape), task.paths[task.start - task.read_from]
+        elif list(result.shape) != image_size:
+            raise size_mismatch(task, result.shape, image_size, first_path)
+        for spec, prefix, index, record in assembler.records(task, chunk, result):
+            writers[spec, prefix].write(index, record)
     return image_size
 
 
@@ -654,22 +677,54 @@ def _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_fra
         raise ValueError(f"dataset specs repeat a dataset: {[str(s) for s in specs]}")
 
 
-def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec],
-                   shards_per_fold: int = SHARDS_PER_FOLD, encoding: str = "jpeg", quality: int = 95,
-                   workers: int | None = None, overwrite: bool = False, chunk_frames: int = 128,
-                   log: Callable[[str], None] = print, mean_rounding: str = "round",
-                   order_seed: int = 0, image_dir: str | None = None,
-                   wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> list[dict]:
-    """Builds (or completes) `<out_root>/<spec.name>/` for every spec; returns their manifests.
+@dataclasses.dataclass
+class BuildPlan:
+    """What a build of many datasets will write, decided from the CSVs before any frame is read:
+    the frame table (with each example's `prefix` and `example_index`, its place in the shuffled
+    record order), the shards of every prefix and, per dataset, the shards still to write. The
+    local pass and the Beam pipeline both execute one, so they write the same bytes."""
+    table: pd.DataFrame
+    plans: list[DatasetPlan]
+    counts: dict[str, int]  # examples per shard prefix (`fold.<k>`, `test`)
+    n_shards: dict[str, int]
+    n_folds: int
+    encoding: str
+    quality: int
+    mean_rounding: str
+    chunk_frames: int
 
-    One pass over the storms serves every spec; `workers` processes (default: all cores)
-    compute chunks of `chunk_frames` frames. Datasets whose manifest matches are kept (damaged
-    or missing shards are rewritten); a directory holding another dataset is an error unless
-    `overwrite`. If the build fails, the shards it wrote for datasets without a manifest are
-    removed again, so no half-built dataset is left behind. Training records are written in a
-    seeded shuffled order (`example_order`, `order_seed`); frames are read from `image_dir`
-    (default: `data_dir`), which every `image_path` must stay inside.
-    """
+    def __post_init__(self):
+        self._stops = {p: [b for _, b in self.shard_bounds(p)] for p in self.counts}
+        self._todo = {p.spec: p.todo for p in self.plans}
+
+    @property
+    def active(self) -> list[DatasetPlan]:
+        return [p for p in self.plans if p.todo]
+
+    def shard_bounds(self, prefix: str) -> list[tuple[int, int]]:
+        return recordio.shard_bounds(self.counts[prefix], self.n_shards[prefix])
+
+    def shard_name(self, prefix: str, index: int) -> str:
+        """The shard holding example `index` of `prefix` (the fixed assignment of `shard_bounds`)."""
+        return recordio.shard_name(prefix, bisect.bisect_right(self._stops[prefix], index),
+                                   self.n_shards[prefix])
+
+    def wants(self, spec: frames.DatasetSpec, prefix: str, index: int) -> bool:
+        return self.shard_name(prefix, index) in self._todo[spec]
+
+    def manifest(self, plan: DatasetPlan, image_size: list, sha256: dict) -> dict:
+        return _manifest(plan, self.encoding, self.n_folds, image_size, self.counts, self.n_shards,
+                         sha256)
+
+
+def prepare_build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec],
+                  shards_per_fold: int = SHARDS_PER_FOLD, encoding: str = "jpeg", quality: int = 95,
+                  workers: int | None = None, overwrite: bool = False, chunk_frames: int = 128,
+                  log: Callable[[str], None] = print, mean_rounding: str = "round",
+                  order_seed: int = 0, image_dir: str | None = None,
+                  wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> BuildPlan:
+    """Checks the options and inputs and plans the build (`build_datasets` has the arguments):
+    clears what cannot be kept in the output dirs, reads no frame but to hash it."""
     workers = workers or os.cpu_count() or 1
     _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_frames, mean_rounding)
     table = load_frame_table(data_dir, image_dir, wind_speed_range)
@@ -687,23 +742,46 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
     shard_names = [recordio.shard_name(p, i, n_shards[p]) for p in prefixes for i in range(n_shards[p])]
     sources = {name: file_sha256(storage.join(data_dir, name)) for name in SOURCES}
     sources["frames"] = frames_digest(table, workers)
-
     plans = [plan_dataset(spec, storage.join(out_root, spec.name),
                           build_key(spec, encoding, quality, shards_per_fold, sources, order_seed,
                                     mean_rounding),
                           shard_names, overwrite, log) for spec in specs]
-    active = [p for p in plans if p.todo]
     for plan in plans:
         if not plan.todo:
             log(f"{plan.out_dir}: up to date (manifest and shard checksums match)")
-    writers = {(p.spec, prefix): ShardWriter(p, prefix, counts[prefix], n_shards[prefix])
-               for p in active for prefix in prefixes}
-    manifests = {id(p): p.old for p in plans if not p.todo}
+    return BuildPlan(table, plans, counts, n_shards, n_folds, encoding, quality, mean_rounding,
+                     chunk_frames)
+
+
+def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec],
+                   shards_per_fold: int = SHARDS_PER_FOLD, encoding: str = "jpeg", quality: int = 95,
+                   workers: int | None = None, overwrite: bool = False, chunk_frames: int = 128,
+                   log: Callable[[str], None] = print, mean_rounding: str = "round",
+                   order_seed: int = 0, image_dir: str | None = None,
+                   wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> list[dict]:
+    """Builds (or completes) `<out_root>/<spec.name>/` for every spec; returns their manifests.
+
+    One pass over the storms serves every spec; `workers` processes (default: all cores)
+    compute chunks of `chunk_frames` frames. Datasets whose manifest matches are kept (damaged
+    or missing shards are rewritten); a directory holding another dataset is an error unless
+    `overwrite`. If the build fails, the shards it wrote for datasets without a manifest are
+    removed again, so no half-built dataset is left behind. Training records are written in a
+    seeded shuffled order (`example_order`, `order_seed`); frames are read from `image_dir`
+    (default: `data_dir`), which every `image_path` must stay inside.
+    """
+    workers = workers or os.cpu_count() or 1
+    build = prepare_build(data_dir, out_root, specs, shards_per_fold, encoding, quality, workers,
+                          overwrite, chunk_frames, log, mean_rounding, order_seed, image_dir,
+                          wind_speed_range)
+    active = build.active
+    writers = {(p.spec, prefix): ShardWriter(p, prefix, build.counts[prefix], build.n_shards[prefix])
+               for p in active for prefix in build.counts}
+    manifests = {id(p): p.old for p in build.plans if not p.todo}
     if active:
         repaired = [p.old["image_size"] for p in active if p.old is not None]
         try:
-            image_size = _write_pass(table, active, writers, repaired[0] if repaired else None,
-                                     chunk_frames, encoding, quality, workers, log, mean_rounding)
+            image_size = _write_pass(build, active, writers, repaired[0] if repaired else None,
+                                     workers, log)
             for writer in writers.values():
                 writer.finish()
         except BaseException:
@@ -717,11 +795,11 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
                 manifests[id(plan)] = plan.old
                 continue
             sha = {n: d for w in writers.values() if w.plan is plan for n, d in w.sha256.items()}
-            manifest = _manifest(plan, encoding, n_folds, image_size, counts, n_shards, sha)
+            manifest = build.manifest(plan, image_size, sha)
             storage.write_json(storage.join(plan.out_dir, recordio.MANIFEST), manifest)
             manifests[id(plan)] = manifest
             log(f"{plan.out_dir}: {manifest['counts']}")
-    return [manifests[id(p)] for p in plans]
+    return [manifests[id(p)] for p in build.plans]
 
 
 def _clean_up(plans: Sequence[DatasetPlan], writers) -> None:

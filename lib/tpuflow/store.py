@@ -14,7 +14,9 @@ Examples of any kind are assembled from the store at read time (`tpuflow.views`)
 """
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
+import dataclasses
 import hashlib
 import io
 import os
@@ -43,22 +45,49 @@ def frame_features(row, size: tuple[int, int], data: bytes) -> dict:
             "height": int(size[0]), "width": int(size[1])}
 
 
-def _read_frame(path: str) -> tuple[bytes, tuple[int, int]]:
+def read_frame(path: str) -> tuple[bytes, tuple[int, int]]:
     """The frame's bytes and (height, width); decoding checks it is an image (error names it)."""
     data = storage.read_bytes(path)
     return data, builder.decode_frame(data, path).shape[:2]
 
 
-def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int | None = None,
-                overwrite: bool = False, log: Callable[[str], None] = print,
-                image_dir: str | None = None,
-                wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> dict:
-    """Builds (or completes) `<out_root>/data-frames/`; returns its manifest.
+@dataclasses.dataclass
+class StorePlan:
+    """What a store build will write, decided before any frame is read: the frame table (storm
+    and time order: row i is record i), the shards and their row ranges, and which are still to
+    write. The local build and the Beam pipeline (`tpuflow.beam_build`) both execute one."""
+    table: pd.DataFrame
+    plan: builder.DatasetPlan
+    names: list[str]
+    bounds: list[tuple[int, int]]
+    counts: dict[str, int]
+    n_folds: int
 
-    A store whose manifest matches is kept (missing or damaged shards are rewritten), one built
-    from other CSVs or frames is rebuilt, and every shard is written under a temporary name and
-    renamed, so a killed build leaves nothing a re-run would trust.
-    """
+    def shard_name(self, row: int) -> str:
+        return self.names[bisect.bisect_right([b for _, b in self.bounds], row)]
+
+    def manifest(self, sizes: np.ndarray, source_bytes: int, sha256: dict) -> dict:
+        """The manifest of a new store, given every frame's (height, width) in table order."""
+        table = self.table.assign(height=sizes[:, 0], width=sizes[:, 1])
+        mixed = [str(s) for s, g in table.groupby("storm_id", sort=True)
+                 if g[["height", "width"]].drop_duplicates().shape[0] > 1]
+        key = self.plan.key
+        return {
+            "build": key, "spec": KIND, "kind": KIND, "n_frames": 1, "encoding": "source",
+            "image_size": [int(sizes[0, 0]), int(sizes[0, 1])], "storms_with_mixed_sizes": mixed,
+            "n_folds": self.n_folds, "counts": self.counts, "n_storms": int(table["storm_id"].nunique()),
+            "shards": {n: b - a for n, (a, b) in zip(self.names, self.bounds)},
+            "source_bytes": int(source_bytes), "record_order": "storm, then relative_time",
+            "sha256": dict(sorted(sha256.items())), "sources": key["sources"],
+            "tpuflow_version": __version__,
+        }
+
+
+def plan_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int | None = None,
+               overwrite: bool = False, log: Callable[[str], None] = print,
+               image_dir: str | None = None,
+               wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> StorePlan:
+    """Checks the inputs and plans the store build (`build_store` has the arguments)."""
     workers = workers or os.cpu_count() or 1
     if not isinstance(shards, int) or shards < 1:
         raise ValueError(f"--shards_per_fold={shards!r}: expected an integer >= 1")
@@ -81,31 +110,41 @@ def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int
     plan = builder.plan_dataset(None, out_dir, key, names, overwrite, log)
     if not plan.todo:
         log(f"{out_dir}: up to date (manifest and shard checksums match)")
+    return StorePlan(table, plan, names, recordio.shard_bounds(len(table), n_shards), counts, n_folds)
+
+
+def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int | None = None,
+                overwrite: bool = False, log: Callable[[str], None] = print,
+                image_dir: str | None = None,
+                wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> dict:
+    """Builds (or completes) `<out_root>/data-frames/`; returns its manifest.
+
+    A store whose manifest matches is kept (missing or damaged shards are rewritten), one built
+    from other CSVs or frames is rebuilt, and every shard is written under a temporary name and
+    renamed, so a killed build leaves nothing a re-run would trust.
+    """
+    workers = workers or os.cpu_count() or 1
+    sp = plan_store(data_dir, out_root, shards, workers, overwrite, log, image_dir, wind_speed_range)
+    plan, table, out_dir = sp.plan, sp.table, sp.plan.out_dir
+    if not plan.todo:
         return plan.old
     storage.makedirs(out_dir)
-    bounds = recordio.shard_bounds(len(table), n_shards)
     sha256 = dict(plan.old["sha256"]) if plan.old else {}
     sizes = np.zeros((len(table), 2), np.int64)
     source_bytes, written = 0, []
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # reads and PIL decodes free the GIL
-            for name, (a, b) in zip(names, bounds):
+            for name, (a, b) in zip(sp.names, sp.bounds):
                 rows = list(table.iloc[a:b].itertuples())
-                read = list(pool.map(_read_frame, [r.image_path for r in rows]))
+                read = list(pool.map(read_frame, [r.image_path for r in rows]))
                 for i, (data, size) in enumerate(read):
                     sizes[a + i] = size
                     source_bytes += len(data)
                 if name not in plan.todo:
                     continue
-                with storage.atomic_path(storage.join(out_dir, name)) as tmp, open(tmp, "wb") as f:
-                    writer = recordio.RecordWriter(f)
-                    for row, (data, size) in zip(rows, read):
-                        writer.write(recordio.encode_example(frame_features(row, size, data)))
-                    if plan.old and writer.sha256() != plan.old["sha256"].get(name):  # not renamed
-                        raise ValueError(f"{storage.join(out_dir, name)}: rebuilt shard differs from "
-                                         "its manifest; pass --overwrite to rebuild the store")
+                sha256[name] = write_shard(plan, name, [frame_record(row, size, data)
+                                                        for row, (data, size) in zip(rows, read)])
                 written.append(name)
-                sha256[name] = writer.sha256()
     except BaseException:
         if plan.old is None:  # a failed first build leaves no shard (a repair keeps its good ones)
             for name in written:
@@ -114,20 +153,28 @@ def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int
     if plan.old:
         log(f"{out_dir}: repaired {sorted(plan.todo)}")
         return plan.old
-    table = table.assign(height=sizes[:, 0], width=sizes[:, 1])
-    mixed = [str(s) for s, g in table.groupby("storm_id", sort=True)
-             if g[["height", "width"]].drop_duplicates().shape[0] > 1]
-    manifest = {
-        "build": key, "spec": KIND, "kind": KIND, "n_frames": 1, "encoding": "source",
-        "image_size": [int(sizes[0, 0]), int(sizes[0, 1])], "storms_with_mixed_sizes": mixed,
-        "n_folds": n_folds, "counts": counts, "n_storms": int(table["storm_id"].nunique()),
-        "shards": {n: b - a for n, (a, b) in zip(names, bounds)},
-        "source_bytes": int(source_bytes), "record_order": "storm, then relative_time",
-        "sha256": dict(sorted(sha256.items())), "sources": sources, "tpuflow_version": __version__,
-    }
+    manifest = sp.manifest(sizes, source_bytes, sha256)
     storage.write_json(storage.join(out_dir, recordio.MANIFEST), manifest)
-    log(f"{out_dir}: {len(table)} frames in {n_shards} shards, {manifest['counts']}")
+    log(f"{out_dir}: {len(table)} frames in {len(sp.names)} shards, {manifest['counts']}")
     return manifest
+
+
+def frame_record(row, size: tuple[int, int], data: bytes) -> bytes:
+    return recordio.encode_example(frame_features(row, size, data))
+
+
+def write_shard(plan: builder.DatasetPlan, name: str, records) -> str:
+    """Writes one shard under a temporary name, renamed only when complete and, for a repair,
+    equal to its manifest's sha256; returns that sha256."""
+    path = storage.join(plan.out_dir, name)
+    with storage.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = recordio.RecordWriter(f)
+        for record in records:
+            writer.write(record)
+        if plan.old and writer.sha256() != plan.old["sha256"].get(name):  # not renamed
+            raise ValueError(f"{path}: rebuilt shard differs from its manifest; pass --overwrite "
+                             "to rebuild the store")
+    return writer.sha256()
 
 
 # Columns of the store's table (one row per frame, in storm and time order) and their types.
