@@ -40,5 +40,8 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.18,<2.22"],  # CUDA GPUs, TensorFlow backend
         "gpu-jax": ["jax[cuda12]>=0.5", "tensorflow-cpu>=2.18,<2.22"],  # CUDA GPUs, JAX backend
         "efficientnet": ["efficientnet"],
+        # Dataset builds on Apache Beam (create_tfrecords.py --runner=DataflowRunner|...); `gcp`
+        # brings the Dataflow client. Checked: 2.77 next to TensorFlow 2.21 on Python 3.11.
+        "beam": ["apache-beam[gcp]>=2.77,<3"],
     },
 )

@@ -13,7 +13,17 @@ specs. A re-run skips datasets that are complete and rewrites only missing or da
 source frame once, as its original bytes, from which experiments read any kind with `--view`.
 `--explain` prints which source frames each channel or step of the given examples uses, and
 builds nothing.
+
+`--runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner` builds the same datasets, byte for
+byte, on Apache Beam (`pip install tpuflow[beam]`; README, "Building on Apache Beam"); flags this
+script does not define are Beam's pipeline options, e.g.
+    python data_prep/create_tfrecords.py --runner=DataflowRunner --data_dir=gs://b/raw \
+        --out_dir=gs://b/records --spec_file=data_prep/reference_specs.txt \
+        --project=my-project --region=us-central1 --temp_location=gs://b/tmp --setup_file=./setup.py
 """
+import logging
+import sys
+
 from absl import flags
 
 from tpuflow import builder, cli, frames, storage, store, validate
@@ -38,14 +48,60 @@ flags.DEFINE_integer("workers", 0, "Worker processes (0: all cores)")
 flags.DEFINE_integer("chunk_frames", 128, "Frames of a storm per work unit (bounds memory)")
 flags.DEFINE_bool("overwrite", False, "Replace an existing dataset built with other specs/inputs")
 flags.DEFINE_list("explain", [], "Image ids: print the source frames of their examples and exit")
+flags.DEFINE_string("runner", "local", "local (this machine's processes) or a Beam runner: "
+                    "DirectRunner, DataflowRunner, FlinkRunner, SparkRunner; other flags are "
+                    "then Beam's pipeline options")
 FLAGS = flags.FLAGS
+BEAM_ARGS: list[str] = []  # the command line's flags that are not ours: Beam's pipeline options
+
+
+def split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv with only this script's flags, the other flags with their values)."""
+    ours, theirs, i = argv[:1], [], 1
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.lstrip("-").split("=", 1)[0]
+        known = name in FLAGS or (name.startswith("no") and name[2:] in FLAGS)
+        if not arg.startswith("--") or known or arg == "--":
+            ours.append(arg)
+        else:
+            theirs.append(arg)
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                theirs.append(argv[i + 1])  # `--project my-project`
+                i += 1
+        i += 1
+    return ours, theirs
 
 
 def main(argv):
     del argv
+    if FLAGS.runner != "local" and not FLAGS.explain:
+        if FLAGS.runner not in builder.BEAM_RUNNERS:
+            raise cli.UsageError(f"--runner={FLAGS.runner!r}: expected local or one of {builder.BEAM_RUNNERS}")
+    elif BEAM_ARGS:
+        raise cli.UsageError(f"unknown flags {BEAM_ARGS} (Beam's pipeline options need a Beam "
+                             "--runner)")
     lines = storage.read_text(FLAGS.spec_file).splitlines() if FLAGS.spec_file else FLAGS.specs
     want_store = any(line.split("#", 1)[0].strip() == store.KIND for line in lines)
     specs = frames.parse_specs([line for line in lines if line.split("#", 1)[0].strip() != store.KIND])
+    if FLAGS.runner != "local" and not FLAGS.explain:
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        # the DirectRunner relays every worker's log lines; keep their errors only
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+        try:
+            from tpuflow import beam_build
+        except ImportError as err:
+            raise cli.UsageError(f"--runner={FLAGS.runner} needs Apache Beam ({err}): pip install "
+                                 "'tpuflow[beam]'") from err
+
+        beam_build.build(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir, specs, want_store,
+                         FLAGS.runner, BEAM_ARGS, shards_per_fold=FLAGS.shards_per_fold,
+                         encoding=FLAGS.encoding, quality=FLAGS.quality,
+                         workers=FLAGS.workers or None, overwrite=FLAGS.overwrite,
+                         chunk_frames=FLAGS.chunk_frames, mean_rounding=FLAGS.mean_rounding,
+                         order_seed=FLAGS.order_seed, image_dir=FLAGS.image_dir,
+                         wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
+        return
     if want_store and not FLAGS.explain:  # the frame store: every frame once (tpuflow.store)
         store.build_store(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir,
                           shards=FLAGS.shards_per_fold, workers=FLAGS.workers or None,
@@ -67,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.argv, BEAM_ARGS[:] = split_beam_args(sys.argv)
     cli.run_main(main)

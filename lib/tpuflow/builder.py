@@ -53,6 +53,7 @@ SHARDS_PER_FOLD = 16  # shuffled shards read in parallel: 4 training folds -> 64
 BUILD_FORMAT = 3  # bump when the same inputs and flags would give different record bytes
 SOURCES = ("train_cv.csv", "test_cv.csv")
 _SHARD_PATTERNS = ("fold.*.tfrecord-*", "test.tfrecord-*", "frames.tfrecord-*")  # frames: tpuflow.store
+BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")  # tpuflow.beam_build
 _PIXEL_KINDS = ("stacked", "mean")  # kinds whose images are computed (the others copy bytes)
 
 
