@@ -1,4 +1,5 @@
 """Usage: python benchmarks/bench_build.py [--n_storms=8] [--frames=60] [--workers=0] [--work_dir=/tmp]
+                                          [--nodirect_runner]
 
 Builds the reference batch of 15 datasets (data_prep/reference_specs.txt) from synthetic
 366x366 storms two ways, in one run:
@@ -9,7 +10,9 @@ Builds the reference batch of 15 datasets (data_prep/reference_specs.txt) from s
     encoded image for stacked/mean), then pack those files into TFRecords with TensorFlow;
 (b) `tpuflow.builder`: one pass over the storms for many datasets, `--workers` processes.
 
-(b) runs once per kind (that kind's datasets in one pass) and once for the whole batch.
+(b) runs once per kind (that kind's datasets in one pass) and once for the whole batch;
+(c) `tpuflow.beam_build` on Beam's DirectRunner (multi-process, `--workers` worker processes)
+    builds the whole batch too, and must write the same shards as (b).
 Printed: examples/s (examples of all datasets of the kind), MB/s of records written, peak
 resident memory (parent; and the largest worker for (b)) and the ratio (a)/(b) of wall times,
 per kind and in total. Every dataset of (a) is checked against (b): the same examples in the
@@ -39,6 +42,7 @@ flags.DEFINE_integer("workers", 0, "Worker processes of the one-pass builder (0:
 flags.DEFINE_string("work_dir", None, "Scratch dir (default: system temp); needs a few GB")
 flags.DEFINE_string("spec_file", os.path.join(os.path.dirname(__file__), "..", "data_prep",
                                               "reference_specs.txt"), "Specs to build")
+flags.DEFINE_bool("direct_runner", True, "Also build the whole batch on Beam's DirectRunner (c)")
 flags.DEFINE_string("child", None, "Internal: run one measured build (json) and print json")
 
 KINDS = ("single", "stacked", "mean", "sequence")
@@ -115,6 +119,14 @@ def _child(job: dict) -> dict:
         started = time.perf_counter()
         builder.build_datasets(job["data_dir"], job["out_dir"], specs, job["shards_per_fold"],
                                workers=job["workers"], log=lambda _: None)
+        times["all"] = time.perf_counter() - started
+    elif job["mode"] == "beam":
+        from tpuflow import beam_build
+
+        started = time.perf_counter()
+        beam_build.build(job["data_dir"], job["out_dir"], specs, False, "DirectRunner",
+                         [f"--direct_num_workers={job['workers']}"], job["shards_per_fold"],
+                         workers=job["workers"], log=lambda _: None)
         times["all"] = time.perf_counter() - started
     else:
         import tensorflow  # noqa: F401  (imported before the clock starts: a one-off cost)
@@ -227,8 +239,27 @@ def main(argv: list[str]) -> None:
                      max(r[4] for r in rows), ours["times"]["all"], ours["bytes"],
                      ours["rss_self_mb"], ours["rss_child_mb"]))
         _report(rows)
+        if FLAGS.direct_runner:
+            _report_beam(base, specs, n_frames, ours, os.path.join(work, "beam-all"), kind_sha)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _report_beam(base: dict, specs, n_frames: int, ours: dict, out_dir: str, kind_sha: dict) -> None:
+    """(c): the whole batch on the DirectRunner against the local one-pass build (b)."""
+    beam = _measure({**base, "mode": "beam", "specs": [s.to_string() for s in specs],
+                     "out_dir": out_dir})
+    same = all(records_sha(os.path.join(out_dir, s.name)) == kind_sha[s.name] for s in specs)
+    print(f"  whole batch on Beam's DirectRunner: same shard checksums as the one-pass builder: {same}")
+    if not same:
+        raise SystemExit("DirectRunner and one-pass builds differ")
+    n = len(specs) * n_frames
+    print(f"{'whole batch':22s} {'examples/s':>10s} {'MB/s':>6s} {'peak MB parent + largest child':>31s}")
+    for name, run in (("one-pass (local)", ours), ("Beam DirectRunner", beam)):
+        t = run["times"]["all"]
+        print(f"{name:22s} {n / t:10.0f} {run['bytes'] / 2**20 / t:6.0f} "
+              f"{run['rss_self_mb']:14.0f} + {run['rss_child_mb']:14.0f}")
+    print(f"DirectRunner / one-pass wall time: {beam['times']['all'] / ours['times']['all']:.1f}x")
 
 
 def records_sha(directory: str) -> dict:
