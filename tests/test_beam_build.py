@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
 from tpuflow import beam_build, builder, frames, recordio, storage, store
@@ -120,10 +121,9 @@ def test_a_failed_pipeline_leaves_nothing_and_its_rerun_completes(cv_dir, local_
                           if p.split(os.sep)[0] in [s.name for s in specs] + [store.NAME]}
 
 
-def test_beam_completes_a_local_build_and_refuses_a_shard_that_differs(cv_dir, local_root,
-                                                                       tmp_path):
-    """Either builder resumes the other's output: missing or damaged shards are rewritten and
-    the manifest is kept; a frame edited since makes a repaired shard differ: an error."""
+def test_beam_completes_a_local_build(cv_dir, local_root, tmp_path):
+    """Either builder resumes the other's output: missing or damaged shards are rewritten (and
+    must come out with the manifest's sha256), the manifest is kept."""
     out = str(tmp_path / "out")
     spec = frames.DatasetSpec.parse("mean:s2")
     for name in (spec.name, store.NAME):
@@ -137,6 +137,23 @@ def test_beam_completes_a_local_build_and_refuses_a_shard_that_differs(cv_dir, l
     local = _tree(local_root)
     assert _tree(out) == {p: b for p, b in local.items() if p.split(os.sep)[0] in (spec.name, store.NAME)}
     assert manifests[0] == json.loads(local[os.path.join(spec.name, recordio.MANIFEST)])
+
+
+def test_a_storm_of_another_frame_size_is_named_as_locally_and_nothing_is_left(cv_dir, tmp_path):
+    """The frame size is checked across storms, which different workers compute."""
+    data = str(tmp_path / "data")
+    shutil.copytree(cv_dir, data)
+    table = builder.load_frame_table(data)
+    last = table[table["storm_id"] == table["storm_id"].max()]
+    for path in last["image_path"]:
+        Image.new("L", (20, 24)).save(path, format="JPEG")
+    error = (rf"{last['image_path'].iloc[0]} \(storm '{last['storm_id'].iloc[0]}'\): frame size "
+             rf"20x24 differs from 24x24 of {table['image_path'].iloc[0]}")
+    out = str(tmp_path / "out")
+    with pytest.raises(Exception, match=error):
+        beam_build.build(data, out, frames.parse_specs(["single"]), False, "DirectRunner", IN_MEMORY,
+                         log=_quiet, **OPTIONS)
+    assert _tree(out) == {}
 
 
 def test_gcs_data_and_output(cv_dir, local_root, gcs_emulator):

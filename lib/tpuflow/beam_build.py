@@ -116,7 +116,8 @@ class StormRecords(_WithJob):
             if shape is None:
                 shape, first = list(result.shape), task.paths[task.start - task.read_from]
             elif list(result.shape) != shape:
-                raise builder.size_mismatch(task, result.shape, shape, first)
+                raise builder.size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
+                                            result.shape, shape, first)
             for spec, prefix, index, record in assembler.records(task, chunk, result):
                 yield "records", ((out_dirs[spec], build.shard_name(prefix, index)), (index, record))
         if shape is not None:
@@ -147,15 +148,8 @@ class WriteShard(_WithJob):
         if indices != list(range(first, stop)):
             raise RuntimeError(f"{storage.join(out_dir, name)}: expected examples {first}..{stop - 1} "
                                f"once each, got {len(indices)} records ({len(set(indices))} distinct)")
-        path = storage.join(out_dir, name)
-        with storage.atomic_path(path) as tmp, open(tmp, "wb") as f:
-            writer = recordio.RecordWriter(f)
-            for _, record in items:
-                writer.write(record)
-            if expected is not None and writer.sha256() != expected:  # raised before the rename
-                raise ValueError(f"{path}: rebuilt shard differs from its manifest (source frames "
-                                 "changed since the build?); pass --overwrite to rebuild it")
-        yield out_dir, (name, writer.sha256())
+        sha256 = builder.write_shard(storage.join(out_dir, name), (r for _, r in items), expected)
+        yield out_dir, (name, sha256)
 
 
 class WriteManifest(_WithJob):
@@ -195,9 +189,7 @@ def _image_size(build: builder.BuildPlan, sizes) -> list:
         if image_size is None:
             image_size, first = shape, path
         elif shape != image_size:
-            raise ValueError(f"{path} (storm {storm_id!r}): frame size {shape[1]}x{shape[0]} "
-                             f"differs from {image_size[1]}x{image_size[0]} of "
-                             f"{first or 'the dataset in its manifest'}")
+            raise builder.size_mismatch(path, storm_id, shape, image_size, first)
     return image_size
 
 

@@ -19,6 +19,11 @@ source frames plus their encoded `stacked`/`mean` images, and by the parent's co
 bytes of the current storm (for `sequence` history); the spills hold only offsets in memory.
 Neither TensorFlow nor any intermediate per-example file is involved (see `tpuflow.recordio`).
 
+The build is planned first (`prepare_build` -> `BuildPlan`: examples, order, shards, what an
+existing output already holds), records are assembled in one place (`RecordAssembler`) and
+shards written in one (`write_shard`): `tpuflow.beam_build` runs the same three on Apache Beam,
+so both paths write the same bytes.
+
 Shards are written under a temporary name and renamed; `manifest.json` (spec, encoding, counts,
 sha256 per shard, hashes of the CSVs and of every frame) comes last. A re-run skips datasets
 whose manifest matches and whose shards check out, rewrites only missing or damaged shards,
@@ -39,7 +44,7 @@ import os
 import signal
 import sys
 import tempfile
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -374,25 +379,18 @@ def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shard_names:
 # Writing
 
 
-class _Discarded(Exception):
-    """Thrown into `storage.atomic_path` to drop its temporary file instead of renaming it."""
-
-
-class _AtomicFile:
-    """`storage.atomic_path` held open across calls: `commit` renames (or uploads), `discard`
-    deletes the temporary file."""
-
-    def __init__(self, path: str):
-        self._context = storage.atomic_path(path)
-        self.file = open(self._context.__enter__(), "wb", buffering=1 << 20)
-
-    def commit(self) -> None:
-        self.file.close()
-        self._context.__exit__(None, None, None)
-
-    def discard(self) -> None:
-        self.file.close()
-        self._context.__exit__(_Discarded, _Discarded(), None)
+def write_shard(path: str, records: Iterable[bytes], expected: str | None = None) -> str:
+    """Writes one TFRecord shard under a temporary name, renamed (on gs://, uploaded) only when
+    complete and, when `expected` is given (a shard redone against its manifest), only if its
+    sha256 is that; returns its sha256. Every builder writes its shards through here."""
+    with storage.atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
+        writer = recordio.RecordWriter(f)
+        for record in records:
+            writer.write(record)
+        if expected is not None and writer.sha256() != expected:  # raised before the rename
+            raise ValueError(f"{path}: rebuilt shard differs from its manifest (source frames "
+                             "changed since the build?); pass --overwrite to rebuild the dataset")
+    return writer.sha256()
 
 
 class ShardWriter:
@@ -440,30 +438,19 @@ class ShardWriter:
             lost = [i for i in range(a, b) if i not in self._where]
             if lost:
                 raise RuntimeError(f"{name}: examples {lost[:5]} were never computed")
-            out = _AtomicFile(storage.join(self.plan.out_dir, name))
-            writer = recordio.RecordWriter(out.file)
-            try:
-                for i in range(a, b):
-                    offset, length = self._where[i]
-                    self._spill.seek(offset)
-                    writer.write(self._spill.read(length))
-            except BaseException:
-                out.discard()
-                raise
-            self._spill.seek(0, os.SEEK_END)
-            self._commit(name, out, writer.sha256())
+            expected = self.plan.old["sha256"].get(name) if self.plan.old else None
+            self.sha256[name] = write_shard(storage.join(self.plan.out_dir, name),
+                                            self._records(a, b), expected)
+            self.finished.append(name)
         self.abort()
 
-    def _commit(self, name: str, out: "_AtomicFile", digest: str) -> None:
-        expected = self.plan.old["sha256"].get(name) if self.plan.old else None
-        if expected is not None and digest != expected:
-            out.discard()
-            raise ValueError(f"{storage.join(self.plan.out_dir, name)}: rebuilt shard differs from "
-                             "its manifest (source frames changed since the build?); pass "
-                             "--overwrite to rebuild the whole dataset")
-        out.commit()
-        self.sha256[name] = digest
-        self.finished.append(name)
+    def _records(self, a: int, b: int) -> Iterator[bytes]:
+        """Records [a, b) of the example order, read back from the spill."""
+        for i in range(a, b):
+            offset, length = self._where[i]
+            self._spill.seek(offset)
+            yield self._spill.read(length)
+        self._spill.seek(0, os.SEEK_END)
 
     def abort(self) -> None:
         """Drops the spilled records."""
@@ -626,11 +613,10 @@ class RecordAssembler:
             del raw[i]
 
 
-def size_mismatch(task: ChunkTask, shape, image_size, first_path: str | None) -> ValueError:
+def size_mismatch(path: str, storm_id: str, shape, image_size, first_path: str | None) -> ValueError:
     """The error for a frame whose size differs from the dataset's (`image_size`, of `first_path`)."""
-    return ValueError(f"{task.paths[task.start - task.read_from]} (storm {task.storm_id!r}): "
-                      f"frame size {_size(shape)} differs from {_size(image_size)} of "
-                      f"{first_path or 'the dataset in its manifest'}")
+    return ValueError(f"{path} (storm {storm_id!r}): frame size {_size(shape)} differs from "
+                      f"{_size(image_size)} of {first_path or 'the dataset in its manifest'}")
 
 
 def _write_pass(build: "BuildPlan", plans: Sequence[DatasetPlan], writers: dict,
@@ -649,7 +635,8 @@ def _write_pass(build: "BuildPlan", plans: Sequence[DatasetPlan], writers: dict,
         if image_size is None:
             image_size, first_path = list(result.shape), task.paths[task.start - task.read_from]
         elif list(result.shape) != image_size:
-            raise size_mismatch(task, result.shape, image_size, first_path)
+            raise size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
+                                result.shape, image_size, first_path)
         for spec, prefix, index, record in assembler.records(task, chunk, result):
             writers[spec, prefix].write(index, record)
     return image_size

@@ -142,8 +142,10 @@ def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int
                     source_bytes += len(data)
                 if name not in plan.todo:
                     continue
-                sha256[name] = write_shard(plan, name, [frame_record(row, size, data)
-                                                        for row, (data, size) in zip(rows, read)])
+                sha256[name] = builder.write_shard(
+                    storage.join(out_dir, name),
+                    (frame_record(row, size, data) for row, (data, size) in zip(rows, read)),
+                    plan.old["sha256"].get(name) if plan.old else None)
                 written.append(name)
     except BaseException:
         if plan.old is None:  # a failed first build leaves no shard (a repair keeps its good ones)
@@ -161,20 +163,6 @@ def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int
 
 def frame_record(row, size: tuple[int, int], data: bytes) -> bytes:
     return recordio.encode_example(frame_features(row, size, data))
-
-
-def write_shard(plan: builder.DatasetPlan, name: str, records) -> str:
-    """Writes one shard under a temporary name, renamed only when complete and, for a repair,
-    equal to its manifest's sha256; returns that sha256."""
-    path = storage.join(plan.out_dir, name)
-    with storage.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        writer = recordio.RecordWriter(f)
-        for record in records:
-            writer.write(record)
-        if plan.old and writer.sha256() != plan.old["sha256"].get(name):  # not renamed
-            raise ValueError(f"{path}: rebuilt shard differs from its manifest; pass --overwrite "
-                             "to rebuild the store")
-    return writer.sha256()
 
 
 # Columns of the store's table (one row per frame, in storm and time order) and their types.
