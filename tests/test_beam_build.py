@@ -184,3 +184,5 @@ def test_beam_flags_need_a_beam_runner_and_misspelt_flags_are_refused(cv_dir, tm
                           capture_output=True, text=True)
     assert typo.returncode == 2 and "--shard_per_fold" in typo.stderr.splitlines()[-2]
     assert not os.listdir(tmp_path)
+    with pytest.raises(ValueError, match="needs --temp_location"):  # before any work
+        beam_build.pipeline_options("DataflowRunner", ["--project=p", "--region=us-central1"], 1)

@@ -230,6 +230,10 @@ def pipeline_options(runner, beam_args: Sequence[str], workers: int | None) -> P
     if unknown:  # Beam would only log that it drops them: a misspelt flag must not pass silently
         raise cli.UsageError(f"unknown flags {['--' + u for u in unknown]}: neither "
                          "create_tfrecords.py's nor Beam's pipeline options")
+    temp = options.view_as(GoogleCloudOptions).temp_location
+    if isinstance(runner, str) and runner != "DirectRunner" and not temp:
+        raise cli.UsageError(f"--runner={runner} needs --temp_location (gs://BUCKET/DIR, or a "
+                             "directory every worker mounts): the workers read the build plan there")
     if runner == "DirectRunner":
         direct = options.view_as(DirectOptions)
         given = " ".join(beam_args)
@@ -266,8 +270,9 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
     build_plan = (builder.prepare_build(data_dir, out_root, specs, shards_per_fold, encoding, quality,
                                         workers, overwrite, chunk_frames, log, mean_rounding,
                                         order_seed, image_dir, wind_speed_range) if specs else None)
+    sources = build_plan.plans[0].key["sources"] if build_plan else None  # frames hashed once
     frame_store = (store.plan_store(data_dir, out_root, shards_per_fold, workers, overwrite, log,
-                                    image_dir, wind_speed_range) if want_store else None)
+                                    image_dir, wind_speed_range, sources) if want_store else None)
     job = _job(build_plan, frame_store)
     if job.active:
         temp = options.view_as(GoogleCloudOptions).temp_location
@@ -278,7 +283,7 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
         try:
             with beam.Pipeline(runner=_runner(runner), options=options) as pipeline:
                 expand(pipeline, job, job_path, storm_records)
-        except BaseException:
+        except Exception:  # not on Ctrl-C: a cluster's job may still be running
             _clean_up(job.active)
             raise
         finally:

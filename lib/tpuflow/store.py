@@ -86,8 +86,10 @@ class StorePlan:
 def plan_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int | None = None,
                overwrite: bool = False, log: Callable[[str], None] = print,
                image_dir: str | None = None,
-               wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> StorePlan:
-    """Checks the inputs and plans the store build (`build_store` has the arguments)."""
+               wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE,
+               sources: dict | None = None) -> StorePlan:
+    """Checks the inputs and plans the store build (`build_store` has the arguments; `sources`:
+    the hashes of the CSVs and frames when a build of datasets already computed them)."""
     workers = workers or os.cpu_count() or 1
     if not isinstance(shards, int) or shards < 1:
         raise ValueError(f"--shards_per_fold={shards!r}: expected an integer >= 1")
@@ -103,8 +105,9 @@ def plan_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int 
                          "train_cv.csv and test_cv.csv)")
     n_shards = min(shards, len(table))
     names = [recordio.shard_name(PREFIX, i, n_shards) for i in range(n_shards)]
-    sources = {name: builder.file_sha256(storage.join(data_dir, name)) for name in builder.SOURCES}
-    sources["frames"] = builder.frames_digest(table, workers)
+    if sources is None:
+        sources = {name: builder.file_sha256(storage.join(data_dir, name)) for name in builder.SOURCES}
+        sources["frames"] = builder.frames_digest(table, workers)
     key = {"format": FORMAT, "kind": KIND, "encoding": "source", "shards": n_shards, "sources": sources}
     out_dir = storage.join(out_root, NAME)
     plan = builder.plan_dataset(None, out_dir, key, names, overwrite, log)
