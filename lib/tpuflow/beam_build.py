@@ -18,9 +18,11 @@ code the local build runs:
 - a final step per dataset, once all its shards are written, writes `manifest.json` last
   (`builder.BuildPlan.manifest`, `store.StorePlan.manifest`: the same fields and sha256s).
 
-The plan travels to the workers as one file beside the pipeline's `--temp_location` (a local
-temporary directory on the DirectRunner), read once per worker, so the job graph stays small
-whatever the number of frames. Each shard's records meet in one worker's memory to be sorted
+The plan travels to the workers as files in a directory under the pipeline's `--temp_location`
+(a local temporary directory on the DirectRunner): the plan without the frame table, read once
+per worker, and the table's rows in files of `STORMS_PER_FILE` storms, read by whichever worker
+takes them; so neither the job graph nor a worker holds the whole table, whatever the number of
+frames (the manifest step of the frame store reads it once). Each shard's records meet in one worker's memory to be sorted
 (e.g. ~350 MB for a `sequence:n96` shard of the competition's data at 16 shards per fold).
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from tpuflow import builder, cli, frames, recordio, storage, store, validate
 
 RUNNERS = builder.BEAM_RUNNERS
+STORMS_PER_FILE = 64
 
 
 @dataclasses.dataclass
@@ -72,15 +75,38 @@ def _job(build: builder.BuildPlan | None, frame_store: store.StorePlan | None) -
     return BeamJob(build, frame_store, shards)
 
 
-class _WithJob(beam.DoFn):
-    """A DoFn that reads the plan file once per worker."""
+def write_job(job: BeamJob, job_dir: str) -> list[str]:
+    """Writes the plan for the workers into `job_dir`; returns the files of storm rows."""
+    table = job.build.table if job.build is not None else job.store.table
+    table = table.assign(row=np.arange(len(table)))  # a frame's place in the table: its store record
+    storage.write_bytes(storage.join(job_dir, "table.pkl"), pickle.dumps(table))
+    light = BeamJob(job.build and dataclasses.replace(job.build, table=None),
+                    job.store and dataclasses.replace(job.store, table=None), job.shards)
+    storage.write_bytes(storage.join(job_dir, "job.pkl"), pickle.dumps(light))
+    storms = list(table.groupby("storm_id", sort=True))
+    paths = []
+    for k in range(0, len(storms), STORMS_PER_FILE):
+        path = storage.join(job_dir, f"storms-{k // STORMS_PER_FILE:06d}.pkl")
+        storage.write_bytes(path, pickle.dumps([(k + i, str(storm_id), rows) for i, (storm_id, rows)
+                                                in enumerate(storms[k:k + STORMS_PER_FILE])]))
+        paths.append(path)
+    return paths
 
-    def __init__(self, job_path: str):
-        self.job_path = job_path
+
+def read_storms(path: str):
+    """A file of `write_job` -> its (storm ordinal, storm id, the storm's rows of the table)."""
+    yield from pickle.loads(storage.read_bytes(path))
+
+
+class _WithJob(beam.DoFn):
+    """A DoFn that reads the plan once per worker."""
+
+    def __init__(self, job_dir: str):
+        self.job_dir = job_dir
         self.job: BeamJob | None = None
 
     def setup(self):
-        self.job = pickle.loads(storage.read_bytes(self.job_path))
+        self.job = pickle.loads(storage.read_bytes(storage.join(self.job_dir, "job.pkl")))
 
 
 class StormRecords(_WithJob):
@@ -90,19 +116,13 @@ class StormRecords(_WithJob):
     (One output, not tagged ones: the bundle-based DirectRunner's side input of a tagged
     output also holds the main output's elements.)"""
 
-    def setup(self):
-        super().setup()
-        job = self.job
-        self.build_rows = job.build.table.groupby("storm_id", sort=True).indices if job.build else {}
-        self.store_rows = job.store.table.groupby("storm_id", sort=True).indices if job.store else {}
-
     def process(self, element):
-        ordinal, storm_id = element
+        ordinal, _, rows = element
         build, frame_store = self.job.build, self.job.store
         if build is not None and build.active:
-            yield from self._datasets(ordinal, build, build.table.iloc[self.build_rows[storm_id]])
+            yield from self._datasets(ordinal, build, rows)
         if frame_store is not None and frame_store.plan.todo:
-            yield from self._store(frame_store, self.store_rows[storm_id])
+            yield from self._store(frame_store, rows)
 
     @staticmethod
     def _datasets(ordinal, build: builder.BuildPlan, storm):
@@ -127,14 +147,15 @@ class StormRecords(_WithJob):
     def _store(frame_store: store.StorePlan, rows):
         out_dir, todo = frame_store.plan.out_dir, frame_store.plan.todo
         sizes, source_bytes = [], 0
-        for position, row in zip(rows, frame_store.table.iloc[rows].itertuples()):
+        for row in rows.itertuples():
             data, size = store.read_frame(row.image_path)
             sizes.append(size)
             source_bytes += len(data)
-            name = frame_store.shard_name(int(position))
+            position = int(row.row)
+            name = frame_store.shard_name(position)
             if name in todo:
-                yield "records", ((out_dir, name), (int(position), store.frame_record(row, size, data)))
-        yield "store", ([int(r) for r in rows], sizes, source_bytes)
+                yield "records", ((out_dir, name), (position, store.frame_record(row, size, data)))
+        yield "store", (rows["row"].tolist(), sizes, source_bytes)
 
 
 class WriteShard(_WithJob):
@@ -164,11 +185,13 @@ class WriteManifest(_WithJob):
             raise RuntimeError(f"{out_dir}: shards not written: {sorted(plan.todo - set(written))}")
         if job.store is not None and plan is job.store.plan:
             if plan.old is None:
-                table_sizes = np.zeros((len(job.store.table), 2), np.int64)
+                table = pickle.loads(storage.read_bytes(storage.join(self.job_dir, "table.pkl")))
+                table_sizes = np.zeros((len(table), 2), np.int64)
                 for rows, frame_sizes, _ in store_rows:
                     table_sizes[rows] = frame_sizes
                 source_bytes = sum(n for _, _, n in store_rows)
-                self._write(out_dir, job.store.manifest(table_sizes, source_bytes, written))
+                frame_store = dataclasses.replace(job.store, table=table.drop(columns="row"))
+                self._write(out_dir, frame_store.manifest(table_sizes, source_bytes, written))
         else:
             image_size = _image_size(job.build, sizes)
             if plan.old is None:
@@ -193,26 +216,27 @@ def _image_size(build: builder.BuildPlan, sizes) -> list:
     return image_size
 
 
-def expand(pipeline: beam.Pipeline, job: BeamJob, job_path: str,
+def expand(pipeline: beam.Pipeline, job: BeamJob, job_dir: str, storm_files: Sequence[str],
            storm_records: type[StormRecords] = StormRecords):
-    """Adds the build's steps to `pipeline` (`storm_records`: the per-storm step, replaceable
-    so that tests can make a worker fail); returns the PCollection of finished dataset dirs."""
-    table = job.build.table if job.build is not None else job.store.table
-    storms = [(i, s) for i, s in enumerate(sorted(table["storm_id"].unique()))]
+    """Adds the build's steps to `pipeline` (`storm_files`: those of `write_job`;
+    `storm_records`: the per-storm step, replaceable so that tests can make a worker fail);
+    returns the PCollection of finished dataset dirs."""
     computed = (pipeline
-                | "Storms" >> beam.Create(storms)
-                | "Spread" >> beam.Reshuffle()
-                | "Compute" >> beam.ParDo(storm_records(job_path)))
+                | "StormFiles" >> beam.Create(storm_files)
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "Storms" >> beam.FlatMap(read_storms)
+                | "SpreadStorms" >> beam.Reshuffle()
+                | "Compute" >> beam.ParDo(storm_records(job_dir)))
     records, sizes, store_rows = (
         computed | name >> beam.FlatMap(lambda out, tag: [out[1]] if out[0] == tag else [], tag)
         for name, tag in (("Records", "records"), ("Sizes", "size"), ("StoreRows", "store")))
     written = (records
                | "ByShard" >> beam.GroupByKey()
-               | "WriteShards" >> beam.ParDo(WriteShard(job_path)))
+               | "WriteShards" >> beam.ParDo(WriteShard(job_dir)))
     datasets = pipeline | "Datasets" >> beam.Create([(p.out_dir, None) for p in job.active])
     return ({"todo": datasets, "sha256": written}
             | "ByDataset" >> beam.CoGroupByKey()
-            | "WriteManifests" >> beam.ParDo(WriteManifest(job_path),
+            | "WriteManifests" >> beam.ParDo(WriteManifest(job_dir),
                                              sizes=beam.pvalue.AsList(sizes),
                                              store_rows=beam.pvalue.AsList(store_rows)))
 
@@ -277,17 +301,17 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
     if job.active:
         temp = options.view_as(GoogleCloudOptions).temp_location
         local_temp = None if temp else tempfile.mkdtemp(prefix="tpuflow-beam-")
-        job_path = storage.join(temp or local_temp, f"tpuflow-build-{uuid.uuid4().hex}.pkl")
-        storage.write_bytes(job_path, pickle.dumps(job))
+        job_dir = storage.join(temp or local_temp, f"tpuflow-build-{uuid.uuid4().hex}")
+        storm_files = write_job(job, job_dir)
         log(f"building {[p.out_dir for p in job.active]} on {runner}")
         try:
             with beam.Pipeline(runner=_runner(runner), options=options) as pipeline:
-                expand(pipeline, job, job_path, storm_records)
+                expand(pipeline, job, job_dir, storm_files, storm_records)
         except Exception:  # not on Ctrl-C: a cluster's job may still be running
             _clean_up(job.active)
             raise
         finally:
-            storage.remove(job_path)
+            storage.remove(job_dir)
             if local_temp:
                 shutil.rmtree(local_temp, ignore_errors=True)
         for plan in job.active:
