@@ -77,7 +77,8 @@ def main(argv):
     del argv
     if FLAGS.runner != "local" and not FLAGS.explain:
         if FLAGS.runner not in builder.BEAM_RUNNERS:
-            raise cli.UsageError(f"--runner={FLAGS.runner!r}: expected local or one of {builder.BEAM_RUNNERS}")
+            raise cli.UsageError(f"--runner={FLAGS.runner!r}: expected local or one of "
+                                 f"{builder.BEAM_RUNNERS}")
     elif BEAM_ARGS:
         raise cli.UsageError(f"unknown flags {BEAM_ARGS} (Beam's pipeline options need a Beam "
                              "--runner)")
@@ -93,7 +94,6 @@ def main(argv):
         except ImportError as err:
             raise cli.UsageError(f"--runner={FLAGS.runner} needs Apache Beam ({err}): pip install "
                                  "'tpuflow[beam]'") from err
-
         beam_build.build(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir, specs, want_store,
                          FLAGS.runner, BEAM_ARGS, shards_per_fold=FLAGS.shards_per_fold,
                          encoding=FLAGS.encoding, quality=FLAGS.quality,

@@ -22,9 +22,10 @@ The plan travels to the workers as files in a directory under the pipeline's `--
 (a local temporary directory on the DirectRunner): the plan without the frame table, read once
 per worker, and the table's rows in files of `STORMS_PER_FILE` storms, read by whichever worker
 takes them; so neither the job graph nor a worker holds the whole table, whatever the number of
-frames (the manifest step of the frame store reads it once). Each shard's records meet in one worker's memory to be sorted
-(e.g. ~350 MB for a `sequence:n96` shard of the competition's data at 16 shards per fold).
-"""
+frames (the manifest step of the frame store reads it once). Each shard's records meet in one
+worker's memory to be sorted (e.g. ~260 MB for a `sequence:n96` shard of the competition's data
+at 16 shards per fold). The DirectRunner also holds every record of the build in the launching
+process while it groups them (README, "Building on Apache Beam")."""
 from __future__ import annotations
 
 import dataclasses
