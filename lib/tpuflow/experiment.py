@@ -147,10 +147,9 @@ def make_config(**overrides) -> Config:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}")
     values.update(overrides)
     asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
-    cfg = config.build(values, asked)
-    check_flags(cfg)
-    mixup.check(cfg.mixup_alpha, cfg.mixup_prob, cfg.mixup_mode)
-    return cfg
+    check_flags(Config(values))  # as given, before anything is derived from them
+    mixup.check(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
+    return config.build(values, asked)
 
 
 def architecture_of(run_dir: str) -> str | None:
