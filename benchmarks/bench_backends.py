@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-from tpuflow import experiment, runner, runtime  # first: tpuflow picks Keras' backend (--backend)
+from tpuflow import config, experiment, runner, runtime  # first: tpuflow picks Keras' backend (--backend)
 from tpuflow.throughput import model_rate
 
 import keras  # noqa: E402,I001
@@ -49,11 +49,9 @@ def measure() -> float:
     cfg = experiment.make_config(**{**run_py.DEFAULTS, "weights": None, "backbone": FLAGS.backbone,
                                     "dim": FLAGS.dim, "batch_size": FLAGS.batch_size,
                                     "mixed_precision": FLAGS.mixed_precision, "cpu_replicas": FLAGS.cpu_replicas})
-    cfg.n_frames, cfg.n_classes = FLAGS.n_frames, cfg.n_classes or 10
     placement = runtime.get_runtime(cpu_replicas=cfg.cpu_replicas)
-    cfg.precision = runtime.set_precision(cfg.mixed_precision, placement)
-    cfg.global_batch_size = runtime.global_batch_size(cfg.batch_size, placement.replicas, per_replica=False)
-    cfg.scaled_lr = cfg.lr
+    cfg = config.resolve(cfg.replace(n_frames=FLAGS.n_frames, n_classes=cfg.n_classes or 10), placement=placement)
+    runtime.set_precision(cfg.precision)
     print(runtime.describe(placement, cfg.precision, cfg.global_batch_size), flush=True)
     keras.utils.set_random_seed(0)
     with placement.scope():

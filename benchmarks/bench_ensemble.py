@@ -146,7 +146,7 @@ def main(argv: list[str]) -> None:
         m, n = inputs.val.shape
         print(f"inputs: {m} predictions x {n} rows ({inputs.val.dtype}), test {inputs.test.shape[1]} rows; "
               f"load {t_load:.2f}s wall, {c_load:.2f}s CPU (in-process, warm page cache)")
-        problem = ensemble.Problem(inputs.val, inputs.y, inputs.fold_slices, ensemble.METRICS["rmse"])
+        problem = ensemble.Problem(inputs.val, inputs.y, inputs.fold_slices, ensemble.METRICS["rmse_raw"])
         t_sums, _, order = best_of(lambda: ensemble.sort_order(problem, ensemble.METRICS["rmse_rounded"]), 1)
         t_moments, _, _ = best_of(problem.moments, 1)
         t_fast, c_fast, (cs, _, _) = best_of(lambda: ensemble._pairwise_rmse(problem, order), FLAGS.repeats)

@@ -6,8 +6,10 @@ Is the input pipeline or the model the bottleneck? For each dataset kind, on thi
 
 - input: training-pipeline examples/s (read, decode, resize, augment, batch: `pipeline.train_dataset`,
   exactly what `model.fit` consumes), on the host CPU;
-- model: training examples/s of the kind's model (the backbone on each image; for sequences on each
-  frame, then an LSTM over time) fed from one in-memory batch, so no input work is counted;
+- model: training examples/s of the model an experiment of the kind trains (`models.image_model`,
+  the backbone on each image; for sequences `models.sequence_transformer_model`, cnn-trans: the
+  backbone on every frame in one batch, then a Transformer encoder) fed from one in-memory batch,
+  so no input work is counted;
 - their ratio: input/model > 1 means the accelerator (or CPU) running the model is the limit
   (model-bound); < 1 means it waits for data (input-bound: cache, fewer augmentations, more hosts);
 - pipeline memory: the peak resident memory of the process while the input batches are drawn,
@@ -28,7 +30,7 @@ import os
 import tempfile
 
 from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
-from tpuflow.throughput import PeakMemory, input_rate, kind_parser, model_rate
+from tpuflow.throughput import PeakMemory, input_rate, kind_config, kind_parser, model_rate
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
 import tensorflow as tf  # noqa: E402
@@ -52,15 +54,11 @@ flags.DEFINE_integer("buffer", 2048, "Shuffle buffer (the experiments' default -
 
 
 def build_model(spec: frames.DatasetSpec, dim: int, backbone: str) -> keras.Model:
-    """The backbone over each image (each frame of a sequence, then an LSTM over time) -> wind speed."""
-    if spec.kind != "sequence":
-        inputs = keras.Input((dim, dim, spec.channels))
-        return keras.Model(inputs, models.head(models.image_features(inputs, backbone, None), "regression"))
-    frame = keras.Input((dim, dim, 1))
-    per_frame = keras.Model(frame, models.image_features(frame, backbone, None))
-    inputs = keras.Input((spec.depth, dim, dim, 1))
-    x = keras.layers.LSTM(64)(keras.layers.TimeDistributed(per_frame)(inputs))
-    return keras.Model(inputs, models.head(x, "regression"))
+    """The model training uses for the kind (see the module doc), without pretrained weights."""
+    cfg = kind_config(spec, dim, backbone)
+    if spec.kind == "sequence":
+        return models.sequence_transformer_model(cfg)
+    return models.image_model(cfg, channels=spec.channels)
 
 
 def make_records(work: str, specs: list[frames.DatasetSpec], size: int) -> dict:

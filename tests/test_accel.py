@@ -88,7 +88,7 @@ def test_mixed_float16_wraps_the_optimizer_in_loss_scaling_and_trains(cv_dir, si
                                  steps_per_execution=2)
     try:
         runtime.set_precision(cfg.mixed_precision)
-        cfg.global_batch_size, cfg.scaled_lr = 8, cfg.lr
+        cfg = cfg.replace(global_batch_size=8, scaled_lr=cfg.lr)
         model = tiny_experiment.init_model(cfg)
         runner.compile_model(model, cfg)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

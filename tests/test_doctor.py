@@ -41,7 +41,8 @@ def test_memory_counts_serialized_records_in_the_buffer_and_the_cache(cv_dir, si
 
 def test_a_run_pys_relative_default_paths_resolve_against_its_folder():
     run_py = os.path.join(ROOT, "experiments", "run-20261121-1300-cnn-1ch", "run.py")
-    names = sorted(set(doctor.load_run_py(run_py).DEFAULTS) | {"output_dir", *experiment.SCRIPT_RELATIVE})
+    names = sorted(set(experiment.experiment_defaults(doctor.load_run_py(run_py).DEFAULTS, os.path.dirname(run_py)))
+                   | {"output_dir", *experiment.SCRIPT_RELATIVE})
     saved = {n: doctor.FLAGS[n].default for n in names}
     try:
         doctor._apply_experiment_defaults([f"--experiment={os.path.relpath(run_py)}"])

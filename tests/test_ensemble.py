@@ -17,7 +17,7 @@ from ensemble_fixtures import random_models, write_data, write_model
 from tpuflow import ensemble, ensemble_data, ensemble_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RMSE, RMSE_ROUNDED = ensemble.METRICS["rmse"], ensemble.METRICS["rmse_rounded"]
+RMSE, RMSE_ROUNDED = ensemble.METRICS["rmse_raw"], ensemble.METRICS["rmse_rounded"]
 
 
 def reference_loop(val: np.ndarray, y: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -282,8 +282,8 @@ def test_command_writes_every_output_without_tensorflow(dataset, tmp_path):
     assert sub["wind_speed"].dtype == np.int64
     rep = json.load(open(os.path.join(out, "report_ens_forward.json")))
     assert rep["method"] == "forward" and rep["n_inputs"] == 6 and rep["params"]["bags"] == 3
-    assert set(rep["scores"]) == {"rmse", "rmse_rounded"}
-    assert len(rep["scores"]["rmse"]["ensemble_nested_per_fold"]) == 3
+    assert set(rep["scores"]) == {"rmse_raw", "rmse_rounded"}
+    assert len(rep["scores"]["rmse_raw"]["ensemble_nested_per_fold"]) == 3
     np.testing.assert_allclose(sum(r["weight"] for r in rep["inputs"]), 1.0)
     assert {"load", "fit", "nested", "apply_test"} <= set(rep["timings_s"])
     assert len(pd.read_csv(os.path.join(out, "weights_ens_forward.csv"))) == 6
@@ -299,7 +299,7 @@ def test_command_rejects_unknown_method_and_metric(dataset, tmp_path):
 
 
 # ---------------------------------------------------------------------------- bad input, atomic outputs
-def _run_and_write(data_dir: str, dirs: list[str], out: str, method: str = "pairwise", metric: str = "rmse",
+def _run_and_write(data_dir: str, dirs: list[str], out: str, method: str = "pairwise", metric: str = "rmse_raw",
                    **load_kw) -> dict[str, str]:
     inputs = ensemble_data.load_inputs(data_dir, dirs, **load_kw)
     result = ensemble_report.run(inputs, method, metric)

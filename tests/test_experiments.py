@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import jax_env
-from tpuflow import builder, experiment, frames, run_record, runner, scoring
+from tpuflow import builder, config, experiment, frames, run_record, runner, scoring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "*", "run.py")))
@@ -67,7 +67,7 @@ def test_experiment_runs_every_job_quickly(run_py, backend, cv_dir, kind_dirs, t
 
     record = run_record.read_record(str(out))
     assert record["status"] == "complete" and record["experiment_id"] == out.name
-    assert record["model"]["architecture"] == defaults["architecture"]
+    assert record["model"]["architecture"] == defaults.get("architecture", experiment.architecture_of(out.parent / _name(run_py)))
     assert record["dataset"]["kind"] == defaults["dataset_kind"]
     assert record["folds"]["0"]["epochs"] == 1
     assert record["runtime"]["backend"] == backend and record["versions"]["jax"]
@@ -111,6 +111,7 @@ def test_packed_sequence_model_refuses_frame_count_not_divisible_by_three(cv_dir
     cfg = experiment.make_config(**{**lstm.DEFAULTS, "data_dir": cv_dir, "data_tfrec_dir": tfrec,
                                     "output_dir": str(tmp_path / "out"), "dim": 16, "weights": None})
     manifest = runner.check_inputs(cfg, {"train"})
+    cfg = config.resolve(cfg, manifest)  # frames per example, from the manifest
     with pytest.raises(ValueError, match=rf"cannot read the records of --data_tfrec_dir={tfrec} "
                                          r"\(sequence:n4:s1\): pack3 needs a multiple of 3 frames"):
         runner.check_parse(cfg, manifest, lambda s: lstm.parse_example(s, cfg))

@@ -66,7 +66,7 @@ def test_mixed_batches_are_convex_combinations(task, mode, cv_dir, single_dir):
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])
 def test_sequences_get_one_mix_for_all_frames(mode, cv_dir, history_dirs):
     cfg = experiment.make_config(dim=16)
-    cfg.n_frames = 6
+    cfg = cfg.replace(n_frames=6)
     parse = lambda s: experiment.parse_sequence_example(s, cfg)  # noqa: E731
     (x, y), = _batches(history_dirs["sequence"], cfg, parse, n=1)
     (xm, ym), = _batches(history_dirs["sequence"], cfg, parse, dict(alpha=1.0, prob=1.0, mode=mode), n=1)

@@ -128,7 +128,7 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
     """What a resumed fold needs beyond weights: Adam moments and step, the (reduced) LR, the best
     value so far (else a worse epoch could replace the best checkpoint) and the plateau counters."""
     cfg = experiment.make_config(output_dir=str(tmp_path), dim=8, task="regression")
-    cfg.global_batch_size, cfg.scaled_lr = 4, cfg.lr
+    cfg = cfg.replace(global_batch_size=4, scaled_lr=cfg.lr)
 
     def fold_setup():
         model = tiny_experiment.init_model(cfg)

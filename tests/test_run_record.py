@@ -89,7 +89,7 @@ def test_curves_have_one_row_per_epoch(tiny_run):
 def test_score_only_run_updates_cv_and_keeps_training_facts_and_lb(cv_dir, single_dir, tmp_path):
     out = tmp_path / "run-rescore"
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, lr=0.01))
-    run_record.set_lb(str(out), 9.5, 9.8)
+    run_record.attach_lb(str(out), 9.5, 9.8)
     trained = run_record.read_record(str(out))
     _run(_cfg(cv_dir, None, out, n_folds=1, job="score", tta_number=0, lr=0.5))
     record = run_record.read_record(str(out))

@@ -119,6 +119,7 @@ except ValueError as err:
     assert "--batch_size=5 (global) is not divisible by the 2 replicas" in str(err), err
 cfg = experiment.make_config(batch_size=3, batch_size_per_replica=True, **settings)
 result = experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
+cfg = result["config"]
 assert cfg.global_batch_size == 6, cfg.global_batch_size
 # Exactly once, in id order: a weight-free model whose output identifies the example.
 with strategy.scope():

@@ -141,9 +141,10 @@ def _zoo(name):
 
 def test_dim_too_small_for_the_backbone_names_dim(cv_dir, single_dir, tmp_path):
     zoo = _zoo("run-20261121-1300-cnn-1ch")
-    cfg = _cfg(cv_dir, single_dir, tmp_path / "run", dim=7, backbone="MobileNetV3Small", job="train")
+    cfg = _cfg(cv_dir, single_dir, tmp_path / "run", dim=7, backbone="MobileNetV3Small", job="train",
+               dataset_kind=zoo.DEFAULTS["dataset_kind"])  # its records' parser
     with pytest.raises(cli.UsageError, match=r"--dim=7 --backbone=MobileNetV3Small: the model cannot be built"):
-        experiment.run(cfg, zoo.init_model, zoo.parse_example)
+        experiment.run(cfg, zoo.init_model, experiment.parse_by_kind)
     assert run_record.read_record(str(tmp_path / "run"))["status"] == "failed"
 
 

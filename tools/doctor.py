@@ -23,7 +23,7 @@ import os
 import sys
 import urllib.request
 
-from tpuflow import backend, cli, experiment, records, runner, runtime, storage  # first: picks Keras' backend
+from tpuflow import backend, cli, config, experiment, records, runner, runtime, storage  # first: picks Keras' backend
 
 from absl import app, flags  # noqa: E402,I001
 
@@ -86,28 +86,26 @@ def check_tpu_stack(report: Report, placement) -> None:
 
 
 def check_placement(report: Report, cfg):
-    """Devices, precision and batch as the run will resolve them; None if that fails."""
+    """Devices, precision and batch as the run will resolve them: (placement, the configuration
+    resolved for it); placement None if that fails."""
     try:
         placement = runtime.get_runtime(cfg.tpu_ip_or_name, cfg.cpu_replicas, tpu_fallback=cfg.tpu_fallback,
                                         tpu_timeout_s=cfg.tpu_timeout_s, distributed=cfg.distributed)
     except (runtime.TPUUnreachableError, RuntimeError, ValueError) as err:
         report.add(FAIL, "devices", f"{type(err).__name__}: {err}")
-        return None
+        return None, cfg
     report.add(OK, "devices", f"{placement.replicas} {placement.kind.upper()} device(s) in {placement.processes} "
                f"process(es) ({placement.name}): {', '.join(placement.devices[:8])}"
                + (" ..." if len(placement.devices) > 8 else ""))
     try:
-        cfg.precision = runtime.set_precision(cfg.mixed_precision, placement)
-        cfg.global_batch_size = runtime.global_batch_size(cfg.batch_size, placement.replicas, cfg.batch_size_per_replica)
-        cfg.scaled_lr = runtime.scaled_lr(cfg.lr, cfg.global_batch_size,
-                                          cfg.base_batch_size or cfg.global_batch_size // placement.replicas,
-                                          cfg.lr_scaling)
+        cfg = config.resolve(cfg, placement=placement)
+        runtime.set_precision(cfg.precision)
     except ValueError as err:
         report.add(FAIL, "batch/precision", str(err))
-        return None
+        return None, cfg
     report.add(OK, "batch/precision", f"precision {cfg.precision}, global batch {cfg.global_batch_size} = "
                f"{cfg.global_batch_size // placement.replicas} per device, lr {cfg.scaled_lr:g}")
-    return placement
+    return placement, cfg
 
 
 def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
@@ -116,17 +114,13 @@ def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
     from tpuflow.throughput import input_rate, model_rate  # noqa: PLC0415
     n_folds = int(manifest["n_folds"])
     files = records.record_files(cfg.data_tfrec_dir, [k for k in range(n_folds) if k != cfg.initial_fold])
-    parse = lambda serialized: run_py.parse_example(serialized, cfg)  # noqa: E731
+    parse = lambda serialized: _parser(run_py)(serialized, cfg)  # noqa: E731
     ds = pipeline.train_dataset(files, parse, cfg.global_batch_size, shuffle_buffer=min(cfg.buffer_size, 256),
                                 aug_prob=cfg.aug_prob, seed=0)
     data = input_rate(ds, FLAGS.input_batches, cfg.global_batch_size)
-    weights, cfg.weights = cfg.weights, None  # the step rate does not depend on the weights' values
-    try:
-        with placement.scope():
-            model = run_py.init_model(cfg)
-            runner.compile_model(model, cfg)
-    finally:
-        cfg.weights = weights
+    with placement.scope():  # the step rate does not depend on the weights' values
+        model = run_py.init_model(cfg.replace(weights=None))
+        runner.compile_model(model, cfg)
     steps = model_rate(model, next(iter(ds)), FLAGS.model_steps, cfg.global_batch_size)
     verdict = ("model-bound: the devices are the limit" if data >= steps else
                "input-bound: the devices wait for data (--use_cache, fewer augmentations, more host CPUs)")
@@ -163,12 +157,12 @@ def check_memory(report: Report, cfg, run_py, manifest: dict) -> None:
     train_folds = [k for k in range(int(manifest["n_folds"])) if k != cfg.initial_fold]
     train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
     first = records.record_files(cfg.data_tfrec_dir, [cfg.initial_fold])[0]
-    image = run_py.parse_example(next(iter(tf.data.TFRecordDataset(first).take(1))), cfg)[0]
+    image = _parser(run_py)(next(iter(tf.data.TFRecordDataset(first).take(1))), cfg)[0]
     per_example = int(image.shape.num_elements()) * 4  # float32 once batched (uint8 until then)
     n_train = records.example_count(manifest, train_folds)
     record_bytes = pipeline.mean_record_bytes(train_files)
     held = max(1, min(cfg.buffer_size, n_train, pipeline.SHUFFLE_BYTES // record_bytes))
-    batch = getattr(cfg, "global_batch_size", None) or cfg.batch_size
+    batch = cfg.global_batch_size or cfg.batch_size
     buffer_bytes = held * record_bytes
     batch_bytes = DECODED_BATCHES * batch * per_example
     cache_bytes = sum(tf.io.gfile.stat(path).length for path in train_files) if cfg.use_cache else 0
@@ -227,6 +221,11 @@ def check_bucket_locations(report: Report, cfg) -> None:
                        "cross-region reads cost money and time (copy the data to a bucket in " + region + ")")
 
 
+def _parser(run_py):
+    """The experiment's parser: its own `parse_example`, else its kind's."""
+    return getattr(run_py, "parse_example", experiment.parse_by_kind)
+
+
 @functools.cache
 def load_run_py(path: str):
     """An experiment's run.py as a module (its `__main__` guard keeps it from running)."""
@@ -243,7 +242,7 @@ def main(argv: list[str]) -> None:
     run_py = load_run_py(FLAGS.experiment) if FLAGS.experiment else None
     cfg = experiment.make_config()
     report.add(OK, "backend", f"{backend.chosen} ({backend.reason}), keras {_version('keras')}")
-    placement = check_placement(report, cfg)
+    placement, cfg = check_placement(report, cfg)
     check_tpu_stack(report, placement)
     manifest = None
     if not cfg.data_tfrec_dir:
@@ -252,6 +251,7 @@ def main(argv: list[str]) -> None:
         try:
             manifest = records.read_manifest(cfg.data_tfrec_dir)
             runner.check_dataset_kind(cfg, manifest)
+            cfg = config.resolve(cfg, manifest)
             report.add(OK, "dataset", f"{cfg.data_tfrec_dir}: {manifest['spec']}, {manifest['n_folds']} folds")
         except (OSError, ValueError, KeyError) as err:
             report.add(FAIL, "dataset", f"{type(err).__name__}: {err}")
@@ -261,7 +261,7 @@ def main(argv: list[str]) -> None:
         report.add(SKIP, "host memory", "no --experiment: the decoded example size depends on its parser")
     elif manifest:
         if cfg.task == "classification" and not cfg.n_classes:
-            cfg.n_classes = len(runner.load_unique_labels(cfg.data_dir, required=True))
+            cfg = config.resolve(cfg, n_labels=len(runner.load_unique_labels(cfg.data_dir, required=True)))
         check_memory(report, cfg, run_py, manifest)
         if placement is None:
             report.add(SKIP, "input vs model", "no devices resolved (see above)")
@@ -281,9 +281,9 @@ def main(argv: list[str]) -> None:
 
 
 def _apply_experiment_defaults(argv: list[str]) -> None:
-    """The run.py's flag defaults (DEFAULTS), before flags are parsed, as `experiment.main` does:
-    its relative default data paths resolve against the run.py's folder, and its outputs default
-    to that folder."""
+    """The run.py's flag defaults, before flags are parsed, as `experiment.main` applies them
+    (its relative default data paths resolve against the run.py's folder, and its outputs default
+    to that folder)."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--experiment=")), None)
     if not path:
         FLAGS.set_default("output_dir", os.getcwd())
@@ -292,12 +292,7 @@ def _apply_experiment_defaults(argv: list[str]) -> None:
         defaults = load_run_py(path).DEFAULTS
     except OSError:
         return  # main loads it again and names the file in one line
-    for name, value in defaults.items():
-        FLAGS.set_default(name, value)
-    here = os.path.dirname(os.path.abspath(path))
-    FLAGS.set_default("output_dir", defaults.get("output_dir") or here)
-    for name, value in cli.script_relative({n: FLAGS[n].default for n in experiment.SCRIPT_RELATIVE}, here).items():
-        FLAGS.set_default(name, value)
+    experiment.apply_defaults(defaults, os.path.dirname(os.path.abspath(path)))
 
 
 if __name__ == "__main__":

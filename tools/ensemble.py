@@ -1,7 +1,7 @@
 """Blends the saved predictions of many experiments into one submission.
 
 Usage: python tools/ensemble.py --data_dir=DATA --model_dirs='runs/run-*,other/run-x' --out_dir=OUT
-           [--method=pairwise|forward|backward|optimize] [--metric=rmse|rmse_rounded|logloss|accuracy]
+           [--method=pairwise|forward|backward|optimize] [--metric=rmse_raw|rmse_rounded|logloss|accuracy]
 
 Every (experiment, TTA) prediction is one input. `pairwise` is the reference greedy search
 (best first, c*r + (1-c)*p over a 112-point grid); `forward`/`backward` grow or shrink an equal-
@@ -32,7 +32,9 @@ flags.DEFINE_string("data_dir", None, "Dir with train_cv.csv and submission_form
 flags.DEFINE_string("model_dirs", None, "Comma-separated experiment dirs or globs, each with preds/.")
 flags.DEFINE_string("out_dir", None, "Where the submission, report, weights and plot go.")
 flags.DEFINE_enum("method", "pairwise", list(ensemble.METHODS), "Weight search method.")
-flags.DEFINE_enum("metric", "rmse", sorted(ensemble.METRICS), "What the method minimises (or maximises).")
+flags.DEFINE_enum("metric", "rmse_raw", [*sorted(ensemble.METRICS), *ensemble.OLD_NAMES], "What the method "
+                  "minimises (or maximises): rmse_raw (RMSE of the blended values), rmse_rounded (of them rounded: "
+                  "the competition's score), logloss or accuracy (probabilities); rmse: old name of rmse_raw.")
 flags.DEFINE_string("sort_metric", "", "pairwise: ranking metric (default: rmse_rounded for values, "
                     "as the reference; else --metric).")
 flags.DEFINE_string("name", "", "Output name suffix (default: ens_<method>).")

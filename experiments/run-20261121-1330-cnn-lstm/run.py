@@ -3,21 +3,12 @@
 The n frames of a `sequence` record (oldest first, current last) are packed three at a time as
 the channels of one image, so the backbone runs n/3 times per example; the LSTM reads the n/3
 feature vectors in time order. n must be a multiple of 3.
-
-Usage:
-    python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
-    python run.py --job=score_subm --tta_number=9      # from cached predictions
 """
 from tpuflow import experiment, models  # first: picks Keras' backend (--backend), answers --help, quiets TensorFlow's logs
 
 import keras  # noqa: E402
 
-DEFAULTS = dict(
-    architecture="cnn-lstm", dataset_kind="sequence",
-    data_dir="../../data", data_tfrec_dir="../../data/data-tfrec-sequence-frames024-step001",
-    backbone="EfficientNetB0", weights="imagenet", dim=366,
-    n_epochs=15, batch_size=64, lr=1e-3, aug_prob=0.5, tta_number=9,
-)
+DEFAULTS = dict(dataset_kind="sequence", data_tfrec_dir="../../data/data-tfrec-sequence-frames024-step001", batch_size=64)
 
 
 def init_model(cfg):

@@ -2,34 +2,16 @@
 
 Each of the n frames of a `sequence` record gets backbone features; two self-attention layers
 with learned position embeddings combine them, so the model can weigh any past frame.
-
-Usage:
-    python run.py --job=train_val_test_score_subm --tpu_ip_or_name=node-1
-    python run.py --job=score_subm --tta_number=9      # from cached predictions
 """
-from tpuflow import experiment, models  # first: picks Keras' backend (--backend), answers --help, quiets TensorFlow's logs
+from tpuflow import experiment, models
 
-import keras  # noqa: E402
-
-DEFAULTS = dict(
-    architecture="cnn-trans", dataset_kind="sequence",
-    data_dir="../../data", data_tfrec_dir="../../data/data-tfrec-sequence-frames012-step002",
-    backbone="EfficientNetB0", weights="imagenet", dim=366,
-    n_epochs=15, batch_size=32, lr=1e-3, aug_prob=0.5, tta_number=9,
-)
+DEFAULTS = dict(dataset_kind="sequence")
 
 
 def init_model(cfg):
     """(n, dim, dim, 1) frames -> backbone features per frame -> Transformer encoder -> wind speed."""
-    frames = keras.Input((cfg.n_frames, cfg.dim, cfg.dim, 1), name="frames")
-    x = models.transformer_encoder(models.sequence_features(frames, cfg.backbone, cfg.weights))
-    return keras.Model(frames, models.head(x, cfg.task, cfg.n_classes))
-
-
-def parse_example(serialized, cfg):
-    """A `sequence` record of n frames -> ((n, dim, dim, 1) in [0, 255], oldest first, target)."""
-    return experiment.parse_sequence_example(serialized, cfg)
+    return models.sequence_transformer_model(cfg)
 
 
 if __name__ == "__main__":
-    experiment.main(init_model, parse_example, **DEFAULTS)
+    experiment.main(init_model, **DEFAULTS)

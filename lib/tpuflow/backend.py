@@ -43,13 +43,21 @@ def flag_value(argv: list[str]) -> str | None:
     return value
 
 
+_JAX_KINDS = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
+
+
+def jax_device_kind(devices) -> str:
+    """'tpu', 'gpu' or 'cpu': what JAX's devices are (their platform; a TPU VM's are all TPU)."""
+    return _JAX_KINDS.get(devices[0].platform, devices[0].platform)
+
+
 def jax_sees_tpu() -> bool:
     """True if JAX is installed with libtpu and lists TPU devices (imports JAX only then)."""
     if importlib.util.find_spec("jax") is None or importlib.util.find_spec("libtpu") is None:
         return False
     import jax  # noqa: PLC0415 (only where a TPU is possible)
     try:
-        return any(d.platform == "tpu" for d in jax.devices())
+        return jax_device_kind(jax.devices()) == "tpu"
     except RuntimeError:  # libtpu present but no TPU attached (or held by another process)
         return False
 

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tpuflow import __version__, frames, recordio, split, storage, validate
+from tpuflow import __version__, frames, recordio, split, storage, tables, validate
 
 ENCODINGS = ("jpeg", "png")
 MEAN_ROUNDINGS = ("round", "truncate")
@@ -77,7 +77,7 @@ def _read_split_csv(data_dir: str, name: str, image_dir: str,
     path = storage.join(data_dir, name)
     train = name == "train_cv.csv"
     required = ("image_id", "storm_id", "relative_time", "image_path") + (("wind_speed", "fold_id") if train else ())
-    df = split.read_csv(path, required)
+    df = tables.read_table(path, required)
     df["relative_time"] = validate.numeric_column(df, "relative_time", path)
     if train:
         df["wind_speed"] = validate.wind_speeds(df, path, value_range=wind_speed_range)
@@ -138,7 +138,7 @@ def frames_digest(table: pd.DataFrame, workers: int) -> str:
         if storage.is_gcs(path):
             data = storage.read_bytes(path)
             return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
-        return f"{os.path.getsize(path)} {file_sha256(path)}"
+        return f"{os.path.getsize(path)} {storage.file_sha256(path)}"
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib frees the GIL
         hashes = list(pool.map(one, table["image_path"]))
     digest = hashlib.sha256()
@@ -262,18 +262,6 @@ def run_chunk(task: ChunkTask) -> ChunkResult:
 # Planning: which examples, which shards, what is already there
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes (hex), as `sha256sum` prints it."""
-    digest = hashlib.sha256()
-    if storage.is_gcs(path):
-        digest.update(storage.read_bytes(path))
-    else:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def build_key(spec: frames.DatasetSpec, encoding: str, quality: int, shards_per_fold: int,
               sources: dict[str, str], order_seed: int = 0, mean_rounding: str = "round") -> dict:
     """What decides a dataset's bytes: a manifest with an equal key describes the same dataset.
@@ -364,7 +352,7 @@ def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shard_names:
     if old is not None:
         for name in shard_names:
             path = storage.join(out_dir, name)
-            if storage.exists(path) and file_sha256(path) == old["sha256"].get(name):
+            if storage.exists(path) and storage.file_sha256(path) == old["sha256"].get(name):
                 todo.discard(name)
             else:
                 log(f"{path}: missing or damaged; rewriting it")
@@ -728,7 +716,7 @@ def prepare_build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSp
     table["example_index"] = example_order(table, order_seed)  # the record order in the shards
     n_shards = {p: min(shards_per_fold, counts[p]) for p in prefixes}
     shard_names = [recordio.shard_name(p, i, n_shards[p]) for p in prefixes for i in range(n_shards[p])]
-    sources = {name: file_sha256(storage.join(data_dir, name)) for name in SOURCES}
+    sources = {name: storage.file_sha256(storage.join(data_dir, name)) for name in SOURCES}
     sources["frames"] = frames_digest(table, workers)
     plans = [plan_dataset(spec, storage.join(out_root, spec.name),
                           build_key(spec, encoding, quality, shards_per_fold, sources, order_seed,
@@ -835,7 +823,7 @@ def verify_dataset(tfrec_dir: str) -> dict[str, str]:
     for name, digest in manifest["sha256"].items():
         path = storage.join(tfrec_dir, name)
         status[name] = ("missing" if not storage.exists(path)
-                        else "ok" if file_sha256(path) == digest else "damaged")
+                        else "ok" if storage.file_sha256(path) == digest else "damaged")
     for path in _shard_files(tfrec_dir):
         status.setdefault(os.path.basename(path), "unlisted")
     return status

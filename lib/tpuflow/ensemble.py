@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
@@ -67,7 +68,7 @@ def _true_class(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
 METRICS = {
     # The exact expression of a plain loop (`np.sqrt(np.mean((y - p) ** 2))`, as sklearn's
     # mean_squared_error computes it): `pairwise` reproduces the loop's choices with it.
-    "rmse": Metric("rmse", "values", False, lambda y, p: (y - p) ** 2, np.sqrt),
+    "rmse_raw": Metric("rmse_raw", "values", False, lambda y, p: (y - p) ** 2, np.sqrt),
     # The competition's score: predictions rounded to integers first.
     "rmse_rounded": Metric("rmse_rounded", "values", False, lambda y, p: (y - np.rint(p)) ** 2, np.sqrt),
     "logloss": Metric("logloss", "probs", False,
@@ -77,8 +78,17 @@ METRICS = {
 }
 
 
+# Old names still read, with a warning: `rmse` was the RMSE of raw predictions here, but the
+# rounded (competition) score in run.py; each now has a name of its own.
+OLD_NAMES = {"rmse": "rmse_raw"}
+
+
 def get_metric(name: str, kind: str | None = None, flag: str = "--metric") -> Metric:
     """The metric called `name`; an error naming the flag if it is unknown or does not fit `kind`."""
+    if name in OLD_NAMES:
+        print(f"WARNING: {flag}={name} is the old name of {flag}={OLD_NAMES[name]}; read as {OLD_NAMES[name]}",
+              file=sys.stderr, flush=True)
+        name = OLD_NAMES[name]
     if name not in METRICS:
         raise ValueError(f"{flag}={name}: unknown metric; use one of {sorted(METRICS)}")
     metric = METRICS[name]
@@ -102,7 +112,7 @@ class _FoldStats:
     def metric_sums(self, metric: Metric) -> np.ndarray:
         """(M, F): the sum of the metric's row loss of every input over every fold."""
         if metric.name not in self._sums:
-            if metric.name == "rmse":  # sum (p-y)^2 = p.p - 2 p.y + y.y: no pass of its own
+            if metric.name == "rmse_raw":  # sum (p-y)^2 = p.p - 2 p.y + y.y: no pass of its own
                 m = self.moments()
                 sums = np.maximum(m[:, :, 0] - 2 * m[:, :, 1] + self.yy[None, :], 0.0)
             else:
@@ -279,7 +289,7 @@ def pairwise(problem: Problem, sort_metric: Metric) -> Fit:
     RMSE takes the quadratic fast path; other metrics run the plain loop over the grid.
     """
     order = sort_order(problem, sort_metric)
-    if problem.metric.name == "rmse":
+    if problem.metric.name == "rmse_raw":
         cs, trace, r = _pairwise_rmse(problem, order)
     else:
         cs, trace, r = _pairwise_loop(problem, order)
@@ -380,7 +390,7 @@ class _Objective:
 
     def __init__(self, problem: Problem):
         self.problem = problem
-        self.gram = problem.residual_gram() if problem.metric.name == "rmse" else None
+        self.gram = problem.residual_gram() if problem.metric.name == "rmse_raw" else None
         self.diag = None if self.gram is None else np.diag(self.gram).copy()
 
     def candidates(self, v: np.ndarray, sign: int, cand: np.ndarray) -> np.ndarray:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import re
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from tpuflow import scoring, split, storage
+from tpuflow import scoring, storage, tables
 
-_PRED_RE = re.compile(r"^y_pred_(val|test)_fold_(\d+)_tta_(\d+)\.npy$")
-PROBS_TO_VALUES = ("expectation", "argmax")
+PROBS_TO_VALUES = scoring.PROBS_TO_VALUES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +84,9 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     """
     if probs_to_values not in (None, *PROBS_TO_VALUES):
         raise ValueError(f"--probs_to_values={probs_to_values}: use one of {PROBS_TO_VALUES}")
-    train = split.read_csv(storage.join(data_dir, "train_cv.csv"), ("image_id", "fold_id", target_col))
+    train = tables.read_table(storage.join(data_dir, "train_cv.csv"), ("image_id", "fold_id", target_col))
     fmt_path = storage.join(data_dir, "submission_format.csv")
-    fmt = split.read_csv(fmt_path, ("image_id",))
+    fmt = tables.read_table(fmt_path, ("image_id",))
     if fmt.shape[1] < 2:
         raise ValueError(f"{fmt_path}: needs a value column after image_id")
     value_col = [c for c in fmt.columns if c != "image_id"][0]
@@ -109,7 +107,7 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     total = sum(len(ttas) for _, ttas, _ in plans)
     if total < 2:
         raise ValueError(f"--model_dirs: {total} prediction(s) found; an ensemble needs at least two")
-    labels = _load_labels(labels_path or storage.join(data_dir, "unique_labels_sorted.npy"))
+    labels = tables.load_unique_labels(data_dir, path=labels_path)
     loader = _Loader(total, len(oof_ids), len(test_ids), fold_slices, probs_to_values, labels)
     val_orders = [_IdOrder(oof_ids[s], f"fold {f} of train_cv.csv") for f, s in zip(folds, fold_slices)]
     test_orders = _IdOrder(test_ids, "submission_format.csv")
@@ -246,7 +244,7 @@ def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int],
     preds_dir = storage.join(model_dir, "preds")
     if not storage.isdir(preds_dir):
         raise FileNotFoundError(f"{preds_dir}: missing")
-    found = {(m[1], int(m[2]), int(m[3])) for m in map(_PRED_RE.match, storage.listdir(preds_dir)) if m}
+    found = {p for p in map(scoring.parse_pred_name, storage.listdir(preds_dir)) if p}
     ttas = sorted({t for _, _, t in found})
     if not ttas:
         raise FileNotFoundError(f"{preds_dir}: no y_pred_val_fold_<k>_tta_<t>.npy files")
@@ -310,17 +308,11 @@ class _IdOrder:
         return order
 
 
-def _load_labels(path: str) -> np.ndarray | None:
-    return storage.load_npy(path).astype(np.float64) if storage.exists(path) else None
-
-
 def _probs_to_values(probs: np.ndarray, labels: np.ndarray | None, how: str, path: str) -> np.ndarray:
-    if labels is None or len(labels) != probs.shape[1]:
-        raise ValueError(f"{path}: {probs.shape[1]} class probabilities need unique_labels_sorted.npy "
-                         f"with as many labels (have {None if labels is None else len(labels)})")
-    if how == "expectation":
-        return np.dot(probs.astype(np.float64), labels)
-    return labels[np.argmax(probs, axis=1)]
+    try:
+        return scoring.to_values(probs, labels, how)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def _targets(targets: np.ndarray, kind: str, labels: np.ndarray | None, target_col: str) -> np.ndarray:

@@ -3,10 +3,15 @@
 The jobs themselves (fold loop, checkpoints, predictions, scores, submission) run in
 `tpuflow.runner`.
 
-An experiment's `run.py` defines `init_model(cfg)` (an uncompiled Keras model) and
-`parse_example(serialized, cfg) -> (inputs, target)`, sets its flag defaults, and calls `main`:
+An experiment's `run.py` defines `init_model(cfg)` (an uncompiled Keras model), sets the flag
+defaults in which it differs from the library's and calls `main`:
 
-    experiment.main(init_model, parse_example, backbone="EfficientNetB0", dim=366, ...)
+    experiment.main(init_model, dataset_kind="sequence", batch_size=64)
+
+The records are parsed by the parser of `--dataset_kind` (`parse_by_kind`) unless the experiment
+passes its own `parse_example(serialized, cfg) -> (inputs, target)`. Defaults a run.py need not
+state: those of its kind (`KIND_DEFAULTS`: the dataset dir, the batch), ImageNet weights
+(`EXPERIMENT_DEFAULTS`) and `--architecture`, the run dir's name after `run-<date>-<time>-`.
 
 `--job` is words joined by `_` from {train, val, test, score, subm}; `score` and `subm` without
 `val`/`test` work from the cached predictions alone.
@@ -15,14 +20,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-import types
+import re
 from typing import Callable
 
 from absl import flags
 from absl import logging as absl_logging
 
-from tpuflow import backend, cli, frames, lock, storage
+from tpuflow import backend, cli, config, frames, lock, storage
 
 cli.quiet_native_logs()  # before anything imports TensorFlow
 try:  # a bad --backend or KERAS_BACKEND is named here, before Keras loads (and fails on it)
@@ -30,7 +34,7 @@ try:  # a bad --backend or KERAS_BACKEND is named here, before Keras loads (and 
 except backend.BackendError as _err:
     raise SystemExit(f"ERROR: {_err}") from None
 
-JOB_WORDS = ("train", "val", "test", "score", "subm")
+JOB_WORDS = config.JOB_WORDS
 TASKS = ("regression", "classification")
 
 FLAGS = flags.FLAGS
@@ -61,7 +65,9 @@ flags.DEFINE_enum("dataset_kind", None, frames.KINDS,
                   "Record kind the experiment reads; checked against the dataset manifest (None: any)")
 flags.DEFINE_string("architecture", None, "Architecture name for the experiment record and leaderboard")
 flags.DEFINE_enum("task", "regression", TASKS, "Regression on wind speed or classification over its values")
-flags.DEFINE_enum("metric", "rmse", ["rmse", "rmse_raw"], "Score: RMSE of rounded predictions (competition) or of raw ones")
+flags.DEFINE_enum("metric", "rmse_rounded", [*config.METRICS, "rmse"], "Score: rmse_rounded, the RMSE of "
+                  "rounded predictions (the competition's score), or rmse_raw, of raw ones (rmse: old name of "
+                  "rmse_rounded)")
 flags.DEFINE_enum("monitor", "val_rmse", ["val_rmse", "val_loss"], "Quantity for best checkpoint and LR reduction")
 flags.DEFINE_integer("n_folds", 5, "Number of folds to run, starting at --initial_fold")
 flags.DEFINE_integer("initial_fold", 0, "First fold to run")
@@ -115,59 +121,42 @@ HELP_GROUPS = {
 SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
 cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
-import tensorflow as tf  # noqa: E402  (after --help)
+from tpuflow import hosts, mixup, run_record, runner, runtime  # noqa: E402
+from tpuflow.parsers import parse_by_kind, parse_image_example, parse_sequence_example, target  # noqa: E402,F401 (for run.py)
 
-from tpuflow import augment, hosts, mixup, records, run_record, runner, runtime, scoring  # noqa: E402
-
-Config = types.SimpleNamespace
-QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
-
-
-def parse_jobs(job: str) -> set[str]:
-    """The set of job words; an unknown word is an error naming it."""
-    words = [w for w in job.split("_") if w]
-    bad = [w for w in words if w not in JOB_WORDS]
-    if bad or not words:
-        raise ValueError(f"--job={job!r}: unknown word(s) {bad}; use words from {JOB_WORDS} joined by '_'")
-    return set(words)
+Config = config.Config
+# Defaults of every experiment run from a run.py (library calls keep the flags' own defaults).
+EXPERIMENT_DEFAULTS = {"weights": "imagenet"}
+# Defaults by --dataset_kind: the records a run.py reads unless it says otherwise, and a batch
+# that fits one accelerator's memory at 366 px (sequences: 12 frames an example).
+KIND_DEFAULTS = {
+    "single": {"data_tfrec_dir": "../../data/data-tfrec-single-frames001-step001", "batch_size": 128},
+    "stacked": {"data_tfrec_dir": "../../data/data-tfrec-stacked-frames003-step002", "batch_size": 128},
+    "mean": {"data_tfrec_dir": "../../data/data-tfrec-mean-frames003-step002", "batch_size": 128},
+    "sequence": {"data_tfrec_dir": "../../data/data-tfrec-sequence-frames012-step002", "batch_size": 32},
+}
+_RUN_DIR = re.compile(r"^run-\d{8}-\d{4}-")
 
 
 def make_config(**overrides) -> Config:
-    """Flag values (defaults as set by the experiment) plus overrides: the resolved configuration."""
+    """Flag values (defaults as set by the experiment) plus overrides: the run's configuration,
+    frozen (`config.build`; devices and data are resolved by the runner, `config.resolve`)."""
     values = {name: FLAGS[name].value if FLAGS.is_parsed() else FLAGS[name].default for name in OUR_FLAGS}
     unknown = set(overrides) - set(values)
     if unknown:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}")
     values.update(overrides)
-    cfg = Config(**values)
-    cfg.jobs = sorted(parse_jobs(cfg.job), key=JOB_WORDS.index)
-    check_flags(cfg)
-    mixup.check(cfg.mixup_alpha, cfg.mixup_prob, cfg.mixup_mode)
-    if cfg.quick:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
-        asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
-        cfg.n_epochs, cfg.steps_per_epoch, cfg.buffer_size = 1, 2, 64
-        if "batch_size" not in asked:  # 4 per device, so that any number of devices divides it
-            cfg.batch_size, cfg.batch_size_per_replica = 4, True
-        quick = {"n_folds": 1, "tta_number": 0, "dim": min(cfg.dim, QUICK_DIM)}  # unless asked for
-        asked |= {"tta_number"} if "tta" in asked else set()  # a TTA set asked for: all its views
-        for name, value in quick.items():
-            if name not in asked:
-                setattr(cfg, name, value)
-        if "output_dir" not in asked:  # a smoke run never writes into the experiment's real run dir
-            name = os.path.basename(os.path.abspath(cfg.output_dir or "."))
-            cfg.output_dir = tempfile.mkdtemp(prefix=f"tpuflow-quick-{name}-")
-    if cfg.verbose is None:  # progress bars only where a terminal redraws them
-        cfg.verbose = 1 if sys.stdout.isatty() else 2
-    cfg.output_dir = cfg.output_dir or "."
-    cfg.experiment_id = os.path.basename(os.path.abspath(cfg.output_dir))
-    cfg.data_preds_dir = cfg.data_preds_dir or storage.join(cfg.output_dir, "preds")
-    # TTA index t -> view name: the first tta_number + 1 views of the set; without --tta, the set
-    # the predictions dir was made with (whatever number of its views a run predicted).
-    recorded = scoring.read_view_set(cfg.data_preds_dir)
-    cfg.tta_set = list(augment.tta_views(cfg.tta or (",".join(recorded) if recorded else "ref")))
-    cfg.tta_views = cfg.tta_set[: cfg.tta_number + 1]
-    cfg.tta_number = len(cfg.tta_views) - 1
-    return cfg
+    asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
+    check_flags(Config(values))  # as given, before anything is derived from them
+    mixup.check(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
+    return config.build(values, asked)
+
+
+def architecture_of(run_dir: str) -> str | None:
+    """An experiment's architecture from its dir name: `run-20261121-1330-cnn-lstm` -> `cnn-lstm`
+    (None for a dir not named `run-<yyyymmdd>-<hhmm>-<architecture>`)."""
+    name = os.path.basename(os.path.abspath(run_dir))
+    return _RUN_DIR.sub("", name) if _RUN_DIR.match(name) else None
 
 
 def check_flags(cfg: Config) -> None:
@@ -190,53 +179,49 @@ def check_flags(cfg: Config) -> None:
         raise cli.UsageError(f"--output_dir={cfg.output_dir}: is a file, not a directory")
 
 
-def target(example: dict, cfg: Config):
-    """The training target of a parsed record: wind speed, or the one-hot class index."""
-    if cfg.task == "classification":
-        return tf.one_hot(example["label_le"], cfg.n_classes)
-    return tf.cast(example["label"], tf.float32)
+def experiment_defaults(defaults: dict, run_dir: str) -> dict:
+    """A run.py's flag defaults over the library's for experiments and for its kind
+    (`EXPERIMENT_DEFAULTS`, `KIND_DEFAULTS`), the architecture named after its dir."""
+    kind_defaults = KIND_DEFAULTS.get(defaults.get("dataset_kind"), {})
+    return {**EXPERIMENT_DEFAULTS, **kind_defaults, "architecture": architecture_of(run_dir), **defaults}
 
 
-def parse_image_example(serialized, cfg: Config, channels: int):
-    """A one-image record (`single`: 1 channel, `stacked`/`mean`: 3) -> ((dim, dim, channels)
-    image in [0, 255], target)."""
-    example = records.parse_image(serialized, channels=channels, dim=cfg.dim, invert=cfg.invert)
-    return example["image"], target(example, cfg)
+def apply_defaults(defaults: dict, run_dir: str) -> None:
+    """Sets the flag defaults of the experiment in `run_dir` (see `experiment_defaults`).
 
-
-def parse_sequence_example(serialized, cfg: Config, pack3: bool = False):
-    """A `sequence` record -> ((n, dim, dim, 1) frames, oldest first, or (n/3, dim, dim, 3) with
-    `pack3`; target)."""
-    example = records.parse_sequence(serialized, cfg.n_frames, cfg.dim, pack3=pack3, invert=cfg.invert)
-    return example["image"], target(example, cfg)
-
-
-def main(init_model: Callable, parse_example: Callable, **defaults) -> None:
-    """Entry point of a `run.py`: applies its flag defaults, parses argv and runs the jobs."""
+    By default outputs land next to run.py, whatever the working directory, and the default data
+    paths (relative ones) are relative to run.py too; paths given on the command line are
+    relative to the working directory, as usual.
+    """
+    defaults = experiment_defaults(defaults, run_dir)
     for name, value in defaults.items():
         if name not in OUR_FLAGS:
             raise ValueError(f"run.py sets a default for unknown flag --{name}")
         FLAGS.set_default(name, value)
-    # By default outputs land next to run.py, whatever the working directory, and the default data
-    # paths (relative ones) are relative to run.py too; paths given on the command line are
-    # relative to the working directory, as usual.
-    here = os.path.dirname(os.path.abspath(sys.argv[0]))
-    FLAGS.set_default("output_dir", defaults.get("output_dir") or here)
-    for name, value in cli.script_relative({n: FLAGS[n].default for n in SCRIPT_RELATIVE}, here).items():
+    FLAGS.set_default("output_dir", defaults.get("output_dir") or run_dir)
+    for name, value in cli.script_relative({n: FLAGS[n].default for n in SCRIPT_RELATIVE}, run_dir).items():
         FLAGS.set_default(name, value)
+
+
+def main(init_model: Callable, parse_example: Callable | None = None, **defaults) -> None:
+    """Entry point of a `run.py`: applies its flag defaults (`apply_defaults`), parses argv and
+    runs the jobs; records are parsed by `parse_by_kind` unless the experiment passes
+    `parse_example`."""
+    apply_defaults(defaults, os.path.dirname(os.path.abspath(sys.argv[0])))
 
     def _main(argv):
         if len(argv) > 1:
             raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
         if not FLAGS["verbosity"].present:  # status lines are printed once, not logged as well
             absl_logging.set_verbosity(absl_logging.ERROR)
-        run(make_config(), init_model, parse_example)
+        run(make_config(), init_model, parse_example or parse_by_kind)
 
     cli.run_main(_main)
 
 
 def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
-    """Runs the configured jobs (inputs are checked before any long work); returns the results.
+    """Runs the configured jobs (inputs are checked before any long work); returns the results
+    (`config`: the configuration as resolved for the run).
 
     The run holds its run dir's lock throughout (`tpuflow.lock`). A run that fails or is
     interrupted after it started leaves its record marked `failed`.
@@ -246,8 +231,9 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
         host = hosts.process_info()[0]
         if host:  # host 0 writes the run dir; host k the same outputs under it, never the same files
             preds_default = cfg.data_preds_dir == storage.join(cfg.output_dir, "preds")
-            cfg.output_dir = storage.join(cfg.output_dir, f"host_{host}")
-            cfg.data_preds_dir = storage.join(cfg.output_dir, "preds") if preds_default else cfg.data_preds_dir
+            output_dir = storage.join(cfg.output_dir, f"host_{host}")
+            cfg = cfg.replace(output_dir=output_dir, data_preds_dir=storage.join(output_dir, "preds")
+                              if preds_default else cfg.data_preds_dir)
     with lock.RunLock(cfg.output_dir) as held:  # a second run on this run dir fails here, naming this one
         try:
             return runner.run_jobs(cfg, init_model, parse_example, check_lock=held.check)

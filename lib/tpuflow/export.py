@@ -30,11 +30,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tpuflow import augment, records, run_record, runner, storage
+from tpuflow import augment, config, records, run_record, runner, storage
 
 EXPORT_INFO = "tpuflow_export.json"  # what was exported (run, folds, views, input), inside the export dir
 
-def load_run(run_dir: str, run_py: str | None = None) -> tuple[types.SimpleNamespace, types.ModuleType, dict]:
+def load_run(run_dir: str, run_py: str | None = None) -> tuple[config.Config, types.ModuleType, dict]:
     """(the run's resolved configuration, its experiment module, its record) from a run dir.
 
     The experiment's `run.py` is `run_py`, else the one the record names, else `<run_dir>/run.py`.
@@ -42,7 +42,7 @@ def load_run(run_dir: str, run_py: str | None = None) -> tuple[types.SimpleNames
     record = run_record.read_record(run_dir)
     if not record.get("dataset"):
         raise ValueError(f"{run_dir}: its record names no dataset (train the run first)")
-    cfg = types.SimpleNamespace(**storage.read_json(storage.join(run_dir, "config.json")))
+    cfg = config.Config.from_dict(storage.read_json(storage.join(run_dir, "config.json")))
     candidates = [run_py] if run_py else [record["run_py"]["path"], os.path.join(run_dir, "run.py")]
     path = next((p for p in candidates if p and os.path.exists(p)), None)
     if path is None:
@@ -96,7 +96,7 @@ def export_run(run_dir: str, export_dir: str, folds: list[int] | None = None, vi
     labels = None
     if cfg.task == "classification":
         labels = runner.load_unique_labels(cfg.data_dir, required=True).astype(np.float32)
-    cfg.weights = None  # the checkpoints hold every weight; no download, no pretrained file needed
+    cfg = cfg.replace(weights=None)  # the checkpoints hold every weight; no download, no pretrained file needed
     fold_models = []
     for path in checkpoints:
         model = module.init_model(cfg)

@@ -118,7 +118,7 @@ def set_lb(roots: list[str], experiment_id: str, private: float | None, public: 
     if len(matches) > 1:
         raise ValueError(f"--set_lb: experiment id {experiment_id!r} is in several run dirs {matches}; "
                          "pass only one of them in --runs")
-    run_record.set_lb(matches[0], private, public)
+    run_record.attach_lb(matches[0], private, public)
     return matches[0]
 
 

@@ -201,6 +201,14 @@ def image_model(cfg, channels: int) -> keras.Model:
     return keras.Model(image, head(image_features(image, cfg.backbone, cfg.weights), cfg.task, cfg.n_classes))
 
 
+def sequence_transformer_model(cfg) -> keras.Model:
+    """(n_frames, dim, dim, 1) frames -> backbone features per frame -> Transformer encoder ->
+    head: the `cnn-trans` experiment's model."""
+    frames = keras.Input((cfg.n_frames, cfg.dim, cfg.dim, 1), name="frames")
+    x = transformer_encoder(sequence_features(frames, cfg.backbone, cfg.weights))
+    return keras.Model(frames, head(x, cfg.task, cfg.n_classes))
+
+
 def head(features, task: str, n_classes: int = 0):
     """Output layer in float32 (stable under mixed precision): one value or class probabilities."""
     if task == "regression":

@@ -10,39 +10,31 @@ Preemptible TPUs (and shared machines) die mid-run. Re-running the same command 
 
 Layout, per fold: `<output_dir>/backup/fold_<k>/` holding `state.json` (written last, atomically)
 that names `epoch-<EEE>.weights.h5` and `epoch-<EEE>.optimizer.npz`, and `done.json`. Backups and
-done records carry a fingerprint of the settings that shape training; one from other settings is
-ignored (with a message) rather than mixed into this run. Keras' own `BackupAndRestore` is not used:
+done records carry a fingerprint of the settings that shape training (the result sections of
+`tpuflow.config`); one from other settings is ignored (with a message) rather than mixed into this
+run. Backups written before flag values were renamed carry the fingerprint of the old spellings,
+which is accepted for the same settings. Keras' own `BackupAndRestore` is not used:
 it restores weights and the epoch but neither the optimizer state nor other callbacks' state.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 
 import keras
 import numpy as np
 
-from tpuflow import scoring, storage
+from tpuflow import config, scoring, storage
 
 STATE = "state.json"
 DONE = "done.json"
-# Settings that do not change what a fold's training produces: a run may change them and resume.
-NOT_FINGERPRINTED = frozenset({
-    "job", "jobs", "verbose", "resume", "output_dir", "experiment_id", "data_preds_dir",
-    "tta_number", "tta", "tta_views", "tta_set", "n_folds", "initial_fold", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "cpu_replicas",
-    "steps_per_execution", "jit_compile", "backend", "distributed"})  # backups cross backends
 
 
 def fold_dir(output_dir: str, fold: int) -> str:
     return storage.join(output_dir, "backup", f"fold_{fold}")
 
 
-def fingerprint(cfg) -> str:
-    """Short hash of the settings that shape training (resolved global batch and LR included)."""
-    values = {k: v for k, v in sorted(vars(cfg).items()) if k not in NOT_FINGERPRINTED}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+fingerprint = config.fingerprint
 
 
 def _say(message: str, warning: bool = False) -> None:
@@ -56,7 +48,7 @@ class FoldProgress:
     def __init__(self, cfg, fold: int, has_checkpoint: bool):
         self.cfg, self.fold, self.has_checkpoint = cfg, fold, has_checkpoint
         self.path = storage.join(fold_dir(cfg.output_dir, fold), DONE)
-        self.fingerprint = fingerprint(cfg)
+        self.fingerprint, self.accepted = fingerprint(cfg), config.fingerprints(cfg)
         self.done = self._read() if cfg.resume else set()
 
     def _read(self) -> set[str]:
@@ -68,7 +60,7 @@ class FoldProgress:
         except (ValueError, KeyError, TypeError) as err:
             _say(f"{self.path}: unreadable ({err}); fold {self.fold} is redone", warning=True)
             return set()
-        if record.get("fingerprint") != self.fingerprint:
+        if record.get("fingerprint") not in self.accepted:
             _say(f"{self.path}: recorded for other settings; fold {self.fold} is redone")
             return set()
         return done
@@ -115,7 +107,7 @@ class FoldBackup(keras.callbacks.Callback):
         super().__init__()
         self.cfg, self.fold, self.tracked, self.checkpoint_glob = cfg, fold, tracked, checkpoint_glob
         self.dir = fold_dir(cfg.output_dir, fold)
-        self.fingerprint = fingerprint(cfg)
+        self.fingerprint, self.accepted = fingerprint(cfg), config.fingerprints(cfg)
         self._pending: dict | None = None
 
     def _files(self, epochs: int) -> tuple[str, str]:
@@ -155,7 +147,7 @@ class FoldBackup(keras.callbacks.Callback):
         path = state_path
         try:
             state = storage.read_json(state_path)
-            if state.get("fingerprint") != self.fingerprint:
+            if state.get("fingerprint") not in self.accepted:
                 return None
             weights_path, optimizer_path = self._files(int(state["epochs_done"]))
             path = weights_path

@@ -24,7 +24,6 @@ import inspect
 import json
 import os
 import platform
-import re
 import subprocess
 import time
 from typing import Callable
@@ -32,7 +31,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tpuflow import __version__, frames, recordio, storage
+from tpuflow import __version__, checkpoint_names, config, frames, recordio, storage
 
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 1
@@ -141,17 +140,6 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _json_safe(value):
-    """Flag values as JSON keeps them (tuples/sets as lists, anything else as its string)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple, set)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    return str(value)
-
-
 class RunRecord:
     """The record of one invocation of an experiment, updated as the run goes.
 
@@ -169,7 +157,7 @@ class RunRecord:
             "schema_version": SCHEMA_VERSION, "experiment_id": cfg.experiment_id, "status": "running",
             "error": None, "started": _now(), "updated": _now(),
             "description": module_doc.strip().split("\n")[0],
-            "jobs": list(cfg.jobs), "flags": _json_safe(vars(cfg)),
+            "jobs": list(cfg.jobs), "flags": cfg.to_dict(),
             "dataset": dataset_info(cfg.data_tfrec_dir, manifest) if manifest else None,
             "model": None, "cv": None, "folds": {}, "timings": {}, "runtime": None,
             "versions": versions(), "git": git_info(run_py),
@@ -200,15 +188,13 @@ class RunRecord:
         import keras  # noqa: PLC0415 (see module docstring)
         from tpuflow import backend, models, runtime  # noqa: PLC0415
         cfg = self.cfg
-        if "train" in cfg.jobs:  # now with what the strategy resolved (global batch, scaled LR, ...)
-            self.record["flags"] = _json_safe(vars(cfg))
         self.record["model"] = {
             "architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
             "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params()),
         }
         self.record["runtime"] = {
             "replicas": placement.replicas, "strategy": placement.name,
-            "device": placement.kind.upper(), "precision": getattr(cfg, "precision", keras.mixed_precision.global_policy().name),
+            "device": placement.kind.upper(), "precision": cfg.precision or keras.mixed_precision.global_policy().name,
             "host": platform.node(), "backend": placement.backend, "backend_reason": backend.reason,
             "processes": placement.processes, "devices": placement.devices,
         }
@@ -217,15 +203,16 @@ class RunRecord:
 
     def fold_done(self, fold: int, history, best_checkpoint: str, timings: dict) -> None:
         """After a fold: epochs trained (from the fit History; None if the fold was not trained
-        now), the best epoch and its score (from the kept checkpoint's name), timings so far."""
+        now), the best epoch and its validation score under `--metric` (from the kept checkpoint's
+        name: `best_val_rmse_rounded` or `best_val_rmse_raw`), timings so far."""
         if history is not None:
             # A resumed fold's History starts at the resumed epoch: count from epoch 1. An empty
             # History: the run was killed after its last epoch's backup, so all epochs ran.
             epochs = history.epoch[-1] + 1 if history.epoch else history.params["epochs"]
-            best = re.search(r"-e(\d+)-(.+)\.weights\.h5$", best_checkpoint)
+            best = checkpoint_names.parse(best_checkpoint)
             self.record["folds"][str(fold)] = {
                 "epochs": epochs, "epochs_this_run": len(history.epoch),
-                "best_epoch": int(best.group(1)), "best_val_rmse": float(best.group(2)),
+                "best_epoch": best.epoch, f"best_val_{self.cfg.metric}": best.val_score,
                 "checkpoint": best_checkpoint.rsplit("/", 1)[-1],
             }
         self.record["timings"].update({k: round(v, 3) for k, v in timings.items()})
@@ -245,6 +232,20 @@ class RunRecord:
         self.record["status"] = "complete"
         self.write()
 
+
+
+def best_val_score(record: dict, fold: int | str) -> tuple[str, float] | None:
+    """(metric, value) of a fold's best validation score; None if the fold was not trained.
+    Records written before the two RMSEs had two names hold it as `best_val_rmse`, under the
+    run's `--metric` (`rmse`: the rounded one)."""
+    entry = (record.get("folds") or {}).get(str(fold)) or {}
+    for metric in config.METRICS:
+        if f"best_val_{metric}" in entry:
+            return metric, float(entry[f"best_val_{metric}"])
+    if "best_val_rmse" in entry:
+        metric = config.new_value("metric", (record.get("flags") or {}).get("metric", "rmse"), warn=False)
+        return metric, float(entry["best_val_rmse"])
+    return None
 
 
 def mark_failed(run_dir: str, error: BaseException) -> None:
@@ -267,8 +268,9 @@ def mark_failed(run_dir: str, error: BaseException) -> None:
                 f.truncate()
 
 
-def set_lb(path: str, private: float | None, public: float | None) -> dict:
-    """Attaches leaderboard scores to the record at `path` (atomic rewrite); returns it."""
+def attach_lb(path: str, private: float | None, public: float | None) -> dict:
+    """Attaches leaderboard scores to the record at `path` (atomic rewrite); returns it. (By
+    experiment id over many run dirs: `leaderboard.set_lb`.)"""
     record = read_record(path)
     record["lb"] = {"private": private, "public": public}
     record["updated"] = _now()

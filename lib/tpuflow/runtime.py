@@ -227,13 +227,19 @@ def set_precision(policy: str | None, strategy: "tf.distribute.Strategy | Placem
     mixed_float16 on GPU (Keras compile then wraps the optimizer in a LossScaleOptimizer),
     float32 on CPU.
     """
+    kind = None
     if policy == "auto":
         kind = strategy.kind if isinstance(strategy, Placement) else device_kind(strategy or tf.distribute.get_strategy())
-        policy = AUTO_PRECISION[kind]
-    name = "float32" if policy in (None, *_NONE_WORDS) else policy
+    name = precision_name(policy, kind)
+    keras.mixed_precision.set_global_policy(name)
+    return name
+
+
+def precision_name(policy: str | None, kind: str | None) -> str:
+    """The dtype policy `--mixed_precision` means on a device of `kind` ('tpu', 'gpu', 'cpu')."""
+    name = AUTO_PRECISION[kind] if policy == "auto" else "float32" if policy in (None, *_NONE_WORDS) else policy
     if name not in ("float32", *PRECISIONS):
         raise ValueError(f"--mixed_precision={policy!r}: expected one of {PRECISIONS}, auto or None")
-    keras.mixed_precision.set_global_policy(name)
     return name
 
 
@@ -271,9 +277,6 @@ def get_runtime(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tpu
                      "single device" if default else type(strategy).__name__, strategy=strategy, devices=devices)
 
 
-_JAX_KINDS = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
-
-
 _hosts_started = False
 
 
@@ -304,7 +307,8 @@ def jax_placement(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, t
     if cpu_replicas > 1:
         split_jax_cpu(cpu_replicas)
     devices = jax.devices()
-    kind = _JAX_KINDS.get(devices[0].platform, devices[0].platform)
+    from tpuflow import backend  # noqa: PLC0415
+    kind = backend.jax_device_kind(devices)
     if tpu_ip_or_name not in (None, *_NONE_WORDS):
         problem = None
         if kind != "tpu":

@@ -6,14 +6,25 @@ the order is checked, never assumed.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
 from tpuflow import storage
 
 
+_PRED_NAME = re.compile(r"^y_pred_(val|test)_fold_(\d+)_tta_(\d+)\.npy$")
+
+
 def pred_path(preds_dir: str, split: str, fold: int, tta: int) -> str:
     return storage.join(preds_dir, f"y_pred_{split}_fold_{fold}_tta_{tta}.npy")
+
+
+def parse_pred_name(name: str) -> tuple[str, int, int] | None:
+    """(split, fold, TTA index) of a prediction file's name (`pred_path`); None for other files."""
+    found = _PRED_NAME.match(name)
+    return (found[1], int(found[2]), int(found[3])) if found else None
 
 
 def ids_path(preds_dir: str, split: str, fold: int) -> str:
@@ -63,15 +74,24 @@ def record_views(preds_dir: str, views, view_set) -> None:
                                                    "set": list(view_set)})
 
 
-def to_values(pred: np.ndarray, unique_labels: np.ndarray | None = None) -> np.ndarray:
-    """Regression output (n,) / (n, 1) -> (n,); class probabilities (n, k) -> expected wind speed."""
-    pred = np.asarray(pred, dtype=np.float64)
+PROBS_TO_VALUES = ("expectation", "argmax")
+
+
+def to_values(pred: np.ndarray, unique_labels: np.ndarray | None = None, how: str = "expectation") -> np.ndarray:
+    """Regression output (n,) / (n, 1) -> (n,); class probabilities (n, k) -> wind speeds: the
+    expected one (`expectation`: probabilities times the labels) or the most probable (`argmax`)."""
+    pred = np.asarray(pred)
     if pred.ndim == 2 and pred.shape[1] > 1:
         if unique_labels is None or len(unique_labels) != pred.shape[1]:
-            raise ValueError(f"{pred.shape[1]} class probabilities need unique_labels_sorted.npy "
-                             "with as many labels")
-        return pred @ np.asarray(unique_labels, dtype=np.float64)
-    return pred.reshape(len(pred))
+            raise ValueError(f"{pred.shape[1]} class probabilities need unique_labels_sorted.npy with as many "
+                             f"labels (have {None if unique_labels is None else len(unique_labels)})")
+        labels = np.asarray(unique_labels, dtype=np.float64)
+        if how == "argmax":
+            return labels[np.argmax(pred, axis=1)]
+        if how != "expectation":
+            raise ValueError(f"--probs_to_values={how}: use one of {PROBS_TO_VALUES}")
+        return pred.astype(np.float64) @ labels
+    return pred.astype(np.float64).reshape(len(pred))
 
 
 def load_predictions(preds_dir: str, split: str, folds: range, tta_number: int,

@@ -15,13 +15,11 @@ Usage:
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from tpuflow import frames, storage, validate
+from tpuflow import frames, storage, tables, validate
 
 FEATURE_COLUMNS = ("image_id", "storm_id", "relative_time", "ocean")
 LABEL_COLUMNS = ("image_id", "wind_speed")
@@ -30,19 +28,6 @@ SUBMISSION_COLUMNS = ("image_id", "wind_speed")
 TEST_PLACEHOLDER = 0
 METHODS = ("group", "group_shuffle", "stratified")
 STRATIFY_BINS = 10  # wind-speed quantile bins of the `stratified` method
-
-
-def read_csv(path: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Reads a CSV (local or gs://) and checks its columns, naming the file if one is missing."""
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: file not found")
-    df = pd.read_csv(io.BytesIO(storage.read_bytes(path)))
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
-    if df.empty:
-        raise ValueError(f"{path}: no rows")
-    return df
 
 
 def assign_folds(train: pd.DataFrame, n_folds: int, method: str = "group",
@@ -97,9 +82,9 @@ def create_cv_split(data_dir: str, n_folds: int = 5, seed: int = 33, check_image
     lab_path = storage.join(data_dir, "training_set_labels.csv")
     test_path = storage.join(data_dir, "test_set_features.csv")
     sub_path = storage.join(data_dir, "submission_format.csv")
-    train = read_csv(feat_path, FEATURE_COLUMNS)
-    labels = read_csv(lab_path, LABEL_COLUMNS)
-    test = read_csv(test_path, FEATURE_COLUMNS)
+    train = tables.read_table(feat_path, FEATURE_COLUMNS)
+    labels = tables.read_table(lab_path, LABEL_COLUMNS)
+    test = tables.read_table(test_path, FEATURE_COLUMNS)
     for df, path in ((train, feat_path), (labels, lab_path), (test, test_path)):
         _check_unique(df, path)
     for df, path in ((train, feat_path), (test, test_path)):
@@ -118,7 +103,7 @@ def create_cv_split(data_dir: str, n_folds: int = 5, seed: int = 33, check_image
     if both_sets:
         raise ValueError(f"{test_path}: image_id {sorted(both_sets)[0]!r} is in train and test")
     if storage.exists(sub_path):  # the reference's tools read test predictions in this order
-        test = _in_submission_order(test, read_csv(sub_path, ("image_id",)), test_path, sub_path)
+        test = _in_submission_order(test, tables.read_table(sub_path, ("image_id",)), test_path, sub_path)
 
     for df, folder, path in ((train, "train", feat_path), (test, "test", test_path)):
         df["image_path"] = [f"{folder}/{i}.jpg" for i in df["image_id"].astype(str)]

@@ -279,24 +279,33 @@ def list_files(root: str) -> dict[str, FileInfo]:
 # Checksums (base64 strings, the form Cloud Storage reports)
 
 
+def file_digest(path: str, digest):
+    """Feeds a file's bytes (local, in blocks, or gs://) into `digest` (anything with `update`:
+    hashlib's, google_crc32c.Checksum) and returns it."""
+    if is_gcs(path):
+        digest.update(read_bytes(path))
+        return digest
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_READ_BLOCK), b""):
+            digest.update(block)
+    return digest
+
+
 def file_crc32c(path: str) -> str:
     """CRC32C of a local file, base64-encoded like Cloud Storage's `crc32c` field."""
     import google_crc32c  # installed with google-cloud-storage
 
-    checksum = google_crc32c.Checksum()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_READ_BLOCK), b""):
-            checksum.update(block)
-    return base64.b64encode(checksum.digest()).decode("ascii")
+    return base64.b64encode(file_digest(path, google_crc32c.Checksum()).digest()).decode("ascii")
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (hex), as `sha256sum` prints it: the builder's checksums."""
+    return file_digest(path, hashlib.sha256()).hexdigest()
 
 
 def file_md5(path: str) -> str:
     """MD5 of a local file, base64-encoded like Cloud Storage's `md5Hash` field."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_READ_BLOCK), b""):
-            digest.update(block)
-    return base64.b64encode(digest.digest()).decode("ascii")
+    return base64.b64encode(file_digest(path, hashlib.md5()).digest()).decode("ascii")
 
 
 def local_matches(path: str, remote: FileInfo) -> bool:

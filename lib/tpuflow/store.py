@@ -106,7 +106,7 @@ def plan_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int 
     n_shards = min(shards, len(table))
     names = [recordio.shard_name(PREFIX, i, n_shards) for i in range(n_shards)]
     if sources is None:
-        sources = {name: builder.file_sha256(storage.join(data_dir, name)) for name in builder.SOURCES}
+        sources = {name: storage.file_sha256(storage.join(data_dir, name)) for name in builder.SOURCES}
         sources["frames"] = builder.frames_digest(table, workers)
     key = {"format": FORMAT, "kind": KIND, "encoding": "source", "shards": n_shards, "sources": sources}
     out_dir = storage.join(out_root, NAME)
@@ -202,7 +202,7 @@ def check_sources(manifest: dict, store_dir: str, data_dir: str) -> None:
         path = storage.join(data_dir, name)
         if not storage.exists(path):
             continue
-        have, built = builder.file_sha256(path), manifest["sources"].get(name)
+        have, built = storage.file_sha256(path), manifest["sources"].get(name)
         if have != built:
             raise ValueError(f"{store_dir} was built from another {name} (sha256 {built}) than "
                              f"{path} (sha256 {have}); rebuild the store from --data_dir")

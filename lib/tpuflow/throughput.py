@@ -10,19 +10,20 @@ import time
 import keras
 import tensorflow as tf
 
-from tpuflow import frames, records
+from tpuflow import config, frames, parsers
+
+
+def kind_config(spec: frames.DatasetSpec, dim: int, backbone: str = "EfficientNetB0") -> config.Config:
+    """The settings a regression experiment on records of `spec` runs with (no weights)."""
+    return config.Config({"dataset_kind": spec.kind, "n_frames": spec.depth, "dim": dim, "invert": False,
+                          "task": "regression", "n_classes": 0, "backbone": backbone, "weights": None})
 
 
 def kind_parser(spec: frames.DatasetSpec, dim: int):
-    """The kind's parser as an experiment's `parse_example` writes it (records and examples a view
+    """The parser training uses for the kind (`parsers.parse_by_kind`; records and examples a view
     assembled alike): serialized -> (uint8 image, float32 wind speed)."""
-    def parse(serialized):
-        if spec.kind == "sequence":
-            example = records.parse_sequence(serialized, n_frames=spec.depth, dim=dim)
-        else:
-            example = records.parse_image(serialized, channels=spec.channels, dim=dim)
-        return example["image"], tf.cast(example["label"], tf.float32)
-    return parse
+    cfg = kind_config(spec, dim)
+    return lambda serialized: parsers.parse_by_kind(serialized, cfg)
 
 
 def input_rate(ds: tf.data.Dataset, batches: int, batch_size: int) -> float:

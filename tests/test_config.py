@@ -1,0 +1,106 @@
+"""The run configuration: frozen once built, every flag in one section, the fingerprint from the
+result sections (runtime settings never invalidate a backup), old spellings and old runs still read,
+and config.json / record.json holding exactly the configuration a run used."""
+import hashlib
+import json
+
+import pytest
+
+import tiny_experiment
+from tpuflow import config, experiment, run_record, storage
+
+# The hand-written exclusion list resume.py kept before the sections (for old fingerprints).
+OLD_NOT_FINGERPRINTED = {
+    "job", "jobs", "verbose", "resume", "output_dir", "experiment_id", "data_preds_dir", "tta_number", "tta",
+    "tta_views", "tta_set", "n_folds", "initial_fold", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s",
+    "cpu_replicas", "steps_per_execution", "jit_compile", "backend", "distributed"}
+
+
+def _resolved(**kw):
+    cfg = experiment.make_config(output_dir="/tmp/tpuflow-config-test", **kw)
+    return cfg.replace(n_frames=1, precision="float32", global_batch_size=32, scaled_lr=cfg.lr)
+
+
+def test_the_configuration_is_frozen_and_replace_makes_a_changed_copy():
+    cfg = experiment.make_config()
+    with pytest.raises(config.FrozenConfigError, match="frozen: cannot set 'dim'"):
+        cfg.dim = 8
+    with pytest.raises(config.FrozenConfigError):
+        del cfg.lr
+    smaller = cfg.replace(dim=8)
+    assert (smaller.dim, cfg.dim) == (8, 366) and smaller != cfg
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['dimm'\]"):
+        cfg.replace(dimm=8)
+
+
+def test_every_flag_and_derived_setting_is_in_exactly_one_section():
+    names = [n for names in config.SECTIONS.values() for n in names]
+    assert len(names) == len(set(names)), "a setting in two sections"
+    assert set(names) == set(experiment.OUR_FLAGS) | set(config.DERIVED)
+
+
+def test_a_setting_in_no_section_is_an_error():
+    with pytest.raises(ValueError, match=r"\['prefetch'\] belong to no section"):
+        config.Config({**experiment.make_config().to_dict(), "prefetch": 4})
+
+
+def test_runtime_settings_leave_the_fingerprint_alone_and_result_settings_change_it():
+    cfg = _resolved()
+    same = [cfg.replace(steps_per_execution=64), cfg.replace(verbose=0), cfg.replace(backend="jax"),
+            cfg.replace(n_folds=1, initial_fold=3), cfg.replace(cpu_replicas=4, tpu_timeout_s=1.0)]
+    assert {config.fingerprint(c) for c in same} == {config.fingerprint(cfg)}
+    changed = [cfg.replace(lr=2e-3), cfg.replace(dim=64), cfg.replace(global_batch_size=64),
+               cfg.replace(metric="rmse_raw"), cfg.replace(n_frames=12), cfg.replace(precision="mixed_bfloat16")]
+    assert len({config.fingerprint(c) for c in changed} | {config.fingerprint(cfg)}) == len(changed) + 1
+
+
+def test_a_new_runtime_setting_keeps_the_fingerprint_and_a_new_result_setting_changes_it(monkeypatch):
+    before = config.fingerprint(_resolved())
+    monkeypatch.setitem(config.SECTIONS, "runtime", (*config.SECTIONS["runtime"], "prefetch"))
+    cfg = config.Config({**_resolved().to_dict(), "prefetch": 8})
+    assert config.fingerprint(cfg) == before
+    monkeypatch.setitem(config.SECTIONS, "training", (*config.SECTIONS["training"], "warmup_epochs"))
+    cfg = config.Config({**cfg.to_dict(), "warmup_epochs": 2})
+    assert config.fingerprint(cfg) != before
+
+
+def test_backups_of_runs_made_before_the_sections_and_the_renames_still_match():
+    cfg = _resolved()
+    values = {**cfg.to_dict(), "metric": "rmse"}  # how such a run spelled the competition score
+    old = {k: v for k, v in sorted(values.items()) if k not in OLD_NOT_FINGERPRINTED}
+    old_fingerprint = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert old_fingerprint in config.fingerprints(cfg)
+    assert config.Config.from_dict(values).metric == "rmse_rounded"
+
+
+def test_the_old_metric_name_is_read_as_the_rounded_score_with_a_warning(capsys):
+    cfg = experiment.make_config(metric="rmse")
+    assert cfg.metric == "rmse_rounded"
+    assert "--metric=rmse is the old name of --metric=rmse_rounded" in capsys.readouterr().err
+
+
+def test_old_records_best_val_rmse_is_read_under_the_runs_metric():
+    old = {"flags": {"metric": "rmse"}, "folds": {"0": {"best_val_rmse": 9.5}}}
+    assert run_record.best_val_score(old, 0) == ("rmse_rounded", 9.5)
+    raw = {"flags": {"metric": "rmse_raw"}, "folds": {"0": {"best_val_rmse": 9.25}}}
+    assert run_record.best_val_score(raw, 0) == ("rmse_raw", 9.25)
+    assert run_record.best_val_score({"folds": {"1": {"best_val_rmse_raw": 8.0}}}, 1) == ("rmse_raw", 8.0)
+
+
+def test_config_json_and_the_record_hold_the_configuration_the_run_used(cv_dir, single_dir, tmp_path):
+    cfg = experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(tmp_path / "run"),
+                                 quick=True, dim=16, batch_size=8, tta_number=0, weights=None, verbose=0,
+                                 n_folds=1, job="train_val", lr_scaling="linear", base_batch_size=4)
+    used = experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)["config"]
+    assert (used.global_batch_size, used.scaled_lr, used.precision) == (8, cfg.lr * 2, "float32")
+    assert used.n_frames == 1
+    written = storage.read_json(str(tmp_path / "run" / "config.json"))
+    assert written == used.to_dict()
+    assert run_record.read_record(str(tmp_path / "run"))["flags"] == used.to_dict()
+    assert config.Config.from_dict(written) == used
+
+
+def test_the_ensemble_tools_old_rmse_is_read_as_the_raw_rmse_with_a_warning(capsys):
+    from tpuflow import ensemble
+    assert ensemble.get_metric("rmse", "values") is ensemble.METRICS["rmse_raw"]
+    assert "--metric=rmse is the old name of --metric=rmse_raw" in capsys.readouterr().err
