@@ -105,9 +105,11 @@ class FrameCache:
         return self.values.sparse_read(rows)
 
     def run_sums(self, starts: tf.Tensor, stops: tf.Tensor) -> tf.Tensor:
-        """(k, H, W) int32 sums of the frames of the runs [starts[i], stops[i]) (a sums cache)."""
-        diff = tf.cast(self.values.sparse_read(stops), tf.int32) - tf.cast(self.values.sparse_read(starts), tf.int32)
-        return tf.math.floormod(diff, 1 << 16)
+        """(k, H, W) uint16 sums of the frames of the runs [starts[i], stops[i]) (a sums cache):
+        differences of running sums, wrapping modulo 2**16 as the sums did."""
+        ends = self.values.sparse_read(tf.concat([stops, starts], 0))
+        k = tf.shape(starts)[0]
+        return ends[:k] - ends[k:]
 
 
 def build(encoded: np.ndarray, decode, shape: tuple[int, int, int], sums: bool,

@@ -156,9 +156,11 @@ class View:
         starts, stops = t["starts"][row], t["stops"][row]
         if self.cache is not None:  # decoded once per process: slots are gathers
             if self.spec.kind == "mean":
-                total = self.cache.run_sums(starts, stops)
-                n = tf.reshape(tf.cast(stops - starts, tf.int32), [-1, 1, 1])
-                slots = (2 * total + n) // (2 * n) if self.rounding == "round" else total // n
+                # floor((2 sum + n) / 2n) in float32: exact (sums < 2**17, and a quotient that is not
+                # whole is >= 1/2n from one), and much faster than integer division
+                total = tf.cast(self.cache.run_sums(starts, stops), tf.float32)
+                n = tf.reshape(tf.cast(stops - starts, tf.float32), [-1, 1, 1])
+                slots = tf.floor((2 * total + n) / (2 * n) if self.rounding == "round" else total / n)
                 slots = tf.cast(slots, tf.uint8)
             else:
                 slots = self.cache.frames(starts[:1] if self.spec.kind == "single" else starts)
