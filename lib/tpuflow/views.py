@@ -229,14 +229,6 @@ class View:
         return pipeline.predict_dataset([], parse_fn, batch_size, len(rows), tta_index, source=source)
 
 
-    def predict_tta_dataset(self, rows: np.ndarray, parse_fn, batch_size: int, views) -> tf.data.Dataset:
-        """All TTA views of `rows` in one pass, as `pipeline.predict_tta_dataset` gives them."""
-        self._ready()
-        source = tf.data.Dataset.from_tensor_slices(tf.constant(rows, tf.int64)).map(
-            self.assemble, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return pipeline.predict_tta_dataset([], parse_fn, batch_size, len(rows), views, source=source)
-
-
 class InputPosition(keras.callbacks.Callback):
     """Training examples consumed (global), counted per epoch and saved with each fold backup."""
 
