@@ -7,7 +7,8 @@ pass per view (`pipeline.predict_dataset(..., tta_index=t)`: views made on the h
 read and decoded `--tta` times), on the same prebuilt records of synthetic storms (and on a view
 of a frame store for each kind), in one run. The model is a global average pool, so what is
 timed is input and view making, not a network. Prints views/s of each and the ratio.
-Without an accelerator the "device" work runs on the same CPUs as the input pipeline.
+Without an accelerator the "device" work runs on the same CPUs as the input pipeline, compiled
+by XLA as an accelerator's would be (`--nojit_compile`: Keras' CPU default, uncompiled).
 """
 from __future__ import annotations
 
@@ -27,13 +28,16 @@ flags.DEFINE_integer("storms", 2, "Synthetic storms (20-40 frames each)")
 flags.DEFINE_list("kinds", ["single", "sequence:n6:s1"], "Kinds to time")
 flags.DEFINE_integer("batch_size", 16, "Batch size")
 flags.DEFINE_integer("tta", 10, "TTA views (1..10)")
+flags.DEFINE_boolean("jit_compile", True, "Compile the predict steps with XLA (both paths), as on an accelerator")
 
 
 def probe(shape) -> keras.Model:
     """A weight-free model: the mean of each example (so the timing is the input and the views)."""
     inputs = keras.Input(shape)
     pool = keras.layers.GlobalAveragePooling3D() if len(shape) == 4 else keras.layers.GlobalAveragePooling2D()
-    return keras.Model(inputs, pool(inputs))
+    model = keras.Model(inputs, pool(inputs))
+    model.jit_compile = FLAGS.jit_compile
+    return model
 
 
 def timed(model, ds) -> float:

@@ -352,7 +352,10 @@ class TTAViews(keras.layers.Layer):
 
 def tta_model(model: keras.Model, views) -> keras.Model:
     """`model` behind `TTAViews`: one batch of B examples in, the predictions of their
-    B * len(views) views out (example-major); shares `model`'s weights. Build it where `model`
-    was built (inside its distribution scope)."""
+    B * len(views) views out (example-major); shares `model`'s weights and its XLA setting
+    (`jit_compile`: the views are gathers XLA fuses; uncompiled on a CPU they are slower than
+    the host transforms). Build it where `model` was built (inside its distribution scope)."""
     inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]), dtype="float32")
-    return keras.Model(inputs, model(TTAViews(views)(inputs)), name=f"{model.name}_tta")
+    predictor = keras.Model(inputs, model(TTAViews(views)(inputs)), name=f"{model.name}_tta")
+    predictor.jit_compile = model.jit_compile
+    return predictor
