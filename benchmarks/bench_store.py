@@ -1,5 +1,5 @@
 """Usage: python benchmarks/bench_store.py [--size=366] [--storms=4] [--dim=366]
-    [--kinds=single,stacked:s5,mean:s10,sequence:n24:s1] [--batch_size=8] [--input_batches=6]
+    [--kinds=single,stacked:s5,mean:s10,sequence:n24:s1] [--batch_size=8] [--input_batches=6] [--repeats=3]
     [--spec_file=data_prep/reference_specs.txt] [--workers=2] [--frame_cache=memory]
 
 Prebuilt records against one frame store read through views, both measured in this run on the
@@ -24,8 +24,10 @@ import os
 import tempfile
 import time
 
+import numpy as np
+
 from tpuflow import builder, frames, pipeline, records, split, store, synthetic, views  # first: --backend
-from tpuflow.throughput import PeakMemory, input_rate, kind_parser
+from tpuflow.throughput import PeakMemory, kind_parser
 
 from absl import app, flags  # noqa: E402
 
@@ -38,7 +40,8 @@ flags.DEFINE_string("spec_file", os.path.join(os.path.dirname(__file__), "..", "
                     "Datasets whose bytes are compared with the store ('': skip the bytes comparison)")
 flags.DEFINE_enum("frame_cache", "memory", ["auto", "memory", "off"], "The views' decoded-frame cache")
 flags.DEFINE_integer("batch_size", 8, "Batch size of the timed pipelines")
-flags.DEFINE_integer("input_batches", 6, "Timed batches per pipeline (after one warm-up batch)")
+flags.DEFINE_integer("input_batches", 6, "Timed batches per pipeline and repeat (after one warm-up batch)")
+flags.DEFINE_integer("repeats", 3, "Timings per pipeline, alternating prebuilt and view; the medians are compared")
 flags.DEFINE_float("aug_prob", 0.5, "Training augmentation probability")
 flags.DEFINE_integer("workers", 2, "Builder worker processes")
 flags.DEFINE_string("work_dir", None, "Where to write the data (default: system temp)")
@@ -89,21 +92,38 @@ def main(argv):
             parse = kind_parser(spec, FLAGS.dim)
             files = records.record_files(os.path.join(work, spec.name), train_folds)
             with PeakMemory() as prebuilt_memory:
-                ds = pipeline.train_dataset(files, parse, FLAGS.batch_size, aug_prob=FLAGS.aug_prob, seed=0)
-                prebuilt_rate = input_rate(ds, FLAGS.input_batches, FLAGS.batch_size)
-            del ds
+                prebuilt_rates = [batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
+                                                                    aug_prob=FLAGS.aug_prob, seed=0))]
             with PeakMemory() as view_memory:
                 view = views.View(store.load_store(store_dir), spec, frame_cache=FLAGS.frame_cache)
                 cache = view.cache  # built here, timed apart: the first epoch pays it once per process
-                ds = view.train_dataset(train_folds, parse, FLAGS.batch_size, seed=0, fold=0, aug_prob=FLAGS.aug_prob)
-                view_rate = input_rate(ds, FLAGS.input_batches, FLAGS.batch_size)
-            del ds, view
+                view_ds = lambda: view.train_dataset(train_folds, parse, FLAGS.batch_size, seed=0, fold=0,  # noqa: E731
+                                                     aug_prob=FLAGS.aug_prob)
+                view_rates = [batch_rate(view_ds())]
+            for _ in range(FLAGS.repeats - 1):  # alternated, so that a change of load hits both
+                prebuilt_rates.append(batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
+                                                                        aug_prob=FLAGS.aug_prob, seed=0)))
+                view_rates.append(batch_rate(view_ds()))
+            prebuilt_rate, view_rate = np.median(prebuilt_rates), np.median(view_rates)
+            del view
             cached = (f"cache {cache.nbytes / 2**20:.0f} MiB built in {cache.build_s:.1f} s" if cache else "no cache")
             print(f"kind={spec}: input prebuilt {prebuilt_rate:.1f} ex/s, view {view_rate:.1f} ex/s, "
-                  f"view/prebuilt {view_rate / prebuilt_rate:.2f}x ({cached}); peak memory prebuilt "
-                  f"{prebuilt_memory.peak / 2**20:.0f} MiB, view {view_memory.peak / 2**20:.0f} MiB "
-                  "(the cache included)", flush=True)
+                  f"view/prebuilt {view_rate / prebuilt_rate:.2f}x (medians of {FLAGS.repeats}: prebuilt "
+                  f"{', '.join(f'{r:.0f}' for r in prebuilt_rates)}, view {', '.join(f'{r:.0f}' for r in view_rates)}; "
+                  f"{cached}); peak memory prebuilt {prebuilt_memory.peak / 2**20:.0f} MiB, view "
+                  f"{view_memory.peak / 2**20:.0f} MiB (the cache included)", flush=True)
             del cache
+
+
+def batch_rate(ds) -> float:
+    """Examples/s of --input_batches batches of a fresh pipeline, after one warm-up batch (fills
+    its buffers and traces its maps); the pipeline is gone before the next is made."""
+    it = iter(ds)
+    next(it)
+    started = time.perf_counter()
+    for _ in range(FLAGS.input_batches):
+        next(it)
+    return FLAGS.input_batches * FLAGS.batch_size / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":

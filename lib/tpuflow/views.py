@@ -214,11 +214,11 @@ class View:
         in flight (no shuffle buffer: the order needs none)."""
         self._ready()
         ds = self.train_order(folds, seed=seed, fold=fold, start=start)
-        ds = ds.map(lambda r, s: (parse_fn(self.assemble(r)), s), num_parallel_calls=AUTOTUNE, deterministic=True)
-        if aug_prob > 0:
-            ds = ds.map(lambda xy, s: ((augment.random_augment(xy[0], aug_prob, seed=s), xy[1]), s),
-                        num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.map(lambda xy, s: xy).batch(batch_size, drop_remainder=True)
+        def example(row, seed):  # one map: assemble, parse, augment (fewer per-example hand-offs)
+            x, y = parse_fn(self.assemble(row))
+            return (augment.random_augment(x, aug_prob, seed=seed) if aug_prob > 0 else x), y
+
+        ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
         return ds.map(lambda x, y: (pipeline.to_float(x), y)).prefetch(2)
 
     def predict_dataset(self, rows: np.ndarray, parse_fn, batch_size: int, tta_index: int = 0) -> tf.data.Dataset:
