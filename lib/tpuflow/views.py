@@ -8,6 +8,10 @@ store's table. `single`, `stacked` and `sequence` slots are the source frames' p
 a `mean` slot is the exact mean of its run rounded half up (the builder's default
 `--mean_rounding=round`) with no JPEG round trip, so it equals a PNG-encoded prebuilt `mean`.
 
+Frames are decoded once per process into the store's decoded-frame cache (`tpuflow.frame_cache`,
+`--frame_cache`) when it fits, so a slot is a copy rather than a JPEG decode; otherwise each
+slot is decoded as it is read. Either way the examples are the same to the bit.
+
 An assembled example is a dict {image_id, image (uint8 at the frames' size: (H, W, C) for the
 image kinds, (n, H, W, 1) for `sequence`), label, label_le}; `records.parse_image` and
 `records.parse_sequence` take it in place of a serialized record and resize it to `--dim`, so an
@@ -156,8 +160,8 @@ class View:
         starts, stops = t["starts"][row], t["stops"][row]
         if self.cache is not None:  # decoded once per process: slots are gathers
             if self.spec.kind == "mean":
-                # floor((2 sum + n) / 2n) in float32: exact (sums < 2**17, and a quotient that is not
-                # whole is >= 1/2n from one), and much faster than integer division
+                # floor((2 sum + n) / 2n) in float32, much faster than integer division and exact:
+                # 2 sum + n < 2**18 is a float32 integer, and a quotient not whole is >= 1/2n from one
                 total = tf.cast(self.cache.run_sums(starts, stops), tf.float32)
                 n = tf.reshape(tf.cast(stops - starts, tf.float32), [-1, 1, 1])
                 slots = tf.floor((2 * total + n) / (2 * n) if self.rounding == "round" else total / n)
@@ -214,6 +218,7 @@ class View:
         in flight (no shuffle buffer: the order needs none)."""
         self._ready()
         ds = self.train_order(folds, seed=seed, fold=fold, start=start)
+
         def example(row, seed):  # one map: assemble, parse, augment (fewer per-example hand-offs)
             x, y = parse_fn(self.assemble(row))
             return (augment.random_augment(x, aug_prob, seed=seed) if aug_prob > 0 else x), y
