@@ -264,17 +264,18 @@ def _diagonal_degrees(name: str) -> float | None:
 
 @functools.lru_cache(maxsize=64)
 def _device_stages(name: str, height: int, width: int) -> tuple:
-    """How the view `name` of an (height, width) image is made by gathers, as NumPy constants:
-    ("take", source pixel of each output pixel) for the views that move whole pixels, found by
-    applying the host transform to an image of pixel indices; for a 45-degree view ("taps", 4
-    source pixels and bilinear weights per output pixel: `rotate`'s sampling, points outside
-    weighted 0) then ("crop_resize", crop offsets and sizes, and for each output row and column
+    """How the view `name` of an (height, width) image is made on the device, as NumPy constants.
+    A view that moves whole pixels is a symmetry of the square: ("d4", transpose, flip rows, flip
+    columns), found by applying the host transform to an image of pixel indices and matching it
+    (so reversals and a transpose, not gathers). A 45-degree view: ("taps", 4 source pixels and
+    bilinear weights per output pixel: `rotate`'s sampling, points outside weighted 0) then
+    ("crop_resize", crop offsets and sizes, and for each output row and column
     `tf.image.resize`'s two source lines and weight)."""
     degrees = _diagonal_degrees(name)
     with tf.init_scope():  # NumPy results, even when called while a function is traced
         index = tf.reshape(tf.range(height * width, dtype=tf.int32), [height, width, 1])
         if degrees is None:
-            return (("take", apply_view(index, name).numpy().reshape(-1)),)
+            return (_symmetry(apply_view(index, name).numpy()[..., 0], index.numpy()[..., 0], name),)
         rows = tf.image.central_crop(index, CROP_FRACTION).numpy()[..., 0]
     p = np.float32(_rotation_params(degrees, np.float32((width - 1) / 2), np.float32((height - 1) / 2)))
     y, x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
@@ -295,6 +296,18 @@ def _device_stages(name: str, height: int, width: int) -> tuple:
     return taps, ("crop_resize", top, left, crop, _resize_lines(crop[0], height), _resize_lines(crop[1], width))
 
 
+def _symmetry(moved: np.ndarray, index: np.ndarray, name: str) -> tuple:
+    """The ("d4", transpose, flip rows, flip columns) that moves the pixels of `index` as `moved`."""
+    for transpose in (False, True):
+        base = index.T if transpose else index
+        for flip_rows in (False, True):
+            for flip_cols in (False, True):
+                candidate = base[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+                if candidate.shape == moved.shape and (candidate == moved).all():
+                    return "d4", transpose, flip_rows, flip_cols
+    raise ValueError(f"view {name!r} moves pixels in a way no symmetry of the square does")
+
+
 def _resize_lines(n_in: int, n_out: int) -> tuple:
     """`tf.image.resize` (bilinear, half-pixel centres): for each output line, its two source
     lines and the second one's weight."""
@@ -312,11 +325,15 @@ def device_view(images, name: str):
     *_, height, width, channels = images.shape
     if name == "orig":
         return images
+    stages = _device_stages(name, height, width)
+    if stages[0][0] == "d4":
+        _, transpose, flip_rows, flip_cols = stages[0]
+        images = ops.swapaxes(images, -3, -2) if transpose else images
+        images = ops.flip(images, axis=-3) if flip_rows else images
+        return ops.flip(images, axis=-2) if flip_cols else images
     flat = ops.reshape(images, (-1, height * width, channels))
-    for stage in _device_stages(name, height, width):
-        if stage[0] == "take":
-            flat = ops.take(flat, stage[1], axis=1)
-        elif stage[0] == "taps":
+    for stage in stages:
+        if stage[0] == "taps":
             _, idx, weights = stage
             taken = ops.reshape(ops.take(flat, idx.reshape(-1), axis=1), (-1, height * width, 4, channels))
             flat = ops.sum(taken * weights[None, :, :, None], axis=2)
