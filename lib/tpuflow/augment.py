@@ -331,20 +331,18 @@ def device_view(images, name: str):
         images = ops.swapaxes(images, -3, -2) if transpose else images
         images = ops.flip(images, axis=-3) if flip_rows else images
         return ops.flip(images, axis=-2) if flip_cols else images
-    flat = ops.reshape(images, (-1, height * width, channels))
-    for stage in stages:
-        if stage[0] == "taps":
-            _, idx, weights = stage
-            taken = ops.reshape(ops.take(flat, idx.reshape(-1), axis=1), (-1, height * width, 4, channels))
-            flat = ops.sum(taken * weights[None, :, :, None], axis=2)
-        else:
-            _, top, left, (h, w), (r0, r1, rw), (c0, c1, cw) = stage
-            image = ops.reshape(flat, (-1, height, width, channels))[:, top:top + h, left:left + w, :]
-            image = (ops.take(image, r0, axis=1) * (1 - rw)[None, :, None, None]
-                     + ops.take(image, r1, axis=1) * rw[None, :, None, None])
-            image = (ops.take(image, c0, axis=2) * (1 - cw)[None, None, :, None]
-                     + ops.take(image, c1, axis=2) * cw[None, None, :, None])
-            flat = ops.reshape(image, (-1, height * width, channels))
+    # Pixels first, (H * W, batch, C): every gather takes whole rows along the leading axis,
+    # which XLA does fast.
+    pixels = ops.transpose(ops.reshape(images, (-1, height * width, channels)), (1, 0, 2))
+    (_, idx, weights), (_, top, left, (h, w), (r0, r1, rw), (c0, c1, cw)) = stages
+    taken = ops.reshape(ops.take(pixels, idx.reshape(-1), axis=0), (height * width, 4, -1, channels))
+    image = ops.reshape(ops.sum(taken * weights[:, :, None, None], axis=1), (height, width, -1, channels))
+    image = image[top:top + h, left:left + w]  # (h, w, batch, C)
+    for low, high, weight in ((r0, r1, rw), (c0, c1, cw)):  # resize the rows, then the columns
+        weight = weight[:, None, None, None]
+        image = ops.take(image, low, axis=0) * (1 - weight) + ops.take(image, high, axis=0) * weight
+        image = ops.transpose(image, (1, 0, 2, 3))  # the other spatial axis first
+    flat = ops.reshape(ops.transpose(image, (2, 0, 1, 3)), (-1, height * width, channels))  # (batch, H * W, C)
     return ops.reshape(flat, (-1, *images.shape[1:]))
 
 
