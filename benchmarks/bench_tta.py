@@ -1,5 +1,5 @@
 """Usage: python benchmarks/bench_tta.py [--size=366] [--dim=366] [--storms=2]
-    [--kinds=single,sequence:n6:s1] [--batch_size=16] [--tta=10]
+    [--kinds=single,sequence:n6:s1] [--batch_size=16] [--tta=10] [--repeats=3] [--nojit_compile]
 
 Prediction of `--tta` TTA views, as `runner.predict_split` runs it: one pass (each example read
 and decoded once; `augment.tta_model` makes the views in the compiled predict step) against one
@@ -19,6 +19,7 @@ import time
 from tpuflow import augment, builder, frames, hosts, pipeline, records, split, store, synthetic, views  # first: --backend
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -28,6 +29,7 @@ flags.DEFINE_integer("storms", 2, "Synthetic storms (20-40 frames each)")
 flags.DEFINE_list("kinds", ["single", "sequence:n6:s1"], "Kinds to time")
 flags.DEFINE_integer("batch_size", 16, "Batch size")
 flags.DEFINE_integer("tta", 10, "TTA views (1..10)")
+flags.DEFINE_integer("repeats", 3, "Timings of each path, alternating; the medians are compared")
 flags.DEFINE_boolean("jit_compile", True, "Compile the predict steps with XLA (both paths), as on an accelerator")
 
 
@@ -78,12 +80,16 @@ def main(argv):
             for source, (count, dataset) in sources.items():
                 timed(predictor, dataset(0))  # warm-up: traces and compiles both paths
                 timed(model, dataset(1))
-                one = timed(predictor, dataset(0))
-                passes = sum(timed(model, dataset(t)) for t in range(len(names)))
+                ones, tens = [], []
+                for _ in range(FLAGS.repeats):  # alternated, so that a change of load hits both
+                    ones.append(timed(predictor, dataset(0)))
+                    tens.append(sum(timed(model, dataset(t)) for t in range(len(names))))
+                one, passes = float(np.median(ones)), float(np.median(tens))
                 total = count * len(names)
                 print(f"kind={spec} {source}: {count} examples x {len(names)} TTA views: one pass (views on the "
                       f"device) {total / one:.1f} views/s, {len(names)} passes (views on the host) "
-                      f"{total / passes:.1f} views/s, one/ten {passes / one:.2f}x", flush=True)
+                      f"{total / passes:.1f} views/s, one/ten {passes / one:.2f}x (medians of {FLAGS.repeats})",
+                      flush=True)
 
 
 if __name__ == "__main__":
