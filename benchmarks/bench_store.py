@@ -1,6 +1,6 @@
 """Usage: python benchmarks/bench_store.py [--size=366] [--storms=4] [--dim=366]
-    [--kinds=single,stacked:s5,mean:s10,sequence:n24:s1] [--batch_size=8] [--input_batches=6]
-    [--spec_file=data_prep/reference_specs.txt] [--workers=2]
+    [--kinds=single,stacked:s5,mean:s10,sequence:n24:s1] [--batch_size=8] [--input_batches=6] [--repeats=3]
+    [--spec_file=data_prep/reference_specs.txt] [--workers=2] [--frame_cache=memory]
 
 Prebuilt records against one frame store read through views, both measured in this run on the
 same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
@@ -10,7 +10,10 @@ same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
   frames' bytes; and the build time of each;
 - input examples/s per kind, prebuilt records (`pipeline.train_dataset`) against a view
   (`View.train_dataset`): read, decode, assemble, resize to `--dim`, augment, batch; with each
-  pipeline's peak resident memory above what the process held before it was made.
+  pipeline's peak resident memory above what the process held before it was made. Views read
+  through the decoded-frame cache (`--frame_cache`, `tpuflow.frame_cache`): its build time is
+  printed apart from the steady rate, its bytes are part of the view's peak. Use enough storms
+  that the cache outgrows the CPU's caches, as the real data's does (16 storms of 366 px: ~60 MiB).
 
 The store is held in host memory (its size is the source frames': 272 MB for the competition's
 frames), so its figure is part of the view's peak. Timings depend on the machine's load (printed).
@@ -21,8 +24,10 @@ import os
 import tempfile
 import time
 
+import numpy as np
+
 from tpuflow import builder, frames, pipeline, records, split, store, synthetic, views  # first: --backend
-from tpuflow.throughput import PeakMemory, input_rate, kind_parser
+from tpuflow.throughput import PeakMemory, kind_parser
 
 from absl import app, flags  # noqa: E402
 
@@ -32,9 +37,11 @@ flags.DEFINE_integer("storms", 4, "Synthetic storms (20-40 frames each)")
 flags.DEFINE_integer("dim", 366, "Model input size (examples are resized to it)")
 flags.DEFINE_list("kinds", ["single", "stacked:s5", "mean:s10", "sequence:n24:s1"], "Kinds to time")
 flags.DEFINE_string("spec_file", os.path.join(os.path.dirname(__file__), "..", "data_prep", "reference_specs.txt"),
-                    "Datasets whose bytes are compared with the store")
+                    "Datasets whose bytes are compared with the store ('': skip the bytes comparison)")
+flags.DEFINE_enum("frame_cache", "memory", ["auto", "memory", "off"], "The views' decoded-frame cache")
 flags.DEFINE_integer("batch_size", 8, "Batch size of the timed pipelines")
-flags.DEFINE_integer("input_batches", 6, "Timed batches per pipeline (after one warm-up batch)")
+flags.DEFINE_integer("input_batches", 6, "Timed batches per pipeline and repeat (after one warm-up batch)")
+flags.DEFINE_integer("repeats", 3, "Timings per pipeline, alternating prebuilt and view; the medians are compared")
 flags.DEFINE_float("aug_prob", 0.5, "Training augmentation probability")
 flags.DEFINE_integer("workers", 2, "Builder worker processes")
 flags.DEFINE_string("work_dir", None, "Where to write the data (default: system temp)")
@@ -47,7 +54,7 @@ def dir_bytes(path: str) -> int:
 def main(argv):
     del argv
     quiet = lambda message: None  # noqa: E731
-    all_specs = frames.parse_specs(open(FLAGS.spec_file).read().splitlines())
+    all_specs = frames.parse_specs(open(FLAGS.spec_file).read().splitlines()) if FLAGS.spec_file else []
     kinds = [frames.DatasetSpec.parse(k) for k in FLAGS.kinds]
     specs = all_specs + [k for k in kinds if k not in all_specs]
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' work slows every figure)")
@@ -70,28 +77,53 @@ def main(argv):
         print(f"{len(table)} frames of {FLAGS.size} px in {FLAGS.storms} storms: {source / 2**20:.1f} MiB of source frames")
         for s in all_specs:
             print(f"  prebuilt {str(s):16s} {sizes[s] / 2**20:8.1f} MiB  {sizes[s] / source:6.1f}x the source frames")
-        print(f"bytes: {len(all_specs)} prebuilt datasets {reference / 2**20:.1f} MiB ({reference / source:.1f}x the "
-              f"source frames); one store {dir_bytes(store_dir) / 2**20:.1f} MiB ({dir_bytes(store_dir) / source:.3f}x "
-              f"the source frames); prebuilt/store {reference / dir_bytes(store_dir):.1f}x")
+        if all_specs:
+            print(f"bytes: {len(all_specs)} prebuilt datasets {reference / 2**20:.1f} MiB ({reference / source:.1f}x the "
+                  f"source frames); one store {dir_bytes(store_dir) / 2**20:.1f} MiB ({dir_bytes(store_dir) / source:.3f}x "
+                  f"the source frames); prebuilt/store {reference / dir_bytes(store_dir):.1f}x")
         print(f"build: one-pass builder of {len(specs)} datasets {prebuilt_s:.1f} s, store {store_s:.1f} s "
               f"(builder/store {prebuilt_s / store_s:.1f}x; {FLAGS.workers} workers)")
+        if FLAGS.frame_cache != "off":
+            print(f"views read through the decoded-frame cache (--frame_cache={FLAGS.frame_cache}): each frame "
+                  "decoded once per process (build time apart), then every slot is a copy")
         n_folds = int(table.loc[table["split"] == "train", "fold_id"].max()) + 1
         train_folds = list(range(1, n_folds))
         for spec in kinds:
             parse = kind_parser(spec, FLAGS.dim)
             files = records.record_files(os.path.join(work, spec.name), train_folds)
             with PeakMemory() as prebuilt_memory:
-                ds = pipeline.train_dataset(files, parse, FLAGS.batch_size, aug_prob=FLAGS.aug_prob, seed=0)
-                prebuilt_rate = input_rate(ds, FLAGS.input_batches, FLAGS.batch_size)
-            del ds
+                prebuilt_rates = [batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
+                                                                    aug_prob=FLAGS.aug_prob, seed=0))]
             with PeakMemory() as view_memory:
-                view = views.View(store.load_store(store_dir), spec)
-                ds = view.train_dataset(train_folds, parse, FLAGS.batch_size, seed=0, fold=0, aug_prob=FLAGS.aug_prob)
-                view_rate = input_rate(ds, FLAGS.input_batches, FLAGS.batch_size)
-            del ds, view
+                view = views.View(store.load_store(store_dir), spec, frame_cache=FLAGS.frame_cache)
+                cache = view.cache  # built here, timed apart: the first epoch pays it once per process
+                view_ds = lambda: view.train_dataset(train_folds, parse, FLAGS.batch_size, seed=0, fold=0,  # noqa: E731
+                                                     aug_prob=FLAGS.aug_prob)
+                view_rates = [batch_rate(view_ds())]
+            for _ in range(FLAGS.repeats - 1):  # alternated, so that a change of load hits both
+                prebuilt_rates.append(batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
+                                                                        aug_prob=FLAGS.aug_prob, seed=0)))
+                view_rates.append(batch_rate(view_ds()))
+            prebuilt_rate, view_rate = np.median(prebuilt_rates), np.median(view_rates)
+            del view
+            cached = (f"cache {cache.nbytes / 2**20:.0f} MiB built in {cache.build_s:.1f} s" if cache else "no cache")
             print(f"kind={spec}: input prebuilt {prebuilt_rate:.1f} ex/s, view {view_rate:.1f} ex/s, "
-                  f"view/prebuilt {view_rate / prebuilt_rate:.2f}x; peak memory prebuilt "
-                  f"{prebuilt_memory.peak / 2**20:.0f} MiB, view {view_memory.peak / 2**20:.0f} MiB", flush=True)
+                  f"view/prebuilt {view_rate / prebuilt_rate:.2f}x (medians of {FLAGS.repeats}: prebuilt "
+                  f"{', '.join(f'{r:.0f}' for r in prebuilt_rates)}, view {', '.join(f'{r:.0f}' for r in view_rates)}; "
+                  f"{cached}); peak memory prebuilt {prebuilt_memory.peak / 2**20:.0f} MiB, view "
+                  f"{view_memory.peak / 2**20:.0f} MiB (the cache included)", flush=True)
+            del cache
+
+
+def batch_rate(ds) -> float:
+    """Examples/s of --input_batches batches of a fresh pipeline, after one warm-up batch (fills
+    its buffers and traces its maps); the pipeline is gone before the next is made."""
+    it = iter(ds)
+    next(it)
+    started = time.perf_counter()
+    for _ in range(FLAGS.input_batches):
+        next(it)
+    return FLAGS.input_batches * FLAGS.batch_size / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Usage: python benchmarks/bench_tta.py [--size=366] [--dim=366] [--storms=2]
-    [--kinds=single,sequence:n6:s1] [--batch_size=16] [--tta=10]
+    [--kinds=single,sequence:n6:s1] [--batch_size=16] [--tta=10] [--repeats=3] [--nojit_compile]
 
-Prediction input for `--tta` TTA views: one pass (`pipeline.predict_tta_dataset`: each record
-read and decoded once, all views made from it) against one pass per view
-(`pipeline.predict_dataset` once per TTA index, the runner's former loop), on the same prebuilt
-records of synthetic storms, in one run. Prints view-examples/s of each and the ratio.
-Input only (no model): what changes between the two is the reading and decoding.
+Prediction of `--tta` TTA views, as `runner.predict_split` runs it: one pass (each example read
+and decoded once; `augment.tta_model` makes the views in the compiled predict step) against one
+pass per view (`pipeline.predict_dataset(..., tta_index=t)`: views made on the host, each example
+read and decoded `--tta` times), on the same prebuilt records of synthetic storms (and on a view
+of a frame store for each kind), in one run. The model is a global average pool, so what is
+timed is input and view making, not a network. Prints views/s of each and the ratio.
+Without an accelerator the "device" work runs on the same CPUs as the input pipeline, compiled
+by XLA as an accelerator's would be (`--nojit_compile`: Keras' CPU default, uncompiled).
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import os
 import tempfile
 import time
 
-from tpuflow import builder, frames, pipeline, records, split, synthetic  # first: --backend
+from tpuflow import augment, builder, frames, hosts, pipeline, records, split, store, synthetic, views  # first: --backend
 
-import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -25,37 +29,67 @@ flags.DEFINE_integer("storms", 2, "Synthetic storms (20-40 frames each)")
 flags.DEFINE_list("kinds", ["single", "sequence:n6:s1"], "Kinds to time")
 flags.DEFINE_integer("batch_size", 16, "Batch size")
 flags.DEFINE_integer("tta", 10, "TTA views (1..10)")
+flags.DEFINE_integer("repeats", 3, "Timings of each path, alternating; the medians are compared")
+flags.DEFINE_boolean("jit_compile", True, "Compile the predict steps with XLA (both paths), as on an accelerator")
 
 
-def drain(ds: tf.data.Dataset) -> float:
+def probe(shape) -> keras.Model:
+    """A weight-free model: the mean of each example (so the timing is the input and the views)."""
+    inputs = keras.Input(shape)
+    pool = keras.layers.GlobalAveragePooling3D() if len(shape) == 4 else keras.layers.GlobalAveragePooling2D()
+    model = keras.Model(inputs, pool(inputs))
+    model.jit_compile = FLAGS.jit_compile
+    return model
+
+
+def timed(model, ds) -> float:
     started = time.perf_counter()
-    for _ in ds:
-        pass
+    hosts.predict(model, ds, FLAGS.batch_size)
     return time.perf_counter() - started
 
 
 def main(argv):
     del argv
-    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' work slows every figure)")
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (others' work slows every figure); "
+          f"backend {keras.backend.backend()}")
     specs = [frames.DatasetSpec.parse(k) for k in FLAGS.kinds]
+    names = augment.REFERENCE_VIEWS[: FLAGS.tta]
     with tempfile.TemporaryDirectory() as work:
         raw = os.path.join(work, "raw")
         synthetic.make_synthetic(raw, synthetic.SyntheticConfig(seed=0, size=FLAGS.size, n_storms=FLAGS.storms,
                                                                 n_test_only_storms=0, min_frames=20, max_frames=40))
         split.write_cv_split(raw, *split.create_cv_split(raw, n_folds=2, seed=33))
         builder.build_datasets(raw, work, specs, workers=2, log=lambda m: None)
+        store.build_store(raw, work, workers=2, log=lambda m: None)
+        frame_store = store.load_store(os.path.join(work, store.NAME))
         for spec in specs:
             if spec.kind == "sequence":
                 parse = lambda s, spec=spec: (records.parse_sequence(s, spec.depth, FLAGS.dim)["image"], 0)  # noqa: E731
+                shape = (spec.depth, FLAGS.dim, FLAGS.dim, 1)
             else:
                 parse = lambda s, spec=spec: (records.parse_image(s, spec.channels, FLAGS.dim)["image"], 0)  # noqa: E731
+                shape = (FLAGS.dim, FLAGS.dim, spec.channels)
+            model = probe(shape)
+            predictor = augment.tta_model(model, names)
             files = records.record_files(os.path.join(work, spec.name), [0, 1])
             n = len(records.read_ids(files))
-            one = drain(pipeline.predict_tta_dataset(files, parse, FLAGS.batch_size, n, FLAGS.tta))
-            passes = sum(drain(pipeline.predict_dataset(files, parse, FLAGS.batch_size, n, t)) for t in range(FLAGS.tta))
-            views = n * FLAGS.tta
-            print(f"kind={spec}: {n} examples x {FLAGS.tta} TTA views: one pass {views / one:.1f} views/s, "
-                  f"{FLAGS.tta} passes {views / passes:.1f} views/s, one/ten {passes / one:.2f}x", flush=True)
+            view = views.View(frame_store, spec, frame_cache="memory")
+            rows = view.split_rows(0)
+            sources = {"records": (n, lambda t: pipeline.predict_dataset(files, parse, FLAGS.batch_size, n, t)),
+                       "view": (len(rows), lambda t: view.predict_dataset(rows, parse, FLAGS.batch_size, t))}
+            for source, (count, dataset) in sources.items():
+                timed(predictor, dataset(0))  # warm-up: traces and compiles both paths
+                timed(model, dataset(1))
+                ones, tens = [], []
+                for _ in range(FLAGS.repeats):  # alternated, so that a change of load hits both
+                    ones.append(timed(predictor, dataset(0)))
+                    tens.append(sum(timed(model, dataset(t)) for t in range(len(names))))
+                one, passes = float(np.median(ones)), float(np.median(tens))
+                total = count * len(names)
+                print(f"kind={spec} {source}: {count} examples x {len(names)} TTA views: one pass (views on the "
+                      f"device) {total / one:.1f} views/s, {len(names)} passes (views on the host) "
+                      f"{total / passes:.1f} views/s, one/ten {passes / one:.2f}x (medians of {FLAGS.repeats})",
+                      flush=True)
 
 
 if __name__ == "__main__":

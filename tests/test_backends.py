@@ -76,7 +76,7 @@ def test_tpu_asked_for_but_not_seen_by_jax_fails_naming_backend_and_devices(cv_d
 DATA_PARALLEL_CHECK = r"""
 import numpy as np, keras, tensorflow as tf
 import tiny_experiment
-from tpuflow import experiment, hosts, pipeline, records, runtime
+from tpuflow import augment, experiment, hosts, pipeline, records, runtime
 
 assert keras.backend.backend() == "jax"
 try:
@@ -105,14 +105,15 @@ assert distribution.device_mesh.devices.size == 2
 # Exactly once, in record order: a weight-free model whose output identifies the example.
 inp = keras.Input((16, 16, 1))
 probe = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))
+predictor = augment.tta_model(probe, ["orig", "flip_lr", "rot90"])  # views on the device
 parse = lambda s: tiny_experiment.parse_example(s, cfg)
 files = records.record_files({rec!r}, [0])
 ids = records.read_ids(files)
 assert len(ids) % 6, "choose a batch that does not divide the fold"
-pred = hosts.predict(probe, pipeline.predict_tta_dataset(files, parse, cfg.global_batch_size, len(ids), ["orig"]),
-                     cfg.global_batch_size)[:len(ids), 0]  # the path predict_split takes
+pred = hosts.predict(predictor, pipeline.predict_dataset(files, parse, cfg.global_batch_size, len(ids)),
+                     cfg.global_batch_size)[:len(ids) * 3].reshape(len(ids), 3)  # the path predict_split takes
 expected = np.array([float(tf.reduce_mean(tf.cast(parse(s)[0], tf.float32))) for s in tf.data.TFRecordDataset(files)])
-np.testing.assert_allclose(pred, expected, rtol=1e-5)
+np.testing.assert_allclose(pred, np.repeat(expected[:, None], 3, axis=1), rtol=1e-5)  # mean: every view alike
 saved = np.load({out!r} + "/preds/y_pred_val_fold_0_tta_0.npy")
 assert saved.shape == (len(ids), 1), saved.shape
 print("DATA PARALLEL OK")

@@ -105,7 +105,7 @@ import sys
 import numpy as np, keras, tensorflow as tf
 sys.path.insert(0, {here!r})
 import tiny_experiment
-from tpuflow import experiment, hosts, pipeline, records, runtime
+from tpuflow import augment, experiment, hosts, pipeline, records, runtime
 
 strategy = runtime.get_strategy(None, cpu_replicas=2)
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
@@ -125,6 +125,7 @@ assert cfg.global_batch_size == 6, cfg.global_batch_size
 with strategy.scope():
     inp = keras.Input((16, 16, 1))
     probe = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))
+    predictor = augment.tta_model(probe, ["orig", "flip_lr", "rot90"])  # views on the device
 parse = lambda s: tiny_experiment.parse_example(s, cfg)
 files = records.record_files({rec!r}, [0])
 ids = records.read_ids(files)
@@ -136,9 +137,10 @@ assert train_ds.element_spec[0].shape == (6, 16, 16, 1), train_ds.element_spec
 assert predict_ds.element_spec.shape == (6, 16, 16, 1), predict_ds.element_spec
 per_replica = next(iter(strategy.experimental_distribute_dataset(predict_ds)))
 assert [v.shape for v in strategy.experimental_local_results(per_replica)] == [(3, 16, 16, 1)] * 2
-pred = hosts.predict(probe, pipeline.predict_tta_dataset(files, parse, cfg.global_batch_size, len(ids), ["orig"]),
-                     cfg.global_batch_size)[:len(ids), 0]  # the path predict_split takes
+pred = hosts.predict(predictor, pipeline.predict_dataset(files, parse, cfg.global_batch_size, len(ids)),
+                     cfg.global_batch_size)[:len(ids) * 3].reshape(len(ids), 3)  # the path predict_split takes
 expected = np.array([float(tf.reduce_mean(pipeline.to_float(parse(s)[0]))) for s in tf.data.TFRecordDataset(files)])
+expected = np.repeat(expected[:, None], 3, axis=1)  # the mean is the same in every view
 assert pred.shape == expected.shape, (pred.shape, expected.shape)
 np.testing.assert_allclose(pred, expected, rtol=1e-5)
 saved = np.load({out!r} + "/preds/ids_val_fold_0.npy")

@@ -189,31 +189,6 @@ def test_inspect_exports_views_and_records_alike(built, spec, tmp_path):
     assert Image.open(tmp_path / "sheet.png").size[0] > 0
 
 
-@pytest.mark.parametrize("source", ["records", "view"])
-def test_tta_in_one_pass_gives_every_view_of_the_ten_passes(built, source):
-    """pipeline/View.predict_tta_dataset: each example decoded once, all 10 TTA views, equal to
-    the per-TTA datasets (padding at the end only)."""
-    from tpuflow import pipeline
-    spec, dim, n_tta, batch = frames.DatasetSpec.parse("stacked:s2"), 12, 10, 7
-    parse = lambda s: (records.parse_image(s, 3, dim)["image"], 0)  # noqa: E731
-    if source == "records":
-        files = records.record_files(os.path.join(built, spec.name), [1])
-        n = len(records.read_ids(files))
-        one = pipeline.predict_tta_dataset(files, parse, batch, n, n_tta)
-        passes = [pipeline.predict_dataset(files, parse, batch, n, t) for t in range(n_tta)]
-    else:
-        view = views.open_view(os.path.join(built, store.NAME), str(spec))
-        rows = view.split_rows(1)
-        n = len(rows)
-        one = view.predict_tta_dataset(rows, parse, batch, n_tta)
-        passes = [view.predict_dataset(rows, parse, batch, t) for t in range(n_tta)]
-    got = np.concatenate(list(one.as_numpy_iterator()))
-    assert len(got) == -(-n * n_tta // batch) * batch
-    got = got[: n * n_tta].reshape(n, n_tta, dim, dim, 3)
-    for t, ds in enumerate(passes):
-        np.testing.assert_array_equal(got[:, t], np.concatenate(list(ds.as_numpy_iterator()))[:n], err_msg=f"TTA {t}")
-
-
 def test_store_build_refuses_a_damaged_frame_and_leaves_no_shard(cv_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(cv_dir, data, ignore=shutil.ignore_patterns("data-*"))

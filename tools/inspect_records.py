@@ -39,11 +39,12 @@ flags.DEFINE_string("export", None, "Write every example losslessly into this di
 FLAGS = flags.FLAGS
 
 
-def examples(tfrec_dir: str, fold: int | None, view: str | None = None):
+def examples(tfrec_dir: str, fold: int | None, view: str | None = None, frame_cache: str = "off"):
     """(image id, label, uint8 pixels at the frames' size: (H, W, C) or (n, H, W, 1)) of a fold or
-    the test split (None), in record order (a view: CSV order), from records or a view."""
+    the test split (None), in record order (a view: CSV order), from records or a view (with the
+    decoded-frame cache `frame_cache` says: worth building only to read every example)."""
     if view:
-        v = views.open_view(tfrec_dir, view)
+        v = views.open_view(tfrec_dir, view, frame_cache=frame_cache)
         rows = v.split_rows(fold)
         for row, image_id, label in zip(rows, *v.labels(rows)[:2]):
             yield image_id, int(label), v.example_numpy(row)
@@ -81,7 +82,7 @@ def export(tfrec_dir: str, out_dir: str, n_folds: int, view: str | None = None) 
     storage.makedirs(out_dir)
     count = 0
     for fold in [*range(n_folds), None]:
-        for image_id, _, image in examples(tfrec_dir, fold, view):
+        for image_id, _, image in examples(tfrec_dir, fold, view, frame_cache="auto"):
             if image.ndim == 4:  # a sequence: (n, H, W, 1)
                 storage.save_npy(storage.join(out_dir, f"{image_id}.npy"), image)
             else:

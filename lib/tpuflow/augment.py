@@ -29,18 +29,27 @@ batch can still be formed with ``drop_remainder=True`` for TPU.  Quarter
 turns of a non-square image would swap its height and width, so they are
 refused for images whose height and width are known to differ.
 
-Why this runs host-side: ``tensorflow-addons`` (the reference's rotation) is
-end-of-life and fails to import with Keras 3, so the 45-degree rotations use
-the core op ``ImageProjectiveTransformV3``.  That op has no XLA kernel, so it
-cannot be compiled into a TPU step; augmentation and TTA therefore run in the
-``tf.data`` pipeline on the host CPU, before batches reach the accelerator.
+Where it runs: ``tensorflow-addons`` (the reference's rotation) is end-of-life
+and fails to import with Keras 3, so the 45-degree rotations use the core op
+``ImageProjectiveTransformV3``, which has no XLA kernel: training augmentation
+runs in the ``tf.data`` pipeline on the host CPU. Prediction makes its TTA
+views on the accelerator instead (:func:`tta_model`): the same views, as
+gathers with fixed indices and weights that XLA compiles under the TensorFlow
+and JAX backends, derived from the host transforms above (quarter turns, flips
+and transposes: the host transform applied to an image of pixel indices; the
+45-degree views: the same rotation parameters, crop and resize rule), so each
+example is read, decoded and sent once for all its views.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
+import keras
+import numpy as np
 import tensorflow as tf
+from keras import ops
 
 N_TRANSFORMS = 10
 """Number of TTA transforms, the original (index 0) included."""
@@ -94,16 +103,17 @@ def _rotation_transform(degrees: float, height: int | tf.Tensor, width: int | tf
     (dx, dy) from the centre to (dx cos + dy sin, -dx sin + dy cos); its inverse,
     applied to the output offset, is (dx cos - dy sin, dx sin + dy cos).
     """
-    theta = math.radians(degrees)
-    cos, sin = math.cos(theta), math.sin(theta)
     cx = (tf.cast(width, tf.float32) - 1.0) / 2.0
     cy = (tf.cast(height, tf.float32) - 1.0) / 2.0
-    params = [
-        cos, -sin, cx - cos * cx + sin * cy,
-        sin, cos, cy - sin * cx - cos * cy,
-        0.0, 0.0,
-    ]
+    params = _rotation_params(degrees, cx, cy)
     return tf.reshape(tf.stack([tf.cast(p, tf.float32) for p in params]), [1, 8])
+
+
+def _rotation_params(degrees: float, cx, cy) -> list:
+    """`_rotation_transform`'s 8 parameters about the centre (cx, cy) (numbers or tensors)."""
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta), math.sin(theta)
+    return [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
 
 
 def rotate(image: tf.Tensor, degrees: float) -> tf.Tensor:
@@ -242,3 +252,125 @@ def random_augment(image: tf.Tensor, prob: float, seed: tf.Tensor | None = None)
     index = tf.where(draws[0] < prob, choice, 0)
     branches = [lambda t=t: apply_tta(image, t) for t in range(N_TRANSFORMS)]
     return tf.switch_case(index, branches)
+
+
+# --- the same views on the accelerator (prediction) ---------------------------------------------
+
+
+def _diagonal_degrees(name: str) -> float | None:
+    index = REFERENCE_VIEWS.index(name) if name in REFERENCE_VIEWS else None
+    return _DIAGONAL_ANGLES.get(index)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_stages(name: str, height: int, width: int) -> tuple:
+    """How the view `name` of an (height, width) image is made on the device, as NumPy constants.
+    A view that moves whole pixels is a symmetry of the square: ("d4", transpose, flip rows, flip
+    columns), found by applying the host transform to an image of pixel indices and matching it
+    (so reversals and a transpose, not gathers). A 45-degree view: ("taps", 4 source pixels and
+    bilinear weights per output pixel: `rotate`'s sampling, points outside weighted 0) then
+    ("crop_resize", crop offsets and sizes, and for each output row and column
+    `tf.image.resize`'s two source lines and weight)."""
+    degrees = _diagonal_degrees(name)
+    with tf.init_scope():  # NumPy results, even when called while a function is traced
+        index = tf.reshape(tf.range(height * width, dtype=tf.int32), [height, width, 1])
+        if degrees is None:
+            return (_symmetry(apply_view(index, name).numpy()[..., 0], index.numpy()[..., 0], name),)
+        rows = tf.image.central_crop(index, CROP_FRACTION).numpy()[..., 0]
+    p = np.float32(_rotation_params(degrees, np.float32((width - 1) / 2), np.float32((height - 1) / 2)))
+    y, x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+    in_x = (p[0] * x + p[1] * y + p[2]).reshape(-1)  # float32, as the host op computes it
+    in_y = (p[3] * x + p[4] * y + p[5]).reshape(-1)
+    x0, y0 = np.floor(in_x), np.floor(in_y)
+    fx, fy = in_x - x0, in_y - y0
+    idx, weights = [], []
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yy, xx = (y0 + dy).astype(np.int64), (x0 + dx).astype(np.int64)
+            inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+            idx.append(np.where(inside, yy * width + xx, 0))
+            weights.append(np.where(inside, wy * wx, 0.0))
+    taps = ("taps", np.stack(idx, 1).astype(np.int32), np.stack(weights, 1).astype(np.float32))
+    top, left = divmod(int(rows[0, 0]), width)
+    crop = rows.shape[:2]
+    return taps, ("crop_resize", top, left, crop, _resize_lines(crop[0], height), _resize_lines(crop[1], width))
+
+
+def _symmetry(moved: np.ndarray, index: np.ndarray, name: str) -> tuple:
+    """The ("d4", transpose, flip rows, flip columns) that moves the pixels of `index` as `moved`."""
+    for transpose in (False, True):
+        base = index.T if transpose else index
+        for flip_rows in (False, True):
+            for flip_cols in (False, True):
+                candidate = base[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+                if candidate.shape == moved.shape and (candidate == moved).all():
+                    return "d4", transpose, flip_rows, flip_cols
+    raise ValueError(f"view {name!r} moves pixels in a way no symmetry of the square does")
+
+
+def _resize_lines(n_in: int, n_out: int) -> tuple:
+    """`tf.image.resize` (bilinear, half-pixel centres): for each output line, its two source
+    lines and the second one's weight."""
+    centre = (np.arange(n_out, dtype=np.float32) + 0.5) * np.float32(n_in / n_out) - 0.5
+    floor = np.floor(centre)
+    low = np.maximum(floor, 0).astype(np.int32)
+    high = np.minimum(np.ceil(centre), n_in - 1).astype(np.int32)
+    return low, high, (centre - floor).astype(np.float32)
+
+
+def device_view(images, name: str):
+    """The view `name` of a float batch (B, H, W, C) or (B, N, H, W, C) (static H, W, C), with
+    `keras.ops` only (compiles with XLA under either backend): within float rounding of
+    `apply_view` on each example."""
+    *_, height, width, channels = images.shape
+    if name == "orig":
+        return images
+    stages = _device_stages(name, height, width)
+    if stages[0][0] == "d4":
+        _, transpose, flip_rows, flip_cols = stages[0]
+        images = ops.swapaxes(images, -3, -2) if transpose else images
+        images = ops.flip(images, axis=-3) if flip_rows else images
+        return ops.flip(images, axis=-2) if flip_cols else images
+    # Pixels first, (H * W, batch, C): every gather takes whole rows along the leading axis,
+    # which XLA does fast.
+    pixels = ops.transpose(ops.reshape(images, (-1, height * width, channels)), (1, 0, 2))
+    (_, idx, weights), (_, top, left, (h, w), (r0, r1, rw), (c0, c1, cw)) = stages
+    taken = ops.reshape(ops.take(pixels, idx.reshape(-1), axis=0), (height * width, 4, -1, channels))
+    image = ops.reshape(ops.sum(taken * weights[:, :, None, None], axis=1), (height, width, -1, channels))
+    image = image[top:top + h, left:left + w]  # (h, w, batch, C)
+    for low, high, weight in ((r0, r1, rw), (c0, c1, cw)):  # resize the rows, then the columns
+        weight = weight[:, None, None, None]
+        image = ops.take(image, low, axis=0) * (1 - weight) + ops.take(image, high, axis=0) * weight
+        image = ops.transpose(image, (1, 0, 2, 3))  # the other spatial axis first
+    flat = ops.reshape(ops.transpose(image, (2, 0, 1, 3)), (-1, height * width, channels))  # (batch, H * W, C)
+    return ops.reshape(flat, (-1, *images.shape[1:]))
+
+
+class TTAViews(keras.layers.Layer):
+    """(B, ...) float images -> (B * len(views), ...): every view of each example, example-major
+    (example 0's views, then example 1's...). float32 whatever the mixed-precision policy."""
+
+    def __init__(self, views, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.views = tuple(views)
+        for name in self.views:
+            if name not in VIEWS:
+                raise ValueError(f"unknown view {name!r}; expected one of {VIEWS}")
+
+    def call(self, images):
+        views = ops.stack([device_view(images, name) for name in self.views], axis=1)
+        return ops.reshape(views, (-1, *images.shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
+
+
+def tta_model(model: keras.Model, views) -> keras.Model:
+    """`model` behind `TTAViews`: one batch of B examples in, the predictions of their
+    B * len(views) views out (example-major); shares `model`'s weights and its XLA setting
+    (`jit_compile`: the views are gathers XLA fuses; uncompiled on a CPU they are slower than
+    the host transforms). Build it where `model` was built (inside its distribution scope)."""
+    inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]), dtype="float32")
+    predictor = keras.Model(inputs, model(TTAViews(views)(inputs)), name=f"{model.name}_tta")
+    predictor.jit_compile = model.jit_compile
+    return predictor

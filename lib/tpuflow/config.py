@@ -40,7 +40,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                  "mixed_precision", "precision"),
     # Where and how fast it runs (not fingerprinted: backups cross backends and device counts).
     "runtime": ("backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s",
-                "cpu_replicas", "steps_per_execution", "jit_compile", "verbose"),
+                "cpu_replicas", "steps_per_execution", "jit_compile", "verbose", "frame_cache"),
     # Which part of the run this invocation does, and where its outputs go (not fingerprinted).
     "jobs": ("job", "jobs", "resume", "n_folds", "initial_fold", "tta", "tta_number", "tta_set",
              "tta_views"),

@@ -61,6 +61,9 @@ flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, s
 flags.DEFINE_string("data_preds_dir", None, "Predictions dir (default: <output_dir>/preds)")
 flags.DEFINE_string("view", None, "Read --data_tfrec_dir as a frame store (create_tfrecords.py --specs=frames) "
                     "through this view, assembled at read time: e.g. sequence:n24:s1, stacked:s5, mean:s10, single")
+flags.DEFINE_enum("frame_cache", "auto", ["auto", "memory", "off"], "With --view: decode each store frame once "
+                  "into host memory (store rows x H x W bytes; a mean view: twice that); auto: when it fits in "
+                  "half the available memory, memory: always, off: decode every slot as it is read")
 flags.DEFINE_enum("dataset_kind", None, frames.KINDS,
                   "Record kind the experiment reads; checked against the dataset manifest (None: any)")
 flags.DEFINE_string("architecture", None, "Architecture name for the experiment record and leaderboard")

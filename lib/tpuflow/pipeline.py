@@ -7,10 +7,11 @@ The builder writes each fold's records in a shuffled order over many shards, so 
 them mixes storms before the buffer does; the buffer holds encoded records (tens of KB each),
 not decoded images (a 366 px 24-frame example is 12.9 MB as float32), and pixels stay uint8
 until the batch, so host memory stays bounded whatever the kind.
-Prediction order: read shards sequentially -> parse -> float32 -> TTA transform -> pad to a
+Prediction order: read shards sequentially -> parse -> float32 -> [TTA transform] -> pad to a
 whole number of global batches -> batch(drop_remainder=True) -> prefetch; the caller trims the
 padding, so every example is predicted exactly once, in record order (the order
-`records.read_ids` returns).
+`records.read_ids` returns). Runs predict every TTA view in one pass: each example is read and
+decoded once and `augment.tta_model` makes its views on the accelerator.
 """
 from __future__ import annotations
 
@@ -85,31 +86,4 @@ def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_
         ds = ds.concatenate(ds.take(1).repeat(n_padded - n_examples))
     ds = ds.batch(batch_size, drop_remainder=True)
     # Known length: Keras stops exactly; a wrong `n_examples` fails instead of misaligning ids.
-    return ds.apply(tf.data.experimental.assert_cardinality(n_padded // batch_size)).prefetch(AUTOTUNE)
-
-
-def predict_tta_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_examples: int,
-                        views: int | Sequence[int | str], source: tf.data.Dataset | None = None) -> tf.data.Dataset:
-    """Every TTA view (names or indices; an int n: the reference's views 0..n-1) of every example in
-    one pass: each record is read and decoded once, and its views follow each other (example 0
-    TTA 0..n_tta-1, example 1, ...), padded to full batches. Predictions reshaped to (n_examples,
-    n_tta, ...) after trimming the padding are `predict_dataset`'s for each TTA; memory holds one
-    decoded example per view being made. `source`, if given, replaces the records of `files`
-    (examples assembled by a view)."""
-    views = list(range(views)) if isinstance(views, int) else list(views)
-    n_tta = len(views)
-    source = tf.data.TFRecordDataset(list(files)) if source is None else source
-    ds = source.map(lambda s: parse_fn(s)[0], num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(n_tta).enumerate())
-
-    def view(t, x):
-        x = to_float(x)
-        return tf.switch_case(tf.cast(t, tf.int32), [lambda v=v: augment.apply_tta(x, v) for v in views])
-
-    ds = ds.map(view, num_parallel_calls=AUTOTUNE, deterministic=True)
-    n_views = n_examples * n_tta
-    n_padded = padded_count(n_views, batch_size)
-    if n_padded > n_views:
-        ds = ds.concatenate(ds.take(1).repeat(n_padded - n_views))
-    ds = ds.batch(batch_size, drop_remainder=True)
     return ds.apply(tf.data.experimental.assert_cardinality(n_padded // batch_size)).prefetch(AUTOTUNE)

@@ -76,6 +76,8 @@ def decode_image(encoded: tf.Tensor, channels: int, dim: int | None = None) -> t
 
 def resize(image: tf.Tensor, dim: int) -> tf.Tensor:
     """uint8 (..., H, W, C) -> (..., dim, dim, C): bilinear, rounded to whole levels, static shape."""
+    if image.shape[-3] == dim and image.shape[-2] == dim:  # known to be dim already: resizing is the identity
+        return image
     resized = tf.image.resize(image, [dim, dim], method="bilinear")
     shape = image.shape[:-3].as_list() + [dim, dim, image.shape[-1]]
     return tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), shape)

@@ -8,6 +8,10 @@ store's table. `single`, `stacked` and `sequence` slots are the source frames' p
 a `mean` slot is the exact mean of its run rounded half up (the builder's default
 `--mean_rounding=round`) with no JPEG round trip, so it equals a PNG-encoded prebuilt `mean`.
 
+Frames are decoded once per process into the store's decoded-frame cache (`tpuflow.frame_cache`,
+`--frame_cache`) when it fits, so a slot is a copy rather than a JPEG decode; otherwise each
+slot is decoded as it is read. Either way the examples are the same to the bit.
+
 An assembled example is a dict {image_id, image (uint8 at the frames' size: (H, W, C) for the
 image kinds, (n, H, W, 1) for `sequence`), label, label_le}; `records.parse_image` and
 `records.parse_sequence` take it in place of a serialized record and resize it to `--dim`, so an
@@ -28,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tpuflow import augment, frames, hosts, pipeline, store
+from tpuflow import frame_cache as frame_cache_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -43,8 +48,11 @@ def parse_view(text: str) -> frames.DatasetSpec:
 class View:
     """One spec's examples over a loaded store: which store rows make each example's slots."""
 
-    def __init__(self, frame_store: store.FrameStore, spec: frames.DatasetSpec, rounding: str = "round"):
-        self.store, self.spec, self.rounding = frame_store, spec, rounding
+    def __init__(self, frame_store: store.FrameStore, spec: frames.DatasetSpec, rounding: str = "round",
+                 frame_cache: str = "auto"):
+        self.store, self.spec, self.rounding, self.frame_cache = frame_store, spec, rounding, frame_cache
+        if frame_cache not in frame_cache_lib.MODES:  # before any long work
+            raise ValueError(f"--frame_cache={frame_cache!r}: expected one of {', '.join(frame_cache_lib.MODES)}")
         table = frame_store.table
         if spec.kind != "single":  # slots of one example must share a size to be stacked
             sizes = table.groupby("storm_id", sort=False)[["height", "width"]].nunique()
@@ -90,19 +98,44 @@ class View:
     def example_numpy(self, row: int) -> np.ndarray:
         """The example's uint8 pixels at the frames' size (inspection, tests): the pipeline's own
         assembly, run eagerly."""
-        self._frame_table, self._tensors  # noqa: B018
+        self._ready()
         return self.assemble(tf.constant(row, tf.int64))["image"].numpy()
+
+    @property
+    def _dct_method(self) -> str:
+        return "INTEGER_ACCURATE" if self.spec.kind in ("stacked", "mean") else ""
 
     def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
         """One source frame -> (H, W) uint8, decoded as the prebuilt records of this kind are:
         `single`/`sequence` records hold the source bytes, which TensorFlow decodes at read time
         (its default, fast IDCT); the builder computed `stacked`/`mean` images from frames decoded
         with the accurate IDCT (PIL), which `INTEGER_ACCURATE` reproduces."""
-        method = "INTEGER_ACCURATE" if self.spec.kind in ("stacked", "mean") else ""
         image = tf.cond(tf.io.is_jpeg(encoded),
-                        lambda: tf.io.decode_jpeg(encoded, channels=1, dct_method=method),
+                        lambda: tf.io.decode_jpeg(encoded, channels=1, dct_method=self._dct_method),
                         lambda: tf.io.decode_image(encoded, channels=1, expand_animations=False))
         return image[..., 0]
+
+    def _ready(self) -> None:
+        """Makes, eagerly, what the map functions capture: the per-example tensors and either the
+        decoded-frame cache or the table of encoded frames."""
+        self._tensors  # noqa: B018
+        if self.cache is None:
+            self._frame_table  # noqa: B018
+
+    @functools.cached_property
+    def cache(self) -> frame_cache_lib.FrameCache | None:
+        """The store's decoded-frame cache for this view's decoding (`tpuflow.frame_cache`; shared by
+        the views of one loaded store that decode alike), or None when `frame_cache` says not to."""
+        sums = self.spec.kind == "mean"
+        longest = int((self.stops - self.starts).max()) if len(self.starts) else 0
+        what = f"--view={self.spec}"
+        shape = frame_cache_lib.use_cache(self.frame_cache, self.store.table, sums, longest, what)
+        if shape is None:
+            return None
+        key = (self._dct_method, sums)
+        if key not in self.store.decoded:
+            self.store.decoded[key] = frame_cache_lib.build(self.store.frames, self._decode, shape, sums, what=what)
+        return self.store.decoded[key]
 
     @functools.cached_property
     def _frame_table(self) -> tf.lookup.StaticHashTable:
@@ -120,11 +153,22 @@ class View:
                 "label": tf.constant(table["label"].to_numpy()), "label_le": tf.constant(table["label_le"].to_numpy())}
 
     def assemble(self, row: tf.Tensor) -> dict:
-        """A store row (the example's current frame) -> assembled example (see module doc).
-        Each distinct frame is decoded once per example (history padding repeats frames)."""
+        """A store row (the example's current frame) -> assembled example (see module doc). With
+        the decoded-frame cache, slots are copied from it; without, each distinct frame is decoded
+        once per example (history padding repeats frames)."""
         t = self._tensors
         starts, stops = t["starts"][row], t["stops"][row]
-        if self.spec.kind == "mean":  # slot c: the mean of frames [starts[c], stops[c]), one run
+        if self.cache is not None:  # decoded once per process: slots are gathers
+            if self.spec.kind == "mean":
+                # floor((2 sum + n) / 2n) in float32, much faster than integer division and exact:
+                # 2 sum + n < 2**18 is a float32 integer, and a quotient not whole is >= 1/2n from one
+                total = tf.cast(self.cache.run_sums(starts, stops), tf.float32)
+                n = tf.reshape(tf.cast(stops - starts, tf.float32), [-1, 1, 1])
+                slots = tf.floor((2 * total + n) / (2 * n) if self.rounding == "round" else total / n)
+                slots = tf.cast(slots, tf.uint8)
+            else:
+                slots = self.cache.frames(starts[:1] if self.spec.kind == "single" else starts)
+        elif self.spec.kind == "mean":  # slot c: the mean of frames [starts[c], stops[c]), one run
             low = tf.reduce_min(starts)
             decoded = tf.map_fn(self._decode, self._frame_table.lookup(tf.range(low, tf.reduce_max(stops))),
                                 fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
@@ -147,7 +191,7 @@ class View:
 
     def first_example(self, fold: int) -> dict:
         """The first assembled example of a fold, eagerly (the runner's parse check)."""
-        self._frame_table, self._tensors  # noqa: B018
+        self._ready()
         return self.assemble(tf.constant(self.split_rows(fold)[0], tf.int64))
 
     # --- datasets ----------------------------------------------------------------------------
@@ -172,29 +216,22 @@ class View:
         assembled, parsed, augmented (draws seeded by position), batched (`batch_size`: this
         host's share of the global batch), float32. Host memory: the store, plus the examples
         in flight (no shuffle buffer: the order needs none)."""
-        self._frame_table, self._tensors  # noqa: B018 (made eagerly: the map functions capture them)
+        self._ready()
         ds = self.train_order(folds, seed=seed, fold=fold, start=start)
-        ds = ds.map(lambda r, s: (parse_fn(self.assemble(r)), s), num_parallel_calls=AUTOTUNE, deterministic=True)
-        if aug_prob > 0:
-            ds = ds.map(lambda xy, s: ((augment.random_augment(xy[0], aug_prob, seed=s), xy[1]), s),
-                        num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.map(lambda xy, s: xy).batch(batch_size, drop_remainder=True)
+
+        def example(row, seed):  # one map: assemble, parse, augment (fewer per-example hand-offs)
+            x, y = parse_fn(self.assemble(row))
+            return (augment.random_augment(x, aug_prob, seed=seed) if aug_prob > 0 else x), y
+
+        ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
         return ds.map(lambda x, y: (pipeline.to_float(x), y)).prefetch(2)
 
     def predict_dataset(self, rows: np.ndarray, parse_fn, batch_size: int, tta_index: int = 0) -> tf.data.Dataset:
         """Inputs of `rows` in that order, as `pipeline.predict_dataset` gives them for records."""
-        self._frame_table, self._tensors  # noqa: B018 (made eagerly: the map functions capture them)
+        self._ready()
         source = tf.data.Dataset.from_tensor_slices(tf.constant(rows, tf.int64)).map(
             self.assemble, num_parallel_calls=AUTOTUNE, deterministic=True)
         return pipeline.predict_dataset([], parse_fn, batch_size, len(rows), tta_index, source=source)
-
-
-    def predict_tta_dataset(self, rows: np.ndarray, parse_fn, batch_size: int, views) -> tf.data.Dataset:
-        """All TTA views of `rows` in one pass, as `pipeline.predict_tta_dataset` gives them."""
-        self._frame_table, self._tensors  # noqa: B018 (made eagerly: the map functions capture them)
-        source = tf.data.Dataset.from_tensor_slices(tf.constant(rows, tf.int64)).map(
-            self.assemble, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return pipeline.predict_tta_dataset([], parse_fn, batch_size, len(rows), views, source=source)
 
 
 class InputPosition(keras.callbacks.Callback):
@@ -214,12 +251,13 @@ def _loaded(store_dir: str, data_dir: str | None) -> store.FrameStore:
 
 
 @functools.lru_cache(maxsize=4)
-def open_view(store_dir: str, view: str, data_dir: str | None = None) -> View:
+def open_view(store_dir: str, view: str, data_dir: str | None = None, frame_cache: str = "auto") -> View:
     """The view `view` over the store in `store_dir` (read once per process), checked against the
-    CSVs in `data_dir`: every error names the view, the store or its damaged shard."""
+    CSVs in `data_dir`, with the decoded-frame cache `frame_cache` says (`tpuflow.frame_cache`):
+    every error names the view, the store, its damaged shard or the flag."""
     spec = parse_view(view)
     store.read_manifest(store_dir)
-    return View(_loaded(store_dir, data_dir), spec)
+    return View(_loaded(store_dir, data_dir), spec, frame_cache=frame_cache)
 
 
 def view_manifest(view: View) -> dict:
