@@ -32,9 +32,12 @@ import time
 
 from absl import app, flags
 
-from tpuflow import builder, frames, recordio, split, storage, synthetic
+from tpuflow import builder, frame_cache, frames, recordio, split, storage, synthetic
 
 FLAGS = flags.FLAGS
+# Peak memory of the DirectRunner (launcher + workers) per byte of records written, measured
+# (~6x in the launcher, which groups every record by shard, plus the workers), with headroom.
+DIRECT_RUNNER_BYTES_PER_RECORD_BYTE = 10
 flags.DEFINE_integer("n_storms", 8, "Training storms (one more test-only storm is added)")
 flags.DEFINE_integer("frames", 60, "Frames per storm")
 flags.DEFINE_integer("size", 366, "Frame size in pixels")
@@ -247,6 +250,12 @@ def main(argv: list[str]) -> None:
 
 def _report_beam(base: dict, specs, n_frames: int, ours: dict, out_dir: str, kind_sha: dict) -> None:
     """(c): the whole batch on the DirectRunner against the local one-pass build (b)."""
+    need, free = DIRECT_RUNNER_BYTES_PER_RECORD_BYTE * ours["bytes"], frame_cache.available_bytes()
+    if need > free / 2:  # it groups every record in memory: on a big batch it would be OOM-killed
+        print(f"  (c) skipped: the DirectRunner would hold ~{need / 2**30:.1f} GiB for "
+              f"{ours['bytes'] / 2**30:.1f} GiB of records, more than half the {free / 2**30:.1f} GiB "
+              "available; use fewer --n_storms/--frames, or --nodirect_runner")
+        return
     beam = _measure({**base, "mode": "beam", "specs": [s.to_string() for s in specs],
                      "out_dir": out_dir})
     same = all(records_sha(os.path.join(out_dir, s.name)) == kind_sha[s.name] for s in specs)
