@@ -68,7 +68,7 @@ def main(argv):
         frame_store = store.load_store(os.path.join(work, store.NAME))
         for text in FLAGS.kinds:
             spec = frames.DatasetSpec.parse(text)
-            view = views.View(frame_store, spec)
+            view = views.View(frame_store, spec, frame_cache="off")
             if spec.kind == "sequence":
                 parse = lambda ex: (records.parse_sequence(ex, spec.depth, FLAGS.dim)["image"], ex["label"])  # noqa: E731
             else:

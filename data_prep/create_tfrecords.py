@@ -80,8 +80,9 @@ def main(argv):
             raise cli.UsageError(f"--runner={FLAGS.runner!r}: expected local or one of "
                                  f"{builder.BEAM_RUNNERS}")
     elif BEAM_ARGS:
-        raise cli.UsageError(f"unknown flags {BEAM_ARGS} (Beam's pipeline options need a Beam "
-                             "--runner)")
+        raise cli.UsageError(f"unknown flags {BEAM_ARGS} (" + (
+            "--explain reads one example here, without Beam" if FLAGS.explain
+            else "Beam's pipeline options need a Beam --runner") + ")")
     lines = storage.read_text(FLAGS.spec_file).splitlines() if FLAGS.spec_file else FLAGS.specs
     want_store = any(line.split("#", 1)[0].strip() == store.KIND for line in lines)
     specs = frames.parse_specs([line for line in lines if line.split("#", 1)[0].strip() != store.KIND])

@@ -80,14 +80,6 @@ def test_the_old_metric_name_is_read_as_the_rounded_score_with_a_warning(capsys)
     assert "--metric=rmse is the old name of --metric=rmse_rounded" in capsys.readouterr().err
 
 
-def test_old_records_best_val_rmse_is_read_under_the_runs_metric():
-    old = {"flags": {"metric": "rmse"}, "folds": {"0": {"best_val_rmse": 9.5}}}
-    assert run_record.best_val_score(old, 0) == ("rmse_rounded", 9.5)
-    raw = {"flags": {"metric": "rmse_raw"}, "folds": {"0": {"best_val_rmse": 9.25}}}
-    assert run_record.best_val_score(raw, 0) == ("rmse_raw", 9.25)
-    assert run_record.best_val_score({"folds": {"1": {"best_val_rmse_raw": 8.0}}}, 1) == ("rmse_raw", 8.0)
-
-
 def test_config_json_and_the_record_hold_the_configuration_the_run_used(cv_dir, single_dir, tmp_path):
     cfg = experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(tmp_path / "run"),
                                  quick=True, dim=16, batch_size=8, tta_number=0, weights=None, verbose=0,

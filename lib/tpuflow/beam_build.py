@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions
+from apache_beam.runners.runner import PipelineState
 
 from tpuflow import builder, cli, frames, recordio, storage, store, validate
 
@@ -305,20 +306,37 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
         job_dir = storage.join(temp or local_temp, f"tpuflow-build-{uuid.uuid4().hex}")
         storm_files = write_job(job, job_dir)
         log(f"building {[p.out_dir for p in job.active]} on {runner}")
+        result, ended = None, True
         try:
-            with beam.Pipeline(runner=_runner(runner), options=options) as pipeline:
-                expand(pipeline, job, job_dir, storm_files, storm_records)
+            pipeline = beam.Pipeline(runner=_runner(runner), options=options)
+            expand(pipeline, job, job_dir, storm_files, storm_records)
+            result = pipeline.run()
+            result.wait_until_finish()
         except Exception:  # not on Ctrl-C: a cluster's job may still be running
-            _clean_up(job.active)
+            ended = result is None or _state(result) in (PipelineState.FAILED, PipelineState.CANCELLED)
+            if ended:
+                _clean_up(job.active)
+            else:  # e.g. the launcher lost the runner while the job runs on: its files stay
+                log(f"the job's state is {_state(result)}: its output and plan ({job_dir}) are left "
+                    "in place; re-run this command once it has ended to check or complete it")
             raise
         finally:
-            storage.remove(job_dir)
-            if local_temp:
-                shutil.rmtree(local_temp, ignore_errors=True)
+            if ended:
+                storage.remove(job_dir)
+                if local_temp:
+                    shutil.rmtree(local_temp, ignore_errors=True)
         for plan in job.active:
             log(f"{plan.out_dir}: {'repaired' if plan.old else 'built'}")
     plans = (build_plan.plans if build_plan else []) + ([frame_store.plan] if frame_store else [])
     return [storage.read_json(storage.join(p.out_dir, recordio.MANIFEST)) for p in plans]
+
+
+def _state(result) -> str:
+    """The job's state, or UNKNOWN if the runner cannot be asked."""
+    try:
+        return result.state
+    except Exception:  # noqa: BLE001 (whatever the runner's client raises)
+        return PipelineState.UNKNOWN
 
 
 def _clean_up(plans: Sequence[builder.DatasetPlan]) -> None:

@@ -50,7 +50,6 @@ RESULT_SECTIONS = ("data", "model", "training")
 # Set by `build` or `resolve`, not by a flag (None until resolved).
 DERIVED = ("jobs", "experiment_id", "tta_set", "tta_views", "n_frames", "global_batch_size",
            "scaled_lr", "precision")
-RESOLVED = ("n_frames", "global_batch_size", "scaled_lr", "precision")
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
@@ -114,13 +113,6 @@ class Config:
         """Every setting, JSON-ready (what config.json and record.json hold)."""
         return {k: _json_safe(v) for k, v in sorted(self._values.items())}
 
-    def section(self, name: str) -> dict[str, Any]:
-        return {k: self._values[k] for k in SECTIONS[name]}
-
-    @property
-    def resolved(self) -> bool:
-        return self.precision is not None or self.global_batch_size is not None
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         """A configuration read back from config.json (older files: old value spellings read as
@@ -176,7 +168,8 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
         v.update(n_epochs=1, steps_per_epoch=2, buffer_size=64)
         if "batch_size" not in asked:  # 4 per device, so that any number of devices divides it
             v.update(batch_size=4, batch_size_per_replica=True)
-        quick = {"n_folds": 1, "tta_number": 0, "dim": min(v["dim"], QUICK_DIM)}  # unless asked for
+        # unless asked for; a view decodes the few frames it reads rather than caching every one
+        quick = {"n_folds": 1, "tta_number": 0, "dim": min(v["dim"], QUICK_DIM), "frame_cache": "off"}
         asked = asked | ({"tta_number"} if "tta" in asked else set())  # a TTA set asked for: all its views
         v.update({k: x for k, x in quick.items() if k not in asked})
         if "output_dir" not in asked:  # a smoke run never writes into the experiment's real run dir

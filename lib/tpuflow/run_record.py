@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tpuflow import __version__, checkpoint_names, config, frames, recordio, storage
+from tpuflow import __version__, checkpoint_names, frames, recordio, storage
 
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 1
@@ -232,20 +232,6 @@ class RunRecord:
         self.record["status"] = "complete"
         self.write()
 
-
-
-def best_val_score(record: dict, fold: int | str) -> tuple[str, float] | None:
-    """(metric, value) of a fold's best validation score; None if the fold was not trained.
-    Records written before the two RMSEs had two names hold it as `best_val_rmse`, under the
-    run's `--metric` (`rmse`: the rounded one)."""
-    entry = (record.get("folds") or {}).get(str(fold)) or {}
-    for metric in config.METRICS:
-        if f"best_val_{metric}" in entry:
-            return metric, float(entry[f"best_val_{metric}"])
-    if "best_val_rmse" in entry:
-        metric = config.new_value("metric", (record.get("flags") or {}).get("metric", "rmse"), warn=False)
-        return metric, float(entry["best_val_rmse"])
-    return None
 
 
 def mark_failed(run_dir: str, error: BaseException) -> None:

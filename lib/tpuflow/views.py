@@ -152,13 +152,13 @@ class View:
                 "image_id": tf.constant(table["image_id"].to_numpy().astype(str)),
                 "label": tf.constant(table["label"].to_numpy()), "label_le": tf.constant(table["label_le"].to_numpy())}
 
-    def assemble(self, row: tf.Tensor) -> dict:
+    def assemble(self, row: tf.Tensor, cached: bool = True) -> dict:
         """A store row (the example's current frame) -> assembled example (see module doc). With
         the decoded-frame cache, slots are copied from it; without, each distinct frame is decoded
-        once per example (history padding repeats frames)."""
+        once per example (history padding repeats frames); `cached=False` always decodes."""
         t = self._tensors
         starts, stops = t["starts"][row], t["stops"][row]
-        if self.cache is not None:  # decoded once per process: slots are gathers
+        if cached and self.cache is not None:  # decoded once per process: slots are gathers
             if self.spec.kind == "mean":
                 # floor((2 sum + n) / 2n) in float32, much faster than integer division and exact:
                 # 2 sum + n < 2**18 is a float32 integer, and a quotient not whole is >= 1/2n from one
@@ -190,9 +190,10 @@ class View:
                 "label_le": t["label_le"][row]}
 
     def first_example(self, fold: int) -> dict:
-        """The first assembled example of a fold, eagerly (the runner's parse check)."""
-        self._ready()
-        return self.assemble(tf.constant(self.split_rows(fold)[0], tf.int64))
+        """The first assembled example of a fold, eagerly (the runner's parse check): decoded as
+        read, so that checking a run's input never waits for the decoded-frame cache."""
+        self._tensors, self._frame_table  # noqa: B018
+        return self.assemble(tf.constant(self.split_rows(fold)[0], tf.int64), cached=False)
 
     # --- datasets ----------------------------------------------------------------------------
 
