@@ -23,7 +23,7 @@ import os
 import sys
 import urllib.request
 
-from tpuflow import backend, cli, config, experiment, records, runner, runtime, storage  # first: picks Keras' backend
+from tpuflow import backend, cli, config, experiment, frame_cache, records, runner, runtime, storage  # first: picks Keras' backend
 
 from absl import app, flags  # noqa: E402,I001
 
@@ -135,18 +135,6 @@ def _size(n_bytes: float) -> str:
         n_bytes /= 1024
 
 
-def available_memory() -> int | None:
-    """Bytes of host memory available now (Linux: MemAvailable), None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_memory(report: Report, cfg, run_py, manifest: dict) -> None:
     """Host memory the input pipeline holds (`pipeline.train_dataset`): the shuffle buffer of
     serialized records (at most --buffer_size and about `pipeline.SHUFFLE_BYTES` of them), a few
@@ -167,15 +155,13 @@ def check_memory(report: Report, cfg, run_py, manifest: dict) -> None:
     batch_bytes = DECODED_BATCHES * batch * per_example
     cache_bytes = sum(tf.io.gfile.stat(path).length for path in train_files) if cfg.use_cache else 0
     need = buffer_bytes + batch_bytes + cache_bytes
-    have = available_memory()
+    have = frame_cache.available_bytes()
     what = (f"shuffle buffer {held} records (--buffer_size={cfg.buffer_size}, at most "
             f"{_size(pipeline.SHUFFLE_BYTES)}) x {_size(record_bytes)} = {_size(buffer_bytes)}"
             f" + {DECODED_BATCHES} decoded batches of {batch} x {_size(per_example)} = {_size(batch_bytes)}"
             + (f" + --use_cache of {n_train} serialized training records = {_size(cache_bytes)}"
                if cfg.use_cache else "") + f"; {_size(need)} in all")
-    if have is None:
-        report.add(SKIP, "host memory", f"{what}; cannot read the available memory here")
-    elif need > MEMORY_SHARE * have:
+    if need > MEMORY_SHARE * have:
         report.add(FAIL, "host memory", f"{what} > {MEMORY_SHARE:.0%} of the {_size(have)} available: "
                    "lower --buffer_size or --batch_size, or drop --use_cache")
     else:
