@@ -155,11 +155,11 @@ def make_config(**overrides) -> Config:
     return config.build(values, asked)
 
 
-def architecture_of(run_dir: str) -> str:
-    """An experiment's architecture from its dir name: `run-20261121-1330-cnn-lstm` -> `cnn-lstm`;
-    a dir not named `run-<yyyymmdd>-<hhmm>-<architecture>` gives its whole name."""
+def architecture_of(run_dir: str) -> str | None:
+    """An experiment's architecture from its dir name: `run-20261121-1330-cnn-lstm` -> `cnn-lstm`
+    (None for a dir not named `run-<yyyymmdd>-<hhmm>-<architecture>`: set `--architecture`)."""
     name = os.path.basename(os.path.abspath(run_dir))
-    return _RUN_DIR.sub("", name)
+    return _RUN_DIR.sub("", name) if _RUN_DIR.match(name) else None
 
 
 def check_flags(cfg: Config) -> None:
