@@ -67,11 +67,30 @@ def test_a_new_runtime_setting_keeps_the_fingerprint_and_a_new_result_setting_ch
 
 def test_backups_of_runs_made_before_the_sections_and_the_renames_still_match():
     cfg = _resolved()
-    values = {**cfg.to_dict(), "metric": "rmse"}  # how such a run spelled the competition score
+    # how such a run spelled the competition score and the monitor that followed it
+    values = {**cfg.to_dict(), "metric": "rmse", "monitor": "val_rmse"}
     old = {k: v for k, v in sorted(values.items()) if k not in OLD_NOT_FINGERPRINTED | NEWER_FLAGS}
     old_fingerprint = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert old_fingerprint in config.fingerprints(cfg)
     assert config.Config.from_dict(values).metric == "rmse_rounded"
+    assert config.Config.from_dict(values).monitor == "val_score"
+
+
+def test_backups_of_runs_made_between_the_metric_and_the_monitor_renames_still_match():
+    for metric in config.METRICS:
+        cfg = _resolved(metric=metric)
+        between = config.Config({**cfg.to_dict(), "monitor": "val_rmse"})  # new --metric, old --monitor
+        assert config.fingerprint(between) in config.fingerprints(cfg)
+        assert config.fingerprint(cfg.replace(monitor="val_loss")) not in config.fingerprints(cfg)
+
+
+def test_the_old_monitor_name_is_read_as_the_metrics_validation_score_with_a_warning(capsys):
+    for metric, key in (("rmse_rounded", "val_rmse_rounded"), ("rmse_raw", "val_rmse_raw")):
+        cfg = experiment.make_config(monitor="val_rmse", metric=metric)
+        assert (cfg.monitor, config.monitored_key(cfg)) == ("val_score", key)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--monitor=val_rmse is the old name of --monitor=val_score" in err
+    assert config.monitored_key(experiment.make_config(monitor="val_loss")) == "val_loss"
 
 
 def test_the_old_metric_name_is_read_as_the_rounded_score_with_a_warning(capsys):

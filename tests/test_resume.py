@@ -134,8 +134,8 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
         model = tiny_experiment.init_model(cfg)
         runner.compile_model(model, cfg)
         runner.FreshStart(model)
-        checkpoint = runner.BestCheckpoint(cfg.output_dir, 0, "val_rmse")
-        reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_rmse", patience=3)
+        checkpoint = runner.BestCheckpoint(cfg.output_dir, 0, "val_rmse_rounded")
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_rmse_rounded", patience=3)
         backup = resume.FoldBackup(cfg, 0, {"checkpoint": (checkpoint, ("best", "path")),
                                             "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))},
                                    runner.CHECKPOINT_GLOB.format(fold=0))
@@ -146,7 +146,7 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
     model, checkpoint, reduce_lr, backup = fold_setup()
     model.fit(np.ones((8, 8, 8, 1), np.float32), np.ones(8, np.float32), batch_size=4, epochs=2, verbose=0)
     model.optimizer.learning_rate.assign(0.25)  # as if reduced on a plateau
-    checkpoint.on_epoch_end(1, {"val_rmse": 3.5})
+    checkpoint.on_epoch_end(1, {"val_rmse_rounded": 3.5})
     reduce_lr.wait, reduce_lr.best, reduce_lr.cooldown_counter = 2, 3.5, 1
     backup.on_epoch_end(1)
     saved = [v.numpy() for v in model.optimizer.variables], model.get_weights()
@@ -162,7 +162,7 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
     assert float(model.optimizer.learning_rate) == 0.25 and int(model.optimizer.iterations) == 4
     assert checkpoint.best == 3.5 and os.path.exists(checkpoint.path)
     assert (reduce_lr.wait, reduce_lr.best, reduce_lr.cooldown_counter) == (2, 3.5, 1)
-    checkpoint.on_epoch_end(2, {"val_rmse": 4.0})  # worse than before the kill: best file kept
+    checkpoint.on_epoch_end(2, {"val_rmse_rounded": 4.0})  # worse than before the kill: best file kept
     assert checkpoint.best == 3.5 and len(runner.fold_checkpoints(cfg.output_dir, 0)) == 1
 
 

@@ -82,7 +82,7 @@ def test_curves_have_one_row_per_epoch(tiny_run):
     for k in (0, 1):
         table = pd.read_csv(out / "curves" / f"fold_{k}.csv")
         assert list(table["epoch"]) == [1]
-        assert {"loss", "rmse", "val_loss", "val_rmse", "learning_rate"} <= set(table.columns)
+        assert {"loss", "rmse", "val_loss", "val_rmse_rounded", "learning_rate"} <= set(table.columns)
         assert open(out / "curves" / f"fold_{k}.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

@@ -159,9 +159,9 @@ def test_mirrored_strategy_on_two_logical_cpus(cv_dir, single_dir, tmp_path):
 
 def test_a_diverged_epoch_never_replaces_the_best_checkpoint(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    best = runner.BestCheckpoint(str(tmp_path), 0, "val_rmse")
+    best = runner.BestCheckpoint(str(tmp_path), 0, "val_rmse_rounded")
     best.set_model(model)
     for epoch, value in enumerate([5.0, float("nan"), 6.0, 4.0, float("nan")]):
-        best.on_epoch_end(epoch, {"val_rmse": value})
+        best.on_epoch_end(epoch, {"val_rmse_rounded": value})
     assert best.best == 4.0
     assert os.listdir(tmp_path) == ["model-best-f0-e004-4.0000.weights.h5"]

@@ -1,4 +1,4 @@
-"""TensorBoard logs of a real run: per-fold scalars (loss, val_rmse, learning rate) and the config
+"""TensorBoard logs of a real run: per-fold scalars (loss, val_rmse_rounded, learning rate) and the config
 as text, in a local run dir and in a Cloud Storage bucket (a real emulator)."""
 import os
 
@@ -27,12 +27,12 @@ def _check(out, local_copy):
     for fold in (0, 1):
         acc = _events(local_copy / "tensorboard" / f"fold_{fold}")
         tags = set(acc.Tags()["scalars"]) | set(acc.Tags()["tensors"])
-        assert {"loss", "val_rmse", "val_loss", "learning_rate"} <= tags, tags
+        assert {"loss", "val_rmse_rounded", "val_loss", "learning_rate"} <= tags, tags
         curves = pd.read_csv(local_copy / "curves" / f"fold_{fold}.csv")
-        events = acc.Tensors("val_rmse")
+        events = acc.Tensors("val_rmse_rounded")
         assert [e.step for e in events] == curves["epoch"].tolist() == [1, 2]
         assert [float(tf.make_ndarray(e.tensor_proto)) for e in events] == \
-            [float(v) for v in curves["val_rmse"].astype("float32")]
+            [float(v) for v in curves["val_rmse_rounded"].astype("float32")]
     config = _events(local_copy / "tensorboard" / "config")
     text = tf.make_ndarray(config.Tensors("config")[0].tensor_proto).item().decode()
     assert "| n_epochs | `2` |" in text and "| backbone |" in text

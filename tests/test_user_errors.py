@@ -159,7 +159,7 @@ def test_n_classes_that_do_not_match_the_labels_fail_before_training(cv_dir, sin
 
 def test_a_run_whose_every_epoch_is_nan_says_it_diverged(cv_dir, single_dir, tmp_path):
     cfg = _cfg(cv_dir, single_dir, tmp_path / "run", lr=1e30, n_folds=1, job="train_val_score")
-    with pytest.raises(ValueError, match=r"fold 0: training diverged: val_rmse was NaN or infinite after every one "
+    with pytest.raises(ValueError, match=r"fold 0: training diverged: val_rmse_rounded was NaN or infinite after every one "
                                          r"of 1 epoch\(s\), so there is no checkpoint \(try a lower --lr=1e\+30\)"):
         _run(cfg)
     record = run_record.read_record(str(tmp_path / "run"))

@@ -21,6 +21,7 @@ an error), so a new flag cannot slip into or out of the fingerprint unnoticed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -56,7 +57,20 @@ QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones acce
 
 # The two RMSEs have two names. Old spellings of flag values are still read, with a warning.
 METRICS = ("rmse_rounded", "rmse_raw")  # run.py --metric: the competition score, or of raw predictions
-OLD_VALUES = {("metric", "rmse"): "rmse_rounded"}
+# run.py --monitor: val_score, the --metric's validation score (logged under its own name), or val_loss
+MONITORS = ("val_score", "val_loss")
+OLD_VALUES = {("metric", "rmse"): "rmse_rounded",
+              ("monitor", "val_rmse"): "val_score"}  # val_rmse held the --metric's score, rounded or raw
+
+
+def score_key(metric: str) -> str:
+    """The epoch-log key of the --metric's validation score: `val_rmse_rounded` or `val_rmse_raw`."""
+    return f"val_{metric}"
+
+
+def monitored_key(cfg) -> str:
+    """The epoch-log key that --monitor names (the best checkpoint and LR reduction follow it)."""
+    return score_key(cfg.metric) if cfg.monitor == "val_score" else cfg.monitor
 
 
 def section_of() -> dict[str, str]:
@@ -229,10 +243,16 @@ def fingerprint(cfg: Config) -> str:
 
 
 def fingerprints(cfg: Config) -> set[str]:
-    """This configuration's fingerprint and the one runs made before flag values were renamed
-    wrote for the same settings (so that their backups and done records still resume)."""
-    old = {k: old_value(k, v) for k, v in result_settings(cfg).items()}
-    return {fingerprint(cfg), _hash(old)}
+    """This configuration's fingerprint and the ones runs made before flag values were renamed
+    wrote for the same settings, each rename made or not (so that their backups and done records
+    still resume)."""
+    settings = result_settings(cfg)
+    renamed = sorted({n for n, _ in OLD_VALUES} & settings.keys())
+    found = set()
+    for spelled_old in itertools.product((False, True), repeat=len(renamed)):  # renamed at different times
+        old = {n: old_value(n, settings[n]) for n, is_old in zip(renamed, spelled_old) if is_old}
+        found.add(_hash({**settings, **old}))
+    return found
 
 
 def _hash(values: dict) -> str:

@@ -71,7 +71,9 @@ flags.DEFINE_enum("task", "regression", TASKS, "Regression on wind speed or clas
 flags.DEFINE_enum("metric", "rmse_rounded", [*config.METRICS, "rmse"], "Score: rmse_rounded, the RMSE of "
                   "rounded predictions (the competition's score), or rmse_raw, of raw ones (rmse: old name of "
                   "rmse_rounded)")
-flags.DEFINE_enum("monitor", "val_rmse", ["val_rmse", "val_loss"], "Quantity for best checkpoint and LR reduction")
+flags.DEFINE_enum("monitor", "val_score", [*config.MONITORS, "val_rmse"], "Quantity for best checkpoint and LR "
+                  "reduction: val_score, the --metric's validation score (logged as val_rmse_rounded or "
+                  "val_rmse_raw), or val_loss (val_rmse: old name of val_score)")
 flags.DEFINE_integer("n_folds", 5, "Number of folds to run, starting at --initial_fold")
 flags.DEFINE_integer("initial_fold", 0, "First fold to run")
 flags.DEFINE_integer("dim", 366, "Image height and width fed to the model (records are resized)")

@@ -1,7 +1,8 @@
 """TensorBoard logs of a run: per-fold scalars and the run's configuration, beside the CSV/PNG curves.
 
 Files: `<output_dir>/tensorboard/fold_<k>/` (every value of the epoch logs: loss, rmse, val_loss,
-val_rmse, learning_rate, ... at step = epoch, counted from 1) and `<output_dir>/tensorboard/config/`
+val_rmse_rounded or val_rmse_raw, learning_rate, ... at step = epoch, counted from 1; runs made
+before the two RMSEs had two names tagged the --metric score val_rmse) and `<output_dir>/tensorboard/config/`
 (the resolved flags as a Markdown table under the text tab). Written with `tf.summary`
 (TensorFlow is always installed for tf.data), so they work whichever Keras backend trains. For a
 `gs://` run dir the events are written to a local temporary dir and copied to the bucket through
