@@ -176,3 +176,35 @@ def test_resumed_run_keeps_whole_fold_curves_and_record(killed_and_resumed):
     for k in range(2):
         curve = pd.read_csv(os.path.join(out, "curves", f"fold_{k}.csv"))
         assert curve["epoch"].tolist() == list(range(1, EPOCHS + 1))
+
+
+
+def test_prediction_only_run_keeps_the_folds_training_done(cv_dir, single_dir, tmp_path):
+    """`--job=val_test --noresume` on a trained fold adds its splits to done.json (it used to drop
+    "train"): a later train_val_test skips the trained fold. A done record of other settings is
+    still replaced."""
+    out = tmp_path / "run-predict-only"
+
+    def run(**kw):
+        cfg = experiment.make_config(**{**dict(
+            data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(out), quick=True, dim=16, batch_size=8,
+            tta_number=0, n_folds=1, weights=None, verbose=0, dataset_kind="single", architecture="tiny-cnn"), **kw})
+        return experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
+
+    def done():
+        with open(out / "backup" / "fold_0" / resume.DONE) as f:
+            return json.load(f)
+
+    run(job="train")
+    checkpoint = runner.best_checkpoint(str(out), 0)
+    trained = done()
+    assert trained["done"] == ["train"]
+    run(job="val_test", resume=False)
+    assert done() == {**trained, "done": ["test", "train", "val"]}
+    result = run(job="train_val_test")
+    assert not any(k.startswith(("train_fold", "val_fold", "test_fold")) for k in result["timings"])  # all skipped
+    assert runner.best_checkpoint(str(out), 0) == checkpoint
+    other = resume.FoldProgress(result["config"].replace(lr=0.5), 0, has_checkpoint=True)
+    assert other.todo({"val"}) == ["val"]  # other settings: redone, and the record is theirs now
+    other.mark("val")
+    assert done()["done"] == ["val"] and done()["fingerprint"] != trained["fingerprint"]

@@ -195,7 +195,8 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
     out = tmp_path / "run-full"
     _run(_cfg(cv_dir, single_dir, out, n_folds=5, job="train_val_test_score_subm"))
     full = {name: (out / name).read_bytes() for name in ("scores.csv", "run-full.csv", "config.json")}
-    cv_before = run_record.read_record(str(out))["cv"]
+    trained = run_record.read_record(str(out))
+    cv_before = trained["cv"]
     assert cv_before["folds"] == [0, 1, 2, 3, 4]
     result = _run(_cfg(cv_dir, None, out, n_folds=2, job="score_subm"))
     for name, data in full.items():
@@ -206,6 +207,9 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
     record = run_record.read_record(str(out))
     assert record["cv"] == cv_before and record["status"] == "complete"
     assert record["cv_subsets"]["folds-0-1"]["folds"] == [0, 1]
+    assert record["started"] == trained["started"] and record["timings"]["total"] == trained["timings"]["total"]
+    assert [(i["jobs"], i["folds"], i["status"]) for i in record["invocations"][1:]] == [
+        (["score", "subm"], [0, 1], "complete")]
     # Retraining a fold of it alone (other settings) would mix two trainings: refused, nothing changed.
     checkpoints = sorted(p.name for p in out.glob("model-best-f0-*"))
     record_before = (out / "record.json").read_bytes()
@@ -221,6 +225,9 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
     assert (out / "record.json").read_bytes() == record_before
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val"))  # same settings: resumes (nothing to do)
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
+    record = run_record.read_record(str(out))  # a subset run never speaks for the run
+    assert (record["status"], record["started"]) == ("complete", trained["started"])
+    assert record["invocations"][-1]["folds"] == [0] and len(record["invocations"]) == 3
     # The full set again replaces the full results (same numbers: same predictions).
     _run(_cfg(cv_dir, None, out, n_folds=5, job="score_subm"))
     assert (out / "scores.csv").read_bytes() == full["scores.csv"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow import experiment, run_record
+from tpuflow import experiment, leaderboard, run_record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,6 +98,25 @@ def test_score_only_run_updates_cv_and_keeps_training_facts_and_lb(cv_dir, singl
     assert record["jobs"] == ["score"]
     assert record["folds"] == trained["folds"] and record["dataset"] == trained["dataset"]
     assert record["cv"]["tta_number"] == 0 and record["cv"]["tta"] == record["cv"]["no_tta"]
+    # The run's status and start are training's; each invocation is listed on its own.
+    assert record["status"] == "complete" and record["started"] == trained["started"]
+    assert record["timings"]["total"] == trained["timings"]["total"]  # training's wall time
+    assert [(i["jobs"], i["folds"], i["status"]) for i in record["invocations"]] == [
+        (["train", "val", "test", "score", "subm"], [0], "complete"), (["score"], [0], "complete")]
+    assert record["invocations"][0]["started"] == trained["started"]
+    assert all(i["ended"] >= i["started"] and i["wall_s"] > 0 and i["error"] is None for i in record["invocations"])
+    # A score-only invocation that fails (scores.csv cannot be written) shows as failed, the run stays complete.
+    os.remove(out / "scores.csv")
+    os.mkdir(out / "scores.csv")
+    with pytest.raises(OSError):
+        _run(_cfg(cv_dir, None, out, n_folds=1, job="score", tta_number=0))
+    record = run_record.read_record(str(out))
+    assert record["status"] == "complete" and record["error"] is None and record["started"] == trained["started"]
+    assert record["folds"] == trained["folds"] and len(record["invocations"]) == 3
+    failed = record["invocations"][-1]
+    assert failed["jobs"] == ["score"] and failed["status"] == "failed" and "scores.csv" in failed["error"]
+    row = leaderboard.build_table([(str(out / "record.json"), record)]).iloc[0]
+    assert (row["status"], row["last_invocation"]) == ("complete", "score: failed")
 
 
 def test_failed_run_is_marked_failed(cv_dir, single_dir, tmp_path):
@@ -117,3 +136,4 @@ def test_failed_run_is_marked_failed(cv_dir, single_dir, tmp_path):
         experiment.run(_cfg(cv_dir, single_dir, out), failing_model, tiny_experiment.parse_example)
     record = run_record.read_record(str(out))
     assert record["status"] == "failed" and record["error"] == "RuntimeError: model broke"
+    assert [(i["status"], i["error"]) for i in record["invocations"]] == [("failed", "RuntimeError: model broke")]

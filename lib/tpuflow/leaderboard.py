@@ -22,8 +22,10 @@ from tpuflow import run_record, storage  # noqa: E402
 LEAD_COLUMNS = ("experiment_id", "LB_private", "LB_public", "CV_tta", "CV_no_tta")
 COLUMNS = ("task", "architecture", "resolution", "channels", "inverted", "kind", "n_frames", "step",
            "hist_depth", "backbone", "weights", "batch_size", "lr", "max_epochs", "aug_prob",
-           "tta_number", "description", "status", "dataset", "n_params", "replicas", "device",
-           "backend", "precision", "wall_time_s", "updated", "run_dir")
+           "tta_number", "description", "status", "last_invocation", "dataset", "n_params", "replicas",
+           "device", "backend", "precision", "wall_time_s", "updated", "run_dir")
+# `status` is the run's (its training's); `last_invocation` the latest command on its run dir,
+# e.g. `score: failed` for a failed rescoring of a complete run.
 # What the terminal table shows (the CSV has everything).
 SHOWN = ("experiment_id", "status", "LB_private", "LB_public", "CV_tta", "CV_no_tta", "architecture",
          "backbone", "kind", "hist_depth", "resolution", "epochs")
@@ -56,6 +58,7 @@ def record_row(path: str, record: dict) -> dict:
     """One database row from a record."""
     flags, dataset, model = record["flags"], record["dataset"] or {}, record["model"] or {}
     cv, lb = record["cv"] or {}, record["lb"] or {}
+    last = (record.get("invocations") or [None])[-1]  # older records have no invocations
     row = {
         "experiment_id": record["experiment_id"], "LB_private": lb.get("private"),
         "LB_public": lb.get("public"), "CV_tta": cv.get("tta"), "CV_no_tta": cv.get("no_tta"),
@@ -72,7 +75,9 @@ def record_row(path: str, record: dict) -> dict:
         "weights": model.get("weights", flags.get("weights")), "batch_size": flags.get("batch_size"),
         "lr": flags.get("lr"), "max_epochs": flags.get("n_epochs"), "aug_prob": flags.get("aug_prob"),
         "tta_number": cv.get("tta_number", flags.get("tta_number")), "description": record["description"],
-        "status": record["status"], "dataset": dataset.get("spec"), "n_params": model.get("n_params"),
+        "status": record["status"],
+        "last_invocation": f"{'_'.join(last['jobs'])}: {last['status']}" if last else None,
+        "dataset": dataset.get("spec"), "n_params": model.get("n_params"),
         "replicas": (record["runtime"] or {}).get("replicas"), "device": (record["runtime"] or {}).get("device"),
         "backend": (record["runtime"] or {}).get("backend"), "precision": (record["runtime"] or {}).get("precision"),
         "wall_time_s": record["timings"].get("total"), "updated": record["updated"],

@@ -51,17 +51,19 @@ class FoldProgress:
         self.fingerprint, self.accepted = fingerprint(cfg), config.fingerprints(cfg)
         self.done = self._read() if cfg.resume else set()
 
-    def _read(self) -> set[str]:
+    def _read(self, quiet: bool = False) -> set[str]:
         if not storage.exists(self.path):
             return set()
         try:
             record = storage.read_json(self.path)
             done = set(record["done"])
         except (ValueError, KeyError, TypeError) as err:
-            _say(f"{self.path}: unreadable ({err}); fold {self.fold} is redone", warning=True)
+            if not quiet:
+                _say(f"{self.path}: unreadable ({err}); fold {self.fold} is redone", warning=True)
             return set()
         if record.get("fingerprint") not in self.accepted:
-            _say(f"{self.path}: recorded for other settings; fold {self.fold} is redone")
+            if not quiet:
+                _say(f"{self.path}: recorded for other settings; fold {self.fold} is redone")
             return set()
         return done
 
@@ -86,8 +88,12 @@ class FoldProgress:
 
     def mark(self, job: str) -> None:
         """Records `job` as done (atomically), after its outputs are written; once training is
-        recorded, the fold's backup is no longer needed (removed after the record: no gap)."""
-        self.done.add(job)
+        recorded, the fold's backup is no longer needed (removed after the record: no gap).
+
+        A mark only adds: what the record already holds for these settings stays (a prediction
+        run under --noresume, which did not read it, must not drop the fold's training). A record
+        of other settings is replaced (`todo` said the fold is redone)."""
+        self.done |= self._read(quiet=True) | {job}
         storage.write_json(self.path, {"fingerprint": self.fingerprint, "done": sorted(self.done)})
         if job == "train":
             clear_backup(fold_dir(self.cfg.output_dir, self.fold))

@@ -13,6 +13,13 @@ It is written atomically when a run starts (`status: running`), after every fold
 got. A later invocation on the same run dir (e.g. `--job=score` from cached predictions) updates
 the record: it keeps what it does not recompute (training flags, epochs, leaderboard scores).
 
+The top-level `status`, `error` and `started` belong to the run: `started` is when the first
+invocation on the run dir began, and only an invocation over all the run's folds that trains
+(or the first one) sets `status`/`error`. Every invocation is appended to `invocations` (jobs,
+folds, started, ended, wall_s, status, error), so a failed score-only or subset invocation shows
+there without turning a complete run into a failed one. (Records written before this list
+existed lack it; it is optional.)
+
 Reading, checking and editing records needs no TensorFlow (the leaderboard starts in a second);
 only `RunRecord`, used inside a running experiment, imports it.
 """
@@ -165,6 +172,17 @@ class RunRecord:
             "lb": {"private": None, "public": None},
         }
         self.record = dict(fresh)
+        mine = set(range(cfg.initial_fold, cfg.initial_fold + cfg.n_folds))
+        subset = not set(cv_folds(cfg.output_dir) or []) <= mine
+        # Only training over all the run's folds (or a first invocation) speaks for the whole run.
+        self.owns_status = not previous or (trains and not subset)
+        if previous:
+            self.record["started"] = previous.get("started") or fresh["started"]
+            if not self.owns_status:
+                self.record.update(status=previous.get("status"), error=previous.get("error"))
+        self.invocation = {"jobs": list(cfg.jobs), "folds": sorted(mine), "started": fresh["started"],
+                           "ended": None, "wall_s": None, "status": "running", "error": None}
+        self.record["invocations"] = [*(previous.get("invocations") or []), self.invocation]
         if previous and not trains:  # keep what this invocation does not redo
             keep = ("flags", "dataset", "model", "cv", "runtime", "git", "run_py", "description")
             self.record.update({k: previous[k] for k in keep if previous.get(k) is not None})
@@ -174,8 +192,7 @@ class RunRecord:
         for key in ("folds", "timings", "lb", "cv_subsets"):
             if isinstance(previous.get(key), dict):
                 self.record[key] = dict(previous[key])
-        mine = set(range(cfg.initial_fold, cfg.initial_fold + cfg.n_folds))
-        if isinstance(previous.get("cv"), dict) and not set(cv_folds(cfg.output_dir) or []) <= mine:
+        if isinstance(previous.get("cv"), dict) and subset:
             self.record["cv"] = previous["cv"]
         self.write()
 
@@ -228,20 +245,32 @@ class RunRecord:
             else:
                 self.record["cv"] = summary
         self.record["timings"].update({k: round(v, 3) for k, v in result["timings"].items()})
-        self.record["timings"]["total"] = round(time.time() - self.start, 3)
-        self.record["status"] = "complete"
+        wall_s = round(time.time() - self.start, 3)
+        self.invocation.update(status="complete", ended=_now(), wall_s=wall_s)
+        if self.owns_status:
+            self.record["timings"]["total"] = wall_s
+            self.record["status"] = "complete"
         self.write()
 
 
 
 def mark_failed(run_dir: str, error: BaseException) -> None:
-    """Marks a run dir's record `failed` with the error, if a run left it `running`."""
+    """Marks the invocation a failing run left `running` as `failed` with the error, and the run
+    itself if that invocation spoke for it (a complete run stays complete)."""
     path = record_path(run_dir)
     if not storage.exists(path):
         return
     record = storage.read_json(path)
+    message, now = f"{type(error).__name__}: {error}"[:2000], _now()
+    last = (record.get("invocations") or [None])[-1]
+    changed = isinstance(last, dict) and last.get("status") == "running"
+    if changed:
+        last.update(status="failed", error=message, ended=now)
     if record.get("status") == "running":
-        record.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000], updated=_now())
+        record.update(status="failed", error=message)
+        changed = True
+    if changed:
+        record["updated"] = now
         try:
             storage.write_json(path, record)
         except OSError:
