@@ -116,3 +116,11 @@ def test_the_ensemble_tools_old_rmse_is_read_as_the_raw_rmse_with_a_warning(caps
     from tpuflow import ensemble
     assert ensemble.get_metric("rmse", "values") is ensemble.METRICS["rmse_raw"]
     assert "--metric=rmse is the old name of --metric=rmse_raw" in capsys.readouterr().err
+
+
+def test_quick_reads_views_without_the_frame_cache_unless_asked(tmp_path):
+    """A smoke run must not decode every frame of the store first."""
+    assert experiment.make_config(quick=True, output_dir=str(tmp_path / "a")).frame_cache == "off"
+    asked = experiment.make_config(quick=True, frame_cache="memory", output_dir=str(tmp_path / "b"))
+    assert asked.frame_cache == "memory"
+    assert experiment.make_config(output_dir=str(tmp_path / "c")).frame_cache == "auto"
