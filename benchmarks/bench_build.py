@@ -32,7 +32,7 @@ import time
 
 from absl import app, flags
 
-from tpuflow import builder, frame_cache, frames, recordio, split, storage, synthetic
+from tpuflow import build_encode, build_plan, builder, frame_cache, frames, recordio, shard_names, split, storage, synthetic
 
 FLAGS = flags.FLAGS
 # Peak memory of the DirectRunner (launcher + workers) per byte of records written, measured
@@ -67,10 +67,10 @@ def _stage_example(spec, paths, t, stage_dir, image_id, encoding, quality) -> No
 
     channels = []
     for run in slots:
-        stack = np.stack([builder.decode_frame(storage.read_bytes(paths[i]), paths[i]) for i in run])
+        stack = np.stack([build_encode.decode_frame(storage.read_bytes(paths[i]), paths[i]) for i in run])
         channels.append(np.floor(stack.mean(axis=0) + 0.5).astype(np.uint8))
     with open(os.path.join(stage_dir, image_id + ".img"), "wb") as f:
-        f.write(builder.encode_image(np.stack(channels, axis=-1), encoding, quality))
+        f.write(build_encode.encode_image(np.stack(channels, axis=-1), encoding, quality))
 
 
 def baseline_dataset(data_dir: str, spec, out_dir: str, stage_dir: str, shards_per_fold: int,
@@ -78,18 +78,18 @@ def baseline_dataset(data_dir: str, spec, out_dir: str, stage_dir: str, shards_p
     """One dataset the reference's way: per-example files, then packing with TensorFlow."""
     import tensorflow as tf
 
-    table = builder.load_frame_table(data_dir)
+    table = build_plan.load_frame_table(data_dir)
     for _, storm in table.groupby("storm_id", sort=True):
         paths = storm["image_path"].tolist()
         for t, image_id in enumerate(storm["image_id"]):
             _stage_example(spec, paths, t, stage_dir, image_id, encoding, quality)
     os.makedirs(out_dir, exist_ok=True)
-    table["example_index"] = builder.example_order(table, 0)  # the builder's record order
+    table["example_index"] = build_plan.example_order(table, 0)  # the builder's record order
     for prefix, rows in table.groupby("prefix", sort=True):
         rows = rows.sort_values("example_index")
         n = min(shards_per_fold, len(rows))
         for i, (a, b) in enumerate(recordio.shard_bounds(len(rows), n)):
-            with tf.io.TFRecordWriter(os.path.join(out_dir, recordio.shard_name(prefix, i, n))) as w:
+            with tf.io.TFRecordWriter(os.path.join(out_dir, shard_names.shard_name(prefix, i, n))) as w:
                 for row in rows.iloc[a:b].itertuples():
                     if spec.kind in ("single", "sequence"):
                         folder = os.path.join(stage_dir, row.image_id)
@@ -97,7 +97,7 @@ def baseline_dataset(data_dir: str, spec, out_dir: str, stage_dir: str, shards_p
                                   for name in sorted(os.listdir(folder))]
                     else:
                         images = [storage.read_bytes(os.path.join(stage_dir, row.image_id + ".img"))]
-                    features = {**builder.example_features(row), "image": images}
+                    features = {**build_encode.example_features(row), "image": images}
                     w.write(tf.train.Example(features=tf.train.Features(feature={
                         k: _tf_feature(tf, v) for k, v in features.items()})).SerializeToString())
 
@@ -150,8 +150,7 @@ def _child(job: dict) -> dict:
 
 
 def _tree_bytes(root: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(root)
-               for n in names if ".tfrecord-" in n)
+    return sum(os.path.getsize(p) for d, _, _ in os.walk(root) for p in shard_names.shard_files(d))
 
 
 def _measure(job: dict) -> dict:
@@ -168,9 +167,10 @@ def _read_dataset(directory: str) -> dict:
 
     out = {}
     for name in sorted(os.listdir(directory)):
-        if ".tfrecord-" not in name:
+        shard = shard_names.parse_shard_name(name)
+        if shard is None:
             continue
-        prefix = name.split(".tfrecord-")[0]
+        prefix = shard.prefix
         with open(os.path.join(directory, name), "rb") as f:
             for record in recordio.read_records(f, name):
                 ex = example_pb2.Example.FromString(record).features.feature
@@ -197,7 +197,7 @@ def main(argv: list[str]) -> None:
                                            max_frames=FLAGS.frames)
         synthetic.make_synthetic(data, config)
         split.write_cv_split(data, *split.create_cv_split(data, n_folds=5, seed=33))
-        table = builder.load_frame_table(data)
+        table = build_plan.load_frame_table(data)
         n_frames = len(table)
         source_mb = table["image_path"].map(os.path.getsize).sum() / 2**20
         print(f"{n_frames} frames of {FLAGS.size}x{FLAGS.size} in {table['storm_id'].nunique()} "
@@ -272,7 +272,7 @@ def _report_beam(base: dict, specs, n_frames: int, ours: dict, out_dir: str, kin
 
 
 def records_sha(directory: str) -> dict:
-    return storage.read_json(os.path.join(directory, recordio.MANIFEST))["sha256"]
+    return storage.read_json(os.path.join(directory, shard_names.MANIFEST))["sha256"]
 
 
 def _report(rows) -> None:

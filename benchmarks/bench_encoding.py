@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from tpuflow import builder, frames, synthetic
+from tpuflow import build_encode, frames, synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 366, "Frame size in pixels")
@@ -36,7 +36,7 @@ def encode(pixels: np.ndarray, how: str) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="JPEG", quality=95, subsampling=2)  # YCbCr 4:2:0
         return buf.getvalue()
-    return builder.encode_image(pixels, how, 95)
+    return build_encode.encode_image(pixels, how, 95)
 
 
 def main(argv):
@@ -48,7 +48,7 @@ def main(argv):
         storms = {}
         for name in sorted(os.listdir(os.path.join(work, "train"))):
             data = open(os.path.join(work, "train", name), "rb").read()
-            storms.setdefault(name.rsplit("_", 1)[0], []).append(builder.decode_frame(data, name))
+            storms.setdefault(name.rsplit("_", 1)[0], []).append(build_encode.decode_frame(data, name))
     results = {}
     rounding_error = {"round": [], "truncate": []}
     for kind in ("stacked", "mean"):

@@ -22,7 +22,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from tpuflow import frames, records, split, store, synthetic, views  # first: --backend
+from tpuflow import frames, records, shard_names, split, store, synthetic, views  # first: --backend
 from tpuflow.throughput import input_rate
 
 from absl import app, flags  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv):
                                                                 n_test_only_storms=0, min_frames=20, max_frames=40))
         split.write_cv_split(raw, *split.create_cv_split(raw, n_folds=2, seed=33))
         store.build_store(raw, work, workers=2, log=lambda m: None)
-        frame_store = store.load_store(os.path.join(work, store.NAME))
+        frame_store = store.load_store(os.path.join(work, shard_names.STORE_DIR))
         for text in FLAGS.kinds:
             spec = frames.DatasetSpec.parse(text)
             view = views.View(frame_store, spec, frame_cache="off")

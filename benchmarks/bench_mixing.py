@@ -8,8 +8,8 @@ read for training), records are written in two layouts and read through
 `pipeline.train_dataset` with the default shuffle buffer:
 
 - old: storm/time order, 1 shard per fold (the builder before shuffled record order);
-- new: the builder's layout: `builder.example_order` (seeded shuffle within each fold),
-  `builder.SHARDS_PER_FOLD` shards per fold.
+- new: the builder's layout: `build_plan.example_order` (seeded shuffle within each fold),
+  `build_plan.SHARDS_PER_FOLD` shards per fold.
 
 - view: the frame store read through a view (`views.View.train_order`): a global shuffle of
   every training example, no buffer.
@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import app, flags
 from sklearn.model_selection import GroupKFold
 
-from tpuflow import builder, frames, pipeline, recordio, store, views
+from tpuflow import build_plan, frames, pipeline, recordio, shard_names, store, views
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("storms", 494, "Storms (the real training set has 494)")
@@ -51,7 +51,7 @@ def frame_table(n_storms: int, n_frames: int, seed: int = 0) -> pd.DataFrame:
     table["fold_id"] = -1
     for k, (_, rows) in enumerate(GroupKFold(5).split(table, groups=table["storm"])):
         table.loc[rows, "fold_id"] = k
-    table["prefix"] = "fold." + table["fold_id"].astype(str)
+    table["prefix"] = table["fold_id"].map(shard_names.fold_prefix)
     table["split"] = "train"
     return table
 
@@ -65,7 +65,7 @@ def write_layout(table: pd.DataFrame, out: str, order: np.ndarray, shards_per_fo
         fold = fold.sort_values("order")
         bounds = recordio.shard_bounds(len(fold), shards_per_fold)
         for i, (a, b) in enumerate(bounds):
-            path = os.path.join(out, recordio.shard_name(f"fold.{k}", i, len(bounds)))
+            path = os.path.join(out, shard_names.shard_name(shard_names.fold_prefix(k), i, len(bounds)))
             with open(path, "wb") as f:
                 writer = recordio.RecordWriter(f)
                 for row in fold.iloc[a:b].itertuples():
@@ -110,8 +110,8 @@ def main(argv):
         storm_order = table.groupby("prefix").cumcount().to_numpy()
         layouts = {
             "old (storm/time order, 1 shard/fold)": write_layout(table, os.path.join(work, "old"), storm_order, 1),
-            f"new (shuffled, {builder.SHARDS_PER_FOLD} shards/fold)": write_layout(
-                table, os.path.join(work, "new"), builder.example_order(table, 0), builder.SHARDS_PER_FOLD),
+            f"new (shuffled, {build_plan.SHARDS_PER_FOLD} shards/fold)": write_layout(
+                table, os.path.join(work, "new"), build_plan.example_order(table, 0), build_plan.SHARDS_PER_FOLD),
         }
         results = {name: storms_per_batch(files) for name, files in layouts.items()}
     results["view (global shuffle of the frame store)"] = view_storms_per_batch(table)

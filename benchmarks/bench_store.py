@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from tpuflow import builder, frames, pipeline, records, split, store, synthetic, views  # first: --backend
+from tpuflow import build_plan, builder, frames, pipeline, records, shard_names, split, store, synthetic, views  # first: --backend
 from tpuflow.throughput import PeakMemory, kind_parser
 
 from absl import app, flags  # noqa: E402
@@ -63,7 +63,7 @@ def main(argv):
         synthetic.make_synthetic(raw, synthetic.SyntheticConfig(seed=0, size=FLAGS.size, n_storms=FLAGS.storms,
                                                                 n_test_only_storms=0, min_frames=20, max_frames=40))
         split.write_cv_split(raw, *split.create_cv_split(raw, n_folds=2 if FLAGS.storms < 5 else 5, seed=33))
-        table = builder.load_frame_table(raw)
+        table = build_plan.load_frame_table(raw)
         source = sum(os.path.getsize(p) for p in table["image_path"])
         started = time.perf_counter()
         builder.build_datasets(raw, work, specs, workers=FLAGS.workers, log=quiet)
@@ -71,7 +71,7 @@ def main(argv):
         started = time.perf_counter()
         store.build_store(raw, work, workers=FLAGS.workers, log=quiet)
         store_s = time.perf_counter() - started
-        store_dir = os.path.join(work, store.NAME)
+        store_dir = os.path.join(work, shard_names.STORE_DIR)
         sizes = {s: dir_bytes(os.path.join(work, s.name)) for s in specs}
         reference = sum(sizes[s] for s in all_specs)
         print(f"{len(table)} frames of {FLAGS.size} px in {FLAGS.storms} storms: {source / 2**20:.1f} MiB of source frames")

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 
-from tpuflow import augment, builder, frames, hosts, pipeline, records, split, store, synthetic, views  # first: --backend
+from tpuflow import augment, builder, frames, hosts, pipeline, records, shard_names, split, store, synthetic, views  # first: --backend
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -61,7 +61,7 @@ def main(argv):
         split.write_cv_split(raw, *split.create_cv_split(raw, n_folds=2, seed=33))
         builder.build_datasets(raw, work, specs, workers=2, log=lambda m: None)
         store.build_store(raw, work, workers=2, log=lambda m: None)
-        frame_store = store.load_store(os.path.join(work, store.NAME))
+        frame_store = store.load_store(os.path.join(work, shard_names.STORE_DIR))
         for spec in specs:
             if spec.kind == "sequence":
                 parse = lambda s, spec=spec: (records.parse_sequence(s, spec.depth, FLAGS.dim)["image"], 0)  # noqa: E731

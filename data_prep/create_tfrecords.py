@@ -26,19 +26,19 @@ import sys
 
 from absl import flags
 
-from tpuflow import builder, cli, frames, storage, store, validate
+from tpuflow import build_encode, build_plan, builder, cli, frames, storage, store, validate
 
 flags.DEFINE_string("data_dir", "data", "Dir with train_cv.csv and test_cv.csv (create_cv_split.py)")
 flags.DEFINE_string("out_dir", None, "Root for the dataset dirs (default: --data_dir)")
 flags.DEFINE_list("specs", ["single"], "Dataset specs, comma-separated")
 flags.DEFINE_string("spec_file", None, "File with one spec per line (# comments); replaces --specs")
-flags.DEFINE_integer("shards_per_fold", builder.SHARDS_PER_FOLD,
+flags.DEFINE_integer("shards_per_fold", build_plan.SHARDS_PER_FOLD,
                      "Files per fold (readers interleave shards; TPU hosts read them in parallel); "
                      "for the frame store (frames), its number of files")
-flags.DEFINE_enum("encoding", "jpeg", list(builder.ENCODINGS),
+flags.DEFINE_enum("encoding", "jpeg", list(build_encode.ENCODINGS),
                   "Encoding of stacked/mean images: jpeg (4:4:4) or png (lossless)")
 flags.DEFINE_integer("quality", 95, "JPEG quality of stacked/mean images")
-flags.DEFINE_enum("mean_rounding", "round", list(builder.MEAN_ROUNDINGS),
+flags.DEFINE_enum("mean_rounding", "round", list(build_encode.MEAN_ROUNDINGS),
                   "mean images: round to the nearest level, or truncate as the reference does")
 flags.DEFINE_integer("order_seed", 0, "Seed of the shuffled record order within each fold")
 flags.DEFINE_string("image_dir", None, "Dir that image_path is relative to and frames must stay "
@@ -76,9 +76,9 @@ def split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv):
     del argv
     if FLAGS.runner != "local" and not FLAGS.explain:
-        if FLAGS.runner not in builder.BEAM_RUNNERS:
+        if FLAGS.runner not in build_plan.BEAM_RUNNERS:
             raise cli.UsageError(f"--runner={FLAGS.runner!r}: expected local or one of "
-                                 f"{builder.BEAM_RUNNERS}")
+                                 f"{build_plan.BEAM_RUNNERS}")
     elif BEAM_ARGS:
         raise cli.UsageError(f"unknown flags {BEAM_ARGS} (" + (
             "--explain reads one example here, without Beam" if FLAGS.explain
@@ -111,7 +111,7 @@ def main(argv):
         if not specs:
             return
     if FLAGS.explain:
-        for line in builder.explain_examples(FLAGS.data_dir, specs, FLAGS.explain):
+        for line in build_plan.explain_examples(FLAGS.data_dir, specs, FLAGS.explain):
             print(line)
         return
     builder.build_datasets(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir, specs,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
-from tpuflow import beam_build, builder, frames, recordio, storage, store
+from tpuflow import beam_build, build_plan, build_write, builder, frames, shard_names, storage, store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = ["single", "stacked:s2", "mean:s2", "sequence:n6:s1"]  # the Makefile's demo, with `frames`
@@ -61,12 +61,12 @@ def direct_root(cv_dir, tmp_path_factory):
 def test_direct_runner_writes_the_local_builders_bytes_and_manifests(local_root, direct_root):
     local, direct = _tree(local_root), _tree(direct_root)
     assert sorted(local) == sorted(direct)
-    assert len([p for p in local if p.endswith(recordio.MANIFEST)]) == len(SPECS) + 1
+    assert len([p for p in local if p.endswith(shard_names.MANIFEST)]) == len(SPECS) + 1
     assert not [p for p in direct if os.path.basename(p).startswith(storage.TMP_PREFIX)]
     for path in local:
         assert direct[path] == local[path], path
     for spec in SPECS:  # every shard checks out against the manifest (sha256 per shard)
-        assert set(builder.verify_dataset(os.path.join(direct_root, spec.name)).values()) == {"ok"}
+        assert set(build_write.verify_dataset(os.path.join(direct_root, spec.name)).values()) == {"ok"}
 
 
 class FailOnce(beam_build.StormRecords):
@@ -103,7 +103,7 @@ def test_a_retried_worker_leaves_the_output_identical(cv_dir, local_root, tmp_pa
     assert open(FailOnce.attempts_file).read().count("attempt") == 2  # failed, then retried
     local = _tree(local_root)
     assert _tree(out) == {p: b for p, b in local.items()
-                          if p.split(os.sep)[0] in [s.name for s in specs] + [store.NAME]}
+                          if p.split(os.sep)[0] in [s.name for s in specs] + [shard_names.STORE_DIR]}
 
 
 def test_a_failed_pipeline_leaves_nothing_and_its_rerun_completes(cv_dir, local_root, tmp_path):
@@ -118,7 +118,7 @@ def test_a_failed_pipeline_leaves_nothing_and_its_rerun_completes(cv_dir, local_
     beam_build.build(cv_dir, out, specs, True, "DirectRunner", IN_MEMORY, log=_quiet, **OPTIONS)
     local = _tree(local_root)
     assert _tree(out) == {p: b for p, b in local.items()
-                          if p.split(os.sep)[0] in [s.name for s in specs] + [store.NAME]}
+                          if p.split(os.sep)[0] in [s.name for s in specs] + [shard_names.STORE_DIR]}
 
 
 def test_beam_completes_a_local_build(cv_dir, local_root, tmp_path):
@@ -126,24 +126,24 @@ def test_beam_completes_a_local_build(cv_dir, local_root, tmp_path):
     must come out with the manifest's sha256), the manifest is kept."""
     out = str(tmp_path / "out")
     spec = frames.DatasetSpec.parse("mean:s2")
-    for name in (spec.name, store.NAME):
+    for name in (spec.name, shard_names.STORE_DIR):
         shutil.copytree(os.path.join(local_root, name), os.path.join(out, name))
     os.remove(os.path.join(out, spec.name, "fold.1.tfrecord-00000-of-00002"))
     with open(os.path.join(out, spec.name, "test.tfrecord-00001-of-00002"), "r+b") as f:
         f.write(b"damage")
-    os.remove(os.path.join(out, store.NAME, "frames.tfrecord-00001-of-00002"))
+    os.remove(os.path.join(out, shard_names.STORE_DIR, "frames.tfrecord-00001-of-00002"))
     manifests = beam_build.build(cv_dir, out, [spec], True, "DirectRunner", IN_MEMORY, log=_quiet,
                                  **OPTIONS)
     local = _tree(local_root)
-    assert _tree(out) == {p: b for p, b in local.items() if p.split(os.sep)[0] in (spec.name, store.NAME)}
-    assert manifests[0] == json.loads(local[os.path.join(spec.name, recordio.MANIFEST)])
+    assert _tree(out) == {p: b for p, b in local.items() if p.split(os.sep)[0] in (spec.name, shard_names.STORE_DIR)}
+    assert manifests[0] == json.loads(local[os.path.join(spec.name, shard_names.MANIFEST)])
 
 
 def test_a_storm_of_another_frame_size_is_named_as_locally_and_nothing_is_left(cv_dir, tmp_path):
     """The frame size is checked across storms, which different workers compute."""
     data = str(tmp_path / "data")
     shutil.copytree(cv_dir, data)
-    table = builder.load_frame_table(data)
+    table = build_plan.load_frame_table(data)
     last = table[table["storm_id"] == table["storm_id"].max()]
     for path in last["image_path"]:
         Image.new("L", (20, 24)).save(path, format="JPEG")
@@ -167,7 +167,7 @@ def test_gcs_data_and_output(cv_dir, local_root, gcs_emulator):
                                 open(path, "rb").read())
     specs = frames.parse_specs(["single", "stacked:s2"])
     beam_build.build(data, out, specs, True, "DirectRunner", IN_MEMORY, log=_quiet, **OPTIONS)
-    for name in [s.name for s in specs] + [store.NAME]:
+    for name in [s.name for s in specs] + [shard_names.STORE_DIR]:
         listed = sorted(storage.listdir(storage.join(out, name)))
         assert listed == sorted(os.listdir(os.path.join(local_root, name)))
         for file in listed:

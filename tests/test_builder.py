@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow import builder, frames, recordio, records
+from tpuflow import build_encode, build_plan, build_write, builder, frames, recordio, records, shard_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = frames.parse_specs(["single", "stacked:s2", "mean:s3", "sequence:n6:s2"])
@@ -86,7 +86,7 @@ def test_encode_example_parses_like_tensorflow_and_is_deterministic(tmp_path):
 
 
 def test_builder_workers_do_not_import_tensorflow():
-    code = ("import sys; from tpuflow import builder, recordio; "
+    code = ("import sys; from tpuflow import build_encode, build_plan, build_write, builder, recordio; "
             "assert 'tensorflow' not in sys.modules, 'builder imports TensorFlow'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")})
 
@@ -98,8 +98,8 @@ def test_builder_workers_do_not_import_tensorflow():
 def _source_frames(cv_dir):
     """Frames of every storm in builder order, decoded as the readers decode them:
     table, {storm: [float32 (H, W)]}."""
-    table = builder.load_frame_table(cv_dir)
-    table["example_index"] = builder.example_order(table, 0)
+    table = build_plan.load_frame_table(cv_dir)
+    table["example_index"] = build_plan.example_order(table, 0)
     pixels = {storm: [tf.io.decode_jpeg(tf.io.read_file(p), channels=1).numpy()[..., 0].astype(np.float32)
                       for p in group["image_path"]]
               for storm, group in table.groupby("storm_id")}
@@ -163,11 +163,11 @@ def test_every_kind_round_trips_to_the_expected_tensors(built, cv_dir, spec_text
 
 def test_sequence_records_hold_the_source_bytes(built, cv_dir):
     root, _ = built
-    table = builder.load_frame_table(cv_dir)
+    table = build_plan.load_frame_table(cv_dir)
     storm_paths = {s: g["image_path"].tolist() for s, g in table.groupby("storm_id")}
     positions = dict(zip(table["image_id"], zip(table["storm_id"], table[frames.POSITION_COLUMN])))
     spec = SPECS[3]
-    path = os.path.join(root, spec.name, recordio.shard_name("test", 1, 2))
+    path = os.path.join(root, spec.name, shard_names.shard_name("test", 1, 2))
     with open(path, "rb") as f:
         for record in recordio.read_records(f, path):
             feature = tf.train.Example.FromString(record).features.feature
@@ -180,7 +180,7 @@ def test_manifest_checksums_match_and_verify_reports_damage(built, tmp_path):
     root, _ = built
     directory = str(tmp_path / "copy")
     shutil.copytree(os.path.join(root, SPECS[1].name), directory)
-    status = builder.verify_dataset(directory)
+    status = build_write.verify_dataset(directory)
     assert len(status) == 12 and set(status.values()) == {"ok"}
     manifest = records.read_manifest(directory)
     for name, digest in manifest["sha256"].items():
@@ -190,7 +190,7 @@ def test_manifest_checksums_match_and_verify_reports_damage(built, tmp_path):
     os.remove(os.path.join(directory, "fold.1.tfrecord-00000-of-00002"))
     with open(os.path.join(directory, "test.tfrecord-00001-of-00002"), "r+b") as f:
         f.truncate(50)
-    status = builder.verify_dataset(directory)
+    status = build_write.verify_dataset(directory)
     assert status["fold.1.tfrecord-00000-of-00002"] == "missing"
     assert status["test.tfrecord-00001-of-00002"] == "damaged"
 
@@ -257,7 +257,7 @@ def _narrow(path):
 @pytest.mark.parametrize("case", ["unreadable", "size_in_storm", "size_of_storm", "missing"])
 def test_bad_frames_name_the_frame_and_leave_nothing_behind(cv_dir, tmp_path, case):
     data = _copy_data(cv_dir, tmp_path / "data")
-    table = builder.load_frame_table(data)
+    table = build_plan.load_frame_table(data)
     # Frames of the last storm, so that earlier shards are complete when the build fails.
     last = table[table["storm_id"] == table["storm_id"].max()]
     first, row = last.iloc[0], last.iloc[1]
@@ -281,7 +281,7 @@ def test_bad_frames_name_the_frame_and_leave_nothing_behind(cv_dir, tmp_path, ca
     with pytest.raises((ValueError, FileNotFoundError), match=error):
         builder.build_datasets(data, str(out), SPECS, shards_per_fold=3, workers=1, chunk_frames=3,
                                log=lambda _: None)
-    assert not _leftovers(str(out)) and not glob.glob(str(out / "*" / records.MANIFEST))
+    assert not _leftovers(str(out)) and not glob.glob(str(out / "*" / shard_names.MANIFEST))
 
 
 def test_duplicate_times_name_the_storm(cv_dir, tmp_path):
@@ -301,7 +301,7 @@ def test_an_empty_fold_is_named_and_nothing_is_written(cv_dir, tmp_path):
     train.to_csv(os.path.join(data, "train_cv.csv"), index=False)
     with pytest.raises(ValueError, match=r"no frames for \['fold.3'\]"):
         builder.build_datasets(data, str(tmp_path / "out"), SPECS, workers=1, log=lambda _: None)
-    assert not _leftovers(str(tmp_path / "out")) and not glob.glob(str(tmp_path / "out" / "*" / records.MANIFEST))
+    assert not _leftovers(str(tmp_path / "out")) and not glob.glob(str(tmp_path / "out" / "*" / shard_names.MANIFEST))
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -326,7 +326,7 @@ def _cli(*args):
 
 
 def test_explain_prints_the_frames_of_a_test_frame_with_train_history(cv_dir, tmp_path):
-    table = builder.load_frame_table(cv_dir)
+    table = build_plan.load_frame_table(cv_dir)
     tails = table[(table["split"] == "test") & (table[frames.POSITION_COLUMN] > 0)]
     target = tails.iloc[0]
     storm = table[table["storm_id"] == target.storm_id]["image_id"].tolist()
@@ -356,9 +356,9 @@ def test_png_encoding_is_lossless_for_mean_and_stacked(cv_dir, tmp_path):
     built = builder.build_datasets(cv_dir, str(tmp_path), specs, encoding="png", workers=1,
                                    log=lambda _: None)
     assert [(m["encoding"], m["quality"], m["jpeg_color"]) for m in built] == [("png", None, None)] * 2
-    table = builder.load_frame_table(cv_dir)
-    table["example_index"] = builder.example_order(table, 0)
-    pixels = {storm: [builder.decode_frame(open(p, "rb").read(), p).astype(np.float64)
+    table = build_plan.load_frame_table(cv_dir)
+    table["example_index"] = build_plan.example_order(table, 0)
+    pixels = {storm: [build_encode.decode_frame(open(p, "rb").read(), p).astype(np.float64)
                       for p in group["image_path"]] for storm, group in table.groupby("storm_id")}
     for spec in specs:
         files = records.record_files(os.path.join(tmp_path, spec.name), [1])

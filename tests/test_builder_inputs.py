@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tpuflow import builder, frames, records
+from tpuflow import build_plan, builder, frames, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE = [frames.DatasetSpec("single")]
@@ -184,7 +184,7 @@ def test_mean_rounding_truncate_is_the_references_uint8_of_the_mean(cv_dir, tmp_
     manifest, = builder.build_datasets(cv_dir, str(tmp_path), [spec], encoding="png", workers=1,
                                        mean_rounding="truncate", log=lambda _: None)
     assert manifest["mean_rounding"] == "truncate"
-    table = builder.load_frame_table(cv_dir)
+    table = build_plan.load_frame_table(cv_dir)
     pixels = {storm: [np.asarray(Image.open(p), np.float64) for p in group["image_path"]]
               for storm, group in table.groupby("storm_id")}
     import tensorflow as tf

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpuflow import frame_cache, frames, records, store, views
+from tpuflow import frame_cache, frames, records, shard_names, store, views
 
 # test_views compares every spec's cached views with prebuilt records; here, through the pipeline
 KINDS = ["mean:s3", "sequence:n6:s1"]
@@ -17,7 +17,7 @@ KINDS = ["mean:s3", "sequence:n6:s1"]
 def store_dir(cv_dir, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("frame_cache"))
     store.build_store(cv_dir, root, shards=2, workers=2, log=lambda m: None)
-    return os.path.join(root, store.NAME)
+    return os.path.join(root, shard_names.STORE_DIR)
 
 
 @pytest.mark.parametrize("kind", KINDS)

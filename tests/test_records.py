@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow import builder, frames, records, recordio
+from tpuflow import builder, frames, recordio, records, shard_names
 
 
 def _png(pixels):
@@ -28,7 +28,7 @@ def test_n_examples_into_k_shards_read_back(tmp_path):
     sizes = [b - a for a, b in bounds]
     assert sum(sizes) == 23 and max(sizes) - min(sizes) <= 1
     for i, (start, stop) in enumerate(bounds):
-        with open(tmp_path / recordio.shard_name("fold.0", i, 4), "wb") as f:
+        with open(tmp_path / shard_names.shard_name("fold.0", i, 4), "wb") as f:
             writer = recordio.RecordWriter(f)
             for record in examples[start:stop]:
                 writer.write(record)

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from tpuflow import frames, storage, store, views
+from tpuflow import frames, shard_names, storage, store, views
 
 
 def _examples(view):
@@ -23,11 +23,11 @@ def test_store_built_on_and_synced_to_gcs_serves_the_local_views_examples(gcs_em
     bucket = gcs_emulator.create_bucket()
     built = store.build_store(cv_dir, bucket + "/built", shards=2, workers=2, log=quiet)
     assert built["sha256"] == local["sha256"]  # the same shard bytes, written to gs://
-    synced = bucket + "/synced/" + store.NAME
-    storage.sync(os.path.join(str(tmp_path), store.NAME), synced)
+    synced = bucket + "/synced/" + shard_names.STORE_DIR
+    storage.sync(os.path.join(str(tmp_path), shard_names.STORE_DIR), synced)
     spec = frames.DatasetSpec.parse("sequence:n3:s1")
-    want = _examples(views.View(store.load_store(os.path.join(str(tmp_path), store.NAME), cv_dir), spec))
-    for remote in (f"{bucket}/built/{store.NAME}", synced):
+    want = _examples(views.View(store.load_store(os.path.join(str(tmp_path), shard_names.STORE_DIR), cv_dir), spec))
+    for remote in (f"{bucket}/built/{shard_names.STORE_DIR}", synced):
         view = views.open_view(remote, str(spec), cv_dir)  # checked against the local CSVs too
         got = _examples(view)
         assert [g[:3] for g in got] == [w[:3] for w in want], remote

@@ -23,7 +23,7 @@ CHECK = r"""
 import os, sys
 import numpy as np
 import keras
-from tpuflow import augment, frames, hosts, pipeline, records, store, views
+from tpuflow import augment, frames, hosts, pipeline, records, shard_names, store, views
 
 def check(root, kind, source, dim=16):
     spec = frames.DatasetSpec.parse(kind)
@@ -43,7 +43,7 @@ def check(root, kind, source, dim=16):
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
     names, batch_of = augment.REFERENCE_VIEWS, [None]
     if source == "view":
-        view = views.View(store.load_store(os.path.join(root, store.NAME)), spec, frame_cache="memory")
+        view = views.View(store.load_store(os.path.join(root, shard_names.STORE_DIR)), spec, frame_cache="memory")
         rows = view.split_rows(1)
         n = len(rows)
         dataset = lambda t=0: view.predict_dataset(rows, parse, batch_of[0], t)

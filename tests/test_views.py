@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow import builder, frames, records, store, views
+from tpuflow import build_plan, builder, frames, records, shard_names, store, views
 
 HERE = os.path.dirname(__file__)
 REFERENCE = open(os.path.join(HERE, "..", "data_prep", "reference_specs.txt")).read().splitlines()
@@ -46,7 +46,7 @@ def _prebuilt(root, spec):
 def test_view_examples_equal_prebuilt_records(built, spec):
     """Every example of every split: same id, labels, fold membership and pixels (PNG prebuilt:
     exact for every kind, `mean` included; the view never round-trips through JPEG)."""
-    view = views.View(store.load_store(os.path.join(built, store.NAME)), spec)
+    view = views.View(store.load_store(os.path.join(built, shard_names.STORE_DIR)), spec)
     prebuilt = _prebuilt(built, spec)
     manifest = records.read_manifest(os.path.join(built, spec.name))
     seen = set()
@@ -71,7 +71,7 @@ def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
     """Through the experiments' parse functions and the prediction pipeline (resize to --dim):
     the same inputs as the prebuilt records give, with static shapes."""
     spec = frames.DatasetSpec.parse(spec)
-    view = views.open_view(os.path.join(built, store.NAME), str(spec))
+    view = views.open_view(os.path.join(built, shard_names.STORE_DIR), str(spec))
     channels, dim = spec.channels if spec.kind != "sequence" else 1, 16
     if spec.kind == "sequence":
         parse = lambda s: (records.parse_sequence(s, spec.depth, dim)["image"], 0)  # noqa: E731
@@ -88,7 +88,7 @@ def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
 
 
 def test_global_shuffle_is_deterministic_and_resumable(built):
-    view = views.open_view(os.path.join(built, store.NAME), "stacked:s2")
+    view = views.open_view(os.path.join(built, shard_names.STORE_DIR), "stacked:s2")
     parse = lambda s: (records.parse_image(s, 3, 8)["image"], s["label"])  # noqa: E731
     rows = view.train_rows([1, 2, 3, 4])
 
@@ -108,7 +108,7 @@ def test_global_shuffle_is_deterministic_and_resumable(built):
 
 
 def test_bad_views_and_stores_are_refused(built, cv_dir, tmp_path):
-    store_dir = os.path.join(built, store.NAME)
+    store_dir = os.path.join(built, shard_names.STORE_DIR)
     for bad, words in [("blocked:s2", "unknown kind"), ("stacked:s0", "step must be >= 1"),
                        ("sequence:n0:s1", "n_frames must be >= 1")]:
         with pytest.raises(ValueError, match=f"--view='{bad}'.*{words}"):
@@ -134,7 +134,7 @@ def test_bad_views_and_stores_are_refused(built, cv_dir, tmp_path):
 
 
 def test_mixed_frame_sizes_within_a_storm_are_named(built):
-    s = store.load_store(os.path.join(built, store.NAME))
+    s = store.load_store(os.path.join(built, shard_names.STORE_DIR))
     table = s.table.copy()
     table.loc[3, "height"] += 2  # as if one frame of the first storm were another size
     odd = store.FrameStore(s.dir, s.manifest, table, s.frames)
@@ -145,10 +145,10 @@ def test_mixed_frame_sizes_within_a_storm_are_named(built):
 
 
 def test_store_is_the_source_frames_once_and_resumes(built, cv_dir):
-    store_dir = os.path.join(built, store.NAME)
+    store_dir = os.path.join(built, shard_names.STORE_DIR)
     manifest = store.read_manifest(store_dir)
     size = sum(os.path.getsize(os.path.join(store_dir, n)) for n in manifest["sha256"])
-    table = builder.load_frame_table(cv_dir)
+    table = build_plan.load_frame_table(cv_dir)
     source = sum(os.path.getsize(p) for p in table["image_path"])
     assert manifest["source_bytes"] == source
     assert size < source + 300 * len(table)  # frame bytes once, plus ~270 bytes of features each
@@ -175,14 +175,14 @@ def test_inspect_exports_views_and_records_alike(built, spec, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.join(HERE, "..", "lib")}
     name = frames.DatasetSpec.parse(spec).name
     for args, out in [([f"--tfrec_dir={os.path.join(built, name)}"], "records"),
-                      ([f"--tfrec_dir={os.path.join(built, store.NAME)}", f"--view={spec}",
+                      ([f"--tfrec_dir={os.path.join(built, shard_names.STORE_DIR)}", f"--view={spec}",
                         f"--contact_sheet={tmp_path / 'sheet.png'}"], "view")]:
         proc = subprocess.run([sys.executable, tool, *args, f"--export={tmp_path / out}"],
                               capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
     files = sorted(os.listdir(tmp_path / "records"))
     assert files == sorted(os.listdir(tmp_path / "view"))
-    assert len(files) == sum(store.read_manifest(os.path.join(built, store.NAME))["counts"].values())
+    assert len(files) == sum(store.read_manifest(os.path.join(built, shard_names.STORE_DIR))["counts"].values())
     for f in files:
         load = np.load if f.endswith(".npy") else (lambda p: np.asarray(Image.open(p)))
         np.testing.assert_array_equal(load(tmp_path / "records" / f), load(tmp_path / "view" / f), err_msg=f)
@@ -192,11 +192,11 @@ def test_inspect_exports_views_and_records_alike(built, spec, tmp_path):
 def test_store_build_refuses_a_damaged_frame_and_leaves_no_shard(cv_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(cv_dir, data, ignore=shutil.ignore_patterns("data-*"))
-    table = builder.load_frame_table(str(data))
+    table = build_plan.load_frame_table(str(data))
     victim = table["image_path"].iloc[-1]  # in the last shard: earlier shards are written first
     with open(victim, "wb") as f:
         f.write(b"not a jpeg")
     with pytest.raises(ValueError, match=f"{victim}: unreadable image"):
         store.build_store(str(data), str(tmp_path / "out"), shards=3, workers=2, log=lambda m: None)
-    out = tmp_path / "out" / store.NAME
+    out = tmp_path / "out" / shard_names.STORE_DIR
     assert not out.exists() or not [n for n in os.listdir(out) if "tfrecord" in n or n == "manifest.json"]

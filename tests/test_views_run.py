@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import jax_env
-from tpuflow import run_record, store
+from tpuflow import run_record, shard_names, store
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -25,7 +25,7 @@ EPOCHS, STEPS = 5, 12
 def store_dir(cv_dir, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("store"))
     store.build_store(cv_dir, root, shards=2, workers=2, log=lambda m: None)
-    return os.path.join(root, store.NAME)
+    return os.path.join(root, shard_names.STORE_DIR)
 
 
 def _tiny(cv_dir, store_dir, out, *flags, backend="tensorflow"):

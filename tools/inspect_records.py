@@ -27,7 +27,7 @@ cli.quiet_native_logs()  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
-from tpuflow import builder, records, storage, views  # noqa: E402
+from tpuflow import build_write, records, storage, views  # noqa: E402
 
 flags.DEFINE_string("tfrec_dir", None, "Dataset dir (with manifest.json)", required=True)
 flags.DEFINE_string("contact_sheet", None, "Write a PNG contact sheet here")
@@ -103,7 +103,7 @@ def main(argv):
           f"{sum(manifest['shards'].values())} examples")
     bad = []
     if FLAGS.verify:
-        status = builder.verify_dataset(FLAGS.tfrec_dir)
+        status = build_write.verify_dataset(FLAGS.tfrec_dir)
         bad = {name: s for name, s in status.items() if s != "ok"}
         print(f"{'checksums':20s} {len(status) - len(bad)}/{len(status)} ok"
               + "".join(f"\n  {name}: {s}" for name, s in sorted(bad.items())))

@@ -11,25 +11,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from tpuflow import __version__, frames, recordio, storage
-
-_SHARD = re.compile(r"^(fold\.(\d+)|test)\.tfrecord.*$")
+from tpuflow import __version__, frames, recordio, shard_names, storage
 
 
 def spec_from_dir_name(tfrec_dir: str) -> frames.DatasetSpec:
     """`data-tfrec-<kind>-frames<NNN>-step<SSS>` (this project's names) -> its spec."""
-    name = os.path.basename(tfrec_dir.rstrip("/"))
-    match = re.fullmatch(r"data-tfrec-(single|stacked|mean|sequence)-frames(\d+)-step(\d+)", name)
-    if not match:
+    parsed = shard_names.parse_dataset_dir(tfrec_dir)
+    if parsed is None:
         raise ValueError(f"{tfrec_dir}: cannot tell the kind from the directory name; pass --spec "
                          "(single, stacked:s<step>, mean:s<step>, sequence:n<frames>:s<step>)")
-    kind, n, step = match.group(1), int(match.group(2)), int(match.group(3))
+    kind, n, step = parsed
     return frames.DatasetSpec(kind, n_frames=n if kind == "sequence" else None, step=step)
 
 
@@ -94,15 +90,16 @@ def _check_file(path: str, spec: frames.DatasetSpec) -> tuple[int, list[int] | N
 def adopt_dataset(tfrec_dir: str, spec: frames.DatasetSpec | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Checks every record of `tfrec_dir` and writes its manifest; returns the manifest."""
-    manifest_path = storage.join(tfrec_dir, recordio.MANIFEST)
+    manifest_path = storage.join(tfrec_dir, shard_names.MANIFEST)
     if storage.exists(manifest_path):
         raise ValueError(f"{manifest_path}: the directory already has a manifest; nothing to adopt")
     spec = spec or spec_from_dir_name(tfrec_dir)
-    files = sorted(p for p in storage.glob(storage.join(tfrec_dir, "*.tfrecord*"))
-                   if _SHARD.match(os.path.basename(p)))
+    named = {p: shard_names.parse_shard_name(os.path.basename(p))
+             for p in storage.glob(storage.join(tfrec_dir, shard_names.shard_glob("*")))}
+    files = sorted(p for p, shard in named.items() if shard)
     if not files:
         raise FileNotFoundError(f"{tfrec_dir}: no fold.<k>.tfrecord* or test.tfrecord* files")
-    folds = sorted({int(m.group(2)) for m in map(_SHARD.match, map(os.path.basename, files)) if m.group(2)})
+    folds = sorted({named[p].fold for p in files if named[p].fold is not None})
     if folds != list(range(len(folds))) or not folds:
         raise ValueError(f"{tfrec_dir}: fold files for folds {folds}; expected folds 0..n-1")
     counts, shards, sha256, sizes = {}, {}, {}, set()
@@ -110,7 +107,7 @@ def adopt_dataset(tfrec_dir: str, spec: frames.DatasetSpec | None = None,
         name = os.path.basename(path)
         digest = _file_sha256(path)
         n, size = _check_file(path, spec)
-        prefix = _SHARD.match(name).group(1)
+        prefix = named[path].prefix
         counts[prefix] = counts.get(prefix, 0) + n
         shards[name], sha256[name] = n, digest
         if size:
@@ -118,7 +115,7 @@ def adopt_dataset(tfrec_dir: str, spec: frames.DatasetSpec | None = None,
         log(f"{name}: {n} records ok")
     if len(sizes) > 1:
         raise ValueError(f"{tfrec_dir}: shards hold images of different sizes {sorted(sizes)}")
-    empty = [f"fold.{k}" for k in folds if not counts.get(f"fold.{k}")]
+    empty = [p for p in shard_names.prefixes(folds) if not counts.get(p)]
     if empty:
         raise ValueError(f"{tfrec_dir}: no records for {empty}")
     manifest = {
@@ -127,8 +124,8 @@ def adopt_dataset(tfrec_dir: str, spec: frames.DatasetSpec | None = None,
         "channels": spec.channels, "images_per_example": spec.images_per_example,
         "encoding": "unknown (adopted)", "quality": None, "jpeg_color": None,
         "image_size": list(sizes.pop()) if sizes else None, "n_folds": len(folds),
-        "counts": {**{f"fold.{k}": counts[f"fold.{k}"] for k in folds},
-                   **({"test": counts["test"]} if "test" in counts else {})},
+        "counts": {**{p: counts[p] for p in shard_names.prefixes(folds)},
+                   **{p: counts[p] for p in shard_names.prefixes() if p in counts}},
         "shards": shards, "sha256": dict(sorted(sha256.items())), "sources": None,
         "adopted": True, "tpuflow_version": __version__,
     }

@@ -5,18 +5,18 @@ Beam only distributes the local builder's work; every decision and every byte co
 code the local build runs:
 
 - planning happens here, in the launching process, exactly as for a local build
-  (`builder.prepare_build`, `store.plan_store`): the frame table, each example's place in the
+  (`build_plan.prepare_build`, `store.plan_store`): the frame table, each example's place in the
   shuffled record order and its shard, and what an existing output already holds (a re-run or
   a run after a local build writes only missing or damaged shards);
 - a storm is the unit of work: a worker reads its frames, computes its chunks with
-  `builder.run_chunk` and assembles its records with `builder.RecordAssembler` (the frame
+  `build_encode.run_chunk` and assembles its records with `build_encode.RecordAssembler` (the frame
   store's with `store.frame_record`), each keyed by its shard;
 - one worker per shard sorts the shard's records into the planned order, checks that every
   example is there exactly once, and writes the shard under a temporary name that it renames
   (`storage.atomic_path`; on gs:// an atomic upload), so a retried worker rewrites the same
   bytes and a killed one leaves nothing a reader or a re-run would trust;
 - a final step per dataset, once all its shards are written, writes `manifest.json` last
-  (`builder.BuildPlan.manifest`, `store.StorePlan.manifest`: the same fields and sha256s).
+  (`build_plan.BuildPlan.manifest`, `store.StorePlan.manifest`: the same fields and sha256s).
 
 The plan travels to the workers as files in a directory under the pipeline's `--temp_location`
 (a local temporary directory on the DirectRunner): the plan without the frame table, read once
@@ -42,31 +42,31 @@ import numpy as np
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from tpuflow import builder, cli, frames, recordio, storage, store, validate
+from tpuflow import build_encode, build_plan, build_write, cli, frames, shard_names, storage, store, validate
 
-RUNNERS = builder.BEAM_RUNNERS
+RUNNERS = build_plan.BEAM_RUNNERS
 STORMS_PER_FILE = 64
 
 
 @dataclasses.dataclass
 class BeamJob:
     """What the workers need: the plans, and every shard to write with its example range."""
-    build: builder.BuildPlan | None
+    build: build_plan.BuildPlan | None
     store: store.StorePlan | None
     shards: dict  # (out_dir, shard name) -> (first example, stop, sha256 a repair must match)
 
     @property
-    def active(self) -> list[builder.DatasetPlan]:
+    def active(self) -> list[build_plan.DatasetPlan]:
         return (self.build.active if self.build else []) + \
             ([self.store.plan] if self.store and self.store.plan.todo else [])
 
 
-def _job(build: builder.BuildPlan | None, frame_store: store.StorePlan | None) -> BeamJob:
+def _job(build: build_plan.BuildPlan | None, frame_store: store.StorePlan | None) -> BeamJob:
     shards = {}
     for plan in build.active if build else []:
         for prefix in build.counts:
             for i, (a, b) in enumerate(build.shard_bounds(prefix)):
-                name = recordio.shard_name(prefix, i, build.n_shards[prefix])
+                name = shard_names.shard_name(prefix, i, build.n_shards[prefix])
                 if name in plan.todo:
                     shards[plan.out_dir, name] = (a, b, plan.old["sha256"][name] if plan.old else None)
     if frame_store is not None:
@@ -127,18 +127,18 @@ class StormRecords(_WithJob):
             yield from self._store(frame_store, rows)
 
     @staticmethod
-    def _datasets(ordinal, build: builder.BuildPlan, storm):
+    def _datasets(ordinal, build: build_plan.BuildPlan, storm):
         plans = build.active
         out_dirs = {p.spec: p.out_dir for p in plans}
-        assembler = builder.RecordAssembler(plans)
+        assembler = build_encode.RecordAssembler(plans)
         shape = first = None
-        for task, chunk in builder.chunk_tasks(storm, plans, build.wants, build.chunk_frames,
+        for task, chunk in build_encode.chunk_tasks(storm, plans, build.wants, build.chunk_frames,
                                                build.encoding, build.quality, build.mean_rounding):
-            result = builder.run_chunk(task)
+            result = build_encode.run_chunk(task)
             if shape is None:
                 shape, first = list(result.shape), task.paths[task.start - task.read_from]
             elif list(result.shape) != shape:
-                raise builder.size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
+                raise build_encode.size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
                                             result.shape, shape, first)
             for spec, prefix, index, record in assembler.records(task, chunk, result):
                 yield "records", ((out_dirs[spec], build.shard_name(prefix, index)), (index, record))
@@ -171,7 +171,7 @@ class WriteShard(_WithJob):
         if indices != list(range(first, stop)):
             raise RuntimeError(f"{storage.join(out_dir, name)}: expected examples {first}..{stop - 1} "
                                f"once each, got {len(indices)} records ({len(set(indices))} distinct)")
-        sha256 = builder.write_shard(storage.join(out_dir, name), (r for _, r in items), expected)
+        sha256 = build_write.write_shard(storage.join(out_dir, name), (r for _, r in items), expected)
         yield out_dir, (name, sha256)
 
 
@@ -202,10 +202,10 @@ class WriteManifest(_WithJob):
 
     @staticmethod
     def _write(out_dir: str, manifest: dict) -> None:
-        storage.write_json(storage.join(out_dir, recordio.MANIFEST), manifest)
+        storage.write_json(storage.join(out_dir, shard_names.MANIFEST), manifest)
 
 
-def _image_size(build: builder.BuildPlan, sizes) -> list:
+def _image_size(build: build_plan.BuildPlan, sizes) -> list:
     """The datasets' frame size, checked over every storm as the local pass checks it: that of a
     repaired dataset's manifest, else that of the first storm (in storm order)."""
     repaired = [p.old["image_size"] for p in build.active if p.old is not None]
@@ -214,7 +214,7 @@ def _image_size(build: builder.BuildPlan, sizes) -> list:
         if image_size is None:
             image_size, first = shape, path
         elif shape != image_size:
-            raise builder.size_mismatch(path, storm_id, shape, image_size, first)
+            raise build_encode.size_mismatch(path, storm_id, shape, image_size, first)
     return image_size
 
 
@@ -279,7 +279,7 @@ def _runner(runner):
 
 def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], want_store: bool,
           runner: str = "DirectRunner", beam_args: Sequence[str] = (),
-          shards_per_fold: int = builder.SHARDS_PER_FOLD, encoding: str = "jpeg",
+          shards_per_fold: int = build_plan.SHARDS_PER_FOLD, encoding: str = "jpeg",
           quality: int = 95, workers: int | None = None, overwrite: bool = False,
           chunk_frames: int = 128, log: Callable[[str], None] = print, mean_rounding: str = "round",
           order_seed: int = 0, image_dir: str | None = None,
@@ -293,13 +293,13 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
     after a failed local build; a re-run (here or local) completes the others.
     """
     options = pipeline_options(runner, beam_args, workers)  # bad Beam flags fail before any work
-    build_plan = (builder.prepare_build(data_dir, out_root, specs, shards_per_fold, encoding, quality,
-                                        workers, overwrite, chunk_frames, log, mean_rounding,
-                                        order_seed, image_dir, wind_speed_range) if specs else None)
-    sources = build_plan.plans[0].key["sources"] if build_plan else None  # frames hashed once
+    datasets = (build_plan.prepare_build(data_dir, out_root, specs, shards_per_fold, encoding, quality,
+                                         workers, overwrite, chunk_frames, log, mean_rounding,
+                                         order_seed, image_dir, wind_speed_range) if specs else None)
+    sources = datasets.plans[0].key["sources"] if datasets else None  # frames hashed once
     frame_store = (store.plan_store(data_dir, out_root, shards_per_fold, workers, overwrite, log,
                                     image_dir, wind_speed_range, sources) if want_store else None)
-    job = _job(build_plan, frame_store)
+    job = _job(datasets, frame_store)
     if job.active:
         temp = options.view_as(GoogleCloudOptions).temp_location
         local_temp = None if temp else tempfile.mkdtemp(prefix="tpuflow-beam-")
@@ -327,8 +327,8 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
                     shutil.rmtree(local_temp, ignore_errors=True)
         for plan in job.active:
             log(f"{plan.out_dir}: {'repaired' if plan.old else 'built'}")
-    plans = (build_plan.plans if build_plan else []) + ([frame_store.plan] if frame_store else [])
-    return [storage.read_json(storage.join(p.out_dir, recordio.MANIFEST)) for p in plans]
+    plans = (datasets.plans if datasets else []) + ([frame_store.plan] if frame_store else [])
+    return [storage.read_json(storage.join(p.out_dir, shard_names.MANIFEST)) for p in plans]
 
 
 def _state(result) -> str:
@@ -339,7 +339,7 @@ def _state(result) -> str:
         return PipelineState.UNKNOWN
 
 
-def _clean_up(plans: Sequence[builder.DatasetPlan]) -> None:
+def _clean_up(plans: Sequence[build_plan.DatasetPlan]) -> None:
     """After a failed pipeline: the shards of datasets without a manifest (a repaired dataset
     keeps its shards: each was checked against its manifest before it was renamed)."""
     for plan in plans:

@@ -28,6 +28,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from tpuflow import shard_names
+
 KINDS = ("single", "stacked", "mean", "sequence")
 
 # Frame slots per example for the kinds whose count is fixed by the rule itself.
@@ -113,7 +115,7 @@ class DatasetSpec:
     @property
     def name(self) -> str:
         """Directory name, e.g. `data-tfrec-stacked-frames003-step005`."""
-        return f"data-tfrec-{self.kind}-frames{self.depth:03d}-step{self.step:03d}"
+        return shard_names.dataset_dir(self.kind, self.depth, self.step)
 
     def to_string(self) -> str:
         """Compact form read back by `parse`: `single`, `stacked:s5`, `sequence:n24:s1`."""

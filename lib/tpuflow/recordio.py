@@ -13,7 +13,7 @@ formats are small and stable:
 bytes (protobuf itself does not promise a map order). TensorFlow parses the result like any
 other record; tests check that against `tf.train.Example` and `tf.data.TFRecordDataset`.
 
-Shard naming and the example -> shard assignment live here too, so every writer shares them.
+The example -> shard assignment lives here too, so every writer shares it (the names: `tpuflow.shard_names`).
 """
 from __future__ import annotations
 
@@ -24,16 +24,9 @@ from typing import BinaryIO, Iterator, Mapping
 import google_crc32c
 import numpy as np
 
-MANIFEST = "manifest.json"
-
 _MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
-
-
-def shard_name(prefix: str, index: int, count: int) -> str:
-    """`fold.0` -> `fold.0.tfrecord-00001-of-00004` (TFDS-style, sortable)."""
-    return f"{prefix}.tfrecord-{index:05d}-of-{count:05d}"
 
 
 def shard_bounds(n_examples: int, n_shards: int) -> list[tuple[int, int]]:

@@ -1,9 +1,9 @@
-"""Reading TFRecord datasets: file names, manifests and record parsers (TensorFlow side).
+"""Reading TFRecord datasets: shard files, manifests and record parsers (TensorFlow side).
 
 Records are written without TensorFlow by `tpuflow.recordio` (through the builder).
 
-Files are `fold.<k>.tfrecord-<i:05d>-of-<n:05d>` and `test.tfrecord-<i:05d>-of-<n:05d>`, so
-`fold.[0123].tfrecord*` selects training folds; `manifest.json` beside them records the spec and
+Files are `fold.<k>.tfrecord-<i:05d>-of-<n:05d>` and `test.tfrecord-<i:05d>-of-<n:05d>`
+(`tpuflow.shard_names`); `manifest.json` beside them records the spec and
 the number of examples per fold and per shard (the runner's steps per epoch come from it).
 """
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tpuflow import storage
-from tpuflow.recordio import MANIFEST
+from tpuflow import shard_names, storage
 
 # Every record carries these; builders may add more (storm_id, fold_id, frame_id, ...).
 COMMON_FEATURES = {
@@ -27,7 +26,7 @@ COMMON_FEATURES = {
 
 def read_manifest(tfrec_dir: str) -> dict:
     """The dataset's manifest; a clear error if the directory holds no dataset."""
-    path = storage.join(tfrec_dir, MANIFEST)
+    path = storage.join(tfrec_dir, shard_names.MANIFEST)
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no manifest; is --data_tfrec_dir a built dataset?")
     return storage.read_json(path)
@@ -35,12 +34,11 @@ def read_manifest(tfrec_dir: str) -> dict:
 
 def record_files(tfrec_dir: str, folds: Iterable[int] | None = None) -> list[str]:
     """Sorted shard paths of the given folds, or of the test split when `folds` is None."""
-    prefixes = ["test"] if folds is None else [f"fold.{k}" for k in folds]
     files = []
-    for prefix in prefixes:
-        found = storage.glob(storage.join(tfrec_dir, f"{prefix}.tfrecord*"))  # also adopted `fold.0.tfrecord`
+    for prefix in shard_names.prefixes(folds):
+        found = storage.glob(storage.join(tfrec_dir, shard_names.shard_glob(prefix)))  # also adopted `fold.0.tfrecord`
         if not found:
-            raise FileNotFoundError(f"{tfrec_dir}: no {prefix}.tfrecord* files")
+            raise FileNotFoundError(f"{tfrec_dir}: no {shard_names.shard_glob(prefix)} files")
         files += found
     return files
 
@@ -48,7 +46,7 @@ def record_files(tfrec_dir: str, folds: Iterable[int] | None = None) -> list[str
 def example_count(manifest: dict, folds: Iterable[int] | None = None) -> int:
     """Examples in the given folds (or test) according to the manifest."""
     counts = manifest["counts"]
-    keys = ["test"] if folds is None else [f"fold.{k}" for k in folds]
+    keys = shard_names.prefixes(folds)
     missing = [k for k in keys if k not in counts]
     if missing:
         raise KeyError(f"manifest has no counts for {missing}; it has {sorted(counts)}")

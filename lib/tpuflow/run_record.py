@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tpuflow import __version__, checkpoint_names, frames, recordio, storage
+from tpuflow import __version__, checkpoint_names, frames, shard_names, storage
 
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 1
@@ -95,7 +95,7 @@ def write_record(path: str, record: dict) -> None:
 def dataset_info(tfrec_dir: str, manifest: dict) -> dict:
     """What the record keeps of a dataset: its spec fields, history depth and manifest hash."""
     spec = frames.DatasetSpec.parse(manifest["spec"])
-    raw = storage.read_bytes(storage.join(tfrec_dir, recordio.MANIFEST))
+    raw = storage.read_bytes(storage.join(tfrec_dir, shard_names.MANIFEST))
     return {"dir": tfrec_dir, "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
             "step": spec.step, "channels": spec.channels,
             "history_depth": spec.history_span + 1,  # frames of the storm's timeline one example spans

@@ -21,7 +21,7 @@ import threading
 import time
 
 from tpuflow import storage
-from tpuflow.recordio import MANIFEST
+from tpuflow.shard_names import MANIFEST
 
 DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tpuflow", "gcs_sync")
 _MiB = 1 << 20

@@ -5,9 +5,9 @@ of one record per frame of train_cv.csv and test_cv.csv, in storm and time order
 frame's encoded bytes as read (no re-encoding) and its image id, storm, time, position in the
 storm, split, fold, labels, CSV row and pixel size; and `manifest.json` (kind `frames`, counts
 per fold, sha256 per shard, the hashes of the CSVs and of every frame). The table of frames comes
-from the builder (`builder.load_frame_table`: the same label, path, time and order rules), the
+from the builder (`build_plan.load_frame_table`: the same label, path, time and order rules), the
 records from `recordio` (no TensorFlow), and resuming, damaged-shard repair and rebuild on changed
-inputs from `builder.plan_dataset`, so the store and the prebuilt datasets obey one set of rules.
+inputs from `build_plan.plan_dataset`, so the store and the prebuilt datasets obey one set of rules.
 
 Examples of any kind are assembled from the store at read time (`tpuflow.views`), so a new
 (kind, n, step) idea needs no new build, and a dataset costs the source frames' bytes once.
@@ -25,11 +25,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tpuflow import __version__, builder, recordio, storage, validate
+from tpuflow import __version__, build_encode, build_plan, build_write, recordio, shard_names, storage, validate
 
-NAME = "data-frames"  # the store's directory under --out_dir
 KIND = "frames"
-PREFIX = "frames"
 SHARDS = 16
 FORMAT = 1  # bump when the same inputs would give other record bytes
 
@@ -40,7 +38,7 @@ def is_store(manifest: dict) -> bool:
 
 def frame_features(row, size: tuple[int, int], data: bytes) -> dict:
     """One frame's record: the builder's example features plus what a view needs to place it."""
-    return {**builder.example_features(row), "image": [data], "split": row.split,
+    return {**build_encode.example_features(row), "image": [data], "split": row.split,
             "frame_pos": int(row.frame_pos), "csv_row": int(row.csv_row),
             "height": int(size[0]), "width": int(size[1])}
 
@@ -48,7 +46,7 @@ def frame_features(row, size: tuple[int, int], data: bytes) -> dict:
 def read_frame(path: str) -> tuple[bytes, tuple[int, int]]:
     """The frame's bytes and (height, width); decoding checks it is an image (error names it)."""
     data = storage.read_bytes(path)
-    return data, builder.decode_frame(data, path).shape[:2]
+    return data, build_encode.decode_frame(data, path).shape[:2]
 
 
 @dataclasses.dataclass
@@ -57,7 +55,7 @@ class StorePlan:
     and time order: row i is record i), the shards and their row ranges, and which are still to
     write. The local build and the Beam pipeline (`tpuflow.beam_build`) both execute one."""
     table: pd.DataFrame
-    plan: builder.DatasetPlan
+    plan: build_plan.DatasetPlan
     names: list[str]
     bounds: list[tuple[int, int]]
     counts: dict[str, int]
@@ -93,24 +91,24 @@ def plan_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int 
     workers = workers or os.cpu_count() or 1
     if not isinstance(shards, int) or shards < 1:
         raise ValueError(f"--shards_per_fold={shards!r}: expected an integer >= 1")
-    table = builder.load_frame_table(data_dir, image_dir, wind_speed_range)
-    builder.check_frames_exist(table)
+    table = build_plan.load_frame_table(data_dir, image_dir, wind_speed_range)
+    build_plan.check_frames_exist(table)
     train = table[table["split"] == "train"]
     n_folds = int(train["fold_id"].max()) + 1 if len(train) else 0
-    counts = {f"fold.{k}": int((train["fold_id"] == k).sum()) for k in range(n_folds)}
-    counts["test"] = int((table["split"] == "test").sum())
+    counts = {shard_names.fold_prefix(k): int((train["fold_id"] == k).sum()) for k in range(n_folds)}
+    counts[shard_names.TEST] = int((table["split"] == "test").sum())
     empty = [p for p, n in counts.items() if not n]
     if empty or not n_folds:
-        raise ValueError(f"{data_dir}: no frames for {empty or ['fold.0']} (check fold_id in "
+        raise ValueError(f"{data_dir}: no frames for {empty or [shard_names.fold_prefix(0)]} (check fold_id in "
                          "train_cv.csv and test_cv.csv)")
     n_shards = min(shards, len(table))
-    names = [recordio.shard_name(PREFIX, i, n_shards) for i in range(n_shards)]
+    names = [shard_names.shard_name(shard_names.STORE_PREFIX, i, n_shards) for i in range(n_shards)]
     if sources is None:
-        sources = {name: storage.file_sha256(storage.join(data_dir, name)) for name in builder.SOURCES}
-        sources["frames"] = builder.frames_digest(table, workers)
+        sources = {name: storage.file_sha256(storage.join(data_dir, name)) for name in build_plan.SOURCES}
+        sources["frames"] = build_plan.frames_digest(table, workers)
     key = {"format": FORMAT, "kind": KIND, "encoding": "source", "shards": n_shards, "sources": sources}
-    out_dir = storage.join(out_root, NAME)
-    plan = builder.plan_dataset(None, out_dir, key, names, overwrite, log)
+    out_dir = storage.join(out_root, shard_names.STORE_DIR)
+    plan = build_plan.plan_dataset(None, out_dir, key, names, overwrite, log)
     if not plan.todo:
         log(f"{out_dir}: up to date (manifest and shard checksums match)")
     return StorePlan(table, plan, names, recordio.shard_bounds(len(table), n_shards), counts, n_folds)
@@ -145,7 +143,7 @@ def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int
                     source_bytes += len(data)
                 if name not in plan.todo:
                     continue
-                sha256[name] = builder.write_shard(
+                sha256[name] = build_write.write_shard(
                     storage.join(out_dir, name),
                     (frame_record(row, size, data) for row, (data, size) in zip(rows, read)),
                     plan.old["sha256"].get(name) if plan.old else None)
@@ -159,7 +157,7 @@ def build_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int
         log(f"{out_dir}: repaired {sorted(plan.todo)}")
         return plan.old
     manifest = sp.manifest(sizes, source_bytes, sha256)
-    storage.write_json(storage.join(out_dir, recordio.MANIFEST), manifest)
+    storage.write_json(storage.join(out_dir, shard_names.MANIFEST), manifest)
     log(f"{out_dir}: {len(table)} frames in {len(sp.names)} shards, {manifest['counts']}")
     return manifest
 
@@ -185,7 +183,7 @@ class FrameStore:
 
 
 def read_manifest(store_dir: str) -> dict:
-    path = storage.join(store_dir, recordio.MANIFEST)
+    path = storage.join(store_dir, shard_names.MANIFEST)
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no manifest; build the store with "
                                 "create_tfrecords.py --specs=frames")
@@ -199,7 +197,7 @@ def read_manifest(store_dir: str) -> dict:
 def check_sources(manifest: dict, store_dir: str, data_dir: str) -> None:
     """The store must be built from the CSVs in `data_dir` (folds and labels come from them):
     otherwise an error naming both hashes."""
-    for name in builder.SOURCES:
+    for name in build_plan.SOURCES:
         path = storage.join(data_dir, name)
         if not storage.exists(path):
             continue
