@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from tpuflow import ensemble, ensemble_data  # noqa: E402
+from tpuflow import ensemble, ensemble_data, prediction_names  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Where to write the synthetic experiments (default: system temp).")
@@ -72,13 +72,13 @@ def make_experiments(root: str, models: int, tta: int, folds: int, n_train: int,
         base = y + common + rng.normal(0, 1) + rng.normal(0, rng.uniform(2, 5), n_train)
         val = (base + rng.normal(0, 1.5, (tta, n_train))).astype(np.float32)
         test_base = 90 + rng.normal(0, 30, n_test)
-        np.save(os.path.join(preds, "ids_test.npy"), test_ids[test_perm].astype(str))
+        np.save(prediction_names.ids_path(preds, "test", 0), test_ids[test_perm].astype(str))
         for f, (rows, perm) in enumerate(zip(fold_rows, val_perms)):
-            np.save(os.path.join(preds, f"ids_val_fold_{f}.npy"), ids[rows][perm].astype(str))
+            np.save(prediction_names.ids_path(preds, "val", f), ids[rows][perm].astype(str))
             test = (test_base + rng.normal(0, 2, (tta, n_test))).astype(np.float32)
             for t in range(tta):
-                np.save(os.path.join(preds, f"y_pred_val_fold_{f}_tta_{t}.npy"), val[t, rows][perm][:, None])
-                np.save(os.path.join(preds, f"y_pred_test_fold_{f}_tta_{t}.npy"), test[t, test_perm][:, None])
+                np.save(prediction_names.path(preds, "val", f, t), val[t, rows][perm][:, None])
+                np.save(prediction_names.path(preds, "test", f, t), test[t, test_perm][:, None])
     return data_dir
 
 

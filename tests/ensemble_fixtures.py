@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pandas as pd
 
+from tpuflow import prediction_names
+
 
 def write_data(root: str, fold_of_row: list[int], n_test: int, seed: int = 0,
                labels: np.ndarray | None = None) -> tuple[str, pd.DataFrame, pd.DataFrame]:
@@ -36,10 +38,9 @@ def write_model(root: str, name: str, train: pd.DataFrame, fmt: pd.DataFrame, va
 
     def save(split: str, fold: int, ids: np.ndarray, values: np.ndarray) -> None:
         perm = np.arange(len(ids)) if rng is None else rng.permutation(len(ids))
-        ids_name = "ids_test.npy" if split == "test" else f"ids_val_fold_{fold}.npy"
-        np.save(os.path.join(preds, ids_name), ids[perm].astype(str))
+        np.save(prediction_names.ids_path(preds, split, fold), ids[perm].astype(str))
         for t, v in enumerate(values):
-            np.save(os.path.join(preds, f"y_pred_{split}_fold_{fold}_tta_{t}.npy"), v[perm])
+            np.save(prediction_names.path(preds, split, fold, t), v[perm])
 
     for fold, values in val.items():
         save("val", fold, train.loc[train["fold_id"] == fold, "image_id"].to_numpy(), values)

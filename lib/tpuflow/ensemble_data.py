@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from tpuflow import scoring, storage, tables
+from tpuflow import prediction_names, scoring, storage, tables
 
 PROBS_TO_VALUES = scoring.PROBS_TO_VALUES
 
@@ -114,8 +114,8 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
     names, dirs, ttas_all = [], [], []
     for i, (preds_dir, ttas, views) in enumerate(plans):
         model_dir = model_dirs[i]
-        val_order = [match(scoring.ids_path(preds_dir, "val", f)) for f, match in zip(folds, val_orders)]
-        test_order = test_orders(scoring.ids_path(preds_dir, "test", 0))
+        val_order = [match(prediction_names.ids_path(preds_dir, "val", f)) for f, match in zip(folds, val_orders)]
+        test_order = test_orders(prediction_names.ids_path(preds_dir, "test", 0))
         for t in ttas:
             loader.add(preds_dir, folds, t, val_order, test_order)
             names.append(f"{_label(model_dir, model_dirs)}:tta{t}" + (f":{views[t]}" if views else ""))
@@ -150,7 +150,7 @@ class _Loader:
         """Reads one (experiment, TTA): every fold's val rows into place, the fold mean of its test rows."""
         i = self.count
         for f, s, order in zip(folds, self.fold_slices, val_order):
-            path = scoring.pred_path(preds_dir, "val", f, tta)
+            path = prediction_names.path(preds_dir, "val", f, tta)
             arr = self._read(path, s.stop - s.start)
             if self.val is None:
                 self.val = np.empty((self.total, self.n) + arr.shape[1:],
@@ -166,7 +166,7 @@ class _Loader:
         # Every fold's test rows share one saved order (ids_test.npy): sum first, reorder once.
         total = self.test[i] if test_order is None else np.zeros_like(self.test[i])
         for f in folds:
-            total += self._read(scoring.pred_path(preds_dir, "test", f, tta), self.n_test)
+            total += self._read(prediction_names.path(preds_dir, "test", f, tta), self.n_test)
         if test_order is not None:
             np.take(total, test_order, axis=0, out=self.test[i], mode="clip")
         self.test[i] /= len(folds)
@@ -244,7 +244,7 @@ def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int],
     preds_dir = storage.join(model_dir, "preds")
     if not storage.isdir(preds_dir):
         raise FileNotFoundError(f"{preds_dir}: missing")
-    found = {p for p in map(scoring.parse_pred_name, storage.listdir(preds_dir)) if p}
+    found = {p for p in map(prediction_names.parse, storage.listdir(preds_dir)) if p}
     ttas = sorted({t for _, _, t in found})
     if not ttas:
         raise FileNotFoundError(f"{preds_dir}: no y_pred_val_fold_<k>_tta_<t>.npy files")
@@ -255,11 +255,11 @@ def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int],
         for f in folds:
             for t in range(max(ttas) + 1):
                 if (part, f, t) not in found:
-                    raise FileNotFoundError(f"{scoring.pred_path(preds_dir, part, f, t)}: "
+                    raise FileNotFoundError(f"{prediction_names.path(preds_dir, part, f, t)}: "
                                             f"missing (found TTA 0..{max(ttas)} elsewhere in {preds_dir})")
     views = scoring.read_views(preds_dir)
     if views is not None and max(ttas) >= len(views):
-        raise ValueError(f"{scoring.views_path(preds_dir)}: names {len(views)} TTA views, but {preds_dir} "
+        raise ValueError(f"{prediction_names.views_path(preds_dir)}: names {len(views)} TTA views, but {preds_dir} "
                          f"holds TTA 0..{max(ttas)}: predictions of another TTA set were left there")
     return preds_dir, ttas, views
 

@@ -24,14 +24,10 @@ import logging
 import keras
 import numpy as np
 
-from tpuflow import config, scoring, storage
+from tpuflow import checkpoint_names, config, prediction_names, storage
 
 STATE = "state.json"
 DONE = "done.json"
-
-
-def fold_dir(output_dir: str, fold: int) -> str:
-    return storage.join(output_dir, "backup", f"fold_{fold}")
 
 
 fingerprint = config.fingerprint
@@ -47,7 +43,7 @@ class FoldProgress:
 
     def __init__(self, cfg, fold: int, has_checkpoint: bool):
         self.cfg, self.fold, self.has_checkpoint = cfg, fold, has_checkpoint
-        self.path = storage.join(fold_dir(cfg.output_dir, fold), DONE)
+        self.path = storage.join(checkpoint_names.backup_dir(cfg.output_dir, fold), DONE)
         self.fingerprint, self.accepted = fingerprint(cfg), config.fingerprints(cfg)
         self.done = self._read() if cfg.resume else set()
 
@@ -70,9 +66,9 @@ class FoldProgress:
     def _outputs_exist(self, job: str) -> bool:
         if job == "train":
             return self.has_checkpoint
-        paths = [scoring.pred_path(self.cfg.data_preds_dir, job, self.fold, t)
+        paths = [prediction_names.path(self.cfg.data_preds_dir, job, self.fold, t)
                  for t in range(self.cfg.tta_number + 1)]
-        return all(storage.exists(p) for p in [*paths, scoring.ids_path(self.cfg.data_preds_dir, job, self.fold)])
+        return all(storage.exists(p) for p in [*paths, prediction_names.ids_path(self.cfg.data_preds_dir, job, self.fold)])
 
     def todo(self, jobs: set[str]) -> list[str]:
         """The fold jobs of `jobs` still to run, in order; a retrained fold redoes its predictions."""
@@ -96,7 +92,7 @@ class FoldProgress:
         self.done |= self._read(quiet=True) | {job}
         storage.write_json(self.path, {"fingerprint": self.fingerprint, "done": sorted(self.done)})
         if job == "train":
-            clear_backup(fold_dir(self.cfg.output_dir, self.fold))
+            clear_backup(checkpoint_names.backup_dir(self.cfg.output_dir, self.fold))
 
 
 class FoldBackup(keras.callbacks.Callback):
@@ -112,13 +108,9 @@ class FoldBackup(keras.callbacks.Callback):
                  checkpoint_glob: str):
         super().__init__()
         self.cfg, self.fold, self.tracked, self.checkpoint_glob = cfg, fold, tracked, checkpoint_glob
-        self.dir = fold_dir(cfg.output_dir, fold)
+        self.dir = checkpoint_names.backup_dir(cfg.output_dir, fold)
         self.fingerprint, self.accepted = fingerprint(cfg), config.fingerprints(cfg)
         self._pending: dict | None = None
-
-    def _files(self, epochs: int) -> tuple[str, str]:
-        stem = storage.join(self.dir, f"epoch-{epochs:03d}")
-        return stem + ".weights.h5", stem + ".optimizer.npz"
 
     def restore(self, model: keras.Model) -> int:
         """Loads the last backup into `model`; returns the epochs already done (0: start afresh).
@@ -155,7 +147,7 @@ class FoldBackup(keras.callbacks.Callback):
             state = storage.read_json(state_path)
             if state.get("fingerprint") not in self.accepted:
                 return None
-            weights_path, optimizer_path = self._files(int(state["epochs_done"]))
+            weights_path, optimizer_path = checkpoint_names.backup_files(self.dir, int(state["epochs_done"]))
             path = weights_path
             with storage.local_copy(weights_path) as local:
                 model.load_weights(local)
@@ -205,7 +197,7 @@ class FoldBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         epochs = epoch + 1
-        weights_path, optimizer_path = self._files(epochs)
+        weights_path, optimizer_path = checkpoint_names.backup_files(self.dir, epochs)
         storage.save_weights(self.model, weights_path)
         buf = io.BytesIO()
         np.savez(buf, **{f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.optimizer.variables)})
@@ -213,14 +205,14 @@ class FoldBackup(keras.callbacks.Callback):
         callbacks = {name: {a: _plain(getattr(cb, a)) for a in attrs} for name, (cb, attrs) in self.tracked.items()}
         storage.write_json(storage.join(self.dir, STATE), {
             "fingerprint": self.fingerprint, "fold": self.fold, "epochs_done": epochs, "callbacks": callbacks})
-        for old in storage.glob(storage.join(self.dir, "epoch-*")):  # the state now names the new files
+        for old in storage.glob(storage.join(self.dir, checkpoint_names.BACKUP_GLOB)):  # the state now names the new files
             if old not in (weights_path, optimizer_path):
                 storage.remove(old)
 
 
 def clear_backup(directory: str) -> None:
     """Removes a fold's epoch backup (its done record stays)."""
-    for name in storage.glob(storage.join(directory, "epoch-*")) + [storage.join(directory, STATE)]:
+    for name in storage.glob(storage.join(directory, checkpoint_names.BACKUP_GLOB)) + [storage.join(directory, STATE)]:
         storage.remove(name)
 
 

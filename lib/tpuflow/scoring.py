@@ -2,52 +2,27 @@
 
 Predictions live in `<preds_dir>/y_pred_{val,test}_fold_<k>_tta_<t>.npy`, one row per example in
 record order, with the ids beside them (`ids_val_fold_<k>.npy`; `ids_test.npy`, the same for every fold), so
-the order is checked, never assumed.
+the order is checked, never assumed (the names: `tpuflow.prediction_names`).
 """
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pandas as pd
 
-from tpuflow import storage
-
-
-_PRED_NAME = re.compile(r"^y_pred_(val|test)_fold_(\d+)_tta_(\d+)\.npy$")
-
-
-def pred_path(preds_dir: str, split: str, fold: int, tta: int) -> str:
-    return storage.join(preds_dir, f"y_pred_{split}_fold_{fold}_tta_{tta}.npy")
-
-
-def parse_pred_name(name: str) -> tuple[str, int, int] | None:
-    """(split, fold, TTA index) of a prediction file's name (`pred_path`); None for other files."""
-    found = _PRED_NAME.match(name)
-    return (found[1], int(found[2]), int(found[3])) if found else None
-
-
-def ids_path(preds_dir: str, split: str, fold: int) -> str:
-    name = "ids_test.npy" if split == "test" else f"ids_{split}_fold_{fold}.npy"
-    return storage.join(preds_dir, name)
-
-
-def views_path(preds_dir: str) -> str:
-    """`tta_views.json`: the view name of every TTA index of the predictions in `preds_dir`."""
-    return storage.join(preds_dir, "tta_views.json")
+from tpuflow import prediction_names, storage
 
 
 def read_views(preds_dir: str) -> list[str] | None:
     """The recorded views (index t -> name), or None for a dir without a record (the reference's
     ten views, by the convention of runs made before views were recorded)."""
-    path = views_path(preds_dir)
+    path = prediction_names.views_path(preds_dir)
     return list(storage.read_json(path)["views"]) if storage.exists(path) else None
 
 
 def read_view_set(preds_dir: str) -> list[str] | None:
     """The whole TTA set the recorded views were taken from (a run may have predicted only its
     first views: `--tta_number`, `--quick`); None without a record."""
-    path = views_path(preds_dir)
+    path = prediction_names.views_path(preds_dir)
     if not storage.exists(path):
         return None
     recorded = storage.read_json(path)
@@ -59,7 +34,7 @@ def check_views(preds_dir: str, views) -> None:
     recorded = read_views(preds_dir)
     n = min(len(recorded or ()), len(views))
     if recorded and list(recorded[:n]) != list(views[:n]):
-        raise ValueError(f"{views_path(preds_dir)}: the predictions there are for TTA views {recorded}, "
+        raise ValueError(f"{prediction_names.views_path(preds_dir)}: the predictions there are for TTA views {recorded}, "
                          f"this run's are {list(views)}: TTA indices would mean different views. Use "
                          "another --data_preds_dir (or --output_dir), or the recorded --tta")
 
@@ -70,7 +45,7 @@ def record_views(preds_dir: str, views, view_set) -> None:
     check_views(preds_dir, views)
     recorded = read_views(preds_dir) or []
     if len(views) > len(recorded) or read_view_set(preds_dir) != list(view_set):
-        storage.write_json(views_path(preds_dir), {"views": list(views) if len(views) > len(recorded) else recorded,
+        storage.write_json(prediction_names.views_path(preds_dir), {"views": list(views) if len(views) > len(recorded) else recorded,
                                                    "set": list(view_set)})
 
 
@@ -103,13 +78,13 @@ def load_predictions(preds_dir: str, split: str, folds: range, tta_number: int,
         check_views(preds_dir, views)
     out = {}
     for k in folds:
-        ids_file = ids_path(preds_dir, split, k)
+        ids_file = prediction_names.ids_path(preds_dir, split, k)
         if not storage.exists(ids_file):
             raise FileNotFoundError(f"{ids_file}: missing (run the '{split}' job for fold {k})")
         ids = storage.load_npy(ids_file)
         values = []
         for t in range(tta_number + 1):
-            path = pred_path(preds_dir, split, k, t)
+            path = prediction_names.path(preds_dir, split, k, t)
             if not storage.exists(path):
                 raise FileNotFoundError(f"{path}: missing (--tta_number={tta_number} needs TTA 0..{tta_number})")
             v = to_values(storage.load_npy(path), unique_labels)
@@ -156,7 +131,7 @@ def _ids_mismatch(fold: int, ids: np.ndarray, fold_ids: pd.Series) -> str:
     """What differs between a fold's predicted ids and its rows in train_cv.csv, with examples."""
     extra = sorted(set(map(str, ids)) - set(map(str, fold_ids)))
     missing = sorted(set(map(str, fold_ids)) - set(map(str, ids)))
-    parts = [f"val predictions of fold {fold} (ids_val_fold_{fold}.npy, {len(ids)} ids) do not match "
+    parts = [f"val predictions of fold {fold} ({prediction_names.ids_name('val', fold)}, {len(ids)} ids) do not match "
              f"fold {fold} of train_cv.csv ({len(fold_ids)} ids):"]
     if extra:
         parts.append(f"{len(extra)} predicted id(s) not in the fold, e.g. {extra[:3]};")
