@@ -287,7 +287,7 @@ def prepare_build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSp
                   log: Callable[[str], None] = print, mean_rounding: str = "round",
                   order_seed: int = 0, image_dir: str | None = None,
                   wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE) -> BuildPlan:
-    """Checks the options and inputs and plans the build (`build_datasets` has the arguments):
+    """Checks the options and inputs and plans the build (`builder.build_datasets` has the arguments):
     clears what cannot be kept in the output dirs, reads no frame but to hash it."""
     workers = workers or os.cpu_count() or 1
     _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_frames, mean_rounding)

@@ -37,7 +37,7 @@ class ShardWriter:
     """Writes the examples of one (dataset, prefix) to the shards still to write.
 
     Examples arrive in storm order but are numbered in the shuffled record order
-    (`example_order`); the example -> shard assignment is fixed by `recordio.shard_bounds` over
+    (`build_plan.example_order`); the example -> shard assignment is fixed by `recordio.shard_bounds` over
     those numbers. Each record is appended to a spill file (`.tmp-order-<prefix>` beside the
     shards; a local temporary file for gs://) as it arrives; once the pass is over, `finish`
     copies every wanted shard's records out of it in example order, to a temporary name that is

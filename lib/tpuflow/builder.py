@@ -44,7 +44,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _computed(tasks: Iterator[tuple[build_encode.ChunkTask, build_encode.Chunk]], workers: int
               ) -> Iterator[tuple[build_encode.ChunkTask, build_encode.Chunk, build_encode.ChunkResult]]:
-    """Runs `run_chunk` over the tasks, in order, with at most 2 chunks per worker in flight."""
+    """Runs `build_encode.run_chunk` over the tasks, in order, with at most 2 chunks per worker in flight."""
     if workers == 1:
         for task, chunk in tasks:
             yield task, chunk, build_encode.run_chunk(task)
@@ -104,7 +104,7 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
     or missing shards are rewritten); a directory holding another dataset is an error unless
     `overwrite`. If the build fails, the shards it wrote for datasets without a manifest are
     removed again, so no half-built dataset is left behind. Training records are written in a
-    seeded shuffled order (`example_order`, `order_seed`); frames are read from `image_dir`
+    seeded shuffled order (`build_plan.example_order`, `order_seed`); frames are read from `image_dir`
     (default: `data_dir`), which every `image_path` must stay inside.
     """
     workers = workers or os.cpu_count() or 1
