@@ -23,6 +23,9 @@ def test_pretraining_command_writes_backbone_curves_tensorboard_and_record(simsi
     n_jpgs = len(glob.glob(f"{cv_dir}/train/*.jpg")) + len(glob.glob(f"{cv_dir}/test/*.jpg"))
     assert record["status"] == "complete" and record["n_frames"] == n_jpgs  # train and test frames
     assert -1.0 <= record["final_loss"] <= 1.0  # a negative cosine similarity
+    # The record holds the settings as run (--quick resolved), not the flags as typed.
+    assert {k: record["flags"][k] for k in ("n_epochs", "steps_per_epoch", "batch_size", "verbose")} == {
+        "n_epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "verbose": 2}
     curve = pd.read_csv(os.path.join(out, "curves", "pretrain.csv"))
     assert curve["epoch"].tolist() == [1] and os.path.exists(os.path.join(out, "curves", "pretrain.png"))
     assert os.listdir(os.path.join(out, "tensorboard", "pretrain"))
@@ -104,3 +107,14 @@ def test_weights_of_another_architecture_are_an_error(tmp_path):
         models.build_backbone("MobileNetV3Small", (32, 32, 3), path)
     with pytest.raises(FileNotFoundError, match="--weights=/no/such.weights.h5: no such file"):
         models.build_backbone("MobileNetV3Small", (32, 32, 3), "/no/such.weights.h5")
+
+
+def test_pretrain_config_is_resolved_once_frozen_and_checked_before_reading_data(tmp_path):
+    cfg = pretrain.PretrainConfig.resolve(output_dir=str(tmp_path), batch_size=32, quick=True, verbose=0)
+    assert (cfg.n_epochs, cfg.steps_per_epoch, cfg.batch_size, cfg.verbose) == (1, 2, 8, 0)
+    with pytest.raises(AttributeError):
+        cfg.n_epochs = 3
+    with pytest.raises(ValueError, match=r"^--batch_size=1: SimSiam needs >= 2"):
+        pretrain.PretrainConfig.resolve(output_dir=str(tmp_path), batch_size=1, data_dir="/nonexistent")
+    with pytest.raises(ValueError, match=r"^--dim=0: must be >= 1"):
+        pretrain.PretrainConfig.resolve(output_dir=str(tmp_path), dim=0)

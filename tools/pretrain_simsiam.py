@@ -13,8 +13,7 @@ and pretrain_record.json under --output_dir (local or gs://).
 """
 from __future__ import annotations
 
-import sys
-import types
+import dataclasses
 
 from absl import app, flags
 
@@ -45,14 +44,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    names = ("data_dir", "data_tfrec_dir", "output_dir", "backbone", "weights", "dim", "n_epochs", "batch_size",
-             "steps_per_epoch", "lr", "proj_dim", "pred_dim", "seed", "quick", "verbose")
-    cfg = types.SimpleNamespace(**{n: FLAGS[n].value for n in names})
-    if cfg.quick:
-        cfg.n_epochs, cfg.steps_per_epoch, cfg.batch_size = 1, 2, min(cfg.batch_size, 8)
-    if cfg.verbose is None:
-        cfg.verbose = 1 if sys.stdout.isatty() else 2
-    pretrain.pretrain(cfg)
+    names = [f.name for f in dataclasses.fields(pretrain.PretrainConfig)]
+    pretrain.pretrain(pretrain.PretrainConfig.resolve(**{n: FLAGS[n].value for n in names}))
 
 
 if __name__ == "__main__":

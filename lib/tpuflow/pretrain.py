@@ -15,6 +15,8 @@ epoch), `curves/pretrain.{csv,png}`, `tensorboard/pretrain/`, `pretrain_record.j
 """
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 
 import keras
@@ -129,16 +131,56 @@ class SaveBackbone(keras.callbacks.Callback):
         storage.save_weights(self.net, self.path)
 
 
-def pretrain(cfg) -> dict:
-    """Runs SimSiam pretraining as configured (see `tools/pretrain_simsiam.py` for the settings);
-    returns the record written to `<output_dir>/pretrain_record.json`."""
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """A pretraining run's settings, resolved once (`resolve`) and then fixed; the record holds
+    them as used. The flags of `tools/pretrain_simsiam.py` say what each means."""
+    output_dir: str
+    data_dir: str | None = None
+    data_tfrec_dir: str | None = None
+    backbone: str = "EfficientNetB0"
+    weights: str | None = None
+    dim: int = 366
+    n_epochs: int = 50
+    batch_size: int = 64
+    steps_per_epoch: int = 0
+    lr: float = 0.05
+    proj_dim: int = 512
+    pred_dim: int = 128
+    seed: int = 33
+    quick: bool = False
+    verbose: int | None = None
+
+    @classmethod
+    def resolve(cls, **values) -> "PretrainConfig":
+        """The settings as run: `quick` means 1 epoch of 2 steps of at most 8 frames, `verbose`
+        None means 1 on a terminal and 2 otherwise. Values a run cannot use are refused here,
+        naming the flag, before any data is read."""
+        cfg = cls(**values)
+        changes = {}
+        if cfg.quick:
+            changes.update(n_epochs=1, steps_per_epoch=2, batch_size=min(cfg.batch_size, 8))
+        if cfg.verbose is None:
+            changes["verbose"] = 1 if sys.stdout.isatty() else 2
+        cfg = dataclasses.replace(cfg, **changes)
+        if cfg.batch_size < 2:
+            raise ValueError(f"--batch_size={cfg.batch_size}: SimSiam needs >= 2 (BatchNorm over the batch)")
+        for name in ("dim", "n_epochs", "proj_dim", "pred_dim"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"--{name}={getattr(cfg, name)}: must be >= 1")
+        if cfg.steps_per_epoch < 0:
+            raise ValueError(f"--steps_per_epoch={cfg.steps_per_epoch}: must be >= 0 (0: frames / batch size)")
+        return cfg
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Runs SimSiam pretraining with `cfg` (resolved); returns the record written to
+    `<output_dir>/pretrain_record.json`."""
     start = time.time()
     ds, n_frames = frames_dataset(cfg.dim, cfg.data_dir, cfg.data_tfrec_dir)  # checks inputs first
-    if cfg.batch_size < 2:
-        raise ValueError(f"--batch_size={cfg.batch_size}: SimSiam needs >= 2 (BatchNorm over the batch)")
     steps = cfg.steps_per_epoch or max(1, n_frames // cfg.batch_size)
     storage.makedirs(cfg.output_dir)
-    record = {"status": "running", "flags": dict(vars(cfg)), "n_frames": n_frames, "steps_per_epoch": steps,
+    record = {"status": "running", "flags": dataclasses.asdict(cfg), "n_frames": n_frames, "steps_per_epoch": steps,
               "source": cfg.data_dir or cfg.data_tfrec_dir, "backbone_file": storage.join(cfg.output_dir, BACKBONE_FILE),
               "versions": run_record.versions(), "git": run_record.git_info(__file__)}
     storage.write_json(storage.join(cfg.output_dir, RECORD_FILE), record)
