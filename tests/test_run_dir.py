@@ -217,6 +217,11 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
                                                         r"redoing folds \[0\] \(train\+val\) alone with --lr=0.01 "
                                                         r"\(trained with 0.001\) would leave"):
         _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val", lr=0.01))
+    with socket.socket() as sock:  # refused before a TPU is started: an unreachable one is never tried
+        sock.bind(("127.0.0.1", 0))
+        closed = f"grpc://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(experiment.cli.UsageError, match=r"redoing folds \[0\] \(train\+val\) alone with --lr=0.01"):
+        _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val", lr=0.01, tpu_ip_or_name=closed))
     preds_before = {p.name: p.read_bytes() for p in (out / "preds").iterdir()}
     with pytest.raises(experiment.cli.UsageError, match=r"redoing folds \[0\] \(val\) alone with --lr=0.01"):
         _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="val", lr=0.01))  # predictions would mix too

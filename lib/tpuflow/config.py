@@ -51,6 +51,7 @@ RESULT_SECTIONS = ("data", "model", "training")
 # Set by `build` or `resolve`, not by a flag (None until resolved).
 DERIVED = ("jobs", "experiment_id", "tta_set", "tta_views", "n_frames", "global_batch_size",
            "scaled_lr", "precision")
+PLACED = ("global_batch_size", "scaled_lr", "precision")  # the derived settings the devices decide
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
