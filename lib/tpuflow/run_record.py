@@ -15,7 +15,7 @@ the record: it keeps what it does not recompute (training flags, epochs, leaderb
 
 The top-level `status`, `error` and `started` belong to the run: `started` is when the first
 invocation on the run dir began, and only an invocation over all the run's folds that trains
-(or the first one) sets `status`/`error`. Every invocation is appended to `invocations` (jobs,
+(or the first one) sets `status`/`error`; `jobs` and `updated` are the latest invocation's. Every invocation is appended to `invocations` (jobs,
 folds, started, ended, wall_s, status, error), so a failed score-only or subset invocation shows
 there without turning a complete run into a failed one. (Records written before this list
 existed lack it; it is optional.)
