@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from tpuflow import builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
+from tpuflow import augment, builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
 from tpuflow.throughput import PeakMemory, input_rate, kind_config, kind_parser, model_rate
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
@@ -102,6 +102,7 @@ def main(argv: list[str]) -> None:
             with placement.scope():
                 model = build_model(spec, FLAGS.dim, FLAGS.backbone)
                 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+                model = augment.train_model(model, FLAGS.aug_prob > 0)  # the step includes the device augmentation
             one_batch = next(iter(ds))
             step_rate = model_rate(model, one_batch, FLAGS.model_steps, batch)
             ratio = data_rate / step_rate
