@@ -1,4 +1,4 @@
-"""Test-time augmentation (TTA) transforms and the training augmentation.
+"""Test-time augmentation (TTA) transforms and the training augmentation (on the accelerator).
 
 The reference solution's ten TTA transforms, by index ``t`` (README, "Experiments"):
 
@@ -30,15 +30,20 @@ turns of a non-square image would swap its height and width, so they are
 refused for images whose height and width are known to differ.
 
 Where it runs: ``tensorflow-addons`` (the reference's rotation) is end-of-life
-and fails to import with Keras 3, so the 45-degree rotations use the core op
-``ImageProjectiveTransformV3``, which has no XLA kernel: training augmentation
-runs in the ``tf.data`` pipeline on the host CPU. Prediction makes its TTA
-views on the accelerator instead (:func:`tta_model`): the same views, as
-gathers with fixed indices and weights that XLA compiles under the TensorFlow
-and JAX backends, derived from the host transforms above (quarter turns, flips
-and transposes: the host transform applied to an image of pixel indices; the
-45-degree views: the same rotation parameters, crop and resize rule), so each
-example is read, decoded and sent once for all its views.
+and fails to import with Keras 3, so the host's 45-degree rotations use the core
+op ``ImageProjectiveTransformV3``, which has no XLA kernel (and takes ~50 ms for
+24 frames of 366 px on a host CPU). Training augmentation and prediction's TTA
+views therefore run on the accelerator: the same transforms as gathers with
+fixed indices and weights that XLA compiles under the TensorFlow and JAX
+backends, derived from the host transforms above (quarter turns, flips and
+transposes: the host transform applied to an image of pixel indices; the
+45-degree views: the same rotation parameters, crop and resize rule).
+Prediction (:func:`tta_model`) reads, decodes and sends each example once for
+all its views. Training (:func:`train_model`) draws a transform index per
+example on the host (:func:`draw`, cheap and seeded, so a resumed fold sees the
+same batches) and the compiled step applies it (:func:`device_augment`); the
+host transforms remain the reference the device is tested against and the
+per-view passes `pipeline.predict_dataset(..., tta_index=t)` make.
 """
 
 from __future__ import annotations
