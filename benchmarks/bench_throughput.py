@@ -4,11 +4,12 @@
 
 Is the input pipeline or the model the bottleneck? For each dataset kind, on this machine:
 
-- input: training-pipeline examples/s (read, decode, resize, augment, batch: `pipeline.train_dataset`,
-  exactly what `model.fit` consumes), on the host CPU;
+- input: training-pipeline examples/s (read, decode, resize, draw each example's augmentation,
+  batch: `pipeline.train_dataset`, exactly what `model.fit` consumes), on the host CPU;
 - model: training examples/s of the model an experiment of the kind trains (`models.image_model`,
   the backbone on each image; for sequences `models.sequence_transformer_model`, cnn-trans: the
-  backbone on every frame in one batch, then a Transformer encoder) fed from one in-memory batch,
+  backbone on every frame in one batch, then a Transformer encoder) behind the training
+  augmentation, which runs in the step (`augment.train_model`), fed from one in-memory batch,
   so no input work is counted;
 - their ratio: input/model > 1 means the accelerator (or CPU) running the model is the limit
   (model-bound); < 1 means it waits for data (input-bound: cache, fewer augmentations, more hosts);
