@@ -232,14 +232,19 @@ def apply_tta(image: tf.Tensor, tta_index: int | str) -> tf.Tensor:
     return _rotate_crop_resize(image, _DIAGONAL_ANGLES[tta_index])
 
 
+def check_prob(prob: float) -> None:
+    """A training augmentation probability outside [0, 1] is an error naming the flag."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"--aug_prob={prob!r}: must be within [0, 1]")
+
+
 def draw(prob: float, shape=(), seed: tf.Tensor | None = None) -> tf.Tensor:
     """Training augmentation draws (host, cheap): int32 transform indices of `shape`, each 0 with
     probability 1 - ``prob``, else one of TTA transforms 1..9 uniformly. ``seed``, if given, is a
     shape-[2] integer tensor for a stateless, reproducible draw; without it the global stateful
     generator is used. The device applies them (:func:`device_augment`): the same transform to
     every frame of a sequence."""
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"--aug_prob={prob!r}: must be within [0, 1]")
+    check_prob(prob)
     shape = [*shape, 2]
     draws = tf.random.uniform(shape) if seed is None else tf.random.stateless_uniform(shape, seed=seed)
     n_choices = N_TRANSFORMS - 1
@@ -384,7 +389,8 @@ def _train_stages(height: int, width: int) -> tuple:
     (source pixel indices (4, h * w * 4), weights (4, h * w, 4)), the crop size and the resize lines
     they share (the crop and the resize do not depend on the angle)."""
     if height != width:
-        raise ValueError(f"training augmentation (quarter turns) needs square images; got {height}x{width}")
+        raise ValueError(f"--aug_prob: the training augmentation (quarter turns) needs square images; got "
+                         f"{height}x{width} (use --aug_prob=0)")
     flags = np.zeros((N_TRANSFORMS, 3), bool)
     for t in range(1, 6):
         flags[t] = _device_stages(REFERENCE_VIEWS[t], height, width)[0][1:]

@@ -57,7 +57,7 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
     ds = ds.map(parse_fn, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
     ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (to_float(x), y))
     if aug_prob > 0:  # a transform index per example, from a seed per batch (random without `seed`)
-        augment.draw(aug_prob)  # a bad probability is named before any work
+        augment.check_prob(aug_prob)  # named before any work
         draws = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip((ds, draws)).map(
             lambda xy, s: (with_transform(xy[0], augment.draw(aug_prob, [batch_size], seed=s)), xy[1]))
