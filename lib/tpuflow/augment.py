@@ -376,11 +376,6 @@ def tta_model(model: keras.Model, views) -> keras.Model:
 
 # --- training augmentation on the accelerator ---------------------------------------------------
 
-TRAIN_INPUTS = ("image", "transform")
-"""Keys of a training batch's inputs with augmentation: the float images and each example's
-transform index (:func:`draw`); mixup adds its own (`mixup.DEVICE_INPUTS`)."""
-
-
 @functools.lru_cache(maxsize=16)
 def _train_stages(height: int, width: int) -> tuple:
     """Per-transform constants of :func:`device_augment` for (height, width) images: (10, 3) d4 flags
@@ -443,7 +438,8 @@ def device_augment(images, transform):
 
 
 class TrainAugment(keras.layers.Layer):
-    """A training batch's inputs (dict: `TRAIN_INPUTS`, and/or `mixup.DEVICE_INPUTS`) -> the
+    """A training batch's inputs (dict: "image" and "transform", each example's transform index
+    (:func:`draw`), and/or mixup's "partner", "lam", "box" (`mixup.draw_mix`)) -> the
     images the model trains on: each example's transform, then the mixup blend (the order the
     host ran them in before: the partner of a mixed example is itself augmented). float32."""
 
@@ -463,8 +459,8 @@ class TrainAugment(keras.layers.Layer):
 
 def train_model(model: keras.Model, aug: bool, mix: str | None = None) -> keras.Model:
     """The model `fit` trains: `model` itself when training batches are plain images, else (with
-    augmentation `aug`, or mixup mode `mix`: the datasets' inputs are then dicts, `TRAIN_INPUTS`
-    and/or `mixup.DEVICE_INPUTS`) `model` behind `TrainAugment`, sharing its weights and its
+    augmentation `aug`, or mixup mode `mix`: the datasets' inputs are then the dicts
+    `TrainAugment` takes) `model` behind `TrainAugment`, sharing its weights and its
     optimizer and compiled like it (loss, metrics, XLA setting), so that checkpoints, backups
     and predictions stay `model`'s (see :func:`fit`). Build it where `model` was built (inside
     its distribution scope), after compiling `model`."""

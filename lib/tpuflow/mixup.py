@@ -34,11 +34,6 @@ def _beta(shape, alpha: float, seed) -> tf.Tensor:
     return a / tf.maximum(a + b, 1e-12)
 
 
-DEVICE_INPUTS = ("partner", "lam", "box")
-"""Keys a mixed batch adds to its inputs: each example's partner (int32), weight lam and, for
-cutmix, its box (top, bottom, left, right) in pixels."""
-
-
 def _boxes(lam: tf.Tensor, height: int, width: int, seed) -> tf.Tensor:
     """(B, 4) boxes (top, bottom, left, right) of area ~ (1 - lam) * H * W (clipped at the border,
     centre uniform over the image)."""
@@ -64,8 +59,9 @@ def _box_mask(boxes, height: int, width: int):
 
 def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: float,
              mode: str = "mixup") -> tuple[dict, tf.Tensor]:
-    """A batch's mixing, drawn on the host: the inputs the device blends with (`DEVICE_INPUTS`) and
-    the mixed targets. `x_spec` is the images' spec, (B, H, W, C) or (B, T, H, W, C); `y` (B,)
+    """A batch's mixing, drawn on the host: the inputs the device blends with ({"partner": each
+    example's partner (int32), "lam": its weight, and for cutmix "box": (top, bottom, left, right)
+    in pixels}) and the mixed targets. `x_spec` is the images' spec, (B, H, W, C) or (B, T, H, W, C); `y` (B,)
     or (B, K); `seed` a shape-[2] integer tensor; B must be static (drop_remainder=True)."""
     if mode not in MODES:
         raise ValueError(f"mixup mode {mode!r}: expected one of {MODES}")
@@ -89,7 +85,7 @@ def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: f
 
 
 def device_blend(images, inputs: dict):
-    """The images of a batch mixed as `draw_mix` drew (`inputs` holds `DEVICE_INPUTS`), with
+    """The images of a batch mixed as `draw_mix` drew (`inputs` holds its keys), with
     `keras.ops` (on the accelerator, after the training augmentation): mixup lam * x + (1 - lam)
     * x_partner, cutmix the partner's pixels inside the box; every frame of a sequence alike."""
     shape = tuple(images.shape)
@@ -104,7 +100,7 @@ def device_blend(images, inputs: dict):
 def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "mixup",
                 seed: int | None = None) -> tf.data.Dataset:
     """Draws the mixing of every (inputs, y) batch of `ds` with a fresh stateless seed per batch:
-    the inputs become a dict (`augment.TRAIN_INPUTS` or {"image"}, plus `DEVICE_INPUTS`) that
+    the inputs become a dict ({"image"[, "transform"]} plus `draw_mix`'s keys) that
     `augment.train_model` blends on the device; the targets are mixed here."""
     check(alpha, prob, mode)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)

@@ -65,7 +65,7 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
 
 
 def with_transform(x, transform):
-    """Training inputs that carry each example's transform index (`augment.TRAIN_INPUTS`), which the
+    """Training inputs {"image", "transform"} that carry each example's transform index, which the
     device applies (`augment.train_model`); `x` itself when there is none (`transform` is ())."""
     return {"image": x, "transform": transform} if isinstance(transform, tf.Tensor) else x
 
