@@ -20,9 +20,9 @@ experiment's `parse_example` reads prebuilt records and views alike.
 Training order is a global shuffle over every training example: example position p of the
 endless stream is the training example `index_shuffle(p mod N)` of a permutation seeded by
 (seed, fold, p div N), and its augmentation draw (a transform index, applied on the device) is
-seeded by (seed, p). The stream from
-position `start` on is therefore exactly the stream an uninterrupted run sees after `start`
-examples: a resumed fold (`InputPosition`) gets the very batches it would have got.
+seeded by (seed, p). The stream from position `start` on is therefore exactly the stream an
+uninterrupted run sees after `start` examples: a resumed fold (`InputPosition`) gets the very
+batches it would have got.
 """
 from __future__ import annotations
 
