@@ -9,8 +9,12 @@ same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
   builder, against one store (`create_tfrecords.py --specs=frames`), and each against the source
   frames' bytes; and the build time of each;
 - input examples/s per kind, prebuilt records (`pipeline.train_dataset`) against a view
-  (`View.train_dataset`): read, decode, assemble, resize to `--dim`, augment, batch; with each
-  pipeline's peak resident memory above what the process held before it was made. Views read
+  (`View.train_dataset`), as training runs them: read, decode, assemble, resize to `--dim`,
+  draw each example's augmentation (a transform index), batch; with each pipeline's peak
+  resident memory above what the process held before it was made. The augmentation itself runs
+  on the accelerator, in the compiled training step (`augment.train_model`), so it is not part of
+  the input rate: its own cost per example is printed apart, measured on this machine's CPU
+  compiled by XLA (on an accelerator it is one more gather-and-select kernel of the step). Views read
   through the decoded-frame cache (`--frame_cache`, `tpuflow.frame_cache`): its build time is
   printed apart from the steady rate, its bytes are part of the view's peak. Use enough storms
   that the cache outgrows the CPU's caches, as the real data's does (16 storms of 366 px: ~60 MiB).
@@ -20,15 +24,17 @@ frames), so its figure is part of the view's peak. Timings depend on the machine
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
 
 import numpy as np
 
-from tpuflow import build_plan, builder, frames, pipeline, records, shard_names, split, store, synthetic, views  # first: --backend
+from tpuflow import augment, build_plan, builder, frames, pipeline, records, shard_names, split, store, synthetic, views  # first: --backend
 from tpuflow.throughput import PeakMemory, kind_parser
 
+import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -97,15 +103,15 @@ def main(argv):
             with PeakMemory() as view_memory:
                 view = views.View(store.load_store(store_dir), spec, frame_cache=FLAGS.frame_cache)
                 cache = view.cache  # built here, timed apart: the first epoch pays it once per process
-                view_ds = lambda: view.train_dataset(train_folds, parse, FLAGS.batch_size, seed=0, fold=0,  # noqa: E731
-                                                     aug_prob=FLAGS.aug_prob)
+                view_ds = functools.partial(view.train_dataset, train_folds, parse, FLAGS.batch_size, seed=0, fold=0,
+                                            aug_prob=FLAGS.aug_prob)
                 view_rates = [batch_rate(view_ds())]
             for _ in range(FLAGS.repeats - 1):  # alternated, so that a change of load hits both
                 prebuilt_rates.append(batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
                                                                         aug_prob=FLAGS.aug_prob, seed=0)))
                 view_rates.append(batch_rate(view_ds()))
             prebuilt_rate, view_rate = np.median(prebuilt_rates), np.median(view_rates)
-            del view
+            del view, view_ds
             cached = (f"cache {cache.nbytes / 2**20:.0f} MiB built in {cache.build_s:.1f} s" if cache else "no cache")
             print(f"kind={spec}: input prebuilt {prebuilt_rate:.1f} ex/s, view {view_rate:.1f} ex/s, "
                   f"view/prebuilt {view_rate / prebuilt_rate:.2f}x (medians of {FLAGS.repeats}: prebuilt "
@@ -113,6 +119,32 @@ def main(argv):
                   f"{cached}); peak memory prebuilt {prebuilt_memory.peak / 2**20:.0f} MiB, view "
                   f"{view_memory.peak / 2**20:.0f} MiB (the cache included)", flush=True)
             del cache
+            print(f"kind={spec}: device augmentation (aug_prob {FLAGS.aug_prob}) on this CPU, XLA-compiled: "
+                  f"{device_cost(pipeline.train_dataset(files, parse, FLAGS.batch_size, aug_prob=FLAGS.aug_prob, seed=0)) * 1e3:.2f} ms per example", flush=True)
+
+
+def device_cost(ds) -> float:
+    """Seconds per example of the training augmentation the device runs (`augment.TrainAugment` on
+    a batch of `ds`, compiled with XLA), less a compiled pass-through of the same batch (moving
+    the batch in and out is not the augmentation's cost); medians of --repeats timings."""
+    inputs, _ = next(iter(ds))
+    if not isinstance(inputs, dict):
+        return 0.0
+    batch = {k: v.numpy() for k, v in inputs.items()}
+    costs = []
+    for layer in (augment.TrainAugment(), keras.layers.Identity()):
+        feeds = {k: keras.Input(v.shape[1:], dtype=v.dtype.name, name=k) for k, v in batch.items()}
+        model = keras.Model(feeds, layer(feeds) if layer.name.startswith("train") else layer(feeds["image"]))
+        model.jit_compile = True
+        model.predict_on_batch(batch)  # compiles
+        times = []
+        for _ in range(max(3, FLAGS.repeats)):
+            started = time.perf_counter()
+            for _ in range(5):
+                model.predict_on_batch(batch)
+            times.append((time.perf_counter() - started) / 5)
+        costs.append(np.median(times))
+    return max(0.0, costs[0] - costs[1]) / FLAGS.batch_size
 
 
 def batch_rate(ds) -> float:

@@ -127,8 +127,9 @@ def test_every_dataset_kind_has_static_shapes_for_training_and_prediction(kind, 
     n = len(records.read_ids(files))
     train = pipeline.train_dataset(files, parse, 6, shuffle_buffer=16, aug_prob=1.0, seed=0)
     predict = pipeline.predict_dataset(files, parse, 6, n, tta_index=7)
-    assert train.element_spec[0].shape == (6, *shape) and train.element_spec[1].shape == (6,)
+    assert train.element_spec[0]["image"].shape == (6, *shape) and train.element_spec[1].shape == (6,)
+    assert train.element_spec[0]["transform"].shape == (6,)  # each example's, applied on the device
     assert predict.element_spec.shape == (6, *shape)
     batch, _ = next(iter(train))
-    assert batch.shape == (6, *shape)
+    assert batch["image"].shape == (6, *shape)
     assert sum(int(b.shape[0]) for b in predict) == pipeline.padded_count(n, 6)

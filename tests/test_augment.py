@@ -1,4 +1,5 @@
-"""TTA transforms and training augmentation: exact pixels, Pillow reference, tf.data behaviour."""
+"""TTA transforms and training augmentation: exact pixels, Pillow reference, tf.data behaviour, the
+training draws and their device transforms."""
 
 import os
 
@@ -10,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tpuflow import augment
-from tpuflow.augment import N_TRANSFORMS, apply_tta, random_augment, rotate
+from tpuflow.augment import N_TRANSFORMS, apply_tta, rotate
 
 # Exact transforms 0..5 as NumPy operations on the (H, W) axes of an (..., H, W, C) array.
 EXACT = {
@@ -155,57 +156,41 @@ def test_bad_rank_is_named():
         apply_tta(np.zeros((9, 9), np.float32), 1)
 
 
-def _which_transform(out: np.ndarray, candidates: dict[int, np.ndarray]) -> list[int]:
-    return [t for t, c in candidates.items() if np.allclose(out, c, atol=1e-6)]
-
-
-def _seeded_draws(image: np.ndarray, prob: float, n: int) -> np.ndarray:
-    ds = tf.data.Dataset.range(n).map(lambda i: random_augment(image, prob, seed=tf.stack([i, 7])))
-    assert ds.element_spec.shape == image.shape and ds.element_spec.shape.is_fully_defined()
+def _seeded_draws(prob: float, n: int) -> np.ndarray:
+    ds = tf.data.Dataset.range(n).map(lambda i: augment.draw(prob, seed=tf.stack([i, 7])))
     return np.stack(list(ds.as_numpy_iterator()))
 
 
-def test_random_augment_prob_zero_is_identity():
-    image = distinct_image(2)
-    for out in _seeded_draws(image, 0.0, 20):
-        np.testing.assert_array_equal(out, image)
-    np.testing.assert_array_equal(random_augment(tf.constant(image), 0.0).numpy(), image)
-
-
-def test_random_augment_prob_one_draws_each_of_the_nine():
-    image = distinct_image(2)
-    candidates = {t: apply_tta(image, t).numpy() for t in range(N_TRANSFORMS)}
-    chosen = []
-    for out in _seeded_draws(image, 1.0, 200):
-        matches = _which_transform(out, candidates)
-        assert len(matches) == 1 and matches[0] != 0
-        chosen.append(matches[0])
-    assert set(chosen) == set(range(1, N_TRANSFORMS))
-
-
-def test_random_augment_half_probability_and_reproducible_seed():
-    image = distinct_image(1)
-    draws = _seeded_draws(image, 0.5, 200)
-    identity = np.mean([np.array_equal(out, image) for out in draws])
-    assert 0.3 < identity < 0.7
-    np.testing.assert_array_equal(draws, _seeded_draws(image, 0.5, 200))
-
-
-def test_random_augment_stateful_sequence_same_transform_per_frame():
-    frame = distinct_image(3)
-    sequence = np.stack([frame, frame + 1000.0])
-    candidates = {t: apply_tta(sequence, t).numpy() for t in range(N_TRANSFORMS)}
-    ds = tf.data.Dataset.from_tensors(sequence).repeat(20).map(lambda x: random_augment(x, 1.0))
-    assert ds.element_spec.shape == sequence.shape
-    for out in ds.as_numpy_iterator():
-        matches = _which_transform(out, candidates)
-        assert len(matches) == 1 and matches[0] != 0
+def test_draws_prob_zero_one_half_and_reproducible_seed():
+    assert not _seeded_draws(0.0, 50).any()
+    ones = _seeded_draws(1.0, 300)
+    assert set(ones) == set(range(1, N_TRANSFORMS))  # each of the nine, never the original
+    half = _seeded_draws(0.5, 300)
+    assert 0.35 < np.mean(half == 0) < 0.65
+    np.testing.assert_array_equal(half, _seeded_draws(0.5, 300))
+    batch = augment.draw(1.0, [64]).numpy()  # unseeded, per example of a batch
+    assert batch.shape == (64,) and batch.min() >= 1 and len(set(batch)) > 3
 
 
 @pytest.mark.parametrize("prob", [-0.1, 1.5])
-def test_random_augment_bad_prob(prob):
-    with pytest.raises(ValueError, match=str(prob)):
-        random_augment(distinct_image(1), prob)
+def test_draw_bad_prob_names_the_flag(prob):
+    with pytest.raises(ValueError, match=f"--aug_prob={prob}"):
+        augment.draw(prob)
+
+
+def test_device_augment_equals_the_host_transform_of_each_example():
+    """Each example of a batch gets its own transform, every frame alike: within float rounding of
+    `apply_tta` on that example, for images and sequences, 366 px and odd sizes."""
+    rng = np.random.default_rng(0)
+    for shape in [(10, 24, 24, 3), (10, 3, 17, 17, 1), (10, 366, 366, 1)]:
+        x = rng.uniform(0, 255, shape).astype(np.float32)
+        t = rng.permutation(N_TRANSFORMS).astype(np.int32)
+        got = np.asarray(augment.device_augment(tf.constant(x), tf.constant(t)))
+        want = np.stack([apply_tta(tf.constant(e), int(i)).numpy() for e, i in zip(x, t)])
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=str(shape))
+    with pytest.raises(ValueError, match="square"):
+        augment.device_augment(tf.zeros([1, 8, 9, 1]), tf.zeros([1], tf.int32))
 
 
 @pytest.mark.parametrize("tta_index", range(N_TRANSFORMS))

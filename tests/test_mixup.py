@@ -1,5 +1,6 @@
-"""Mixup and cutmix on real batches read from real records: every mixed input and target is the
-convex combination of two examples of the same batch, with one weight for input and target."""
+"""Mixup and cutmix on real batches read from real records: every mixed input (drawn on the host,
+blended by the device's function) and target is the convex combination of two examples of the
+same batch, with one weight for input and target."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,8 +13,8 @@ BATCH = 8
 def _batches(tfrec_dir, cfg, parse, mix=None, n=3):
     files = records.record_files(tfrec_dir, [0, 1, 2, 3])
     ds = pipeline.train_dataset(files, parse, BATCH, shuffle_buffer=64, seed=5)
-    if mix:
-        ds = mixup.mix_dataset(ds, seed=9, **mix)
+    if mix:  # drawn on the host, blended by the device's function
+        ds = mixup.mix_dataset(ds, seed=9, **mix).map(lambda x, y: (mixup.device_blend(x["image"], x), y))
     return [(x.numpy().astype(np.float64), y.numpy().astype(np.float64)) for x, y in ds.take(n)]
 
 
@@ -91,4 +92,4 @@ def test_prob_zero_changes_nothing_and_bad_flags_are_named(cv_dir, single_dir):
     with pytest.raises(ValueError, match="--mixup_alpha=0"):
         experiment.make_config(mixup_prob=0.5, mixup_alpha=0.0)
     with pytest.raises(ValueError, match="static batch size"):
-        mixup.mix_batch(tf.keras.Input((4, 4, 1)), tf.zeros([1]), tf.constant([1, 2]), alpha=1.0, prob=1.0)
+        mixup.draw_mix(tf.TensorSpec([None, 4, 4, 1]), tf.zeros([1]), tf.constant([1, 2]), alpha=1.0, prob=1.0)

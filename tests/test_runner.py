@@ -133,7 +133,8 @@ assert len(ids) % 6, "choose a batch that does not divide the fold"
 # Static shapes, per replica too: each of the 2 replicas gets 3 of the 6 examples of every batch.
 train_ds = pipeline.train_dataset(files, parse, 6, shuffle_buffer=8, aug_prob=1.0, seed=0)
 predict_ds = pipeline.predict_dataset(files, parse, 6, len(ids))
-assert train_ds.element_spec[0].shape == (6, 16, 16, 1), train_ds.element_spec
+assert train_ds.element_spec[0]["image"].shape == (6, 16, 16, 1), train_ds.element_spec
+assert train_ds.element_spec[0]["transform"].shape == (6,), train_ds.element_spec  # applied on the device
 assert predict_ds.element_spec.shape == (6, 16, 16, 1), predict_ds.element_spec
 per_replica = next(iter(strategy.experimental_distribute_dataset(predict_ds)))
 assert [v.shape for v in strategy.experimental_local_results(per_replica)] == [(3, 16, 16, 1)] * 2

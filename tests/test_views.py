@@ -98,9 +98,11 @@ def test_global_shuffle_is_deterministic_and_resumable(built):
 
     full = labels(0, 2 * len(rows) // 4 + 3)  # two epochs and more
     resumed = labels(4 * 7, len(full) - 7)
-    for (x, y), (x2, y2) in zip(full[7:], resumed):  # the same batches, augmentation included
-        np.testing.assert_array_equal(x, x2)
+    for (x, y), (x2, y2) in zip(full[7:], resumed):  # the same batches, augmentation draws included
+        np.testing.assert_array_equal(x["image"], x2["image"])
+        np.testing.assert_array_equal(x["transform"], x2["transform"])  # applied on the device
         np.testing.assert_array_equal(y, y2)
+    assert 0 < np.mean(np.concatenate([x["transform"] for x, _ in full]) > 0) < 1
     epoch = np.concatenate([y for _, y in full])[: len(rows)]
     assert sorted(epoch) == sorted(view.labels(rows)[1])  # each training example once per epoch
     other = labels(0, 3, seed=8)

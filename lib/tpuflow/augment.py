@@ -1,4 +1,4 @@
-"""Test-time augmentation (TTA) transforms and the training augmentation.
+"""Test-time augmentation (TTA) transforms and the training augmentation (on the accelerator).
 
 The reference solution's ten TTA transforms, by index ``t`` (README, "Experiments"):
 
@@ -30,15 +30,20 @@ turns of a non-square image would swap its height and width, so they are
 refused for images whose height and width are known to differ.
 
 Where it runs: ``tensorflow-addons`` (the reference's rotation) is end-of-life
-and fails to import with Keras 3, so the 45-degree rotations use the core op
-``ImageProjectiveTransformV3``, which has no XLA kernel: training augmentation
-runs in the ``tf.data`` pipeline on the host CPU. Prediction makes its TTA
-views on the accelerator instead (:func:`tta_model`): the same views, as
-gathers with fixed indices and weights that XLA compiles under the TensorFlow
-and JAX backends, derived from the host transforms above (quarter turns, flips
-and transposes: the host transform applied to an image of pixel indices; the
-45-degree views: the same rotation parameters, crop and resize rule), so each
-example is read, decoded and sent once for all its views.
+and fails to import with Keras 3, so the host's 45-degree rotations use the core
+op ``ImageProjectiveTransformV3``, which has no XLA kernel (and takes ~50 ms for
+24 frames of 366 px on a host CPU). Training augmentation and prediction's TTA
+views therefore run on the accelerator: the same transforms as gathers with
+fixed indices and weights that XLA compiles under the TensorFlow and JAX
+backends, derived from the host transforms above (quarter turns, flips and
+transposes: the host transform applied to an image of pixel indices; the
+45-degree views: the same rotation parameters, crop and resize rule).
+Prediction (:func:`tta_model`) reads, decodes and sends each example once for
+all its views. Training (:func:`train_model`) draws a transform index per
+example on the host (:func:`draw`, cheap and seeded, so a resumed fold sees the
+same batches) and the compiled step applies it (:func:`device_augment`); the
+host transforms remain the reference the device is tested against and the
+per-view passes `pipeline.predict_dataset(..., tta_index=t)` make.
 """
 
 from __future__ import annotations
@@ -227,31 +232,24 @@ def apply_tta(image: tf.Tensor, tta_index: int | str) -> tf.Tensor:
     return _rotate_crop_resize(image, _DIAGONAL_ANGLES[tta_index])
 
 
-def random_augment(image: tf.Tensor, prob: float, seed: tf.Tensor | None = None) -> tf.Tensor:
-    """Training augmentation: with probability ``prob`` one of TTA transforms 1..9.
-
-    The transform is drawn uniformly among the nine non-identity ones and the
-    same one is applied to every frame of a sequence; otherwise the image is
-    returned unchanged.  Graph-mode friendly (``tf.data.Dataset.map``): the
-    draw is a tensor and ``tf.switch_case`` picks the branch, so the static
-    shape is kept.  ``seed``, if given, is a shape-[2] integer tensor for a
-    stateless, reproducible draw (e.g. from ``tf.data.Dataset.random`` zipped
-    with the data); without it the global stateful generator is used.  All ten
-    branches are traced, so the image must be square (quarter turns).
-    """
+def check_prob(prob: float) -> None:
+    """A training augmentation probability outside [0, 1] is an error naming the flag."""
     if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob must be within [0, 1]; got {prob!r}")
-    image = tf.convert_to_tensor(image)
-    _check_rank(image)
-    if seed is None:
-        draws = tf.random.uniform([2])
-    else:
-        draws = tf.random.stateless_uniform([2], seed=seed)
+        raise ValueError(f"--aug_prob={prob!r}: must be within [0, 1]")
+
+
+def draw(prob: float, shape=(), seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Training augmentation draws (host, cheap): int32 transform indices of `shape`, each 0 with
+    probability 1 - ``prob``, else one of TTA transforms 1..9 uniformly. ``seed``, if given, is a
+    shape-[2] integer tensor for a stateless, reproducible draw; without it the global stateful
+    generator is used. The device applies them (:func:`device_augment`): the same transform to
+    every frame of a sequence."""
+    check_prob(prob)
+    shape = [*shape, 2]
+    draws = tf.random.uniform(shape) if seed is None else tf.random.stateless_uniform(shape, seed=seed)
     n_choices = N_TRANSFORMS - 1
-    choice = 1 + tf.minimum(tf.cast(draws[1] * n_choices, tf.int32), n_choices - 1)
-    index = tf.where(draws[0] < prob, choice, 0)
-    branches = [lambda t=t: apply_tta(image, t) for t in range(N_TRANSFORMS)]
-    return tf.switch_case(index, branches)
+    choice = 1 + tf.minimum(tf.cast(draws[..., 1] * n_choices, tf.int32), n_choices - 1)
+    return tf.where(draws[..., 0] < prob, choice, 0)
 
 
 # --- the same views on the accelerator (prediction) ---------------------------------------------
@@ -374,3 +372,138 @@ def tta_model(model: keras.Model, views) -> keras.Model:
     predictor = keras.Model(inputs, model(TTAViews(views)(inputs)), name=f"{model.name}_tta")
     predictor.jit_compile = model.jit_compile
     return predictor
+
+
+# --- training augmentation on the accelerator ---------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _train_stages(height: int, width: int) -> tuple:
+    """Per-transform constants of :func:`device_augment` for (height, width) images: (10, 3) d4 flags
+    (transpose, flip rows, flip columns; transforms 1..5, the rest identity), and for the four
+    45-degree transforms 6..9 the bilinear taps of `_device_stages` kept for the crop's pixels only
+    (source pixel indices (4, h * w * 4), weights (4, h * w, 4)), the crop size and the resize lines
+    they share (the crop and the resize do not depend on the angle)."""
+    if height != width:
+        raise ValueError(f"--aug_prob: the training augmentation (quarter turns) needs square images; got "
+                         f"{height}x{width} (use --aug_prob=0)")
+    flags = np.zeros((N_TRANSFORMS, 3), bool)
+    for t in range(1, 6):
+        flags[t] = _device_stages(REFERENCE_VIEWS[t], height, width)[0][1:]
+    idx, weights = [], []
+    for t in range(6, N_TRANSFORMS):
+        (_, taps, tap_weights), (_, top, left, (h, w), rows, cols) = _device_stages(REFERENCE_VIEWS[t], height, width)
+        crop = (np.arange(top, top + h)[:, None] * width + np.arange(left, left + w)).reshape(-1)
+        idx.append(taps[crop].reshape(-1))
+        weights.append(tap_weights[crop])
+    return flags, np.stack(idx), np.stack(weights), (h, w), rows, cols
+
+
+def device_augment(images, transform):
+    """Each example of a float batch (B, H, W, C) or (B, N, H, W, C) (static shape) with its own
+    TTA transform `transform` (B,) int (0: unchanged), every frame alike; `keras.ops` only, so
+    XLA compiles it under either backend. Within float rounding of `apply_tta` on each example.
+
+    Static shapes mean every example pays for both kinds of move: the symmetries of the square
+    are three per-example selects (transpose, flip rows, flip columns); the 45-degree ones one
+    gather of 4 taps per pixel of the crop, from per-example rows of four precomputed tap tables,
+    then the crop's resize (two line gathers), kept where the transform is 6..9."""
+    shape = tuple(images.shape)
+    batch, (height, width, channels) = shape[0], shape[-3:]
+    flags, idx, weights, (h, w), (r0, r1, rw), (c0, c1, cw) = _train_stages(height, width)
+    transform = ops.cast(transform, "int32")
+
+    def per_example(mask):  # (B,) bool -> broadcastable over an example
+        return ops.reshape(mask, (-1,) + (1,) * (len(shape) - 1))
+
+    flag = ops.take(ops.convert_to_tensor(flags), transform, axis=0)  # (B, 3)
+    moved = ops.where(per_example(flag[:, 0]), ops.swapaxes(images, -3, -2), images)
+    moved = ops.where(per_example(flag[:, 1]), ops.flip(moved, axis=-3), moved)
+    moved = ops.where(per_example(flag[:, 2]), ops.flip(moved, axis=-2), moved)
+    # 45 degrees: pixels (B * H * W, frames * C), each example's taps offset to its own pixels.
+    frames_last = images if len(shape) == 4 else ops.transpose(images, (0, 2, 3, 1, 4))
+    depth = channels * (1 if len(shape) == 4 else shape[1])
+    pixels = ops.reshape(frames_last, (-1, depth))
+    angle = ops.clip(transform - 6, 0, 3)
+    offsets = ops.arange(batch, dtype="int32")[:, None] * (height * width)
+    taps = ops.take(ops.convert_to_tensor(idx), angle, axis=0) + offsets  # (B, h * w * 4)
+    taken = ops.reshape(ops.take(pixels, ops.reshape(taps, (-1,)), axis=0), (batch, h * w, 4, depth))
+    tap_weights = ops.take(ops.convert_to_tensor(weights), angle, axis=0)[..., None]  # (B, h * w, 4, 1)
+    image = ops.reshape(ops.sum(taken * tap_weights, axis=2), (batch, h, w, depth))
+    for axis, low, high, weight in ((1, r0, r1, rw), (2, c0, c1, cw)):  # resize the rows, then the columns
+        weight = ops.reshape(weight, (-1, 1, 1) if axis == 1 else (-1, 1))
+        image = ops.take(image, low, axis=axis) * (1 - weight) + ops.take(image, high, axis=axis) * weight
+    if len(shape) == 5:
+        image = ops.transpose(ops.reshape(image, (batch, height, width, shape[1], channels)), (0, 3, 1, 2, 4))
+    return ops.where(per_example(transform >= 6), ops.reshape(image, shape), moved)
+
+
+class TrainAugment(keras.layers.Layer):
+    """A training batch's inputs (dict: "image" and "transform", each example's transform index
+    (:func:`draw`), and/or mixup's "partner", "lam", "box" (`mixup.draw_mix`)) -> the
+    images the model trains on: each example's transform, then the mixup blend (the order the
+    host ran them in before: the partner of a mixed example is itself augmented). float32."""
+
+    def __init__(self, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+
+    def call(self, inputs):
+        from tpuflow import mixup  # noqa: PLC0415 (mixup's device part; mixup does not need augment)
+        images = ops.cast(inputs["image"], "float32")
+        if "transform" in inputs:
+            images = device_augment(images, inputs["transform"])
+        return mixup.device_blend(images, inputs) if "partner" in inputs else images
+
+    def compute_output_shape(self, input_shape):
+        return input_shape["image"]
+
+
+def train_model(model: keras.Model, aug: bool, mix: str | None = None) -> keras.Model:
+    """The model `fit` trains: `model` itself when training batches are plain images, else (with
+    augmentation `aug`, or mixup mode `mix`: the datasets' inputs are then the dicts
+    `TrainAugment` takes) `model` behind `TrainAugment`, sharing its weights and its
+    optimizer and compiled like it (loss, metrics, XLA setting), so that checkpoints, backups
+    and predictions stay `model`'s (see :func:`fit`). Build it where `model` was built (inside
+    its distribution scope), after compiling `model`."""
+    if not aug and not mix:
+        return model
+    specs = {"image": (tuple(model.inputs[0].shape[1:]), "float32")}
+    if aug:
+        specs["transform"] = ((), "int32")
+    if mix:
+        specs.update(partner=((), "int32"), lam=((), "float32"))
+        if mix == "cutmix":
+            specs["box"] = ((4,), "float32")
+    inputs = {key: keras.Input(shape=shape, dtype=dtype, name=key) for key, (shape, dtype) in specs.items()}
+    trainer = keras.Model(inputs, model(TrainAugment()(inputs)), name=f"{model.name}_train")
+    config = keras.saving.deserialize_keras_object(model.get_compile_config())
+    trainer.compile(**{**config, "optimizer": model.optimizer})
+    return trainer
+
+
+class _StopWith(keras.callbacks.Callback):
+    """Passes a callback's `model.stop_training` on to the trainer that `fit` runs."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.trainer.stop_training = self.trainer.stop_training or self.model.stop_training
+
+    on_epoch_end = on_train_batch_end
+
+
+def fit(trainer: keras.Model, model: keras.Model, dataset, *, callbacks, epochs: int, steps_per_epoch: int,
+        verbose, **kwargs) -> keras.callbacks.History:
+    """`trainer.fit` (a :func:`train_model`) with `callbacks` seeing `model`: they save, back up
+    and score the real model (the same weights and optimizer), and their History is returned."""
+    if trainer is model:
+        return model.fit(dataset, callbacks=callbacks, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                         verbose=verbose, **kwargs)
+    model.stop_training, trainer.history = False, None  # the History is `model`'s (fit returns its own)
+    pinned = keras.callbacks.CallbackList([*callbacks, _StopWith(trainer)], add_history=True,
+                                          add_progbar=verbose != 0, verbose=verbose, epochs=epochs,
+                                          steps=steps_per_epoch, model=model)
+    trainer.fit(dataset, callbacks=pinned, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+                **kwargs)
+    return model.history

@@ -11,13 +11,17 @@ and the target becomes lam * y + (1 - lam) * y_partner: a mixed wind speed for r
 mixed one-hot vector for classification. A sequence (B, T, H, W, C) gets the same lam (and the
 same box) on every frame. Unmixed examples keep lam = 1.
 
-It runs after `batch(drop_remainder=True)`, so every shape is static: the same map works whatever
-Keras backend trains (TensorFlow or JAX read batches from `tf.data`), and on a TPU host it costs
-one elementwise blend per batch. Draws are stateless, seeded per batch from `seed`.
+The draws (partners, lam, boxes) and the mixed targets are made on the host by a `tf.data` map
+after `batch(drop_remainder=True)` (static shapes; stateless, seeded per batch from `seed`); the
+images are blended on the accelerator (`device_blend`, inside `augment.train_model`), after the
+training augmentation, so that a partner is mixed in as it was augmented: the order
+augment-then-mix of the host pipeline this replaced, at the cost of one elementwise blend per
+batch on the device. Whatever Keras backend trains, the same map and blend apply.
 """
 from __future__ import annotations
 
 import tensorflow as tf
+from keras import ops
 
 MODES = ("mixup", "cutmix")
 
@@ -30,9 +34,9 @@ def _beta(shape, alpha: float, seed) -> tf.Tensor:
     return a / tf.maximum(a + b, 1e-12)
 
 
-def _box_mask(lam: tf.Tensor, height: int, width: int, seed) -> tf.Tensor:
-    """(B, H, W) float mask: 0 inside a box of area ~ (1 - lam) * H * W (clipped at the border,
-    centre uniform over the image), 1 outside."""
+def _boxes(lam: tf.Tensor, height: int, width: int, seed) -> tf.Tensor:
+    """(B, 4) boxes (top, bottom, left, right) of area ~ (1 - lam) * H * W (clipped at the border,
+    centre uniform over the image)."""
     batch = lam.shape[0]
     cut = tf.sqrt(1.0 - lam)
     cut_h, cut_w = cut * height, cut * width
@@ -41,50 +45,73 @@ def _box_mask(lam: tf.Tensor, height: int, width: int, seed) -> tf.Tensor:
     bottom = tf.clip_by_value(tf.round(centre[:, 0] + cut_h / 2), 0, height)
     left = tf.clip_by_value(tf.round(centre[:, 1] - cut_w / 2), 0, width)
     right = tf.clip_by_value(tf.round(centre[:, 1] + cut_w / 2), 0, width)
-    rows = tf.range(height, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
-    cols = tf.range(width, dtype=tf.float32)[tf.newaxis, tf.newaxis, :]
-    inside_rows = (rows >= top[:, None, None]) & (rows < bottom[:, None, None])
-    inside_cols = (cols >= left[:, None, None]) & (cols < right[:, None, None])
-    return 1.0 - tf.cast(inside_rows & inside_cols, tf.float32)
+    return tf.stack([top, bottom, left, right], axis=1)
 
 
-def mix_batch(x: tf.Tensor, y: tf.Tensor, seed, *, alpha: float, prob: float,
-              mode: str = "mixup") -> tuple[tf.Tensor, tf.Tensor]:
-    """Mixes a batch: `x` (B, H, W, C) or (B, T, H, W, C), `y` (B,) or (B, K); see the module
-    docstring. `seed` is a shape-[2] integer tensor; B must be static (batched with
-    drop_remainder=True)."""
+def _box_mask(boxes, height: int, width: int):
+    """(B, H, W) float mask on the device: 0 inside each box, 1 outside."""
+    rows = ops.arange(height, dtype="float32")[None, :, None]
+    cols = ops.arange(width, dtype="float32")[None, None, :]
+    top, bottom, left, right = (boxes[:, i, None, None] for i in range(4))
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    return 1.0 - ops.cast(inside, "float32")
+
+
+def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: float,
+             mode: str = "mixup") -> tuple[dict, tf.Tensor]:
+    """A batch's mixing, drawn on the host: the inputs the device blends with ({"partner": each
+    example's partner (int32), "lam": its weight, and for cutmix "box": (top, bottom, left, right)
+    in pixels}) and the mixed targets. `x_spec` is the images' spec, (B, H, W, C) or (B, T, H, W, C); `y` (B,)
+    or (B, K); `seed` a shape-[2] integer tensor; B must be static (drop_remainder=True)."""
     if mode not in MODES:
         raise ValueError(f"mixup mode {mode!r}: expected one of {MODES}")
-    batch = x.shape[0]
+    batch = x_spec.shape[0]
     if batch is None:
-        raise ValueError("mix_batch needs a static batch size (batch with drop_remainder=True)")
+        raise ValueError("mixup needs a static batch size (batch with drop_remainder=True)")
     s_perm, s_lam, s_apply, s_box = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    partner = tf.argsort(tf.random.stateless_uniform([batch], s_perm))
+    partner = tf.cast(tf.argsort(tf.random.stateless_uniform([batch], s_perm)), tf.int32)
     lam = _beta([batch], alpha, s_lam)
     lam = tf.where(tf.random.stateless_uniform([batch], s_apply) < prob, lam, 1.0)
-    x_partner = tf.gather(x, partner)
-    height, width = x.shape[-3], x.shape[-2]
-    if mode == "mixup":
-        keep = tf.reshape(lam, [batch] + [1] * (x.shape.rank - 1))
-        mixed = keep * x + (1.0 - keep) * x_partner
-    else:
-        mask = _box_mask(lam, height, width, s_box)  # (B, H, W)
-        lam = tf.reduce_mean(mask, axis=[1, 2])  # the fraction actually kept (box clipped, rounded)
-        mask = tf.reshape(mask, [batch] + [1] * (x.shape.rank - 4) + [height, width, 1])
-        mixed = mask * x + (1.0 - mask) * x_partner
+    mix = {"partner": partner}
+    if mode == "cutmix":
+        height, width = x_spec.shape[-3], x_spec.shape[-2]
+        mix["box"] = _boxes(lam, height, width, s_box)
+        top, bottom, left, right = tf.unstack(mix["box"], axis=1)
+        lam = 1.0 - (bottom - top) * (right - left) / (height * width)  # the fraction actually kept
+    mix["lam"] = lam
     y = tf.cast(y, tf.float32)
     lam_y = tf.reshape(lam, [batch] + [1] * (y.shape.rank - 1))
-    return tf.cast(mixed, x.dtype), lam_y * y + (1.0 - lam_y) * tf.gather(y, partner)
+    return mix, lam_y * y + (1.0 - lam_y) * tf.gather(y, partner)
+
+
+def device_blend(images, inputs: dict):
+    """The images of a batch mixed as `draw_mix` drew (`inputs` holds its keys), with
+    `keras.ops` (on the accelerator, after the training augmentation): mixup lam * x + (1 - lam)
+    * x_partner, cutmix the partner's pixels inside the box; every frame of a sequence alike."""
+    shape = tuple(images.shape)
+    if "box" in inputs:
+        keep = _box_mask(inputs["box"], shape[-3], shape[-2])
+        keep = ops.reshape(keep, (-1,) + (1,) * (len(shape) - 4) + (shape[-3], shape[-2], 1))
+    else:
+        keep = ops.reshape(inputs["lam"], (-1,) + (1,) * (len(shape) - 1))
+    return keep * images + (1.0 - keep) * ops.take(images, inputs["partner"], axis=0)
 
 
 def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "mixup",
                 seed: int | None = None) -> tf.data.Dataset:
-    """Applies `mix_batch` to every (x, y) batch of `ds` with a fresh stateless seed per batch."""
+    """Draws the mixing of every (inputs, y) batch of `ds` with a fresh stateless seed per batch:
+    the inputs become a dict ({"image"[, "transform"]} plus `draw_mix`'s keys) that
+    `augment.train_model` blends on the device; the targets are mixed here."""
     check(alpha, prob, mode)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    return tf.data.Dataset.zip((ds, seeds)).map(
-        lambda xy, s: mix_batch(xy[0], xy[1], s, alpha=alpha, prob=prob, mode=mode),
-        num_parallel_calls=tf.data.AUTOTUNE)
+
+    def mixed(xy, s):
+        x, y = xy
+        x = dict(x) if isinstance(x, dict) else {"image": x}
+        mix, y = draw_mix(x["image"], y, s, alpha=alpha, prob=prob, mode=mode)
+        return {**x, **mix}, y
+
+    return tf.data.Dataset.zip((ds, seeds)).map(mixed, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def check(alpha: float, prob: float, mode: str) -> None:

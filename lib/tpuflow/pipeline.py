@@ -1,8 +1,9 @@
 """The tf.data input pipeline: one function for training, one ordered one for prediction.
 
 Training order (fixed): read shards interleaved, one record from each in turn -> [cache] ->
-shuffle the serialized records -> repeat -> parse (uint8 pixels) -> augment -> batch
-(drop_remainder=True, static shapes for TPU) -> float32 -> prefetch.
+shuffle the serialized records -> repeat -> parse (uint8 pixels) -> batch (drop_remainder=True,
+static shapes for TPU) -> [draw each example's augmentation] -> float32 -> prefetch. The
+augmentation itself runs on the accelerator (`augment.train_model`), like prediction's TTA.
 The builder writes each fold's records in a shuffled order over many shards, so interleaving
 them mixes storms before the buffer does; the buffer holds encoded records (tens of KB each),
 not decoded images (a 366 px 24-frame example is 12.9 MB as float32), and pixels stay uint8
@@ -37,7 +38,9 @@ def to_float(x):
 def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
                   shuffle_buffer: int = 2048, aug_prob: float = 0.0, cache: bool = False,
                   seed: int | None = None) -> tf.data.Dataset:
-    """Endless, shuffled, augmented batches of (inputs, target) for `model.fit`.
+    """Endless, shuffled batches of (inputs, target) for `model.fit`; with `aug_prob` > 0 the
+    inputs are {"image", "transform"}: each example's transform index, drawn here, applied on the
+    device (`augment.train_model`). `seed` also seeds the draws.
 
     The buffer holds at most `shuffle_buffer` records and about `SHUFFLE_BYTES` of them (a
     24-frame 366 px record is ~0.8 MB): records are written in a shuffled order, so a smaller
@@ -52,11 +55,19 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
         ds = ds.cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
     ds = ds.map(parse_fn, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    if aug_prob > 0:
-        ds = ds.map(lambda x, y: (augment.random_augment(x, aug_prob), y), num_parallel_calls=AUTOTUNE,
-                    deterministic=seed is not None)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.map(lambda x, y: (to_float(x), y)).prefetch(2)
+    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (to_float(x), y))
+    if aug_prob > 0:  # a transform index per example, from a seed per batch (random without `seed`)
+        augment.check_prob(aug_prob)  # named before any work
+        draws = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, draws)).map(
+            lambda xy, s: (with_transform(xy[0], augment.draw(aug_prob, [batch_size], seed=s)), xy[1]))
+    return ds.prefetch(2)
+
+
+def with_transform(x, transform):
+    """Training inputs {"image", "transform"} that carry each example's transform index, which the
+    device applies (`augment.train_model`); `x` itself when there is none (`transform` is ())."""
+    return {"image": x, "transform": transform} if isinstance(transform, tf.Tensor) else x
 
 
 def mean_record_bytes(files: Sequence[str], sample: int = 32) -> int:

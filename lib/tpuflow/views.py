@@ -19,9 +19,10 @@ experiment's `parse_example` reads prebuilt records and views alike.
 
 Training order is a global shuffle over every training example: example position p of the
 endless stream is the training example `index_shuffle(p mod N)` of a permutation seeded by
-(seed, fold, p div N), and its augmentation draws are seeded by (seed, p). The stream from
-position `start` on is therefore exactly the stream an uninterrupted run sees after `start`
-examples: a resumed fold (`InputPosition`) gets the very batches it would have got.
+(seed, fold, p div N), and its augmentation draw (a transform index, applied on the device) is
+seeded by (seed, p). The stream from position `start` on is therefore exactly the stream an
+uninterrupted run sees after `start` examples: a resumed fold (`InputPosition`) gets the very
+batches it would have got.
 """
 from __future__ import annotations
 
@@ -214,18 +215,20 @@ class View:
     def train_dataset(self, folds, parse_fn, batch_size: int, *, seed: int, fold: int, start: int = 0,
                       aug_prob: float = 0.0) -> tf.data.Dataset:
         """Endless batches of (inputs, target) for `model.fit`: `train_order`'s examples,
-        assembled, parsed, augmented (draws seeded by position), batched (`batch_size`: this
-        host's share of the global batch), float32. Host memory: the store, plus the examples
-        in flight (no shuffle buffer: the order needs none)."""
+        assembled, parsed, batched (`batch_size`: this host's share of the global batch), float32;
+        with `aug_prob` > 0 the inputs are {"image", "transform"}: each example's transform index,
+        drawn from its seed (seeded by position), applied on the device (`augment.train_model`).
+        Host memory: the store, plus the examples in flight (no shuffle buffer: the order needs
+        none)."""
         self._ready()
         ds = self.train_order(folds, seed=seed, fold=fold, start=start)
 
-        def example(row, seed):  # one map: assemble, parse, augment (fewer per-example hand-offs)
+        def example(row, seed):  # one map: assemble, parse, draw (fewer per-example hand-offs)
             x, y = parse_fn(self.assemble(row))
-            return (augment.random_augment(x, aug_prob, seed=seed) if aug_prob > 0 else x), y
+            return (x, augment.draw(aug_prob, seed=seed) if aug_prob > 0 else ()), y
 
         ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
-        return ds.map(lambda x, y: (pipeline.to_float(x), y)).prefetch(2)
+        return ds.map(lambda xt, y: (pipeline.with_transform(pipeline.to_float(xt[0]), xt[1]), y)).prefetch(2)
 
     def predict_dataset(self, rows: np.ndarray, parse_fn, batch_size: int, tta_index: int = 0) -> tf.data.Dataset:
         """Inputs of `rows` in that order, as `pipeline.predict_dataset` gives them for records."""
