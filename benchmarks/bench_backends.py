@@ -17,8 +17,8 @@ import re
 import subprocess
 import sys
 
-from tpuflow import config, experiment, runner, runtime  # first: tpuflow picks Keras' backend (--backend)
-from tpuflow.throughput import model_rate
+from tpuflow.training import config, experiment, runner, runtime  # first: tpuflow picks Keras' backend (--backend)
+from tpuflow.training.throughput import model_rate
 
 import keras  # noqa: E402,I001
 import numpy as np  # noqa: E402

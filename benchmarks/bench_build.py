@@ -8,10 +8,10 @@ Builds the reference batch of 15 datasets (data_prep/reference_specs.txt) from s
     one process; for every example, read (and for stacked/mean decode) every frame it needs,
     write an intermediate per-example file (a copy of each frame for single/sequence, the
     encoded image for stacked/mean), then pack those files into TFRecords with TensorFlow;
-(b) `tpuflow.builder`: one pass over the storms for many datasets, `--workers` processes.
+(b) `tpuflow.prep.builder`: one pass over the storms for many datasets, `--workers` processes.
 
 (b) runs once per kind (that kind's datasets in one pass) and once for the whole batch;
-(c) `tpuflow.beam_build` on Beam's DirectRunner (multi-process, `--workers` worker processes)
+(c) `tpuflow.prep.beam_build` on Beam's DirectRunner (multi-process, `--workers` worker processes)
     builds the whole batch too, and must write the same shards as (b).
 Printed: examples/s (examples of all datasets of the kind), MB/s of records written, peak
 resident memory (parent; and the largest worker for (b)) and the ratio (a)/(b) of wall times,
@@ -32,7 +32,9 @@ import time
 
 from absl import app, flags
 
-from tpuflow import build_encode, build_plan, builder, frame_cache, frames, recordio, shard_names, split, storage, synthetic
+from tpuflow import storage
+from tpuflow.inputs import frame_cache
+from tpuflow.prep import build_encode, build_plan, builder, frames, recordio, shard_names, split, synthetic
 
 FLAGS = flags.FLAGS
 # Peak memory of the DirectRunner (launcher + workers) per byte of records written, measured
@@ -124,7 +126,7 @@ def _child(job: dict) -> dict:
                                workers=job["workers"], log=lambda _: None)
         times["all"] = time.perf_counter() - started
     elif job["mode"] == "beam":
-        from tpuflow import beam_build
+        from tpuflow.prep import beam_build
 
         started = time.perf_counter()
         beam_build.build(job["data_dir"], job["out_dir"], specs, False, "DirectRunner",

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from tpuflow import build_encode, frames, synthetic
+from tpuflow.prep import build_encode, frames, synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 366, "Frame size in pixels")

@@ -28,7 +28,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from tpuflow import ensemble, ensemble_data, prediction_names  # noqa: E402
+from tpuflow import ensemble  # noqa: E402
+from tpuflow.ensemble import data as ensemble_data  # noqa: E402
+from tpuflow.results import prediction_names  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Where to write the synthetic experiments (default: system temp).")

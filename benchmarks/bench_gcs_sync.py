@@ -1,4 +1,4 @@
-"""Speed of `storage_sync.sync` against a local Cloud Storage emulator.
+"""Speed of `storage.sync.sync` against a local Cloud Storage emulator.
 
 Usage: python benchmarks/bench_gcs_sync.py [--files=200] [--kib=256] [--workers=8]
 
@@ -20,7 +20,8 @@ import urllib.request
 
 from absl import app, flags
 
-from tpuflow import storage, storage_sync
+from tpuflow import storage
+from tpuflow.storage import sync
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("files", 200, "Files in the tree.")
@@ -57,9 +58,9 @@ def main(argv: list[str]) -> None:
                                     os.urandom(FLAGS.kib * 1024))
             mib = FLAGS.files * FLAGS.kib / 1024
 
-            def timed(dst: str, workers: int) -> tuple[float, storage_sync.SyncReport]:
+            def timed(dst: str, workers: int) -> tuple[float, sync.SyncReport]:
                 start = time.perf_counter()
-                report = storage_sync.sync(tree, dst, workers=workers, progress=False)
+                report = sync.sync(tree, dst, workers=workers, progress=False)
                 return time.perf_counter() - start, report
 
             base, _ = timed("gs://bench/sequential", 1)

@@ -22,8 +22,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from tpuflow import frames, records, shard_names, split, store, synthetic, views  # first: --backend
-from tpuflow.throughput import input_rate
+from tpuflow.inputs import records, views
+from tpuflow.prep import frames, shard_names, split, store, synthetic  # first: --backend
+from tpuflow.training.throughput import input_rate
 
 from absl import app, flags  # noqa: E402
 

@@ -29,7 +29,8 @@ import tensorflow as tf
 from absl import app, flags
 from sklearn.model_selection import GroupKFold
 
-from tpuflow import build_plan, frames, pipeline, recordio, shard_names, store, views
+from tpuflow.inputs import pipeline, views
+from tpuflow.prep import build_plan, frames, recordio, shard_names, store
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("storms", 494, "Storms (the real training set has 494)")

@@ -15,7 +15,7 @@ same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
   on the accelerator, in the compiled training step (`augment.train_model`), so it is not part of
   the input rate: its own cost per example is printed apart, measured on this machine's CPU
   compiled by XLA (on an accelerator it is one more gather-and-select kernel of the step). Views read
-  through the decoded-frame cache (`--frame_cache`, `tpuflow.frame_cache`): its build time is
+  through the decoded-frame cache (`--frame_cache`, `tpuflow.inputs.frame_cache`): its build time is
   printed apart from the steady rate, its bytes are part of the view's peak. Use enough storms
   that the cache outgrows the CPU's caches, as the real data's does (16 storms of 366 px: ~60 MiB).
 
@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
-from tpuflow import augment, build_plan, builder, frames, pipeline, records, shard_names, split, store, synthetic, views  # first: --backend
-from tpuflow.throughput import PeakMemory, kind_parser
+from tpuflow.inputs import augment, pipeline, records, views
+from tpuflow.prep import build_plan, builder, frames, shard_names, split, store, synthetic  # first: --backend
+from tpuflow.training.throughput import PeakMemory, kind_parser
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
 from absl import app, flags  # noqa: E402

@@ -17,7 +17,7 @@ from absl import app, flags
 from PIL import Image
 
 from tpuflow import storage
-from tpuflow.synthetic import SyntheticConfig, make_synthetic
+from tpuflow.prep.synthetic import SyntheticConfig, make_synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["64", "366"], "Image sizes to measure.")

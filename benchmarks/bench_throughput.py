@@ -30,8 +30,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-from tpuflow import augment, builder, frames, models, pipeline, records, runtime, split, synthetic  # first: --backend
-from tpuflow.throughput import PeakMemory, input_rate, kind_config, kind_parser, model_rate
+from tpuflow.inputs import augment, pipeline, records
+from tpuflow.prep import builder, frames, split, synthetic
+from tpuflow.training import models, runtime  # first: --backend
+from tpuflow.training.throughput import PeakMemory, input_rate, kind_config, kind_parser, model_rate
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
 import tensorflow as tf  # noqa: E402

@@ -23,7 +23,9 @@ import os
 import tempfile
 import time
 
-from tpuflow import augment, builder, frames, hosts, pipeline, records, shard_names, split, store, synthetic, views  # first: --backend
+from tpuflow.inputs import augment, pipeline, records, views
+from tpuflow.prep import builder, frames, shard_names, split, store, synthetic
+from tpuflow.training import hosts  # first: --backend
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -11,7 +11,8 @@ import os
 
 from absl import flags
 
-from tpuflow import cli, split, validate
+from tpuflow import cli
+from tpuflow.prep import split, validate
 
 flags.DEFINE_string("data_dir", "data", "Raw data dir: the competition CSVs, train/ and test/ JPEGs")
 flags.DEFINE_string("out_dir", None, "Where to write the split (default: --data_dir)")

@@ -26,7 +26,8 @@ import sys
 
 from absl import flags
 
-from tpuflow import build_encode, build_plan, builder, cli, frames, storage, store, validate
+from tpuflow import cli, storage
+from tpuflow.prep import build_encode, build_plan, builder, frames, store, validate
 
 flags.DEFINE_string("data_dir", "data", "Dir with train_cv.csv and test_cv.csv (create_cv_split.py)")
 flags.DEFINE_string("out_dir", None, "Root for the dataset dirs (default: --data_dir)")
@@ -91,7 +92,7 @@ def main(argv):
         # the DirectRunner relays every worker's log lines; keep their errors only
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
         try:
-            from tpuflow import beam_build
+            from tpuflow.prep import beam_build
         except ImportError as err:
             raise cli.UsageError(f"--runner={FLAGS.runner} needs Apache Beam ({err}): pip install "
                                  "'tpuflow[beam]'") from err
@@ -103,7 +104,7 @@ def main(argv):
                          order_seed=FLAGS.order_seed, image_dir=FLAGS.image_dir,
                          wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
         return
-    if want_store and not FLAGS.explain:  # the frame store: every frame once (tpuflow.store)
+    if want_store and not FLAGS.explain:  # the frame store: every frame once (tpuflow.prep.store)
         store.build_store(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir,
                           shards=FLAGS.shards_per_fold, workers=FLAGS.workers or None,
                           overwrite=FLAGS.overwrite, image_dir=FLAGS.image_dir,

@@ -2,7 +2,7 @@
 
 Writes built-in synthetic tropical storms in the raw competition layout (the four CSVs,
 `train/` and `test/` JPEG frames), so the whole pipeline can run without the real data.
-The logic lives in `tpuflow.synthetic`; this script only maps flags to its config.
+The logic lives in `tpuflow.prep.synthetic`; this script only maps flags to its config.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 
 from tpuflow import cli
-from tpuflow.synthetic import SyntheticConfig, make_synthetic
+from tpuflow.prep.synthetic import SyntheticConfig, make_synthetic
 
 _DEFAULTS = SyntheticConfig()
 FLAGS = flags.FLAGS

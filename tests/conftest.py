@@ -6,7 +6,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 from gcs_fixture import gcs_emulator, tf_gcs_proxy_env  # noqa: E402,F401  (Cloud Storage emulator)
-from tpuflow import builder, frames, split, synthetic  # noqa: E402
+from tpuflow.prep import builder, frames, split, synthetic  # noqa: E402
 
 TINY = synthetic.SyntheticConfig(seed=1, n_storms=12, n_test_only_storms=2, min_frames=6, max_frames=14, size=24)
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from tpuflow import prediction_names
+from tpuflow.results import prediction_names
 
 
 def write_data(root: str, fold_of_row: list[int], n_test: int, seed: int = 0,

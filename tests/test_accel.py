@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 
 import tiny_experiment
-from tpuflow import builder, experiment, frames, pipeline, records, runner, runtime
+from tpuflow.inputs import pipeline, records
+from tpuflow.prep import builder, frames
+from tpuflow.training import experiment, runner, runtime
 
 # TPU tests only ever talk to 127.0.0.1.
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tpuflow import adopt, frames, records
+from tpuflow.inputs import adopt, records
+from tpuflow.prep import frames
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow import augment
-from tpuflow.augment import N_TRANSFORMS, apply_tta, rotate
+from tpuflow.inputs import augment
+from tpuflow.inputs.augment import N_TRANSFORMS, apply_tta, rotate
 
 # Exact transforms 0..5 as NumPy operations on the (H, W) axes of an (..., H, W, C) array.
 EXACT = {

@@ -15,7 +15,9 @@ import pytest
 
 import jax_env
 import tiny_experiment
-from tpuflow import backend, experiment, hosts, records, runner
+from tpuflow import backend
+from tpuflow.inputs import records
+from tpuflow.training import experiment, hosts, runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "tiny_experiment.py")
@@ -76,7 +78,7 @@ def test_tpu_asked_for_but_not_seen_by_jax_fails_naming_backend_and_devices(cv_d
 DATA_PARALLEL_CHECK = r"""
 import numpy as np, keras, tensorflow as tf
 import tiny_experiment
-from tpuflow import augment, experiment, hosts, pipeline, records, runtime
+from tpuflow.inputs import augment, pipeline, records; from tpuflow.training import experiment, hosts, runtime
 
 assert keras.backend.backend() == "jax"
 try:

@@ -1,4 +1,4 @@
-"""Builds on Apache Beam (`create_tfrecords.py --runner=...`, `tpuflow.beam_build`): the same
+"""Builds on Apache Beam (`create_tfrecords.py --runner=...`, `tpuflow.prep.beam_build`): the same
 bytes and manifests as the local builder on the DirectRunner in multi-process mode, for the
 demo's specs, the frame store and three of the reference's specs; a worker that fails and is
 retried; a failed pipeline and its re-run; a Beam run completing a local build; gs:// in and out."""
@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
-from tpuflow import beam_build, build_plan, build_write, builder, frames, shard_names, storage, store
+from tpuflow import storage
+from tpuflow.prep import beam_build, build_plan, build_write, builder, frames, shard_names, store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = ["single", "stacked:s2", "mean:s2", "sequence:n6:s1"]  # the Makefile's demo, with `frames`

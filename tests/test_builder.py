@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow import build_encode, build_plan, build_write, builder, frames, recordio, records, shard_names
+from tpuflow.inputs import records
+from tpuflow.prep import build_encode, build_plan, build_write, builder, frames, recordio, shard_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = frames.parse_specs(["single", "stacked:s2", "mean:s3", "sequence:n6:s2"])
@@ -86,7 +87,7 @@ def test_encode_example_parses_like_tensorflow_and_is_deterministic(tmp_path):
 
 
 def test_builder_workers_do_not_import_tensorflow():
-    code = ("import sys; from tpuflow import build_encode, build_plan, build_write, builder, recordio; "
+    code = ("import sys; from tpuflow.prep import build_encode, build_plan, build_write, builder, recordio; "
             "assert 'tensorflow' not in sys.modules, 'builder imports TensorFlow'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")})
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tpuflow import build_plan, builder, frames, records
+from tpuflow.inputs import records
+from tpuflow.prep import build_plan, builder, frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE = [frames.DatasetSpec("single")]

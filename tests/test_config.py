@@ -7,7 +7,9 @@ import json
 import pytest
 
 import tiny_experiment
-from tpuflow import config, experiment, run_record, storage
+from tpuflow import storage
+from tpuflow.results import run_record
+from tpuflow.training import config, experiment
 
 # The hand-written exclusion list resume.py kept before the sections (for old fingerprints).
 OLD_NOT_FINGERPRINTED = {

@@ -7,7 +7,8 @@ import os
 import tensorflow as tf
 
 import tiny_experiment
-from tpuflow import experiment, pipeline, records
+from tpuflow.inputs import pipeline, records
+from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

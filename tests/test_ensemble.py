@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from ensemble_fixtures import random_models, write_data, write_model
-from tpuflow import ensemble, ensemble_data, ensemble_report
+from tpuflow import ensemble
+from tpuflow.ensemble import data as ensemble_data, report as ensemble_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RMSE, RMSE_ROUNDED = ensemble.METRICS["rmse_raw"], ensemble.METRICS["rmse_rounded"]

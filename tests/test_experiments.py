@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 import jax_env
-from tpuflow import builder, config, experiment, frames, run_record, runner, scoring
+from tpuflow.prep import builder, frames
+from tpuflow.results import run_record, scoring
+from tpuflow.training import config, experiment, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "*", "run.py")))

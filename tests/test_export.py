@@ -10,7 +10,8 @@ import pytest
 
 import tiny_experiment
 import tiny_sequence_experiment
-from tpuflow import experiment, export, records
+from tpuflow.inputs import records
+from tpuflow.training import experiment, export
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from tpuflow import checkpoint_names, frames, prediction_names, shard_names
+from tpuflow.prep import frames, shard_names
+from tpuflow.results import checkpoint_names, prediction_names
 
 
 def test_shard_names_round_trip_and_refuse_foreign_names(tmp_path):

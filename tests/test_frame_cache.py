@@ -1,4 +1,4 @@
-"""The decoded-frame cache (`tpuflow.frame_cache`): the same examples as decoding each slot as it is
+"""The decoded-frame cache (`tpuflow.inputs.frame_cache`): the same examples as decoding each slot as it is
 read, bit for bit and batch for batch (augmentation and resume included); its size is stated and
 bounded, and a cache that cannot fit is said in one line naming --frame_cache."""
 import os
@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpuflow import frame_cache, frames, records, shard_names, store, views
+from tpuflow.inputs import frame_cache, records, views
+from tpuflow.prep import frames, shard_names, store
 
 # test_views compares every spec's cached views with prebuilt records; here, through the pipeline
 KINDS = ["mean:s3", "sequence:n6:s1"]

@@ -1,4 +1,4 @@
-"""Tests for tpuflow.frames: hand-worked cases of the four dataset kinds, ordering, explain()."""
+"""Tests for tpuflow.prep.frames: hand-worked cases of the four dataset kinds, ordering, explain()."""
 import subprocess
 import sys
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpuflow import frames
-from tpuflow.frames import DatasetSpec, explain, frame_indices, mean_ranges, order_storm_frames
+from tpuflow.prep import frames
+from tpuflow.prep.frames import DatasetSpec, explain, frame_indices, mean_ranges, order_storm_frames
 
 
 def single_positions(spec, t):
@@ -305,6 +305,6 @@ def test_explain_rejects_position_past_storm():
 
 
 def test_module_does_not_import_tensorflow():
-    code = "import sys, tpuflow.frames; print('tensorflow' in sys.modules)"
+    code = "import sys, tpuflow.prep.frames; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

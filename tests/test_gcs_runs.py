@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow import experiment, storage
+from tpuflow import storage
+from tpuflow.training import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

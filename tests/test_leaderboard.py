@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow import experiment, leaderboard, run_record
+from tpuflow.results import leaderboard, run_record
+from tpuflow.training import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "leaderboard.py")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tpuflow import experiment, mixup, pipeline, records
+from tpuflow.inputs import mixup, pipeline, records
+from tpuflow.training import experiment
 
 BATCH = 8
 

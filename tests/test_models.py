@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from tpuflow import models
+from tpuflow.training import models
 
 BACKBONE = "MobileNetV3Small"
 

@@ -15,7 +15,9 @@ import sys
 import pandas as pd
 
 import tiny_experiment
-from tpuflow import builder, experiment, frames, run_record, split, synthetic
+from tpuflow.prep import builder, frames, split, synthetic
+from tpuflow.results import run_record
+from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

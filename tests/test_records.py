@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow import builder, frames, recordio, records, shard_names
+from tpuflow.inputs import records
+from tpuflow.prep import builder, frames, recordio, shard_names
 
 
 def _png(pixels):

@@ -17,7 +17,9 @@ import pytest
 import jax_env
 import keras
 import tiny_experiment
-from tpuflow import experiment, records, resume, run_record, runner
+from tpuflow.inputs import records
+from tpuflow.results import run_record
+from tpuflow.training import experiment, resume, runner
 
 HERE = os.path.dirname(__file__)
 EPOCHS = 6

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 import tiny_experiment
-from tpuflow import experiment, lock, run_record, storage
+from tpuflow import storage
+from tpuflow.results import run_record
+from tpuflow.storage import lock
+from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow import experiment, leaderboard, run_record
+from tpuflow.results import leaderboard, run_record
+from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow import experiment, records, runner
+from tpuflow.inputs import records
+from tpuflow.training import experiment, runner
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -105,7 +106,7 @@ import sys
 import numpy as np, keras, tensorflow as tf
 sys.path.insert(0, {here!r})
 import tiny_experiment
-from tpuflow import augment, experiment, hosts, pipeline, records, runtime
+from tpuflow.inputs import augment, pipeline, records; from tpuflow.training import experiment, hosts, runtime
 
 strategy = runtime.get_strategy(None, cpu_replicas=2)
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync

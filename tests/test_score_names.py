@@ -4,7 +4,8 @@
 import pandas as pd
 
 import tiny_experiment
-from tpuflow import checkpoint_names, curves, experiment, run_record, runner
+from tpuflow.results import checkpoint_names, run_record
+from tpuflow.training import curves, experiment, runner
 
 
 def test_a_raw_rmse_run_logs_and_monitors_val_rmse_raw_under_the_old_monitor_name(cv_dir, single_dir, tmp_path,

@@ -8,7 +8,7 @@ import pytest
 
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from tpuflow import split
+from tpuflow.prep import split
 
 
 def test_every_row_gets_a_fold_and_no_storm_spans_two(raw_dir):

@@ -1,4 +1,4 @@
-"""tpuflow.storage and tpuflow.storage_sync on local disk and on a real Cloud Storage emulator."""
+"""tpuflow.storage and tpuflow.storage.sync on local disk and on a real Cloud Storage emulator."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from tpuflow import storage, storage_sync
+from tpuflow import storage
+from tpuflow.storage import sync
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KiB = 1024
@@ -169,7 +170,7 @@ def test_sync_round_trip_then_nothing_to_do(gcs_emulator, tmp_path):
     files = _make_dataset(tmp_path / "d1")
     (tmp_path / "d1" / ".tmp-abc-manifest.json").write_bytes(b"{")  # a killed writer's leftover
 
-    up = storage.sync(str(tmp_path / "d1"), remote, workers=4)  # storage.sync: storage_sync's
+    up = sync.sync(str(tmp_path / "d1"), remote, workers=4)  # storage.sync: storage_sync's
     assert up.transferred == sorted(files) and up.skipped == []
     assert up.bytes_transferred == sum(map(len, files.values()))
     listed = storage.list_files(remote)
@@ -182,12 +183,12 @@ def test_sync_round_trip_then_nothing_to_do(gcs_emulator, tmp_path):
     assert generations["manifest.json"] > max(
         g for n, g in generations.items() if n != "manifest.json")
 
-    down = storage_sync.sync(remote, str(tmp_path / "copy"), workers=4)
+    down = sync.sync(remote, str(tmp_path / "copy"), workers=4)
     assert down.transferred == sorted(files)
     assert _tree_bytes(tmp_path / "copy") == files
 
-    again_up = storage_sync.sync(str(tmp_path / "d1"), remote)
-    again_down = storage_sync.sync(remote, str(tmp_path / "copy"))
+    again_up = sync.sync(str(tmp_path / "d1"), remote)
+    again_down = sync.sync(remote, str(tmp_path / "copy"))
     for report in (again_up, again_down):
         assert report.transferred == [] and report.planned == []
         assert report.skipped == sorted(files) and report.bytes_transferred == 0
@@ -196,16 +197,16 @@ def test_sync_round_trip_then_nothing_to_do(gcs_emulator, tmp_path):
 def test_corrupted_remote_object_is_detected_and_resent(gcs_emulator, tmp_path):
     remote = gcs_emulator.create_bucket() + "/d"
     files = _make_dataset(tmp_path / "d")
-    storage_sync.sync(str(tmp_path / "d"), remote)
+    sync.sync(str(tmp_path / "d"), remote)
     shard = "fold.1.tfrecord-00000-of-00001"
     good = files[shard]
     storage.write_bytes(f"{remote}/{shard}", good[::-1])  # same size, other bytes
 
-    dry = storage_sync.sync(str(tmp_path / "d"), remote, dry_run=True)
-    assert dry.planned == [storage_sync.Transfer(shard, len(good), "checksum differs")]
+    dry = sync.sync(str(tmp_path / "d"), remote, dry_run=True)
+    assert dry.planned == [sync.Transfer(shard, len(good), "checksum differs")]
     assert dry.transferred == [] and storage.read_bytes(f"{remote}/{shard}") == good[::-1]
 
-    report = storage_sync.sync(str(tmp_path / "d"), remote)
+    report = sync.sync(str(tmp_path / "d"), remote)
     assert report.transferred == [shard]
     assert storage.read_bytes(f"{remote}/{shard}") == good
 
@@ -213,7 +214,7 @@ def test_corrupted_remote_object_is_detected_and_resent(gcs_emulator, tmp_path):
 def test_download_checksum_mismatch_fails_cleanly_and_withholds_manifest(gcs_emulator, tmp_path):
     remote = gcs_emulator.create_bucket() + "/d"
     _make_dataset(tmp_path / "d")
-    storage_sync.sync(str(tmp_path / "d"), remote)
+    sync.sync(str(tmp_path / "d"), remote)
     shard = "fold.0.tfrecord-00000-of-00001"
     stored = gcs_emulator.stored_file(f"{remote}/{shard}")
     data = bytearray(stored.read_bytes())
@@ -222,8 +223,8 @@ def test_download_checksum_mismatch_fails_cleanly_and_withholds_manifest(gcs_emu
 
     with pytest.raises(storage.ChecksumMismatchError, match=shard):
         storage.read_bytes(f"{remote}/{shard}")
-    with pytest.raises(storage_sync.SyncError) as err:
-        storage_sync.sync(remote, str(tmp_path / "copy"), retries=2)
+    with pytest.raises(sync.SyncError) as err:
+        sync.sync(remote, str(tmp_path / "copy"), retries=2)
     message = str(err.value)
     assert f"{remote}/{shard}" in message and "do not match" in message
     assert "manifest.json" in message  # said to be held back
@@ -243,7 +244,7 @@ def test_interrupted_upload_resumes_from_saved_session(gcs_emulator, tmp_path):
     state = str(tmp_path / "state")
 
     # A first sync "dies" after two chunks: same class and state file a real run uses.
-    first = storage_sync.ResumableUpload(
+    first = sync.ResumableUpload(
         str(tmp_path / "d" / "weights.h5"), remote + "/weights.h5",
         crc32c=storage.file_crc32c(str(tmp_path / "d" / "weights.h5")), chunk_size=chunk,
         state_dir=state)
@@ -253,7 +254,7 @@ def test_interrupted_upload_resumes_from_saved_session(gcs_emulator, tmp_path):
     assert len(os.listdir(state)) == 1
     assert os.stat(os.path.join(state, os.listdir(state)[0])).st_mode & 0o077 == 0
 
-    report = storage_sync.sync(str(tmp_path / "d"), remote, resumable_threshold=chunk,
+    report = sync.sync(str(tmp_path / "d"), remote, resumable_threshold=chunk,
                                chunk_size=chunk, state_dir=state)
     assert report.resumed == ["weights.h5"]
     assert report.transferred == ["small.json", "weights.h5"]
@@ -269,7 +270,7 @@ def test_changed_file_does_not_resume_stale_session(gcs_emulator, tmp_path):
     path.parent.mkdir()
     path.write_bytes(os.urandom(3 * chunk))
     state = str(tmp_path / "state")
-    first = storage_sync.ResumableUpload(str(path), remote + "/w.bin",
+    first = sync.ResumableUpload(str(path), remote + "/w.bin",
                                          crc32c=storage.file_crc32c(str(path)),
                                          chunk_size=chunk, state_dir=state)
     first.start()
@@ -277,7 +278,7 @@ def test_changed_file_does_not_resume_stale_session(gcs_emulator, tmp_path):
     new = os.urandom(3 * chunk)
     path.write_bytes(new)
 
-    report = storage_sync.sync(str(tmp_path / "d"), remote, resumable_threshold=chunk,
+    report = sync.sync(str(tmp_path / "d"), remote, resumable_threshold=chunk,
                                chunk_size=chunk, state_dir=state)
     assert report.resumed == [] and report.bytes_transferred == len(new)
     assert storage.read_bytes(remote + "/w.bin") == new
@@ -288,15 +289,15 @@ def test_sync_bad_input(gcs_emulator, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"x")
     with pytest.raises(ValueError, match="two local paths"):
-        storage_sync.sync(str(tmp_path / "d"), str(tmp_path / "e"))
+        sync.sync(str(tmp_path / "d"), str(tmp_path / "e"))
     with pytest.raises(ValueError, match="two gs:// paths"):
-        storage_sync.sync(bucket + "/a", bucket + "/b")
+        sync.sync(bucket + "/a", bucket + "/b")
     with pytest.raises(FileNotFoundError, match="does not exist.*nowhere"):
-        storage_sync.sync(str(tmp_path / "nowhere"), bucket + "/x")
+        sync.sync(str(tmp_path / "nowhere"), bucket + "/x")
     with pytest.raises(storage.BucketNotFoundError, match="'missing-bucket'"):
-        storage_sync.sync(str(tmp_path / "d"), "gs://missing-bucket/x")
+        sync.sync(str(tmp_path / "d"), "gs://missing-bucket/x")
     with pytest.raises(FileNotFoundError, match="no Cloud Storage objects.*empty"):
-        storage_sync.sync(bucket + "/empty", str(tmp_path / "out"))
+        sync.sync(bucket + "/empty", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -328,7 +329,7 @@ def test_cli_dry_run_upload_and_errors(gcs_emulator, tmp_path):
 _TF_READER = r"""
 import json, os, sys
 import tensorflow as tf
-from tpuflow import storage_sync
+from tpuflow.storage import sync as storage_sync
 
 local, remote = sys.argv[1], sys.argv[2]
 os.makedirs(local)
@@ -376,19 +377,19 @@ def test_resumable_upload_survives_a_service_outage(tmp_path, monkeypatch):
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
         storage.client().create_bucket("outage")
-        upload = storage_sync.ResumableUpload(
+        upload = sync.ResumableUpload(
             str(tmp_path / "d" / "w.bin"), "gs://outage/p/w.bin",
             crc32c=storage.file_crc32c(str(tmp_path / "d" / "w.bin")), chunk_size=chunk,
             state_dir=state)
         upload.start()
         upload.send_chunk()
         stop_process(proc)
-        with pytest.raises(storage_sync.TransientUploadError, match="network error") as err:
+        with pytest.raises(sync.TransientUploadError, match="network error") as err:
             upload.send_chunk()
         assert "upload_id" not in str(err.value)  # the session URL is a secret: never shown
         proc, _ = start_emulator(tmp_path / "emu", log, port=int(host.rsplit(":", 1)[1]))
 
-        report = storage_sync.sync(str(tmp_path / "d"), "gs://outage/p",
+        report = sync.sync(str(tmp_path / "d"), "gs://outage/p",
                                    resumable_threshold=chunk, chunk_size=chunk, state_dir=state)
         assert report.resumed == ["w.bin"] and report.bytes_transferred == 2 * chunk
         assert storage.read_bytes("gs://outage/p/w.bin") == big

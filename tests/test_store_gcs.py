@@ -4,7 +4,9 @@ import os
 
 import numpy as np
 
-from tpuflow import frames, shard_names, storage, store, views
+from tpuflow.inputs import views
+from tpuflow.prep import frames, shard_names, store
+from tpuflow.storage import sync
 
 
 def _examples(view):
@@ -24,7 +26,7 @@ def test_store_built_on_and_synced_to_gcs_serves_the_local_views_examples(gcs_em
     built = store.build_store(cv_dir, bucket + "/built", shards=2, workers=2, log=quiet)
     assert built["sha256"] == local["sha256"]  # the same shard bytes, written to gs://
     synced = bucket + "/synced/" + shard_names.STORE_DIR
-    storage.sync(os.path.join(str(tmp_path), shard_names.STORE_DIR), synced)
+    sync.sync(os.path.join(str(tmp_path), shard_names.STORE_DIR), synced)
     spec = frames.DatasetSpec.parse("sequence:n3:s1")
     want = _examples(views.View(store.load_store(os.path.join(str(tmp_path), shard_names.STORE_DIR), cv_dir), spec))
     for remote in (f"{bucket}/built/{shard_names.STORE_DIR}", synced):

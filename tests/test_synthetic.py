@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tpuflow import storage
-from tpuflow.synthetic import SyntheticConfig, make_synthetic
+from tpuflow.prep.synthetic import SyntheticConfig, make_synthetic
 
 SMALL = SyntheticConfig(seed=3, n_storms=8, n_test_only_storms=3, min_frames=6, max_frames=20, size=32)
 CSV_NAMES = ("training_set_features.csv", "training_set_labels.csv", "test_set_features.csv", "submission_format.csv")

@@ -7,7 +7,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tiny_experiment
-from tpuflow import experiment, storage
+from tpuflow import storage
+from tpuflow.training import experiment
 
 
 def _run(cv_dir, single_dir, out, **kw):

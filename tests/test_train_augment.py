@@ -14,7 +14,7 @@ CHECK = r"""
 import numpy as np
 import keras
 import tensorflow as tf
-from tpuflow import augment, experiment, mixup, pipeline, records
+from tpuflow.inputs import augment, mixup, pipeline, records; from tpuflow.training import experiment
 
 
 class Seen(keras.callbacks.Callback):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import jax_env
-from tpuflow import augment, builder, frames, store
+from tpuflow.inputs import augment
+from tpuflow.prep import builder, frames, store
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("stacked:s2", "sequence:n3:s1")
@@ -23,7 +24,7 @@ CHECK = r"""
 import os, sys
 import numpy as np
 import keras
-from tpuflow import augment, frames, hosts, pipeline, records, shard_names, store, views
+from tpuflow.inputs import augment, pipeline, records, views; from tpuflow.prep import frames, shard_names, store; from tpuflow.training import hosts
 
 def check(root, kind, source, dim=16):
     spec = frames.DatasetSpec.parse(kind)

@@ -8,7 +8,10 @@ import pytest
 import tensorflow as tf
 
 import tiny_experiment
-from tpuflow import augment, ensemble_data, experiment, run_record, scoring
+from tpuflow.ensemble import data as ensemble_data
+from tpuflow.inputs import augment
+from tpuflow.results import run_record, scoring
+from tpuflow.training import experiment
 
 
 def _view(x, name):

@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow import cli, experiment, records, run_record, scoring
+from tpuflow import cli
+from tpuflow.inputs import records
+from tpuflow.results import run_record, scoring
+from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

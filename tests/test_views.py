@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow import build_plan, builder, frames, records, shard_names, store, views
+from tpuflow.inputs import records, views
+from tpuflow.prep import build_plan, builder, frames, shard_names, store
 
 HERE = os.path.dirname(__file__)
 REFERENCE = open(os.path.join(HERE, "..", "data_prep", "reference_specs.txt")).read().splitlines()
@@ -79,7 +80,7 @@ def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
         parse = lambda s: (records.parse_image(s, channels, dim)["image"], 0)  # noqa: E731
     files = records.record_files(os.path.join(built, spec.name), None)
     ids = records.read_ids(files)
-    want = np.concatenate([b for b in __import__("tpuflow.pipeline").pipeline.predict_dataset(
+    want = np.concatenate([b for b in __import__("tpuflow.inputs.pipeline").inputs.pipeline.predict_dataset(
         files, parse, 4, len(ids)).as_numpy_iterator()])
     ds = view.predict_dataset(view.split_rows(None), parse, 4)
     assert ds.element_spec.shape[1:] == want.shape[1:]  # static

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 import jax_env
-from tpuflow import run_record, shard_names, store
+from tpuflow.prep import shard_names, store
+from tpuflow.results import run_record
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)

@@ -1,5 +1,5 @@
 """A tiny but real experiment (small CNN on `single` records) for fast runner tests."""
-from tpuflow import experiment, models  # first, as in every run.py: picks Keras' backend, quiets TensorFlow's logs
+from tpuflow.training import experiment, models  # first, as in every run.py: picks Keras' backend, quiets TensorFlow's logs
 
 import keras  # noqa: E402
 

@@ -1,6 +1,6 @@
 """A tiny but real sequence experiment (frames packed three per image, a small CNN per step, then
 the mean over steps) for fast tests of sequence paths (export)."""
-from tpuflow import experiment, models  # first, as in every run.py: picks Keras' backend, quiets TensorFlow's logs
+from tpuflow.training import experiment, models  # first, as in every run.py: picks Keras' backend, quiets TensorFlow's logs
 
 import keras  # noqa: E402
 

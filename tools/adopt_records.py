@@ -15,7 +15,8 @@ from tpuflow import cli
 
 cli.quiet_native_logs()  # before TensorFlow loads
 
-from tpuflow import adopt, frames  # noqa: E402
+from tpuflow.inputs import adopt  # noqa: E402
+from tpuflow.prep import frames  # noqa: E402
 
 flags.DEFINE_string("tfrec_dir", None, "Record directory to adopt", required=True)
 flags.DEFINE_string("spec", None, "Dataset spec: single, stacked:s<step>, mean:s<step>, sequence:n<frames>:s<step>")

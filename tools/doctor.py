@@ -23,7 +23,9 @@ import os
 import sys
 import urllib.request
 
-from tpuflow import backend, cli, config, experiment, frame_cache, records, runner, runtime, storage  # first: picks Keras' backend
+from tpuflow import backend, cli, storage
+from tpuflow.inputs import frame_cache, records
+from tpuflow.training import config, experiment, runner, runtime  # first: picks Keras' backend
 
 from absl import app, flags  # noqa: E402,I001
 
@@ -110,8 +112,8 @@ def check_placement(report: Report, cfg):
 
 def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
     """Input pipeline vs model step rate on this machine, for this experiment and dataset."""
-    from tpuflow import augment, pipeline  # noqa: PLC0415
-    from tpuflow.throughput import input_rate, model_rate  # noqa: PLC0415
+    from tpuflow.inputs import augment, pipeline  # noqa: PLC0415
+    from tpuflow.training.throughput import input_rate, model_rate  # noqa: PLC0415
     n_folds = int(manifest["n_folds"])
     files = records.record_files(cfg.data_tfrec_dir, [k for k in range(n_folds) if k != cfg.initial_fold])
     parse = lambda serialized: _parser(run_py)(serialized, cfg)  # noqa: E731
@@ -142,7 +144,7 @@ def check_memory(report: Report, cfg, run_py, manifest: dict) -> None:
     decoded float32 batches after it, and with --use_cache every serialized training record."""
     import tensorflow as tf  # noqa: PLC0415 (the tf.data side)
 
-    from tpuflow import pipeline  # noqa: PLC0415 (imports TensorFlow)
+    from tpuflow.inputs import pipeline  # noqa: PLC0415 (imports TensorFlow)
     train_folds = [k for k in range(int(manifest["n_folds"])) if k != cfg.initial_fold]
     train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
     first = records.record_files(cfg.data_tfrec_dir, [cfg.initial_fold])[0]

@@ -24,7 +24,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from absl import app, flags  # noqa: E402
 
-from tpuflow import cli, ensemble, ensemble_data, ensemble_report  # noqa: E402
+from tpuflow import cli, ensemble  # noqa: E402
+from tpuflow.ensemble import data as ensemble_data, report as ensemble_report  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Dir with train_cv.csv and submission_format.csv (and "

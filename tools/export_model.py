@@ -24,7 +24,8 @@ from tpuflow import cli  # noqa: E402
 
 cli.quiet_native_logs()  # before TensorFlow loads
 
-from tpuflow import augment, export  # noqa: E402
+from tpuflow.inputs import augment  # noqa: E402
+from tpuflow.training import export  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run dir with config.json, record.json and model-best-f<k>-*.weights.h5",
                     required=True)

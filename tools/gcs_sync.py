@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from tpuflow import cli, storage_sync
+from tpuflow import cli
+from tpuflow.storage import sync
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Local directory or gs://bucket/prefix to copy from.")
@@ -25,7 +26,7 @@ flags.DEFINE_enum("progress", "auto", ["auto", "on", "off"],
 flags.DEFINE_integer("resumable_threshold_mb", 32,
                      "Upload files of at least this many MiB through resumable sessions.")
 flags.DEFINE_integer("chunk_size_mb", 16, "Chunk size of resumable uploads in MiB.")
-flags.DEFINE_string("state_dir", storage_sync.DEFAULT_STATE_DIR,
+flags.DEFINE_string("state_dir", sync.DEFAULT_STATE_DIR,
                     "Where resumable upload sessions are remembered between runs.")
 flags.DEFINE_integer("retries", 3, "Attempts per file before a checksum mismatch is an error.")
 flags.mark_flags_as_required(["src", "dst"])
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # OSError / ValueError (a missing bucket, object or path; a checksum mismatch): one line, exit 1
-    report = storage_sync.sync(
+    report = sync.sync(
         FLAGS.src, FLAGS.dst, workers=FLAGS.workers, dry_run=FLAGS.dry_run,
         progress={"auto": None, "on": True, "off": False}[FLAGS.progress],
         retries=FLAGS.retries, resumable_threshold=FLAGS.resumable_threshold_mb << 20,

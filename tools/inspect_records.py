@@ -27,7 +27,9 @@ cli.quiet_native_logs()  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
-from tpuflow import build_write, records, storage, views  # noqa: E402
+from tpuflow import storage  # noqa: E402
+from tpuflow.inputs import records, views  # noqa: E402
+from tpuflow.prep import build_write  # noqa: E402
 
 flags.DEFINE_string("tfrec_dir", None, "Dataset dir (with manifest.json)", required=True)
 flags.DEFINE_string("contact_sheet", None, "Write a PNG contact sheet here")

@@ -18,7 +18,8 @@ import sys
 
 from absl import app, flags
 
-from tpuflow import cli, leaderboard, storage
+from tpuflow import cli, storage
+from tpuflow.results import leaderboard
 
 flags.DEFINE_list("runs", None, "Run dirs or dirs of run dirs (local or gs://)", required=True)
 flags.DEFINE_string("out_csv", None, "Write the experiment database here (CSV)")

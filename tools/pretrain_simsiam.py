@@ -21,7 +21,7 @@ from tpuflow import cli
 
 cli.quiet_native_logs()  # before TensorFlow loads
 
-from tpuflow import pretrain  # noqa: E402
+from tpuflow.training import pretrain  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "Raw data dir: every train/*.jpg and test/*.jpg frame")
 flags.DEFINE_string("data_tfrec_dir", None, "Or a `single` record dataset (all folds and test)")

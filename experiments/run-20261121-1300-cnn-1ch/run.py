@@ -3,7 +3,7 @@
 Usage (README, "Experiments"):
     python run.py --tpu_ip_or_name=node-1
 """
-from tpuflow import experiment, models
+from tpuflow.training import experiment, models
 
 DEFAULTS = dict(dataset_kind="single")
 

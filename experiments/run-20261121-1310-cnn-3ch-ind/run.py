@@ -1,5 +1,5 @@
 """CNN on frames [t-2s, t-s, t] stacked as channels (`stacked` records): recent history in one image."""
-from tpuflow import experiment, models
+from tpuflow.training import experiment, models
 
 DEFAULTS = dict(dataset_kind="stacked")
 

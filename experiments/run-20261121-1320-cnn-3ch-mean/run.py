@@ -1,5 +1,5 @@
 """CNN on three channels, each the mean of a range of past frames (`mean` records): smoothed history."""
-from tpuflow import experiment, models
+from tpuflow.training import experiment, models
 
 DEFAULTS = dict(dataset_kind="mean")
 

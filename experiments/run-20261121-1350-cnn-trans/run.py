@@ -3,7 +3,7 @@
 Each of the n frames of a `sequence` record gets backbone features; two self-attention layers
 with learned position embeddings combine them, so the model can weigh any past frame.
 """
-from tpuflow import experiment, models
+from tpuflow.training import experiment, models
 
 DEFAULTS = dict(dataset_kind="sequence")
 

@@ -3,7 +3,7 @@
 Predictions are class probabilities; scores, submission and ensembles use their expected wind
 speed (probabilities times `unique_labels_sorted.npy`).
 """
-from tpuflow import experiment, models
+from tpuflow.training import experiment, models
 
 DEFAULTS = dict(dataset_kind="single", task="classification", label_smoothing=0.1)
 

@@ -4,7 +4,7 @@ its batch (weight ~ Beta(0.4, 0.4)), wind speeds blended alike.
 Usage:
     python run.py --mixup_mode=cutmix                   # paste a box instead of blending
 """
-from tpuflow import experiment, models
+from tpuflow.training import experiment, models
 
 DEFAULTS = dict(dataset_kind="single", mixup_prob=0.5)
 

@@ -8,7 +8,7 @@ Pretrain first (once per backbone and resolution), from the repository root:
 Usage:
     python run.py --weights=/path/to/backbone.weights.h5  # another pretraining run
 """
-from tpuflow import experiment, models
+from tpuflow.training import experiment, models
 
 DEFAULTS = dict(dataset_kind="single", weights="../../pretrained/simsiam-EfficientNetB0-366/backbone.weights.h5")
 

@@ -1,0 +1,49 @@
+"""The names of a fold's best checkpoint and of its per-epoch backup, made and read back in one
+place (no TensorFlow).
+
+`model-best-f<fold>-e<EEE>-<score:.4f>.weights.h5`: the fold, the epoch it was saved at (counted
+from 1) and the validation score (`--metric`) of that epoch, so that a run dir listing shows how
+good each fold's model is. The backup of a fold (`tpuflow.training.resume`) lives in
+`backup/fold_<k>/` as `epoch-<EEE>.weights.h5` and `epoch-<EEE>.optimizer.npz` (EEE: epochs done).
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from tpuflow import storage
+
+GLOB = "model-best-f{fold}-e*.weights.h5"  # .format(fold=k): a fold's checkpoints
+_NAME = re.compile(r"(?:^|/)model-best-f(\d+)-e(\d+)-([^/]+)\.weights\.h5$")
+BACKUP_GLOB = "epoch-*"  # a fold backup's weights and optimizer files (in `backup_dir`)
+
+
+class CheckpointName(NamedTuple):
+    fold: int
+    epoch: int
+    val_score: float
+
+
+def name(fold: int, epoch: int, val_score: float) -> str:
+    """`model-best-f<k>-e<EEE>-<val score:.4f>.weights.h5`, epoch counted from 1."""
+    return f"model-best-f{fold}-e{epoch:03d}-{val_score:.4f}.weights.h5"
+
+
+def parse(path: str) -> CheckpointName:
+    """Fold, epoch and validation score from a checkpoint's name (or path); an error naming it
+    if it is not one."""
+    found = _NAME.search(path)
+    if not found:
+        raise ValueError(f"{path}: not a best-checkpoint name (model-best-f<k>-e<EEE>-<score>.weights.h5)")
+    return CheckpointName(int(found.group(1)), int(found.group(2)), float(found.group(3)))
+
+
+def backup_dir(output_dir: str, fold: int) -> str:
+    """`<output_dir>/backup/fold_<k>`: the fold's per-epoch backup and its done record."""
+    return storage.join(output_dir, "backup", f"fold_{fold}")
+
+
+def backup_files(directory: str, epochs: int) -> tuple[str, str]:
+    """The weights and optimizer files of the backup after `epochs` epochs."""
+    stem = storage.join(directory, f"epoch-{epochs:03d}")
+    return stem + ".weights.h5", stem + ".optimizer.npz"

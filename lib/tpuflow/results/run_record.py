@@ -1,0 +1,297 @@
+"""The experiment record: one JSON file per run dir, the single source of truth about a run.
+
+`<output_dir>/record.json` holds what is needed to compare, find and reproduce a run: the
+experiment id (the run dir's name), the resolved flags of the training run, the dataset (spec,
+kind, frames, step, history depth, SHA-256 of its manifest), the model (architecture, backbone,
+weights, parameters), CV scores (over all folds and per fold, with and without TTA), epochs
+trained and best epoch per fold, wall time per stage, replicas/device/precision, library and
+TensorFlow versions, the git commit and a copy of the experiment's `run.py`, and leaderboard
+scores attached later (`tools/leaderboard.py --set_lb`).
+
+It is written atomically when a run starts (`status: running`), after every fold, and at the end
+(`complete`, or `failed` with the error), so a preempted or crashed run still says how far it
+got. A later invocation on the same run dir (e.g. `--job=score` from cached predictions) updates
+the record: it keeps what it does not recompute (training flags, epochs, leaderboard scores).
+
+The top-level `status`, `error` and `started` belong to the run: `started` is when the first
+invocation on the run dir began, and only an invocation over all the run's folds that trains
+(or the first one) sets `status`/`error`; `jobs` and `updated` are the latest invocation's. Every invocation is appended to `invocations` (jobs,
+folds, started, ended, wall_s, status, error), so a failed score-only or subset invocation shows
+there without turning a complete run into a failed one. (Records written before this list
+existed lack it; it is optional.)
+
+Reading, checking and editing records needs no TensorFlow (the leaderboard starts in a second);
+only `RunRecord`, used inside a running experiment, imports it.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import inspect
+import json
+import os
+import platform
+import subprocess
+import time
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from tpuflow import __version__, storage
+from tpuflow.prep import frames, shard_names
+from tpuflow.results import checkpoint_names
+
+RECORD_NAME = "record.json"
+SCHEMA_VERSION = 1
+
+# Every record has these top-level fields (values may be null/empty while a run is going on).
+FIELDS = ("schema_version", "experiment_id", "status", "error", "started", "updated", "description",
+          "jobs", "flags", "dataset", "model", "cv", "folds", "timings", "runtime", "versions",
+          "git", "run_py", "lb")
+DATASET_FIELDS = ("dir", "spec", "kind", "n_frames", "step", "channels", "history_depth", "manifest_sha256")
+MODEL_FIELDS = ("architecture", "task", "backbone", "weights", "dim", "n_params")
+CV_FIELDS = ("metric", "tta_number", "tta", "no_tta", "baseline", "per_fold")
+
+
+def record_path(run_dir: str) -> str:
+    return storage.join(run_dir, RECORD_NAME)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def missing_fields(record: dict) -> list[str]:
+    """Names of required fields the record lacks ('dataset.kind' for nested ones), sorted."""
+    missing = [f for f in FIELDS if f not in record]
+    for section, names in (("dataset", DATASET_FIELDS), ("model", MODEL_FIELDS), ("cv", CV_FIELDS)):
+        value = record.get(section)
+        if isinstance(value, dict):  # cv is null until scored; dataset null for score-only runs
+            missing += [f"{section}.{n}" for n in names if n not in value]
+    return sorted(missing)
+
+
+def read_record(path: str) -> dict:
+    """A record from `path` (a record file or a run dir); an error naming the file and every
+    missing field if it is incomplete."""
+    if not path.endswith(".json"):
+        path = record_path(path)
+    record = storage.read_json(path)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not an experiment record (a JSON object expected)")
+    missing = missing_fields(record)
+    if missing:
+        raise ValueError(f"{path}: experiment record lacks field(s) {missing}")
+    return record
+
+
+def write_record(path: str, record: dict) -> None:
+    """Writes a complete record atomically (refuses one with missing fields)."""
+    missing = missing_fields(record)
+    if missing:
+        raise ValueError(f"{path}: refusing to write an experiment record without {missing}")
+    storage.write_json(path, record)
+
+
+def dataset_info(tfrec_dir: str, manifest: dict) -> dict:
+    """What the record keeps of a dataset: its spec fields, history depth and manifest hash."""
+    spec = frames.DatasetSpec.parse(manifest["spec"])
+    raw = storage.read_bytes(storage.join(tfrec_dir, shard_names.MANIFEST))
+    return {"dir": tfrec_dir, "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
+            "step": spec.step, "channels": spec.channels,
+            "history_depth": spec.history_span + 1,  # frames of the storm's timeline one example spans
+            "manifest_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def cv_summary(table: pd.DataFrame, metric: str, tta_number: int) -> dict:
+    """The CV fields from a `runner.score` table (rows: folds and 'all'; columns tta_*); `folds`
+    lists the folds the CV covers."""
+    def row(name):
+        return {"no_tta": float(table.loc[name, "tta_0"]), "tta": float(table.loc[name, "tta_mean"])}
+    folds = sorted(int(k) for k in table.index if k != "all")
+    return {"metric": metric, "tta_number": tta_number, "folds": folds, **row("all"),
+            "baseline": float(table.loc["all", "baseline"]),
+            "per_fold": {k: row(k) for k in table.index if k != "all"}}
+
+
+def cv_folds(run_dir: str) -> list[int] | None:
+    """The folds the CV in a run dir's record covers (None: no record or not scored yet)."""
+    path = record_path(run_dir)
+    if not storage.exists(path):
+        return None
+    cv = storage.read_json(path).get("cv")
+    if not isinstance(cv, dict):
+        return None
+    return [int(k) for k in cv.get("folds", cv.get("per_fold", {}))]
+
+
+def git_info(path: str) -> dict:
+    """Commit of the git checkout holding `path` and whether it had uncommitted changes (nulls
+    outside a checkout or without git)."""
+    where = os.path.dirname(os.path.abspath(path))
+    try:
+        commit = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def versions() -> dict:
+    import keras  # noqa: PLC0415 (see module docstring)
+    import tensorflow as tf  # noqa: PLC0415
+    return {"tpuflow": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+class RunRecord:
+    """The record of one invocation of an experiment, updated as the run goes.
+
+    `init_model` is the experiment's model function: its source file is the `run.py` copied into
+    the record and located in git, and its module docstring's first line is the description.
+    """
+
+    def __init__(self, cfg, manifest: dict, init_model: Callable):
+        self.cfg, self.path, self.start = cfg, record_path(cfg.output_dir), time.time()
+        previous = storage.read_json(self.path) if storage.exists(self.path) else {}
+        trains = "train" in cfg.jobs
+        run_py = inspect.getsourcefile(init_model)
+        module_doc = inspect.getmodule(init_model).__doc__ or ""
+        fresh = {
+            "schema_version": SCHEMA_VERSION, "experiment_id": cfg.experiment_id, "status": "running",
+            "error": None, "started": _now(), "updated": _now(),
+            "description": module_doc.strip().split("\n")[0],
+            "jobs": list(cfg.jobs), "flags": cfg.to_dict(),
+            "dataset": dataset_info(cfg.data_tfrec_dir, manifest) if manifest else None,
+            "model": None, "cv": None, "folds": {}, "timings": {}, "runtime": None,
+            "versions": versions(), "git": git_info(run_py),
+            "run_py": {"path": os.path.abspath(run_py), "source": storage.read_text(run_py)},
+            "lb": {"private": None, "public": None},
+        }
+        self.record = dict(fresh)
+        mine = set(range(cfg.initial_fold, cfg.initial_fold + cfg.n_folds))
+        subset = not set(cv_folds(cfg.output_dir) or []) <= mine
+        # Only training over all the run's folds (or a first invocation) speaks for the whole run.
+        self.owns_status = not previous or (trains and not subset)
+        if previous:
+            self.record["started"] = previous.get("started") or fresh["started"]
+            if not self.owns_status:
+                self.record.update(status=previous.get("status"), error=previous.get("error"))
+        self.invocation = {"jobs": list(cfg.jobs), "folds": sorted(mine), "started": fresh["started"],
+                           "ended": None, "wall_s": None, "status": "running", "error": None}
+        self.record["invocations"] = [*(previous.get("invocations") or []), self.invocation]
+        if previous and not trains:  # keep what this invocation does not redo
+            keep = ("flags", "dataset", "model", "cv", "runtime", "git", "run_py", "description")
+            self.record.update({k: previous[k] for k in keep if previous.get(k) is not None})
+            self.record["dataset"] = fresh["dataset"] or self.record["dataset"]
+        # Folds skipped by a resumed run keep their facts; leaderboard scores belong to the id;
+        # a CV over more folds than this invocation runs stays (see `finish`).
+        for key in ("folds", "timings", "lb", "cv_subsets"):
+            if isinstance(previous.get(key), dict):
+                self.record[key] = dict(previous[key])
+        if isinstance(previous.get("cv"), dict) and subset:
+            self.record["cv"] = previous["cv"]
+        self.write()
+
+    def write(self) -> None:
+        self.record["updated"] = _now()
+        write_record(self.path, self.record)
+
+    def set_model(self, model, placement) -> None:
+        """Model and hardware facts (a keras.Model built for a `runtime.Placement`)."""
+        import keras  # noqa: PLC0415 (see module docstring)
+        from tpuflow import backend  # noqa: PLC0415
+        from tpuflow.training import models, runtime  # noqa: PLC0415
+        cfg = self.cfg
+        self.record["model"] = {
+            "architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
+            "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params()),
+        }
+        self.record["runtime"] = {
+            "replicas": placement.replicas, "strategy": placement.name,
+            "device": placement.kind.upper(), "precision": cfg.precision or keras.mixed_precision.global_policy().name,
+            "host": platform.node(), "backend": placement.backend, "backend_reason": backend.reason,
+            "processes": placement.processes, "devices": placement.devices,
+        }
+        self.record["versions"].update(runtime.versions())
+        self.write()
+
+    def fold_done(self, fold: int, history, best_checkpoint: str, timings: dict) -> None:
+        """After a fold: epochs trained (from the fit History; None if the fold was not trained
+        now), the best epoch and its validation score under `--metric` (from the kept checkpoint's
+        name: `best_val_rmse_rounded` or `best_val_rmse_raw`), timings so far."""
+        if history is not None:
+            # A resumed fold's History starts at the resumed epoch: count from epoch 1. An empty
+            # History: the run was killed after its last epoch's backup, so all epochs ran.
+            epochs = history.epoch[-1] + 1 if history.epoch else history.params["epochs"]
+            best = checkpoint_names.parse(best_checkpoint)
+            self.record["folds"][str(fold)] = {
+                "epochs": epochs, "epochs_this_run": len(history.epoch),
+                "best_epoch": best.epoch, f"best_val_{self.cfg.metric}": best.val_score,
+                "checkpoint": best_checkpoint.rsplit("/", 1)[-1],
+            }
+        self.record["timings"].update({k: round(v, 3) for k, v in timings.items()})
+        self.write()
+
+    def finish(self, result: dict) -> None:
+        """The end of a successful invocation: CV scores (if scored), timings, status complete."""
+        if "scores" in result:
+            summary = cv_summary(result["scores"], self.cfg.metric, self.cfg.tta_number)
+            summary["tta_views"] = list(self.cfg.tta_views)  # what each TTA index means
+            if result.get("subset"):  # fewer folds than the run's CV: kept beside it, never over it
+                self.record.setdefault("cv_subsets", {})[result["subset"].lstrip(".")] = summary
+            else:
+                self.record["cv"] = summary
+        self.record["timings"].update({k: round(v, 3) for k, v in result["timings"].items()})
+        wall_s = round(time.time() - self.start, 3)
+        self.invocation.update(status="complete", ended=_now(), wall_s=wall_s)
+        if self.owns_status:
+            self.record["timings"]["total"] = wall_s
+            self.record["status"] = "complete"
+        self.write()
+
+
+
+def mark_failed(run_dir: str, error: BaseException) -> None:
+    """Marks the invocation a failing run left `running` as `failed` with the error, and the run
+    itself if that invocation spoke for it (a complete run stays complete)."""
+    path = record_path(run_dir)
+    if not storage.exists(path):
+        return
+    record = storage.read_json(path)
+    message, now = f"{type(error).__name__}: {error}"[:2000], _now()
+    last = (record.get("invocations") or [None])[-1]
+    changed = isinstance(last, dict) and last.get("status") == "running"
+    if changed:
+        last.update(status="failed", error=message, ended=now)
+    if record.get("status") == "running":
+        record.update(status="failed", error=message)
+        changed = True
+    if changed:
+        record["updated"] = now
+        try:
+            storage.write_json(path, record)
+        except OSError:
+            if storage.is_gcs(path):
+                raise
+            # A full disk has no room for the temporary copy: rewrite in place, in the blocks the
+            # record already has (a torn write here loses only a record that said `running`).
+            with open(path, "r+b") as f:
+                f.write((json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
+                f.truncate()
+
+
+def attach_lb(path: str, private: float | None, public: float | None) -> dict:
+    """Attaches leaderboard scores to the record at `path` (atomic rewrite); returns it. (By
+    experiment id over many run dirs: `leaderboard.set_lb`.)"""
+    record = read_record(path)
+    record["lb"] = {"private": private, "public": public}
+    record["updated"] = _now()
+    write_record(path if path.endswith(".json") else record_path(path), record)
+    return record
+

@@ -1,0 +1,491 @@
+"""Runs an experiment's jobs: the fold loop, best checkpoints, predictions with ids, scores, submission."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tpuflow import cli
+from tpuflow.inputs import augment, mixup, pipeline, records
+from tpuflow.results import checkpoint_names
+from tpuflow.training import config, curves, hosts, models
+from tpuflow import storage
+from tpuflow.inputs import views
+from tpuflow.prep import split
+from tpuflow.results import prediction_names, run_record, scoring
+from tpuflow.storage import tables
+from tpuflow.training import resume, runtime, tensorboard
+
+CHECKPOINT_GLOB = checkpoint_names.GLOB
+
+
+def fold_checkpoints(output_dir: str, fold: int) -> list[str]:
+    return storage.glob(storage.join(output_dir, CHECKPOINT_GLOB.format(fold=fold)))
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    """Loads a checkpoint from a local or `gs://` path (h5py needs a local file), saved under
+    either backend. A checkpoint of another model is an error naming the file and both shapes."""
+    with storage.local_copy(path) as local:
+        try:
+            model.load_weights(local)
+        except ValueError as err:
+            raise CheckpointMismatch(f"{path}: {checkpoint_mismatch(str(err))}") from err
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint saved from a model of another shape (another backbone, size or head)."""
+
+
+def checkpoint_mismatch(keras_message: str) -> str:
+    """Keras' long load error, to one line: the first variable whose shape differs, in the model
+    and in the file."""
+    found = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", keras_message)
+    where = re.search(r"Variable path=([^,]+),", keras_message)
+    if found:
+        return (f"saved from a model of another shape: {where.group(1) if where else 'a variable'} is "
+                f"{found.group(1)} in this model but {found.group(2)} in the checkpoint")
+    return "does not fit this model: " + keras_message.strip().splitlines()[0]
+
+
+def best_checkpoint(output_dir: str, fold: int) -> str:
+    """The one best checkpoint of a fold; an error if there is none or several."""
+    found = fold_checkpoints(output_dir, fold)
+    if len(found) != 1:
+        raise FileNotFoundError(f"{output_dir}: expected one {CHECKPOINT_GLOB.format(fold=fold)}, "
+                                f"found {len(found)} (train fold {fold} first)")
+    return found[0]
+
+
+class FoldScore(keras.callbacks.Callback):
+    """Scores the whole validation fold after each epoch, exactly once per example.
+
+    Adds the `--metric` score under its own name (`val_rmse_rounded` or `val_rmse_raw`) and
+    `val_loss` to the epoch logs, so that callbacks after it (checkpoint, LR reduction) can monitor them. Keras' own validation
+    would drop or pad examples under TPU static shapes; this uses the padded-then-trimmed pipeline.
+    """
+
+    def __init__(self, dataset, labels: np.ndarray, labels_le: np.ndarray, unique_labels, cfg):
+        super().__init__()
+        self.dataset, self.labels, self.labels_le = dataset, labels, labels_le
+        self.unique_labels, self.task, self.round = unique_labels, cfg.task, cfg.metric == "rmse_rounded"
+        self.global_batch, self.score_key = cfg.global_batch_size, config.score_key(cfg.metric)
+
+    def on_epoch_end(self, epoch, logs=None):
+        pred = hosts.predict(self.model, self.dataset, self.global_batch)[: len(self.labels)]
+        values = scoring.to_values(pred, self.unique_labels)
+        logs[self.score_key] = scoring.rmse(self.labels, values, round_pred=self.round)
+        if self.task == "classification":
+            p = np.clip(pred[np.arange(len(pred)), self.labels_le], 1e-7, 1.0)
+            logs["val_loss"] = float(-np.mean(np.log(p)))
+        else:
+            logs["val_loss"] = float(np.mean((pred.reshape(-1) - self.labels) ** 2))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves weights when the monitored value improves, keeping only the best file of the fold;
+    its name holds the validation score (`score`: the epoch-log key of `--metric`'s)."""
+
+    def __init__(self, output_dir: str, fold: int, monitor: str, score: str = config.score_key("rmse_rounded")):
+        super().__init__()
+        self.output_dir, self.fold, self.monitor, self.score = output_dir, fold, monitor, score
+        self.best = np.inf
+        self.path = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = logs[self.monitor]
+        if not np.isfinite(value) or value >= self.best:  # a diverged (NaN) epoch is no improvement
+            return
+        self.best = value
+        path = storage.join(self.output_dir, checkpoint_names.name(self.fold, epoch + 1, logs[self.score]))
+        storage.save_weights(self.model, path)
+        for old in fold_checkpoints(self.output_dir, self.fold):
+            if old != path:
+                storage.remove(old)
+        self.path = path
+
+
+def check_inputs(cfg, jobs: set[str]) -> dict:
+    """Fails fast, before any long work, on anything missing; returns the dataset manifest."""
+    manifest = {}
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch_size={cfg.batch_size}: must be >= 1")
+    if jobs & {"train", "val", "test"}:
+        if not cfg.data_tfrec_dir:
+            raise ValueError("--data_tfrec_dir is required for the train/val/test jobs")
+        manifest = views.view_manifest(view_of(cfg)) if cfg.view else records.read_manifest(cfg.data_tfrec_dir)
+        if manifest["kind"] == "frames":
+            raise ValueError(f"--data_tfrec_dir={cfg.data_tfrec_dir} is a frame store: pass --view=<spec> "
+                             "(e.g. --view=stacked:s5) to read examples of one kind from it")
+        check_dataset_kind(cfg, manifest)
+        total = int(manifest["n_folds"])
+        if cfg.initial_fold + cfg.n_folds > total:
+            raise ValueError(f"--initial_fold={cfg.initial_fold} --n_folds={cfg.n_folds}: the dataset "
+                             f"{cfg.data_tfrec_dir} has only {total} folds")
+        if not cfg.view:
+            records.record_files(cfg.data_tfrec_dir, range(total))
+            if "test" in jobs:
+                records.record_files(cfg.data_tfrec_dir, None)
+        scoring.check_views(cfg.data_preds_dir, cfg.tta_views)
+        if "train" not in jobs:
+            for k in folds(cfg):
+                best_checkpoint(cfg.output_dir, k)
+    if cfg.task == "classification":
+        config.resolve(cfg, n_labels=len(load_unique_labels(cfg.data_dir, required=True)))  # --n_classes fits
+    if "score" in jobs:
+        tables.read_table(storage.join(cfg.data_dir, "train_cv.csv"), ("image_id", "wind_speed", "fold_id"))
+        if "val" not in jobs:
+            scoring.load_predictions(cfg.data_preds_dir, "val", folds(cfg), cfg.tta_number, load_unique_labels(cfg.data_dir),
+                                     views=cfg.tta_views)
+    if "subm" in jobs:
+        tables.read_table(storage.join(cfg.data_dir, "submission_format.csv"), split.SUBMISSION_COLUMNS)
+        if "test" not in jobs:
+            scoring.load_predictions(cfg.data_preds_dir, "test", folds(cfg), cfg.tta_number, load_unique_labels(cfg.data_dir),
+                                     views=cfg.tta_views)
+    return manifest
+
+
+def check_dataset_kind(cfg, manifest: dict) -> None:
+    """The records must be of the kind the experiment reads (a sequence model on single frames
+    would otherwise fail deep inside tf.data, or worse, silently read the first frame only)."""
+    if cfg.dataset_kind and manifest["kind"] != cfg.dataset_kind:
+        raise ValueError(f"experiment {cfg.experiment_id!r} reads '{cfg.dataset_kind}' records "
+                         f"(--dataset_kind), but --data_tfrec_dir={cfg.data_tfrec_dir} holds "
+                         f"'{manifest['kind']}' records ({manifest['spec']})")
+
+
+def check_parse(cfg, manifest: dict, parse) -> None:
+    """Parses one record eagerly, so that records the experiment cannot read (e.g. a frame count
+    its model cannot use) fail now, with both named, not after the model is built."""
+    if cfg.view:  # an assembled example stands in for a record
+        serialized = view_of(cfg).first_example(cfg.initial_fold)
+    else:
+        first = records.record_files(cfg.data_tfrec_dir, [cfg.initial_fold])[0]
+        serialized = next(iter(tf.data.TFRecordDataset(first).take(1)))
+    try:
+        parse(serialized)
+    except Exception as err:  # any parse failure: re-raised with the experiment and dataset named
+        raise ValueError(f"experiment {cfg.experiment_id!r} cannot read the records of "
+                         f"--data_tfrec_dir={cfg.data_tfrec_dir} ({manifest['spec']}): {err}") from err
+
+
+def view_of(cfg) -> views.View:
+    """The `--view` of the frame store in `--data_tfrec_dir` (read once per process)."""
+    return views.open_view(cfg.data_tfrec_dir, cfg.view, cfg.data_dir, cfg.frame_cache)
+
+
+def folds(cfg) -> range:
+    return range(cfg.initial_fold, cfg.initial_fold + cfg.n_folds)
+
+
+load_unique_labels = tables.load_unique_labels
+
+
+class FreshStart:
+    """Snapshot of a compiled model's initial weights and optimizer state, restored per fold.
+
+    The model is built and compiled once per run, so its training and prediction graphs are traced
+    once (on a CPU that saves ~30 s per fold for EfficientNetB0); every fold still starts from the
+    same initial weights and a new optimizer state (loss-scale state included).
+    """
+
+    def __init__(self, model: keras.Model):
+        model.optimizer.build(model.trainable_variables)
+        self.model = model
+        self.weights = model.get_weights()
+        self.optimizer_state = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+
+    def restore(self) -> None:
+        self.model.set_weights(self.weights)
+        for variable, value in zip(self.model.optimizer.variables, self.optimizer_state):
+            variable.assign(value)
+
+
+def compile_model(model: keras.Model, cfg) -> None:
+    """Loss and optimizer from the task flags (loss scaling is automatic under mixed_float16: Keras
+    wraps the optimizer in a LossScaleOptimizer), at the LR scaled for the global batch.
+
+    `--bn_momentum` lowers BatchNorm momentum model-wide: backbones default to 0.99, whose moving
+    statistics need many hundred steps to settle, so short runs from scratch validate badly.
+    """
+    if cfg.bn_momentum is not None:
+        for layer in model._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
+    if cfg.task == "classification":
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics = ["accuracy"]
+    else:
+        loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
+    jit = {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]
+    model.compile(optimizer=keras.optimizers.Adam(cfg.scaled_lr), loss=loss, metrics=metrics,
+                  steps_per_execution=cfg.steps_per_execution, jit_compile=jit)
+
+
+def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{fold: (ids, wind speeds, class indices)} of every fold, read once per run (records carry
+    their labels; reading them needs no image decoding, but still a pass over the files)."""
+    if cfg.view:
+        return {k: view_of(cfg).labels(view_of(cfg).split_rows(k)) for k in range(int(manifest["n_folds"]))}
+    return {k: records.read_labels(records.record_files(cfg.data_tfrec_dir, [k]))
+            for k in range(int(manifest["n_folds"]))}
+
+
+def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_labels: dict,
+               unique_labels, trainer: keras.Model | None = None) -> keras.callbacks.History:
+    """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
+    the model; returns the fit History (of the epochs run now, after any resumed ones). `trainer`
+    (`augment.train_model`, default `model`) is what `fit` runs: `model` behind the training
+    augmentation made on the accelerator; the callbacks see `model`.
+
+    Each epoch is backed up; after a kill the fold resumes from its last backup (see `resume`).
+    """
+    train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
+    steps = cfg.steps_per_epoch or max(1, records.example_count(manifest, train_folds) // cfg.global_batch_size)
+    if cfg.task == "regression":  # start at the training folds' mean wind speed (no val labels)
+        models.set_regression_bias(model, float(np.mean(np.concatenate([fold_labels[k][1] for k in train_folds]))))
+    ids, labels, labels_le = fold_labels[fold]
+    if cfg.view:
+        val_ds = view_of(cfg).predict_dataset(view_of(cfg).split_rows(fold), parse, cfg.global_batch_size)
+    else:
+        val_ds = pipeline.predict_dataset(records.record_files(cfg.data_tfrec_dir, [fold]), parse,
+                                          cfg.global_batch_size, len(ids))
+    monitor, score = config.monitored_key(cfg), config.score_key(cfg.metric)
+    checkpoint = BestCheckpoint(cfg.output_dir, fold, monitor, score)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="min", factor=cfg.lr_factor,
+                                                  patience=cfg.lr_patience, verbose=int(cfg.verbose > 0))
+    tracked = {"checkpoint": (checkpoint, ("best", "path")),
+               "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))}
+    position = views.InputPosition(steps * cfg.global_batch_size)  # views: saved with each backup
+    if cfg.view:
+        tracked["input"] = (position, ("examples",))
+    backup = resume.FoldBackup(cfg, fold, tracked, CHECKPOINT_GLOB.format(fold=fold))
+    initial_epoch = backup.restore(model)
+    callbacks = [
+        FoldScore(val_ds, labels, labels_le, unique_labels, cfg),  # first: fills val_* logs
+        checkpoint,
+        reduce_lr,
+        curves.TrainingCurves(cfg.output_dir, fold, cfg.experiment_id, score),  # sees every value above
+        tensorboard.FoldScalars(cfg.output_dir, fold),
+        backup,  # last: saves the state the callbacks above reached this epoch
+    ]
+    # Records: a resumed fold draws a new shuffle rather than replaying its first epochs' order.
+    # Views: one global shuffle, resumed at the saved position (the batches it would have seen).
+    # Several hosts: each reads its share of the shards and feeds its share of the global batch.
+    host, n_hosts = hosts.process_info()
+    if cfg.view:
+        position.examples = backup.restored("input", "examples", 0)
+        callbacks.insert(-1, position)  # before the backup, which saves it
+        train_ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
+                                              seed=cfg.seed, fold=fold, start=position.examples,
+                                              aug_prob=cfg.aug_prob)
+    else:
+        train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
+        train_ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
+                                          hosts.host_batch(cfg.global_batch_size, n_hosts), shuffle_buffer=cfg.buffer_size,
+                                          aug_prob=cfg.aug_prob, cache=cfg.use_cache,
+                                          seed=cfg.seed + fold + 1000 * initial_epoch)
+    train_ds = mixup.maybe_mix(train_ds, cfg, seed=cfg.seed + fold + 1000 * initial_epoch)
+    history = augment.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
+                          steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
+                          shuffle=False)  # shuffling: the pipeline's job
+    if checkpoint.path is None:  # no epoch gave a finite score: nothing worth keeping
+        raise ValueError(f"fold {fold}: training diverged: {monitor} was NaN or infinite after every one of "
+                         f"{cfg.n_epochs} epoch(s), so there is no checkpoint (try a lower --lr={cfg.lr:g})")
+    load_weights(model, checkpoint.path)
+    return history
+
+
+def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str, batch: int) -> None:
+    """Writes val (this fold) or test predictions for TTA 0..tta_number, with their ids; the view
+    of each TTA index is recorded first (`tta_views.json`). All views come from one pass: each
+    example is read and decoded once, in batches of `batch` examples, and `predictor`
+    (`augment.tta_model`) makes its views on the accelerator."""
+    if cfg.view:
+        rows = view_of(cfg).split_rows(fold if split_name == "val" else None)
+        ids = view_of(cfg).labels(rows)[0]
+    else:
+        files = records.record_files(cfg.data_tfrec_dir, [fold] if split_name == "val" else None)
+        ids = records.read_ids(files)
+    scoring.record_views(cfg.data_preds_dir, cfg.tta_views, cfg.tta_set)
+    n_tta = len(cfg.tta_views)
+    print(f"Fold {fold}: predicting {split_name} ({len(ids)} examples x {n_tta} TTA views)", flush=True)
+    if cfg.view:
+        ds = view_of(cfg).predict_dataset(rows, parse, batch)
+    else:
+        ds = pipeline.predict_dataset(files, parse, batch, len(ids))
+    pred = hosts.predict(predictor, ds, batch)[:len(ids) * n_tta]
+    pred = pred.reshape(len(ids), n_tta, *pred.shape[1:])
+    for t in range(n_tta):
+        storage.save_npy(prediction_names.path(cfg.data_preds_dir, split_name, fold, t), pred[:, t])
+    storage.save_npy(prediction_names.ids_path(cfg.data_preds_dir, split_name, fold), ids)
+
+
+def subset_suffix(cfg, previous_cv_folds: list[int] | None) -> str:
+    """'' if this invocation's CV may replace the run's results; else `.folds-<k>-<k>...`, the
+    suffix of the files it writes beside them: when it covers fewer folds than the CV the run
+    already has (e.g. `--job=score_subm --n_folds=2` on a finished 5-fold run)."""
+    mine = list(folds(cfg))
+    if previous_cv_folds is None or set(previous_cv_folds) <= set(mine):
+        return ""
+    return ".folds-" + "-".join(str(k) for k in mine)
+
+
+def refuse_mixed_training(cfg, full_folds: list[int], placed: bool = True) -> None:
+    """A run over some folds of a run dir whose CV covers more may only resume them with the
+    settings they were trained with: retraining or re-predicting a fold alone with other settings
+    (or --noresume) would leave the run's results (checkpoints, predictions) mixing two trainings.
+    `placed=False`: the devices are not known yet, so the settings they decide are not compared."""
+    trained = config.recorded_settings(storage.read_json(run_record.record_path(cfg.output_dir)).get("flags") or {})
+    mine = config.result_settings(cfg)
+    if not placed:
+        mine = {k: v for k, v in mine.items() if k not in config.PLACED}
+    changed = [k for k in sorted(mine) if k in trained and json.loads(json.dumps(mine[k], default=str)) != trained[k]]
+    changed = [k for k in changed if k not in config.DERIVED] or changed  # name the flags given, if any
+    if changed or not cfg.resume:
+        what = ", ".join(f"--{k}={getattr(cfg, k)} (trained with {trained[k]})" for k in changed) or "--noresume"
+        raise cli.UsageError(f"--output_dir={cfg.output_dir} holds a CV over folds {full_folds}; redoing folds "
+                             f"{list(folds(cfg))} ({'+'.join(j for j in cfg.jobs if j in ('train', 'val', 'test'))}) alone with {what} would leave its results mixing two trainings: "
+                             f"use another --output_dir, or run all its folds")
+
+
+def score(cfg, suffix: str = "") -> pd.DataFrame:
+    """CV scores from the saved predictions; printed and written to `scores<suffix>.csv`."""
+    train_cv = tables.read_table(storage.join(cfg.data_dir, "train_cv.csv"), ("image_id", "wind_speed", "fold_id"))
+    preds = scoring.load_predictions(cfg.data_preds_dir, "val", folds(cfg), cfg.tta_number,
+                                     load_unique_labels(cfg.data_dir), views=cfg.tta_views)
+    table = scoring.cv_scores(train_cv, preds, round_pred=cfg.metric == "rmse_rounded")
+    storage.write_text(storage.join(cfg.output_dir, f"scores{suffix}.csv"), table.to_csv(index_label="fold"))
+    n_split = int(train_cv.loc[train_cv["fold_id"] >= 0, "fold_id"].nunique())
+    covered = f"folds {', '.join(map(str, folds(cfg)))} of {n_split}"
+    if suffix:
+        print(f"CV of {covered} only: written beside the run's full results (scores{suffix}.csv); "
+              f"scores.csv and record.json's CV are unchanged")
+    print(f"CV {cfg.metric} ({cfg.experiment_id}, {covered}), rows: folds and all, columns: TTA index and TTA mean")
+    print(table.round(4).to_string(), flush=True)
+    return table
+
+
+def write_submission(cfg, suffix: str = "") -> str:
+    """Mean over folds and TTAs, rounded, in submission_format order: `<output_dir>/<id><suffix>.csv`."""
+    fmt = tables.read_table(storage.join(cfg.data_dir, "submission_format.csv"), split.SUBMISSION_COLUMNS)
+    preds = scoring.load_predictions(cfg.data_preds_dir, "test", folds(cfg), cfg.tta_number,
+                                     load_unique_labels(cfg.data_dir), views=cfg.tta_views)
+    path = storage.join(cfg.output_dir, f"{cfg.experiment_id}{suffix}.csv")
+    storage.write_text(path, scoring.submission(preds, fmt).to_csv(index=False))
+    print(f"Submission: {path}", flush=True)
+    return path
+
+
+def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Callable[[], None] = lambda: None) -> dict:
+    """Runs the jobs of `cfg.jobs` in order; returns {'scores': DataFrame, 'submission': path, ...}.
+
+    `check_lock` raises if the run dir's lock was lost; it is called before each fold."""
+    jobs = set(cfg.jobs)
+    manifest = check_inputs(cfg, jobs)
+    labels = load_unique_labels(cfg.data_dir, required=True) if cfg.task == "classification" else None
+    cfg = config.resolve(cfg, manifest, None if labels is None else len(labels))  # what the data decides
+    full_folds = run_record.cv_folds(cfg.output_dir)
+    suffix = subset_suffix(cfg, full_folds)
+    mixing = bool(suffix) and bool(jobs & {"train", "val", "test"})
+    if mixing:  # before a TPU is started for a run that would be refused
+        refuse_mixed_training(cfg, full_folds, placed=False)
+    placement = None
+    if jobs & {"train", "val", "test"}:
+        placement = runtime.get_runtime(cfg.tpu_ip_or_name, cfg.cpu_replicas, tpu_fallback=cfg.tpu_fallback,
+                                        tpu_timeout_s=cfg.tpu_timeout_s, distributed=cfg.distributed)
+    cfg = config.resolve(cfg, placement=placement)  # and what the devices decide; frozen from here
+    parse = lambda serialized: parse_example(serialized, cfg)  # noqa: E731 (closure over cfg)
+    if manifest:
+        check_parse(cfg, manifest, parse)
+    storage.makedirs(cfg.output_dir)
+    if mixing:
+        refuse_mixed_training(cfg, full_folds)
+    if not suffix:  # a subset run keeps the full run's config
+        storage.write_json(storage.join(cfg.output_dir, "config.json"), cfg.to_dict())
+    if "train" in jobs and not suffix:
+        tensorboard.write_config(cfg.output_dir, cfg.to_dict())
+    if cfg.quick:
+        print(f"Quick run (--quick): a smoke test of the pipeline ({cfg.n_folds} fold(s), {cfg.n_epochs} epoch of "
+              f"{cfg.steps_per_epoch} steps, {cfg.dim} px, TTA 0..{cfg.tta_number}) into {cfg.output_dir}; its CV "
+              "means nothing.", flush=True)
+    record = run_record.RunRecord(cfg, manifest, init_model)
+    result, timings = {"config": cfg}, {}
+    if placement is not None:
+        runtime.set_precision(cfg.precision)
+        print(runtime.describe(placement, cfg.precision, cfg.global_batch_size), flush=True)
+        unique_labels = load_unique_labels(cfg.data_dir)
+        keras.utils.set_random_seed(cfg.seed)
+        with placement.scope():
+            model = build_model(cfg, init_model)
+            compile_model(model, cfg)
+            fresh = FreshStart(model)  # builds the optimizer's variables: inside the scope
+            predictor = augment.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
+            trainer = augment.train_model(model, cfg.aug_prob > 0,  # training augmentation, ditto
+                                          cfg.mixup_mode if cfg.mixup_prob else None)
+        # examples per prediction batch: about a training batch of views in all, whole per replica
+        replicas = placement.replicas
+        tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
+        record.set_model(model, placement)
+        fold_labels = read_fold_labels(cfg, manifest) if "train" in jobs else {}
+        for fold in folds(cfg):
+            check_lock()  # another run took this run dir over (our heartbeat failed): stop writing
+            progress = resume.FoldProgress(cfg, fold, bool(fold_checkpoints(cfg.output_dir, fold)))
+            todo = progress.todo(jobs)  # re-running after a kill skips what a fold already finished
+            if not todo:
+                continue
+            fresh.restore()
+            print(f"Fold {fold} ({fold - cfg.initial_fold + 1}/{cfg.n_folds}): {'+'.join(todo)}", flush=True)
+            start, history = time.time(), None
+            if "train" in todo:
+                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer)
+                progress.mark("train")
+                timings[f"train_fold_{fold}"] = time.time() - start
+            else:
+                load_weights(model, best_checkpoint(cfg.output_dir, fold))
+            for split_name in ("val", "test"):
+                if split_name in todo:
+                    start = time.time()
+                    predict_split(cfg, fold, predictor, parse, split_name, tta_batch)
+                    progress.mark(split_name)
+                    timings[f"{split_name}_fold_{fold}"] = time.time() - start
+            record.fold_done(fold, history, best_checkpoint(cfg.output_dir, fold), timings)
+    if "score" in jobs:
+        result["scores"] = score(cfg, suffix)
+    if "subm" in jobs:
+        result["submission"] = write_submission(cfg, suffix)
+    result["subset"] = suffix
+    result["timings"] = timings
+    record.finish(result)
+    return result
+
+
+def build_model(cfg, init_model: Callable) -> keras.Model:
+    """The experiment's model; a size or backbone Keras refuses is an error naming the flags."""
+    try:
+        return init_model(cfg)
+    except ValueError as err:
+        raise cli.UsageError(f"--dim={cfg.dim} --backbone={cfg.backbone}: the model cannot be built "
+                             f"({' '.join(str(err).split())})") from err
+
+
+def explain_error(cfg, err: BaseException) -> BaseException:
+    """An error that names what to fix, for errors that point nowhere: a corrupt record file
+    (TensorFlow names only a byte offset) is found by its manifest checksum; a full disk or
+    other I/O error without a path gets the run dir's."""
+    if isinstance(err, tf.errors.DataLossError) and cfg.data_tfrec_dir:
+        from tpuflow.prep import build_write  # noqa: PLC0415 (only on this error path)
+        bad = {name: state for name, state in build_write.verify_dataset(cfg.data_tfrec_dir).items() if state != "ok"}
+        named = ", ".join(f"{storage.join(cfg.data_tfrec_dir, n)} ({state})" for n, state in sorted(bad.items()))
+        message = (f"corrupt record file(s): {named}; rebuild with data_prep/create_tfrecords.py (it redoes "
+                   f"damaged shards)" if bad else f"{cfg.data_tfrec_dir}: {' '.join(str(err).split())}")
+        return ValueError(message).with_traceback(err.__traceback__)
+    if isinstance(err, OSError) and not err.filename and err.errno:
+        return type(err)(err.errno, f"{err.strerror or err} (writing to --output_dir)", cfg.output_dir)
+    return err
