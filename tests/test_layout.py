@@ -246,3 +246,49 @@ def test_a_violation_is_caught(tmp_path, monkeypatch, source, message):
             if message in str(err):
                 return
     pytest.fail(f"no check caught {source!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# README's layout section: the same stages, modules and rules as the tree and the tables above
+
+README = os.path.join(os.path.dirname(LIB), "README.md")
+
+
+def _holds_code(path: str) -> bool:
+    body = ast.parse(open(path, encoding="utf-8").read()).body
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+
+
+def _readme_rows() -> dict[str, list[list[str]]]:
+    """Stage -> the backticked names of each cell of its row in the README's layout table."""
+    import re  # noqa: PLC0415
+
+    text = open(README, encoding="utf-8").read()
+    assert "\n## Layout\n" in text, "README lost its Layout section"
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `tpuflow") and len(cells) == 5:
+            name = re.findall(r"`([^`]+)`", cells[0])[0]
+            rows[ROOT if name == ROOT else name.removeprefix(ROOT + ".")] = [re.findall(r"`([^`]+)`", c) for c in cells]
+    return rows
+
+
+def test_readme_layout_lists_every_stage_and_module():
+    rows = _readme_rows()
+    assert sorted(rows) == sorted([ROOT, *PACKAGES]), f"README's layout table has rows {sorted(rows)}"
+    for stage, cells in rows.items():
+        modules = {os.path.basename(path)[:-3] for m, path in MODULES.items()
+                   if stage_of(m) == stage and (not path.endswith("__init__.py") or _holds_code(path))}
+        listed = set(cells[2])
+        assert listed == modules, (f"README's layout row for {stage}: add {sorted(modules - listed)}, "
+                                   f"drop {sorted(listed - modules)}")
+
+
+def test_readme_layout_states_the_import_rules():
+    for stage, cells in _readme_rows().items():
+        may = {ROOT if n == ROOT else n.removeprefix(ROOT + ".") for n in cells[3]}
+        assert may == MAY_IMPORT[stage], f"README's layout row for {stage}: may import {sorted(MAY_IMPORT[stage])}"
+        assert set(cells[4]) == THIRD_PARTY[stage], (
+            f"README's layout row for {stage}: third-party {sorted(THIRD_PARTY[stage])}")
