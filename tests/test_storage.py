@@ -170,7 +170,7 @@ def test_sync_round_trip_then_nothing_to_do(gcs_emulator, tmp_path):
     files = _make_dataset(tmp_path / "d1")
     (tmp_path / "d1" / ".tmp-abc-manifest.json").write_bytes(b"{")  # a killed writer's leftover
 
-    up = sync.sync(str(tmp_path / "d1"), remote, workers=4)  # storage.sync: storage_sync's
+    up = sync.sync(str(tmp_path / "d1"), remote, workers=4)
     assert up.transferred == sorted(files) and up.skipped == []
     assert up.bytes_transferred == sum(map(len, files.values()))
     listed = storage.list_files(remote)
