@@ -37,15 +37,6 @@ MAY_IMPORT = {
     "ensemble": {ROOT, "storage", "results"},
     "training": {ROOT, "storage", "prep", "inputs", "results"},
 }
-# Imports across those rules, each with why; (importer, imported module): lazy = only inside a function.
-CROSSINGS = {
-    ("tpuflow.inputs.views", "tpuflow.training.hosts"):
-        (False, "a view reads its own host's share of the frame store (multi-host JAX runs)"),
-    ("tpuflow.results.run_record", "tpuflow.training.models"):
-        (True, "RunRecord.set_model records the trained model's facts; only the runner calls it"),
-    ("tpuflow.results.run_record", "tpuflow.training.runtime"):
-        (True, "RunRecord.set_model records the device placement; only the runner calls it"),
-}
 
 # stage -> third-party packages it may import (anywhere in its modules)
 THIRD_PARTY = {
@@ -64,8 +55,6 @@ LAZY_THIRD_PARTY = {
     "tpuflow.training.hosts": {"jax": "process index and gathering across hosts under the JAX backend"},
     "tpuflow.prep.store": {"tensorflow": "parses a frame-store record with TensorFlow's protobuf "
                                          "classes when a view reads the store (never while building)"},
-    "tpuflow.results.run_record": {"keras": "the record of a training run: versions, precision policy",
-                                   "tensorflow": "the record of a training run: the TensorFlow version"},
 }
 TF_FREE = (ROOT, "storage", "prep", "results", "ensemble")
 
@@ -141,26 +130,21 @@ def test_every_module_belongs_to_a_stage():
                      if os.path.isdir(os.path.join(LIB, ROOT, d)) and d != "__pycache__")
     assert on_disk == sorted(PACKAGES), "a subpackage without rules here (or rules for a missing one)"
     assert set(MAY_IMPORT) == set(THIRD_PARTY) == {ROOT, *PACKAGES}
-    for module in [*LAZY_THIRD_PARTY, *(m for pair in CROSSINGS for m in pair)]:
+    for module in LAZY_THIRD_PARTY:
         assert module in MODULES, f"{module}: named in the rules but gone; update tests/test_layout.py"
 
 
 def test_stages_import_only_the_stages_they_may():
-    bad, used = [], set()
-    for module, imported, lazy, where in _edges():
+    bad = []
+    for module, imported, _, where in _edges():
         if imported != ROOT and not imported.startswith(ROOT + "."):
             continue
         mine, theirs = stage_of(module), stage_of(imported)
         if theirs == mine or theirs in MAY_IMPORT[mine]:
             continue
-        crossing = CROSSINGS.get((module, imported))
-        if crossing and (lazy or not crossing[0]):
-            used.add((module, imported))
-            continue
         bad.append(f"{where}: {module} imports {imported} ({mine} may import only "
                    f"{sorted(MAY_IMPORT[mine]) or 'no other stage'})")
     assert not bad, "\n".join(bad)
-    assert used == set(CROSSINGS), f"crossings no longer needed, drop them: {set(CROSSINGS) - used}"
 
 
 def test_stages_import_only_their_third_party_packages():

@@ -108,6 +108,11 @@ def test_global_shuffle_is_deterministic_and_resumable(built):
     assert sorted(epoch) == sorted(view.labels(rows)[1])  # each training example once per epoch
     other = labels(0, 3, seed=8)
     assert any((a[1] != b[1]).any() for a, b in zip(full, other))
+    # Two hosts read alternate positions: their orders interleave into the one-host order.
+    order = lambda host, n: [int(r) for r, _ in view.train_order([1, 2, 3, 4], seed=7, fold=0, host=host)  # noqa: E731
+                             .take(n).as_numpy_iterator()]
+    one = order((0, 1), 2 * len(rows))
+    assert order((0, 2), len(rows)) == one[0::2] and order((1, 2), len(rows)) == one[1::2]
 
 
 def test_bad_views_and_stores_are_refused(built, cv_dir, tmp_path):

@@ -32,10 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tpuflow.inputs import augment, pipeline
+from tpuflow.inputs import augment, frame_cache as frame_cache_lib, pipeline
 from tpuflow.prep import frames, store
-from tpuflow.training import hosts
-from tpuflow.inputs import frame_cache as frame_cache_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -200,22 +198,24 @@ class View:
 
     # --- datasets ----------------------------------------------------------------------------
 
-    def train_order(self, folds, *, seed: int, fold: int, start: int = 0) -> tf.data.Dataset:
+    def train_order(self, folds, *, seed: int, fold: int, start: int = 0,
+                    host: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
         """Endless (store row, augmentation seed) of the global shuffle, from example position
-        `start` on (this host's share of the positions; see module doc)."""
+        `start` on; `host`: (this host's index, number of hosts), each reading every n-th position
+        (its share of every global batch; see module doc)."""
         rows = tf.constant(self.train_rows(folds), tf.int64)
         n = int(rows.shape[0])
-        host, n_hosts = hosts.process_info()
+        index, n_hosts = host
 
         def pick(p):
             order = tf.random.experimental.index_shuffle(
                 p % n, seed=tf.stack([tf.constant(seed * 1_000_003 + fold, tf.int64), p // n]), max_index=n - 1)
             return tf.gather(rows, order), tf.stack([tf.constant(seed, tf.int64), p])
 
-        return tf.data.Dataset.range(start + host, np.iinfo(np.int64).max, n_hosts).map(pick)
+        return tf.data.Dataset.range(start + index, np.iinfo(np.int64).max, n_hosts).map(pick)
 
     def train_dataset(self, folds, parse_fn, batch_size: int, *, seed: int, fold: int, start: int = 0,
-                      aug_prob: float = 0.0) -> tf.data.Dataset:
+                      aug_prob: float = 0.0, host: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
         """Endless batches of (inputs, target) for `model.fit`: `train_order`'s examples,
         assembled, parsed, batched (`batch_size`: this host's share of the global batch), float32;
         with `aug_prob` > 0 the inputs are {"image", "transform"}: each example's transform index,
@@ -223,7 +223,7 @@ class View:
         Host memory: the store, plus the examples in flight (no shuffle buffer: the order needs
         none)."""
         self._ready()
-        ds = self.train_order(folds, seed=seed, fold=fold, start=start)
+        ds = self.train_order(folds, seed=seed, fold=fold, start=start, host=host)
 
         def example(row, seed):  # one map: assemble, parse, draw (fewer per-example hand-offs)
             x, y = parse_fn(self.assemble(row))

@@ -233,7 +233,7 @@ def load_store(store_dir: str, data_dir: str | None = None) -> FrameStore:
 
 def _parse(record: bytes) -> tuple[dict, bytes]:
     """(columns, frame bytes) of one store record, with the protobuf parser TensorFlow ships."""
-    from tensorflow.core.example import example_pb2  # protobuf only; no TF runtime is started
+    from tensorflow.core.example import example_pb2  # loads TensorFlow: only reading a store needs it
     example = example_pb2.Example.FromString(record)
     feature = example.features.feature
     row = {}

@@ -20,8 +20,8 @@ folds, started, ended, wall_s, status, error), so a failed score-only or subset 
 there without turning a complete run into a failed one. (Records written before this list
 existed lack it; it is optional.)
 
-Reading, checking and editing records needs no TensorFlow (the leaderboard starts in a second);
-only `RunRecord`, used inside a running experiment, imports it.
+Reading, checking and editing records needs no TensorFlow (the leaderboard starts in a second):
+the runner hands `RunRecord` the facts that need it (versions, model, devices).
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ import subprocess
 import time
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
-from tpuflow import __version__, storage
+from tpuflow import storage
 from tpuflow.prep import frames, shard_names
 from tpuflow.results import checkpoint_names
 
@@ -51,6 +50,7 @@ FIELDS = ("schema_version", "experiment_id", "status", "error", "started", "upda
           "git", "run_py", "lb")
 DATASET_FIELDS = ("dir", "spec", "kind", "n_frames", "step", "channels", "history_depth", "manifest_sha256")
 MODEL_FIELDS = ("architecture", "task", "backbone", "weights", "dim", "n_params")
+RUNTIME_FIELDS = ("replicas", "strategy", "device", "precision", "backend", "backend_reason", "processes", "devices")
 CV_FIELDS = ("metric", "tta_number", "tta", "no_tta", "baseline", "per_fold")
 
 
@@ -142,21 +142,15 @@ def git_info(path: str) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def versions() -> dict:
-    import keras  # noqa: PLC0415 (see module docstring)
-    import tensorflow as tf  # noqa: PLC0415
-    return {"tpuflow": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
-
-
 class RunRecord:
     """The record of one invocation of an experiment, updated as the run goes.
 
     `init_model` is the experiment's model function: its source file is the `run.py` copied into
     the record and located in git, and its module docstring's first line is the description.
+    `versions`: what is installed (`runtime.versions()`).
     """
 
-    def __init__(self, cfg, manifest: dict, init_model: Callable):
+    def __init__(self, cfg, manifest: dict, init_model: Callable, versions: dict):
         self.cfg, self.path, self.start = cfg, record_path(cfg.output_dir), time.time()
         previous = storage.read_json(self.path) if storage.exists(self.path) else {}
         trains = "train" in cfg.jobs
@@ -169,7 +163,7 @@ class RunRecord:
             "jobs": list(cfg.jobs), "flags": cfg.to_dict(),
             "dataset": dataset_info(cfg.data_tfrec_dir, manifest) if manifest else None,
             "model": None, "cv": None, "folds": {}, "timings": {}, "runtime": None,
-            "versions": versions(), "git": git_info(run_py),
+            "versions": dict(versions), "git": git_info(run_py),
             "run_py": {"path": os.path.abspath(run_py), "source": storage.read_text(run_py)},
             "lb": {"private": None, "public": None},
         }
@@ -202,23 +196,10 @@ class RunRecord:
         self.record["updated"] = _now()
         write_record(self.path, self.record)
 
-    def set_model(self, model, placement) -> None:
-        """Model and hardware facts (a keras.Model built for a `runtime.Placement`)."""
-        import keras  # noqa: PLC0415 (see module docstring)
-        from tpuflow import backend  # noqa: PLC0415
-        from tpuflow.training import models, runtime  # noqa: PLC0415
-        cfg = self.cfg
-        self.record["model"] = {
-            "architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
-            "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params()),
-        }
-        self.record["runtime"] = {
-            "replicas": placement.replicas, "strategy": placement.name,
-            "device": placement.kind.upper(), "precision": cfg.precision or keras.mixed_precision.global_policy().name,
-            "host": platform.node(), "backend": placement.backend, "backend_reason": backend.reason,
-            "processes": placement.processes, "devices": placement.devices,
-        }
-        self.record["versions"].update(runtime.versions())
+    def set_model(self, model: dict, runtime: dict) -> None:
+        """The model's facts (`MODEL_FIELDS`) and where it runs (`RUNTIME_FIELDS`), from the runner."""
+        self.record["model"] = {k: model[k] for k in MODEL_FIELDS}
+        self.record["runtime"] = {**{k: runtime[k] for k in RUNTIME_FIELDS}, "host": platform.node()}
         self.write()
 
     def fold_done(self, fold: int, history, best_checkpoint: str, timings: dict) -> None:

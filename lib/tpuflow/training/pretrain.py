@@ -26,7 +26,7 @@ from keras import layers
 from tpuflow import storage
 from tpuflow.inputs import augment, records
 from tpuflow.results import run_record
-from tpuflow.training import curves, models, tensorboard
+from tpuflow.training import curves, models, runtime, tensorboard
 
 BACKBONE_FILE = "backbone.weights.h5"
 RECORD_FILE = "pretrain_record.json"
@@ -185,7 +185,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     storage.makedirs(cfg.output_dir)
     record = {"status": "running", "flags": dataclasses.asdict(cfg), "n_frames": n_frames, "steps_per_epoch": steps,
               "source": cfg.data_dir or cfg.data_tfrec_dir, "backbone_file": storage.join(cfg.output_dir, BACKBONE_FILE),
-              "versions": run_record.versions(), "git": run_record.git_info(__file__)}
+              "versions": runtime.versions(), "git": run_record.git_info(__file__)}
     storage.write_json(storage.join(cfg.output_dir, RECORD_FILE), record)
     keras.utils.set_random_seed(cfg.seed)
     model, net = simsiam_model(cfg.backbone, cfg.dim, cfg.weights, cfg.proj_dim, cfg.pred_dim)

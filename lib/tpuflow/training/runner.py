@@ -11,16 +11,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tpuflow import cli
-from tpuflow.inputs import augment, mixup, pipeline, records
-from tpuflow.results import checkpoint_names
-from tpuflow.training import config, curves, hosts, models
-from tpuflow import storage
-from tpuflow.inputs import views
+from tpuflow import backend, cli, storage
+from tpuflow.inputs import augment, mixup, pipeline, records, views
 from tpuflow.prep import split
-from tpuflow.results import prediction_names, run_record, scoring
+from tpuflow.results import checkpoint_names, prediction_names, run_record, scoring
 from tpuflow.storage import tables
-from tpuflow.training import resume, runtime, tensorboard
+from tpuflow.training import config, curves, hosts, models, resume, runtime, tensorboard
 
 CHECKPOINT_GLOB = checkpoint_names.GLOB
 
@@ -284,7 +280,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
         callbacks.insert(-1, position)  # before the backup, which saves it
         train_ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
                                               seed=cfg.seed, fold=fold, start=position.examples,
-                                              aug_prob=cfg.aug_prob)
+                                              aug_prob=cfg.aug_prob, host=(host, n_hosts))
     else:
         train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
         train_ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
@@ -383,6 +379,16 @@ def write_submission(cfg, suffix: str = "") -> str:
     return path
 
 
+def model_facts(cfg, model: keras.Model, placement: runtime.Placement) -> tuple[dict, dict]:
+    """What the record says of the model and of where it runs (`run_record.RunRecord.set_model`)."""
+    return ({"architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
+             "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params())},
+            {"replicas": placement.replicas, "strategy": placement.name, "device": placement.kind.upper(),
+             "precision": cfg.precision or keras.mixed_precision.global_policy().name,
+             "backend": placement.backend, "backend_reason": backend.reason,
+             "processes": placement.processes, "devices": placement.devices})
+
+
 def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Callable[[], None] = lambda: None) -> dict:
     """Runs the jobs of `cfg.jobs` in order; returns {'scores': DataFrame, 'submission': path, ...}.
 
@@ -415,7 +421,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         print(f"Quick run (--quick): a smoke test of the pipeline ({cfg.n_folds} fold(s), {cfg.n_epochs} epoch of "
               f"{cfg.steps_per_epoch} steps, {cfg.dim} px, TTA 0..{cfg.tta_number}) into {cfg.output_dir}; its CV "
               "means nothing.", flush=True)
-    record = run_record.RunRecord(cfg, manifest, init_model)
+    record = run_record.RunRecord(cfg, manifest, init_model, runtime.versions())
     result, timings = {"config": cfg}, {}
     if placement is not None:
         runtime.set_precision(cfg.precision)
@@ -432,7 +438,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
-        record.set_model(model, placement)
+        record.set_model(*model_facts(cfg, model, placement))
         fold_labels = read_fold_labels(cfg, manifest) if "train" in jobs else {}
         for fold in folds(cfg):
             check_lock()  # another run took this run dir over (our heartbeat failed): stop writing

@@ -14,13 +14,17 @@ import importlib.metadata
 import logging
 import math
 import os
+import platform
 import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from tpuflow import __version__
 
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
 AUTO_PRECISION = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16", "cpu": "float32"}
@@ -351,10 +355,11 @@ def _version(*dists: str) -> str | None:
     return None
 
 
-def versions(backend: str | None = None) -> dict:
-    """Installed versions of what decides where a run can go (None: not installed): Keras,
-    TensorFlow (any of its wheels), jax, jaxlib and libtpu."""
-    return {"keras": keras.__version__, "tensorflow": tf.__version__,
+def versions() -> dict:
+    """Installed versions (None: not installed): tpuflow, Python, NumPy, and what decides where a
+    run can go: Keras, TensorFlow (any of its wheels), jax, jaxlib and libtpu."""
+    return {"tpuflow": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "keras": keras.__version__, "tensorflow": tf.__version__,
             "tensorflow_wheel": next((d for d in ("tensorflow-tpu", "tensorflow-cpu", "tensorflow")
                                       if _version(d)), None),
             "jax": _version("jax"), "jaxlib": _version("jaxlib"), "libtpu": _version("libtpu", "libtpu-nightly")}
