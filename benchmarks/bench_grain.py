@@ -22,8 +22,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from tpuflow.inputs import records, views
-from tpuflow.prep import frames, shard_names, split, store, synthetic  # first: --backend
+from tpuflow.inputs import records, views  # first: --backend
+from tpuflow.prep import frames, shard_names, split, store, synthetic
 from tpuflow.training.throughput import input_rate
 
 from absl import app, flags  # noqa: E402

@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
-from tpuflow.inputs import augment, pipeline, records, views
-from tpuflow.prep import build_plan, builder, frames, shard_names, split, store, synthetic  # first: --backend
+from tpuflow.inputs import augment, pipeline, records, views  # first: --backend
+from tpuflow.prep import build_plan, builder, frames, shard_names, split, store, synthetic
 from tpuflow.training.throughput import PeakMemory, kind_parser
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)

@@ -30,9 +30,9 @@ from __future__ import annotations
 import os
 import tempfile
 
-from tpuflow.inputs import augment, pipeline, records
+from tpuflow.inputs import augment, pipeline, records  # first: --backend
 from tpuflow.prep import builder, frames, split, synthetic
-from tpuflow.training import models, runtime  # first: --backend
+from tpuflow.training import models, runtime
 from tpuflow.training.throughput import PeakMemory, input_rate, kind_config, kind_parser, model_rate
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)

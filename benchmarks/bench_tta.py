@@ -23,9 +23,9 @@ import os
 import tempfile
 import time
 
-from tpuflow.inputs import augment, pipeline, records, views
+from tpuflow.inputs import augment, pipeline, records, views  # first: --backend
 from tpuflow.prep import builder, frames, shard_names, split, store, synthetic
-from tpuflow.training import hosts  # first: --backend
+from tpuflow.training import hosts
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -97,7 +97,7 @@ try:  # a global batch that does not split over the devices is an error naming b
     raise AssertionError("batch 5 on 2 devices was accepted")
 except ValueError as err:
     assert "--batch_size=5 (global) is not divisible by the 2 replicas" in str(err), err
-cfg = experiment.make_config(batch_size=3, batch_size_per_replica=True, **settings)
+cfg = experiment.make_config(batch_size=3, batch_size_per_replica=True, mixup_prob=1.0, **settings)  # per-device blocks
 cfg = experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)["config"]
 assert cfg.global_batch_size == 6, cfg.global_batch_size
 distribution = keras.distribution.distribution()

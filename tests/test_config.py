@@ -112,6 +112,11 @@ def test_config_json_and_the_record_hold_the_configuration_the_run_used(cv_dir, 
     assert written == used.to_dict()
     assert run_record.read_record(str(tmp_path / "run"))["flags"] == used.to_dict()
     assert config.Config.from_dict(written) == used
+    # Scoring the run again (no devices resolved) leaves the configuration it was trained with.
+    rescore = experiment.make_config(data_dir=cv_dir, output_dir=str(tmp_path / "run"), quick=True, dim=16,
+                                     tta_number=0, verbose=0, n_folds=1, job="score")
+    experiment.run(rescore, tiny_experiment.init_model, tiny_experiment.parse_example)
+    assert storage.read_json(str(tmp_path / "run" / "config.json")) == written
 
 
 def test_the_ensemble_tools_old_rmse_is_read_as_the_raw_rmse_with_a_warning(capsys):

@@ -11,11 +11,12 @@ from tpuflow.training import experiment
 BATCH = 8
 
 
-def _batches(tfrec_dir, cfg, parse, mix=None, n=3):
+def _batches(tfrec_dir, cfg, parse, mix=None, n=3, block=None):
     files = records.record_files(tfrec_dir, [0, 1, 2, 3])
     ds = pipeline.train_dataset(files, parse, BATCH, shuffle_buffer=64, seed=5)
     if mix:  # drawn on the host, blended by the device's function
-        ds = mixup.mix_dataset(ds, seed=9, **mix).map(lambda x, y: (mixup.device_blend(x["image"], x), y))
+        ds = mixup.mix_dataset(ds, seed=9, block=block, **mix).map(
+            lambda x, y: (mixup.device_blend(x["image"], x, block), y))
     return [(x.numpy().astype(np.float64), y.numpy().astype(np.float64)) for x, y in ds.take(n)]
 
 
@@ -63,6 +64,18 @@ def test_mixed_batches_are_convex_combinations(task, mode, cv_dir, single_dir):
     assert n_mixed >= len(plain) * BATCH // 2  # prob=1: most examples really got a partner
     if task == "classification":
         np.testing.assert_allclose(ym.sum(axis=1), 1.0, atol=1e-5)  # still a distribution
+
+
+def test_partners_stay_on_their_device(cv_dir, single_dir):
+    """With 2 devices of 4 examples each, every partner is one of the same device's examples."""
+    cfg = experiment.make_config(dim=16)
+    parse = lambda s: experiment.parse_image_example(s, cfg, channels=1)  # noqa: E731
+    mixed = _batches(single_dir, cfg, parse, dict(alpha=0.4, prob=1.0, mode="mixup"), block=4)
+    pairs = [(i, j) for (x, y), (xm, ym) in zip(_batches(single_dir, cfg, parse), mixed)
+             for i, (lam, j) in enumerate(_partners(x, y, xm, ym, "mixup")) if lam < 0.999]
+    assert len(pairs) >= BATCH and all(i // 4 == j // 4 for i, j in pairs), pairs
+    with pytest.raises(ValueError, match="a batch of 8 does not split into blocks of 3"):
+        mixup.draw_mix(tf.TensorSpec([8, 4, 4, 1]), tf.zeros([8]), tf.constant([1, 2]), alpha=1.0, prob=1.0, block=3)
 
 
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])

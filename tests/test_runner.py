@@ -118,7 +118,8 @@ try:  # a global batch that does not split over the replicas is an error naming 
     raise AssertionError("batch 5 on 2 replicas was accepted")
 except ValueError as err:
     assert "--batch_size=5 (global) is not divisible by the 2 replicas" in str(err), err
-cfg = experiment.make_config(batch_size=3, batch_size_per_replica=True, **settings)
+# Cutmix partners come from each replica's own examples (a replica's step sees only those).
+cfg = experiment.make_config(batch_size=3, batch_size_per_replica=True, mixup_prob=1.0, mixup_mode="cutmix", **settings)
 result = experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
 cfg = result["config"]
 assert cfg.global_batch_size == 6, cfg.global_batch_size

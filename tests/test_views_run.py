@@ -47,7 +47,7 @@ def _state(out):
 
 def test_killed_fold_resumes_on_the_batches_it_would_have_seen(cv_dir, store_dir, tmp_path):
     out, reference = str(tmp_path / "run"), str(tmp_path / "reference")
-    cmd, env = _tiny(cv_dir, store_dir, out)
+    cmd, env = _tiny(cv_dir, store_dir, out, "--mixup_prob=0.5")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     while proc.poll() is None:
         state = _state(out)
@@ -64,10 +64,10 @@ def test_killed_fold_resumes_on_the_batches_it_would_have_seen(cv_dir, store_dir
     again = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"Resuming fold 0 at epoch {done + 1}" in again.stdout
-    cmd, env = _tiny(cv_dir, store_dir, reference)
+    cmd, env = _tiny(cv_dir, store_dir, reference, "--mixup_prob=0.5")
     uninterrupted = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert uninterrupted.returncode == 0, uninterrupted.stdout[-3000:] + uninterrupted.stderr[-3000:]
-    # Same batches, same augmentation draws, same state: the same model, to the last bit.
+    # Same batches, same augmentation and mixing draws, same state: the same model, to the last bit.
     for name in ("y_pred_val_fold_0_tta_0.npy", "y_pred_val_fold_0_tta_1.npy", "ids_val_fold_0.npy"):
         np.testing.assert_array_equal(np.load(os.path.join(out, "preds", name)),
                                       np.load(os.path.join(reference, "preds", name)), err_msg=name)

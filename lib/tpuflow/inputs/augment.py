@@ -56,6 +56,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tpuflow.inputs import mixup
+
 N_TRANSFORMS = 10
 """Number of TTA transforms, the original (index 0) included."""
 
@@ -443,29 +445,32 @@ class TrainAugment(keras.layers.Layer):
     images the model trains on: each example's transform, then the mixup blend (the order the
     host ran them in before: the partner of a mixed example is itself augmented). float32."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, block: int | None = None, **kwargs):
         super().__init__(dtype="float32", **kwargs)
+        self.block = block  # mixup's (`mixup.device_blend`)
 
     def call(self, inputs):
-        from tpuflow.inputs import mixup  # noqa: PLC0415 (mixup's device part; mixup does not need augment)
         images = ops.cast(inputs["image"], "float32")
         if "transform" in inputs:
             images = device_augment(images, inputs["transform"])
-        return mixup.device_blend(images, inputs) if "partner" in inputs else images
+        return mixup.device_blend(images, inputs, self.block) if "partner" in inputs else images
 
     def compute_output_shape(self, input_shape):
         return input_shape["image"]
 
 
-def train_model(model: keras.Model, aug: bool, mix: str | None = None) -> keras.Model:
+def train_model(model: keras.Model, aug: bool, mix: str | None = None, block: int | None = None) -> keras.Model:
     """The model `fit` trains: `model` itself when training batches are plain images, else (with
     augmentation `aug`, or mixup mode `mix`: the datasets' inputs are then the dicts
-    `TrainAugment` takes) `model` behind `TrainAugment`, sharing its weights and its
-    optimizer and compiled like it (loss, metrics, XLA setting), so that checkpoints, backups
-    and predictions stay `model`'s (see :func:`fit`). Build it where `model` was built (inside
-    its distribution scope), after compiling `model`."""
+    `TrainAugment` takes; `block`: mixup's, see `mixup.draw_mix`) `model` behind `TrainAugment`,
+    sharing its weights and its optimizer and compiled like it (loss, metrics, XLA setting), so
+    that checkpoints, backups and predictions stay `model`'s (see :func:`fit`). Build it where
+    `model` was built (inside its distribution scope), after compiling `model`. Images the
+    augmentation cannot turn (not square) are refused here, before any training."""
     if not aug and not mix:
         return model
+    if aug:
+        _train_stages(*model.inputs[0].shape[-3:-1])  # refuses a non-square image, naming the flag
     specs = {"image": (tuple(model.inputs[0].shape[1:]), "float32")}
     if aug:
         specs["transform"] = ((), "int32")
@@ -474,7 +479,7 @@ def train_model(model: keras.Model, aug: bool, mix: str | None = None) -> keras.
         if mix == "cutmix":
             specs["box"] = ((4,), "float32")
     inputs = {key: keras.Input(shape=shape, dtype=dtype, name=key) for key, (shape, dtype) in specs.items()}
-    trainer = keras.Model(inputs, model(TrainAugment()(inputs)), name=f"{model.name}_train")
+    trainer = keras.Model(inputs, model(TrainAugment(block)(inputs)), name=f"{model.name}_train")
     config = keras.saving.deserialize_keras_object(model.get_compile_config())
     trainer.compile(**{**config, "optimizer": model.optimizer})
     return trainer
@@ -487,10 +492,8 @@ class _StopWith(keras.callbacks.Callback):
         super().__init__()
         self.trainer = trainer
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):  # no batch hook: that would make JAX's fit wait on every step
         self.trainer.stop_training = self.trainer.stop_training or self.model.stop_training
-
-    on_epoch_end = on_train_batch_end
 
 
 def fit(trainer: keras.Model, model: keras.Model, dataset, *, callbacks, epochs: int, steps_per_epoch: int,

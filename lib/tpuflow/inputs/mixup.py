@@ -1,7 +1,9 @@
 """Mixup and cutmix: batch-level mixing of training examples, as a `tf.data` batch map.
 
 Each example of a batch is, with probability `prob`, mixed with a partner drawn from the same
-batch (a random permutation) with weight lam ~ Beta(alpha, alpha):
+device's share of the batch (a random permutation within each block of `block` examples: a
+partner on another device would be out of reach of a TPU replica's step, and under JAX would
+copy the batch between chips) with weight lam ~ Beta(alpha, alpha):
 
 - mixup: inputs lam * x + (1 - lam) * x_partner;
 - cutmix: a box covering a fraction 1 - lam of the image is pasted from the partner (lam is then
@@ -58,21 +60,27 @@ def _box_mask(boxes, height: int, width: int):
 
 
 def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: float,
-             mode: str = "mixup") -> tuple[dict, tf.Tensor]:
+             mode: str = "mixup", block: int | None = None) -> tuple[dict, tf.Tensor]:
     """A batch's mixing, drawn on the host: the inputs the device blends with ({"partner": each
-    example's partner (int32), "lam": its weight, and for cutmix "box": (top, bottom, left, right)
-    in pixels}) and the mixed targets. `x_spec` is the images' spec, (B, H, W, C) or (B, T, H, W, C); `y` (B,)
-    or (B, K); `seed` a shape-[2] integer tensor; B must be static (drop_remainder=True)."""
+    example's partner as its position within the example's block of `block` examples (int32;
+    None: the whole batch is one block), "lam": its weight, and for cutmix "box": (top, bottom,
+    left, right) in pixels}) and the mixed targets. `x_spec` is the images' spec, (B, H, W, C) or
+    (B, T, H, W, C); `y` (B,) or (B, K); `seed` a shape-[2] integer tensor; B must be static
+    (drop_remainder=True) and a multiple of `block`."""
     if mode not in MODES:
         raise ValueError(f"mixup mode {mode!r}: expected one of {MODES}")
     batch = x_spec.shape[0]
     if batch is None:
         raise ValueError("mixup needs a static batch size (batch with drop_remainder=True)")
+    block = block or batch
+    if batch % block:
+        raise ValueError(f"mixup: a batch of {batch} does not split into blocks of {block} (one device's examples)")
     s_perm, s_lam, s_apply, s_box = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    partner = tf.cast(tf.argsort(tf.random.stateless_uniform([batch], s_perm)), tf.int32)
+    offsets = tf.cast(tf.argsort(tf.random.stateless_uniform([batch // block, block], s_perm), axis=-1), tf.int32)
+    partner = tf.reshape(offsets + tf.range(0, batch, block, dtype=tf.int32)[:, None], [-1])  # in the batch
     lam = _beta([batch], alpha, s_lam)
     lam = tf.where(tf.random.stateless_uniform([batch], s_apply) < prob, lam, 1.0)
-    mix = {"partner": partner}
+    mix = {"partner": tf.reshape(offsets, [-1])}
     if mode == "cutmix":
         height, width = x_spec.shape[-3], x_spec.shape[-2]
         mix["box"] = _boxes(lam, height, width, s_box)
@@ -84,31 +92,45 @@ def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: f
     return mix, lam_y * y + (1.0 - lam_y) * tf.gather(y, partner)
 
 
-def device_blend(images, inputs: dict):
+def device_blend(images, inputs: dict, block: int | None = None):
     """The images of a batch mixed as `draw_mix` drew (`inputs` holds its keys), with
     `keras.ops` (on the accelerator, after the training augmentation): mixup lam * x + (1 - lam)
-    * x_partner, cutmix the partner's pixels inside the box; every frame of a sequence alike."""
+    * x_partner, cutmix the partner's pixels inside the box; every frame of a sequence alike.
+    `block`: `draw_mix`'s (None: the whole batch). A TensorFlow replica's step sees one block; a
+    JAX step sees the global batch, each device's block gathered on its own (no copy between
+    devices)."""
     shape = tuple(images.shape)
+    block = block or shape[0]
+    if shape[0] == block:
+        partners = ops.take(images, inputs["partner"], axis=0)
+    else:
+        blocks = ops.reshape(images, (-1, block) + shape[1:])
+        offsets = ops.reshape(inputs["partner"], (-1, block))
+        partners = ops.reshape(ops.vectorized_map(lambda pair: ops.take(pair[0], pair[1], axis=0),
+                                                  (blocks, offsets)), shape)
     if "box" in inputs:
         keep = _box_mask(inputs["box"], shape[-3], shape[-2])
         keep = ops.reshape(keep, (-1,) + (1,) * (len(shape) - 4) + (shape[-3], shape[-2], 1))
     else:
         keep = ops.reshape(inputs["lam"], (-1,) + (1,) * (len(shape) - 1))
-    return keep * images + (1.0 - keep) * ops.take(images, inputs["partner"], axis=0)
+    return keep * images + (1.0 - keep) * partners
 
 
 def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "mixup",
-                seed: int | None = None) -> tf.data.Dataset:
+                seed: int | None = None, block: int | None = None, start: int = 0) -> tf.data.Dataset:
     """Draws the mixing of every (inputs, y) batch of `ds` with a fresh stateless seed per batch:
     the inputs become a dict ({"image"[, "transform"]} plus `draw_mix`'s keys) that
-    `augment.train_model` blends on the device; the targets are mixed here."""
+    `augment.train_model` blends on the device; the targets are mixed here. `block`: the examples
+    one device trains on per step (partners are drawn among them; None: the whole batch). `start`:
+    the batches already trained on, whose draws are skipped (a resumed stream draws as the
+    uninterrupted one does)."""
     check(alpha, prob, mode)
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(start)
 
     def mixed(xy, s):
         x, y = xy
         x = dict(x) if isinstance(x, dict) else {"image": x}
-        mix, y = draw_mix(x["image"], y, s, alpha=alpha, prob=prob, mode=mode)
+        mix, y = draw_mix(x["image"], y, s, alpha=alpha, prob=prob, mode=mode, block=block)
         return {**x, **mix}, y
 
     return tf.data.Dataset.zip((ds, seeds)).map(mixed, num_parallel_calls=tf.data.AUTOTUNE)
@@ -124,9 +146,10 @@ def check(alpha: float, prob: float, mode: str) -> None:
         raise ValueError(f"--mixup_mode={mode!r}: expected one of {MODES}")
 
 
-def maybe_mix(ds: tf.data.Dataset, cfg, seed: int | None = None) -> tf.data.Dataset:
+def maybe_mix(ds: tf.data.Dataset, cfg, seed: int | None = None, block: int | None = None,
+              start: int = 0) -> tf.data.Dataset:
     """The runner's hook: mixes the training batches when `--mixup_prob` > 0, else returns `ds`."""
     if not cfg.mixup_prob:
         return ds
     return mix_dataset(ds, alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, mode=cfg.mixup_mode,
-                       seed=seed).prefetch(tf.data.AUTOTUNE)
+                       seed=seed, block=block, start=start).prefetch(tf.data.AUTOTUNE)

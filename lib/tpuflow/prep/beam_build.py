@@ -45,7 +45,6 @@ from apache_beam.runners.runner import PipelineState
 from tpuflow import cli, storage
 from tpuflow.prep import build_encode, build_plan, build_write, frames, shard_names, store, validate
 
-RUNNERS = build_plan.BEAM_RUNNERS
 STORMS_PER_FILE = 64
 
 
@@ -249,8 +248,8 @@ def pipeline_options(runner, beam_args: Sequence[str], workers: int | None) -> P
     batch runner (FnApiRunner) in multi-process mode, one worker per core unless
     `--direct_num_workers`/`--direct_running_mode` say otherwise: Beam's DirectRunner would
     first try to download the Prism runner from GitHub."""
-    if isinstance(runner, str) and runner not in RUNNERS:
-        raise ValueError(f"--runner={runner!r}: expected local or one of {RUNNERS}")
+    if isinstance(runner, str) and runner not in build_plan.BEAM_RUNNERS:
+        raise ValueError(f"--runner={runner!r}: expected local or one of {build_plan.BEAM_RUNNERS}")
     options = PipelineOptions(list(beam_args))
     unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
                      - set(options.get_all_options()))
@@ -287,7 +286,7 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
           wind_speed_range: tuple[int, int] = validate.WIND_SPEED_RANGE,
           storm_records: type[StormRecords] = StormRecords) -> list[dict]:
     """`builder.build_datasets` (and `store.build_store` when `want_store`) on a Beam runner
-    (one of `RUNNERS`, or a `PipelineRunner`): the same arguments, the same output; returns the
+    (one of `build_plan.BEAM_RUNNERS`, or a `PipelineRunner`): the same arguments, the same output; returns the
     manifests (the store's last).
 
     If the pipeline fails, the shards it wrote for datasets without a manifest are removed, as

@@ -29,7 +29,7 @@ from tpuflow.storage import tables
 SHARDS_PER_FOLD = 16  # shuffled shards read in parallel: 4 training folds -> 64 files to interleave
 BUILD_FORMAT = 3  # bump when the same inputs and flags would give different record bytes
 SOURCES = ("train_cv.csv", "test_cv.csv")
-BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")  # tpuflow.prep.beam_build
+BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")  # what `beam_build` runs on
 
 
 def _read_split_csv(data_dir: str, name: str, image_dir: str,

@@ -18,7 +18,7 @@ from typing import Iterable, NamedTuple
 
 from tpuflow import storage
 
-MANIFEST = storage.MANIFEST
+MANIFEST = storage.MANIFEST  # storage syncs it last, so it is defined there; named here with the rest
 TEST = "test"
 STORE_PREFIX = "frames"  # the frame store's shards (`tpuflow.prep.store`)
 STORE_DIR = "data-frames"  # the frame store's directory under --out_dir

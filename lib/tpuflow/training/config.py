@@ -176,9 +176,9 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
     """The configuration from flag values (experiment defaults applied): old spellings, job words,
     `--quick` rules (for the settings in none of `asked`, the flags given), run dir, TTA views and
     verbosity; frozen. Devices, dataset and labels are resolved later (`resolve`)."""
-    from tpuflow import storage  # noqa: PLC0415 (TensorFlow-free modules)
-    from tpuflow.inputs import augment  # noqa: PLC0415 (TensorFlow-free modules)
-    from tpuflow.results import scoring  # noqa: PLC0415 (TensorFlow-free modules)
+    from tpuflow import storage  # noqa: PLC0415 (imported when a run is configured, not for --help)
+    from tpuflow.inputs import augment  # noqa: PLC0415
+    from tpuflow.results import scoring  # noqa: PLC0415
     v = {k: new_value(k, x) for k, x in values.items()}
     v["jobs"] = parse_jobs(v["job"])
     if v["quick"]:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
@@ -208,7 +208,8 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
 
 def resolve(cfg: Config, manifest: dict | None = None, n_labels: int | None = None,
             placement=None) -> Config:
-    """The settings that depend on the data and the devices, resolved together; frozen.
+    """The settings that depend on the data and the devices; frozen. The runner resolves the data's
+    (frames, classes) first, then, once the devices are up, theirs.
 
     manifest: the dataset's (frames per example); n_labels: classes in unique_labels_sorted.npy
     (classification); placement: a `runtime.Placement` (precision policy by device kind, global

@@ -132,8 +132,6 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
         if "train" not in jobs:
             for k in folds(cfg):
                 best_checkpoint(cfg.output_dir, k)
-    if cfg.task == "classification":
-        config.resolve(cfg, n_labels=len(load_unique_labels(cfg.data_dir, required=True)))  # --n_classes fits
     if "score" in jobs:
         tables.read_table(storage.join(cfg.data_dir, "train_cv.csv"), ("image_id", "wind_speed", "fold_id"))
         if "val" not in jobs:
@@ -234,11 +232,12 @@ def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndar
 
 
 def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_labels: dict,
-               unique_labels, trainer: keras.Model | None = None) -> keras.callbacks.History:
+               unique_labels, trainer: keras.Model | None = None, block: int | None = None) -> keras.callbacks.History:
     """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
     the model; returns the fit History (of the epochs run now, after any resumed ones). `trainer`
     (`augment.train_model`, default `model`) is what `fit` runs: `model` behind the training
-    augmentation made on the accelerator; the callbacks see `model`.
+    augmentation made on the accelerator; the callbacks see `model`. `block`: the examples one
+    device trains on per step, among which mixup draws partners (None: the whole batch).
 
     Each epoch is backed up; after a kill the fold resumes from its last backup (see `resume`).
     """
@@ -281,13 +280,15 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
         train_ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
                                               seed=cfg.seed, fold=fold, start=position.examples,
                                               aug_prob=cfg.aug_prob, host=(host, n_hosts))
+        mix_seed, mix_start = cfg.seed + fold, position.examples // cfg.global_batch_size  # mixing resumes too
     else:
         train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
         train_ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
                                           hosts.host_batch(cfg.global_batch_size, n_hosts), shuffle_buffer=cfg.buffer_size,
                                           aug_prob=cfg.aug_prob, cache=cfg.use_cache,
                                           seed=cfg.seed + fold + 1000 * initial_epoch)
-    train_ds = mixup.maybe_mix(train_ds, cfg, seed=cfg.seed + fold + 1000 * initial_epoch)
+        mix_seed, mix_start = cfg.seed + fold + 1000 * initial_epoch, 0
+    train_ds = mixup.maybe_mix(train_ds, cfg, seed=mix_seed, block=block, start=mix_start)
     history = augment.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
                           steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
                           shuffle=False)  # shuffling: the pipeline's job
@@ -413,8 +414,10 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
     storage.makedirs(cfg.output_dir)
     if mixing:
         refuse_mixed_training(cfg, full_folds)
-    if not suffix:  # a subset run keeps the full run's config
-        storage.write_json(storage.join(cfg.output_dir, "config.json"), cfg.to_dict())
+    config_path = storage.join(cfg.output_dir, "config.json")
+    # A subset run keeps the full run's config; so does one that only scores (it resolves no devices).
+    if not suffix and (placement is not None or not storage.exists(config_path)):
+        storage.write_json(config_path, cfg.to_dict())
     if "train" in jobs and not suffix:
         tensorboard.write_config(cfg.output_dir, cfg.to_dict())
     if cfg.quick:
@@ -433,8 +436,9 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             compile_model(model, cfg)
             fresh = FreshStart(model)  # builds the optimizer's variables: inside the scope
             predictor = augment.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
+            block = cfg.global_batch_size // placement.replicas  # one device's examples per step
             trainer = augment.train_model(model, cfg.aug_prob > 0,  # training augmentation, ditto
-                                          cfg.mixup_mode if cfg.mixup_prob else None)
+                                          cfg.mixup_mode if cfg.mixup_prob else None, block=block)
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
@@ -450,7 +454,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             print(f"Fold {fold} ({fold - cfg.initial_fold + 1}/{cfg.n_folds}): {'+'.join(todo)}", flush=True)
             start, history = time.time(), None
             if "train" in todo:
-                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer)
+                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer, block)
                 progress.mark("train")
                 timings[f"train_fold_{fold}"] = time.time() - start
             else:
