@@ -9,7 +9,7 @@ from tpuflow.training import curves, experiment, runner
 
 
 def test_a_raw_rmse_run_logs_and_monitors_val_rmse_raw_under_the_old_monitor_name(cv_dir, single_dir, tmp_path,
-                                                                                    capsys):
+                                                                                  capsys):
     out = tmp_path / "run-raw"
     cfg = experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(out), quick=True,
                                  dim=16, batch_size=8, tta_number=0, n_folds=1, weights=None, verbose=0,

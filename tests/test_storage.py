@@ -255,7 +255,7 @@ def test_interrupted_upload_resumes_from_saved_session(gcs_emulator, tmp_path):
     assert os.stat(os.path.join(state, os.listdir(state)[0])).st_mode & 0o077 == 0
 
     report = sync.sync(str(tmp_path / "d"), remote, resumable_threshold=chunk,
-                               chunk_size=chunk, state_dir=state)
+                       chunk_size=chunk, state_dir=state)
     assert report.resumed == ["weights.h5"]
     assert report.transferred == ["small.json", "weights.h5"]
     assert report.bytes_transferred == len(big) - 2 * chunk + 2  # only the rest was sent
@@ -271,15 +271,15 @@ def test_changed_file_does_not_resume_stale_session(gcs_emulator, tmp_path):
     path.write_bytes(os.urandom(3 * chunk))
     state = str(tmp_path / "state")
     first = sync.ResumableUpload(str(path), remote + "/w.bin",
-                                         crc32c=storage.file_crc32c(str(path)),
-                                         chunk_size=chunk, state_dir=state)
+                                 crc32c=storage.file_crc32c(str(path)),
+                                 chunk_size=chunk, state_dir=state)
     first.start()
     first.send_chunk()
     new = os.urandom(3 * chunk)
     path.write_bytes(new)
 
     report = sync.sync(str(tmp_path / "d"), remote, resumable_threshold=chunk,
-                               chunk_size=chunk, state_dir=state)
+                       chunk_size=chunk, state_dir=state)
     assert report.resumed == [] and report.bytes_transferred == len(new)
     assert storage.read_bytes(remote + "/w.bin") == new
 
@@ -390,7 +390,7 @@ def test_resumable_upload_survives_a_service_outage(tmp_path, monkeypatch):
         proc, _ = start_emulator(tmp_path / "emu", log, port=int(host.rsplit(":", 1)[1]))
 
         report = sync.sync(str(tmp_path / "d"), "gs://outage/p",
-                                   resumable_threshold=chunk, chunk_size=chunk, state_dir=state)
+                           resumable_threshold=chunk, chunk_size=chunk, state_dir=state)
         assert report.resumed == ["w.bin"] and report.bytes_transferred == 2 * chunk
         assert storage.read_bytes("gs://outage/p/w.bin") == big
     finally:

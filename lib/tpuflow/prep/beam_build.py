@@ -133,13 +133,13 @@ class StormRecords(_WithJob):
         assembler = build_encode.RecordAssembler(plans)
         shape = first = None
         for task, chunk in build_encode.chunk_tasks(storm, plans, build.wants, build.chunk_frames,
-                                               build.encoding, build.quality, build.mean_rounding):
+                                                    build.encoding, build.quality, build.mean_rounding):
             result = build_encode.run_chunk(task)
             if shape is None:
                 shape, first = list(result.shape), task.paths[task.start - task.read_from]
             elif list(result.shape) != shape:
                 raise build_encode.size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
-                                            result.shape, shape, first)
+                                                 result.shape, shape, first)
             for spec, prefix, index, record in assembler.records(task, chunk, result):
                 yield "records", ((out_dirs[spec], build.shard_name(prefix, index)), (index, record))
         if shape is not None:
@@ -255,7 +255,7 @@ def pipeline_options(runner, beam_args: Sequence[str], workers: int | None) -> P
                      - set(options.get_all_options()))
     if unknown:  # Beam would only log that it drops them: a misspelt flag must not pass silently
         raise cli.UsageError(f"unknown flags {['--' + u for u in unknown]}: neither "
-                         "create_tfrecords.py's nor Beam's pipeline options")
+                             "create_tfrecords.py's nor Beam's pipeline options")
     temp = options.view_as(GoogleCloudOptions).temp_location
     if isinstance(runner, str) and runner != "DirectRunner" and not temp:
         raise cli.UsageError(f"--runner={runner} needs --temp_location (gs://BUCKET/DIR, or a "

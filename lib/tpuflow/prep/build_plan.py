@@ -273,14 +273,14 @@ class BuildPlan:
     def shard_name(self, prefix: str, index: int) -> str:
         """The shard holding example `index` of `prefix` (the fixed assignment of `shard_bounds`)."""
         return shard_names.shard_name(prefix, bisect.bisect_right(self._stops[prefix], index),
-                                   self.n_shards[prefix])
+                                      self.n_shards[prefix])
 
     def wants(self, spec: frames.DatasetSpec, prefix: str, index: int) -> bool:
         return self.shard_name(prefix, index) in self._todo[spec]
 
     def manifest(self, plan: DatasetPlan, image_size: list, sha256: dict) -> dict:
         return build_write.manifest(plan, self.encoding, self.n_folds, image_size, self.counts, self.n_shards,
-                         sha256)
+                                    sha256)
 
 
 def prepare_build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec],

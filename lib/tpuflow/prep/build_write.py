@@ -102,7 +102,7 @@ class ShardWriter:
 
 
 def manifest(plan: DatasetPlan, encoding: str, n_folds: int, image_size: list, counts: dict,
-              n_shards: dict, sha256: dict) -> dict:
+             n_shards: dict, sha256: dict) -> dict:
     spec = plan.spec
     shards = {}
     for prefix, n in n_shards.items():

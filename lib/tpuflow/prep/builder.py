@@ -76,7 +76,7 @@ def _write_pass(build: build_plan.BuildPlan, plans: Sequence[build_plan.DatasetP
     n_storms, done, storm_id = build.table["storm_id"].nunique(), 0, None
     assembler = build_encode.RecordAssembler(plans)
     tasks = build_encode.chunk_tasks(build.table, plans, build.wants, build.chunk_frames, build.encoding,
-                        build.quality, build.mean_rounding)
+                                     build.quality, build.mean_rounding)
     for task, chunk, result in _computed(tasks, workers):
         if task.storm_id != storm_id:
             storm_id, done = task.storm_id, done + 1
@@ -86,7 +86,7 @@ def _write_pass(build: build_plan.BuildPlan, plans: Sequence[build_plan.DatasetP
             image_size, first_path = list(result.shape), task.paths[task.start - task.read_from]
         elif list(result.shape) != image_size:
             raise build_encode.size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
-                                result.shape, image_size, first_path)
+                                             result.shape, image_size, first_path)
         for spec, prefix, index, record in assembler.records(task, chunk, result):
             writers[spec, prefix].write(index, record)
     return image_size
@@ -110,8 +110,8 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
     """
     workers = workers or os.cpu_count() or 1
     build = build_plan.prepare_build(data_dir, out_root, specs, shards_per_fold, encoding, quality, workers,
-                          overwrite, chunk_frames, log, mean_rounding, order_seed, image_dir,
-                          wind_speed_range)
+                                     overwrite, chunk_frames, log, mean_rounding, order_seed, image_dir,
+                                     wind_speed_range)
     active = build.active
     writers = {(p.spec, prefix): build_write.ShardWriter(p, prefix, build.counts[prefix], build.n_shards[prefix])
                for p in active for prefix in build.counts}

@@ -46,8 +46,8 @@ def record_views(preds_dir: str, views, view_set) -> None:
     check_views(preds_dir, views)
     recorded = read_views(preds_dir) or []
     if len(views) > len(recorded) or read_view_set(preds_dir) != list(view_set):
-        storage.write_json(prediction_names.views_path(preds_dir), {"views": list(views) if len(views) > len(recorded) else recorded,
-                                                   "set": list(view_set)})
+        kept = list(views) if len(views) > len(recorded) else recorded
+        storage.write_json(prediction_names.views_path(preds_dir), {"views": kept, "set": list(view_set)})
 
 
 PROBS_TO_VALUES = ("expectation", "argmax")
