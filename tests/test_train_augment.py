@@ -77,3 +77,39 @@ def test_one_augmented_training_step_under_jax(single_dir):
                           env=jax_env.env(env, "jax"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK jax" in proc.stdout, proc.stdout
+
+
+SHARDED = r"""
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tpuflow.inputs import augment
+
+assert len(jax.devices()) == 2, jax.devices()
+by_example = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
+transform = np.array([6, 7, 8, 9], np.int32)  # the 45-degree gathers, one per example
+for shape in ((4, 16, 16, 3), (4, 2, 16, 16, 3)):
+    images = np.random.default_rng(0).random(shape, dtype=np.float32)
+    step = jax.jit(augment.device_augment).lower(jax.device_put(images, by_example),
+                                                 jax.device_put(transform, by_example)).compile()
+    hlo = step.as_text()
+    assert "gather(" in hlo and "all-gather" not in hlo, [l for l in hlo.splitlines() if "all-gather" in l]
+    got = step(jax.device_put(images, by_example), jax.device_put(transform, by_example))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(augment.device_augment(images, transform)), atol=1e-6)
+print("OK local")
+"""
+
+
+def test_device_augment_gathers_stay_on_each_device_with_the_batch_sharded():
+    """Data parallelism shards the batch over the devices: the compiled per-example transforms
+    must gather from each device's own examples, not copy the global batch's pixels to every
+    device first (an all-gather). Two XLA:CPU devices stand in for the accelerator's."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
+                                               "--xla_force_host_platform_device_count=2"])),
+           "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(HERE), "lib"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
+                          env=jax_env.env(env, "jax"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK local" in proc.stdout, proc.stdout

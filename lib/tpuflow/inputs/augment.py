@@ -421,14 +421,17 @@ def device_augment(images, transform):
     moved = ops.where(per_example(flag[:, 0]), ops.swapaxes(images, -3, -2), images)
     moved = ops.where(per_example(flag[:, 1]), ops.flip(moved, axis=-3), moved)
     moved = ops.where(per_example(flag[:, 2]), ops.flip(moved, axis=-2), moved)
-    # 45 degrees: pixels (B * H * W, frames * C), each example's taps offset to its own pixels.
+    # 45 degrees: pixels (B, H * W, frames * C), each example gathering its taps from its own
+    # pixels. The batch stays a dimension of the gather (vmap: a batched gather; pfor: batch_dims)
+    # so that, with the batch sharded over devices, XLA keeps each gather on its device; one flat
+    # gather over the whole batch with offset indices made it all-gather every pixel first.
     frames_last = images if len(shape) == 4 else ops.transpose(images, (0, 2, 3, 1, 4))
     depth = channels * (1 if len(shape) == 4 else shape[1])
-    pixels = ops.reshape(frames_last, (-1, depth))
+    pixels = ops.reshape(frames_last, (batch, height * width, depth))
     angle = ops.clip(transform - 6, 0, 3)
-    offsets = ops.arange(batch, dtype="int32")[:, None] * (height * width)
-    taps = ops.take(ops.convert_to_tensor(idx), angle, axis=0) + offsets  # (B, h * w * 4)
-    taken = ops.reshape(ops.take(pixels, ops.reshape(taps, (-1,)), axis=0), (batch, h * w, 4, depth))
+    taps = ops.take(ops.convert_to_tensor(idx), angle, axis=0)  # (B, h * w * 4)
+    taken = ops.vectorized_map(lambda example: ops.take(example[0], example[1], axis=0), (pixels, taps))
+    taken = ops.reshape(taken, (batch, h * w, 4, depth))
     tap_weights = ops.take(ops.convert_to_tensor(weights), angle, axis=0)[..., None]  # (B, h * w, 4, 1)
     image = ops.reshape(ops.sum(taken * tap_weights, axis=2), (batch, h, w, depth))
     for axis, low, high, weight in ((1, r0, r1, rw), (2, c0, c1, cw)):  # resize the rows, then the columns
