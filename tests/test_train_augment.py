@@ -83,7 +83,7 @@ SHARDED = r"""
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tpuflow.inputs import augment
+from tpuflow.inputs import augment, mixup
 
 assert len(jax.devices()) == 2, jax.devices()
 by_example = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
@@ -96,6 +96,14 @@ for shape in ((4, 16, 16, 3), (4, 2, 16, 16, 3)):
     assert "gather(" in hlo and "all-gather" not in hlo, [l for l in hlo.splitlines() if "all-gather" in l]
     got = step(jax.device_put(images, by_example), jax.device_put(transform, by_example))
     np.testing.assert_allclose(np.asarray(got), np.asarray(augment.device_augment(images, transform)), atol=1e-6)
+# Mixup's partners, drawn within each device's 2 examples, are gathered there too.
+mix = {"partner": np.array([1, 0, 0, 1], np.int32), "lam": np.full(4, 0.25, np.float32)}
+blend = lambda x, m: mixup.device_blend(x, m, 2)
+placed = [jax.device_put(v, by_example) for v in (images, mix)]
+step = jax.jit(blend).lower(*placed).compile()
+assert "all-gather" not in step.as_text(), [l for l in step.as_text().splitlines() if "all-gather" in l]
+want = 0.25 * images + 0.75 * images[[1, 0, 2, 3]]
+np.testing.assert_allclose(np.asarray(step(*placed)), want, atol=1e-6)
 print("OK local")
 """
 
