@@ -107,3 +107,14 @@ def test_prob_zero_changes_nothing_and_bad_flags_are_named(cv_dir, single_dir):
         experiment.make_config(mixup_prob=0.5, mixup_alpha=0.0)
     with pytest.raises(ValueError, match="static batch size"):
         mixup.draw_mix(tf.TensorSpec([None, 4, 4, 1]), tf.zeros([1]), tf.constant([1, 2]), alpha=1.0, prob=1.0)
+
+
+def test_hosts_draw_their_own_mixes_and_a_resumed_stream_draws_the_same():
+    ds = tf.data.Dataset.from_tensors((tf.zeros([BATCH, 4, 4, 1]), tf.range(BATCH, dtype=tf.float32))).repeat(4)
+
+    def lams(**kw):
+        return [x["lam"] for x, _ in mixup.mix_dataset(ds, alpha=0.4, prob=1.0, seed=3, **kw).as_numpy_iterator()]
+
+    first, second = lams(host=0), lams(host=1)
+    assert all((a != b).any() for a, b in zip(first, second))  # two hosts, two draws per global batch
+    np.testing.assert_array_equal(lams(host=1, start=2)[:2], second[2:])  # resumed after 2 batches

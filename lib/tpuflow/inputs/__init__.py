@@ -1,6 +1,6 @@
 """The input pipeline: TFRecords and frame-store views -> parsed, augmented `tf.data` batches.
 
 TensorFlow (`tf.data`) and Keras preprocessing; no JAX. May import `tpuflow.prep` (record kinds
-and the TF-free record format), `tpuflow.storage` and `tpuflow.cli`; the one exception is
-`training.hosts` (which share of the shards this host reads).
+and the TF-free record format), `tpuflow.storage` and `tpuflow.cli`; what only training knows
+(this host's share, the devices' batch) it is given.
 """

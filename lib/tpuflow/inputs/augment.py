@@ -452,6 +452,9 @@ class TrainAugment(keras.layers.Layer):
         super().__init__(dtype="float32", **kwargs)
         self.block = block  # mixup's (`mixup.device_blend`)
 
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
     def call(self, inputs):
         images = ops.cast(inputs["image"], "float32")
         if "transform" in inputs:

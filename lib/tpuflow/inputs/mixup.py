@@ -117,15 +117,19 @@ def device_blend(images, inputs: dict, block: int | None = None):
 
 
 def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "mixup",
-                seed: int | None = None, block: int | None = None, start: int = 0) -> tf.data.Dataset:
+                seed: int | None = None, block: int | None = None, start: int = 0,
+                host: int = 0) -> tf.data.Dataset:
     """Draws the mixing of every (inputs, y) batch of `ds` with a fresh stateless seed per batch:
     the inputs become a dict ({"image"[, "transform"]} plus `draw_mix`'s keys) that
     `augment.train_model` blends on the device; the targets are mixed here. `block`: the examples
     one device trains on per step (partners are drawn among them; None: the whole batch). `start`:
     the batches already trained on, whose draws are skipped (a resumed stream draws as the
-    uninterrupted one does)."""
+    uninterrupted one does). `host`: this host's index, folded into every draw (hosts mix their
+    shares of a global batch independently)."""
     check(alpha, prob, mode)
     seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(start)
+    if host:
+        seeds = seeds.map(lambda s: tf.random.experimental.stateless_fold_in(s, host))
 
     def mixed(xy, s):
         x, y = xy
@@ -147,9 +151,9 @@ def check(alpha: float, prob: float, mode: str) -> None:
 
 
 def maybe_mix(ds: tf.data.Dataset, cfg, seed: int | None = None, block: int | None = None,
-              start: int = 0) -> tf.data.Dataset:
+              start: int = 0, host: int = 0) -> tf.data.Dataset:
     """The runner's hook: mixes the training batches when `--mixup_prob` > 0, else returns `ds`."""
     if not cfg.mixup_prob:
         return ds
     return mix_dataset(ds, alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, mode=cfg.mixup_mode,
-                       seed=seed, block=block, start=start).prefetch(tf.data.AUTOTUNE)
+                       seed=seed, block=block, start=start, host=host).prefetch(tf.data.AUTOTUNE)

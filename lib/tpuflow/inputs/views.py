@@ -22,7 +22,8 @@ endless stream is the training example `index_shuffle(p mod N)` of a permutation
 (seed, fold, p div N), and its augmentation draw (a transform index, applied on the device) is
 seeded by (seed, p). The stream from position `start` on is therefore exactly the stream an
 uninterrupted run sees after `start` examples: a resumed fold (`InputPosition`) gets the very
-batches it would have got.
+batches it would have got. With several hosts, host i of n reads positions i, i + n, ...: its
+rows of every global batch.
 """
 from __future__ import annotations
 

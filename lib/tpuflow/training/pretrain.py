@@ -177,10 +177,9 @@ class PretrainConfig:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """Runs SimSiam pretraining with `cfg` (resolved); returns the record written to
+    """Runs SimSiam pretraining with `cfg` as resolved; returns the record written to
     `<output_dir>/pretrain_record.json`."""
-    if cfg.verbose is None:  # what `resolve` always sets
-        raise TypeError("pretrain() takes a resolved configuration: PretrainConfig.resolve(...)")
+    cfg = PretrainConfig.resolve(**dataclasses.asdict(cfg))  # idempotent: the rules hold however it was made
     start = time.time()
     ds, n_frames = frames_dataset(cfg.dim, cfg.data_dir, cfg.data_tfrec_dir)  # checks inputs first
     steps = cfg.steps_per_epoch or max(1, n_frames // cfg.batch_size)

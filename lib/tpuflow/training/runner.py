@@ -288,7 +288,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                                           aug_prob=cfg.aug_prob, cache=cfg.use_cache,
                                           seed=cfg.seed + fold + 1000 * initial_epoch)
         mix_seed, mix_start = cfg.seed + fold + 1000 * initial_epoch, 0
-    train_ds = mixup.maybe_mix(train_ds, cfg, seed=mix_seed, block=block, start=mix_start)
+    train_ds = mixup.maybe_mix(train_ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
     history = augment.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
                           steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
                           shuffle=False)  # shuffling: the pipeline's job
@@ -415,8 +415,9 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
     if mixing:
         refuse_mixed_training(cfg, full_folds)
     config_path = storage.join(cfg.output_dir, "config.json")
-    # A subset run keeps the full run's config; so does one that only scores (it resolves no devices).
-    if not suffix and (placement is not None or not storage.exists(config_path)):
+    # The training's configuration, as the record's flags: a run that does not train (or trains a
+    # subset of the folds) keeps it.
+    if not suffix and ("train" in jobs or not storage.exists(config_path)):
         storage.write_json(config_path, cfg.to_dict())
     if "train" in jobs and not suffix:
         tensorboard.write_config(cfg.output_dir, cfg.to_dict())
@@ -437,8 +438,9 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             fresh = FreshStart(model)  # builds the optimizer's variables: inside the scope
             predictor = augment.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
             block = cfg.global_batch_size // placement.replicas  # one device's examples per step
-            trainer = augment.train_model(model, cfg.aug_prob > 0,  # training augmentation, ditto
-                                          cfg.mixup_mode if cfg.mixup_prob else None, block=block)
+            trains = "train" in jobs
+            trainer = augment.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
+                                          cfg.mixup_mode if trains and cfg.mixup_prob else None, block=block)
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
