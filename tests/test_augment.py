@@ -176,6 +176,9 @@ def test_draws_prob_zero_one_half_and_reproducible_seed():
 def test_draw_bad_prob_names_the_flag(prob):
     with pytest.raises(ValueError, match=f"--aug_prob={prob}"):
         augment.draw(prob)
+    from tpuflow.training import experiment  # noqa: PLC0415
+    with pytest.raises(ValueError, match=f"--aug_prob={prob}"):  # when the run is configured, before any work
+        experiment.make_config(aug_prob=prob)
 
 
 def test_device_augment_equals_the_host_transform_of_each_example():
