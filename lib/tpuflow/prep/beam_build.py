@@ -131,19 +131,15 @@ class StormRecords(_WithJob):
         plans = build.active
         out_dirs = {p.spec: p.out_dir for p in plans}
         assembler = build_encode.RecordAssembler(plans)
-        shape = first = None
+        size = build_encode.FrameSize()
         for task, chunk in build_encode.chunk_tasks(storm, plans, build.wants, build.chunk_frames,
                                                     build.encoding, build.quality, build.mean_rounding):
             result = build_encode.run_chunk(task)
-            if shape is None:
-                shape, first = list(result.shape), task.paths[task.start - task.read_from]
-            elif list(result.shape) != shape:
-                raise build_encode.size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
-                                                 result.shape, shape, first)
+            size.check(task, result)
             for spec, prefix, index, record in assembler.records(task, chunk, result):
                 yield "records", ((out_dirs[spec], build.shard_name(prefix, index)), (index, record))
-        if shape is not None:
-            yield "size", (ordinal, assembler.storm_id, shape, first)
+        if size.shape is not None:
+            yield "size", (ordinal, assembler.storm_id, size.shape, size.first)
 
     @staticmethod
     def _store(frame_store: store.StorePlan, rows):

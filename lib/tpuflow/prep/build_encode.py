@@ -241,6 +241,22 @@ class RecordAssembler:
             del raw[i]
 
 
+class FrameSize:
+    """The frames' size so far (`shape`, first seen in `first`; or a manifest's): a chunk of
+    another size is `size_mismatch`'s one-line error, naming both frames. The local pass and
+    Beam's storm loop check every chunk with it."""
+
+    def __init__(self, shape=None):
+        self.shape, self.first = (None if shape is None else list(shape)), None
+
+    def check(self, task: ChunkTask, result: ChunkResult) -> None:
+        path = task.paths[task.start - task.read_from]
+        if self.shape is None:
+            self.shape, self.first = list(result.shape), path
+        elif list(result.shape) != self.shape:
+            raise size_mismatch(path, task.storm_id, result.shape, self.shape, self.first)
+
+
 def size_mismatch(path: str, storm_id: str, shape, image_size, first_path: str | None) -> ValueError:
     """The error for a frame whose size differs from the dataset's (`image_size`, of `first_path`)."""
     return ValueError(f"{path} (storm {storm_id!r}): frame size {_size(shape)} differs from "

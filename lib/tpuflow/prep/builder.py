@@ -72,7 +72,7 @@ def _computed(tasks: Iterator[tuple[build_encode.ChunkTask, build_encode.Chunk]]
 def _write_pass(build: build_plan.BuildPlan, plans: Sequence[build_plan.DatasetPlan], writers: dict,
                 image_size: list | None, workers: int, log: Callable[[str], None]) -> list[int]:
     """Computes every wanted example and hands it to its writer; returns the frame size."""
-    first_path = None
+    size = build_encode.FrameSize(image_size)
     n_storms, done, storm_id = build.table["storm_id"].nunique(), 0, None
     assembler = build_encode.RecordAssembler(plans)
     tasks = build_encode.chunk_tasks(build.table, plans, build.wants, build.chunk_frames, build.encoding,
@@ -82,14 +82,10 @@ def _write_pass(build: build_plan.BuildPlan, plans: Sequence[build_plan.DatasetP
             storm_id, done = task.storm_id, done + 1
             if done % max(1, n_storms // 10) == 0:
                 log(f"storm {done}/{n_storms}")
-        if image_size is None:
-            image_size, first_path = list(result.shape), task.paths[task.start - task.read_from]
-        elif list(result.shape) != image_size:
-            raise build_encode.size_mismatch(task.paths[task.start - task.read_from], task.storm_id,
-                                             result.shape, image_size, first_path)
+        size.check(task, result)
         for spec, prefix, index, record in assembler.records(task, chunk, result):
             writers[spec, prefix].write(index, record)
-    return image_size
+    return size.shape
 
 
 def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec],
