@@ -127,6 +127,28 @@ def test_bad_run_flag_is_a_usage_error_naming_it(flag, value, expected, tmp_path
     assert str(caught.value).startswith(expected)
 
 
+@pytest.mark.parametrize("flag,value,expected", [
+    ("lr", 0.0, "--lr=0.0: must be > 0"),
+    ("lr", -0.001, "--lr=-0.001: must be > 0"),
+    ("lr_factor", 1.5, "--lr_factor=1.5: must be within (0, 1)"),
+    ("label_smoothing", 1.0, "--label_smoothing=1.0: must be within [0, 1)"),
+    ("buffer_size", 0, "--buffer_size=0: must be >= 1"),
+    ("tpu_timeout_s", 0.0, "--tpu_timeout_s=0.0: must be > 0"),
+    ("lr_patience", -1, "--lr_patience=-1: must be >= 0"),
+    ("mixup_alpha", 0.0, "--mixup_alpha=0.0: must be > 0"),
+    ("verbose", 3, "--verbose=3: must be within [0, 2]"),
+])
+def test_every_numeric_flag_out_of_range_is_refused_when_configured(flag, value, expected, tmp_path):
+    with pytest.raises(cli.UsageError) as caught:
+        experiment.make_config(output_dir=str(tmp_path), **{flag: value})
+    assert str(caught.value).startswith(expected)
+
+
+def test_every_numeric_run_flag_has_a_range():
+    numeric = {n for n in experiment.OUR_FLAGS if experiment.FLAGS[n].flag_type() in ("int", "float")}
+    assert numeric == set(experiment.FLAG_RANGES)
+
+
 def test_output_dir_that_is_a_file_is_named(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")

@@ -115,6 +115,34 @@ flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 one li
 
 OUR_FLAGS = sorted(set(FLAGS) - _EARLIER_FLAGS)
 
+# The range of every numeric flag (None, where a flag allows it, is always accepted), checked when
+# the run is configured (`check_flags`): flag -> (interval, why).
+FLAG_RANGES = {
+    "tpu_timeout_s": ("(0, inf)", "seconds"),
+    "cpu_replicas": ("[1, inf)", "logical CPU devices"),
+    "steps_per_execution": ("[1, inf)", ""),
+    "n_folds": ("[1, inf)", "folds to run, from --initial_fold"),
+    "initial_fold": ("[0, inf)", ""),
+    "dim": ("[1, inf)", "image height and width in pixels"),
+    "n_epochs": ("[1, inf)", ""),
+    "batch_size": ("[1, inf)", ""),
+    "lr": ("(0, inf)", "the initial learning rate"),
+    "base_batch_size": ("[0, inf)", "0: the per-replica batch"),
+    "bn_momentum": ("[0, 1]", ""),
+    "aug_prob": ("[0, 1]", ""),
+    "tta_number": ("[0, inf)", "views beyond the original"),
+    "mixup_prob": ("[0, 1]", ""),
+    "mixup_alpha": ("(0, inf)", ""),
+    "n_classes": ("[0, inf)", "0: from unique_labels_sorted.npy"),
+    "label_smoothing": ("[0, 1)", ""),
+    "buffer_size": ("[1, inf)", "records"),
+    "steps_per_epoch": ("[0, inf)", "0: one pass over the training folds"),
+    "lr_patience": ("[0, inf)", "epochs"),
+    "lr_factor": ("(0, 1)", "the LR is multiplied by it on a plateau"),
+    "seed": ("[0, inf)", ""),
+    "verbose": ("[0, 2]", ""),
+}
+
 # `run.py --help`: the experiment's flags by group (flags in none are listed as "other").
 HELP_GROUPS = {
     "data": ["data_dir", "data_tfrec_dir", "dataset_kind", "invert", "aug_prob", "buffer_size", "use_cache"],
@@ -129,7 +157,6 @@ HELP_GROUPS = {
 SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
 cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
-from tpuflow.inputs import augment, mixup  # noqa: E402
 from tpuflow.results import run_record  # noqa: E402
 from tpuflow.training import hosts, runner, runtime  # noqa: E402
 from tpuflow.inputs.parsers import parse_by_kind, parse_image_example, parse_sequence_example, target  # noqa: E402,F401 (for run.py)
@@ -158,8 +185,6 @@ def make_config(**overrides) -> Config:
     values.update(overrides)
     asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
     check_flags(Config(values))  # as given, before anything is derived from them
-    mixup.check(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
-    augment.check_prob(values["aug_prob"])
     return config.build(values, asked)
 
 
@@ -171,23 +196,30 @@ def architecture_of(run_dir: str) -> str | None:
 
 
 def check_flags(cfg: Config) -> None:
-    """Flag values that cannot work fail here, naming the flag, before anything is loaded."""
-    def need(ok: bool, name: str, why: str) -> None:
-        if not ok:
-            raise cli.UsageError(f"--{name}={getattr(cfg, name)!r}: {why}")
-    need(cfg.tta_number >= 0, "tta_number", "must be >= 0 (views beyond the original)")
-    need(cfg.steps_per_execution >= 1, "steps_per_execution", "must be >= 1")
-    need(cfg.n_folds >= 1, "n_folds", "must be >= 1 (folds to run, from --initial_fold)")
-    need(cfg.initial_fold >= 0, "initial_fold", "must be >= 0")
-    need(cfg.n_epochs >= 1, "n_epochs", "must be >= 1")
-    need(cfg.batch_size >= 1, "batch_size", "must be >= 1")
-    need(cfg.cpu_replicas >= 1, "cpu_replicas", "must be >= 1 (logical CPU devices)")
-    need(cfg.dim >= 1, "dim", "must be >= 1 (image height and width in pixels)")
-    need(cfg.n_classes >= 0, "n_classes", "must be >= 0 (0: from unique_labels_sorted.npy)")
-    need(cfg.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0 (0: one pass over the training folds)")
+    """Flag values that cannot work fail here, naming the flag, before anything is loaded: every
+    numeric flag against its range in `FLAG_RANGES`."""
+    for name, (interval, why) in FLAG_RANGES.items():
+        value = getattr(cfg, name)
+        if value is not None and not in_range(value, interval):
+            raise cli.UsageError(f"--{name}={value!r}: must be {range_text(interval)}" + (f" ({why})" if why else ""))
     if cfg.output_dir and not storage.is_gcs(cfg.output_dir) and os.path.exists(cfg.output_dir) \
             and not os.path.isdir(cfg.output_dir):
         raise cli.UsageError(f"--output_dir={cfg.output_dir}: is a file, not a directory")
+
+
+def in_range(value: float, interval: str) -> bool:
+    """Whether `value` lies in `interval`, written as in FLAG_RANGES: `[1, inf)`, `(0, 1]`, ..."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    return ((value >= low) if interval[0] == "[" else (value > low)) and \
+        ((value <= high) if interval[-1] == "]" else (value < high))
+
+
+def range_text(interval: str) -> str:
+    """`[1, inf)` -> `>= 1`, `(0, inf)` -> `> 0`, a bounded interval as it is written."""
+    low, high = (x.strip() for x in interval[1:-1].split(","))
+    if high == "inf":
+        return f"{'>=' if interval[0] == '[' else '>'} {low}"
+    return f"within {interval}"
 
 
 def experiment_defaults(defaults: dict, run_dir: str) -> dict:
