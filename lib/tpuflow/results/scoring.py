@@ -1,8 +1,11 @@
 """Saved predictions, CV scores and the submission (NumPy/pandas only: no TensorFlow).
 
-Predictions live in `<preds_dir>/y_pred_{val,test}_fold_<k>_tta_<t>.npy`, one row per example in
-record order, with the ids beside them (`ids_val_fold_<k>.npy`; `ids_test.npy`, the same for every fold), so
-the order is checked, never assumed (the names: `tpuflow.results.prediction_names`).
+Predictions live in `<preds_dir>/y_pred_{val,test}_fold_<k>_tta_<t>.npy`, one row per example with
+the ids beside them (`ids_val_fold_<k>.npy`; `ids_test.npy`, the same for every fold), so the order
+is checked, never assumed (the names: `tpuflow.results.prediction_names`). A fold's validation rows
+are written in the order of its rows in `train_cv.csv` (`csv_order`), test rows in
+`submission_format.csv`'s: the reference's own helpers read them by position against those files.
+Runs made before saved validation rows in record order; every reader here aligns by the ids.
 """
 from __future__ import annotations
 
@@ -96,6 +99,16 @@ def load_predictions(preds_dir: str, split: str, folds: range, tta_number: int,
             values.append(v)
         out[k] = (ids, np.stack(values))
     return out
+
+
+def csv_order(train_cv: pd.DataFrame, fold: int, ids: np.ndarray) -> np.ndarray:
+    """Positions that put a fold's predicted rows (`ids`, in record order) into the order of the
+    fold's rows in train_cv.csv; an error naming what differs if they are not the same examples."""
+    fold_ids = train_cv.loc[train_cv["fold_id"] == fold, "image_id"].astype(str)
+    pos = pd.Index(np.asarray(ids).astype(str)).get_indexer(fold_ids)
+    if len(ids) != len(fold_ids) or (pos < 0).any() or len(set(pos)) != len(pos):
+        raise ValueError(_ids_mismatch(fold, ids, fold_ids))
+    return pos
 
 
 def rmse(y_true: np.ndarray, y_pred: np.ndarray, round_pred: bool = True) -> float:

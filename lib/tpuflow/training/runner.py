@@ -132,8 +132,8 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
         if "train" not in jobs:
             for k in folds(cfg):
                 best_checkpoint(cfg.output_dir, k)
-    if "score" in jobs:
-        tables.read_table(storage.join(cfg.data_dir, "train_cv.csv"), ("image_id", "wind_speed", "fold_id"))
+    if jobs & {"val", "score"}:  # validation rows are written in its order
+        read_train_cv(cfg)
         if "val" not in jobs:
             scoring.load_predictions(cfg.data_preds_dir, "val", folds(cfg), cfg.tta_number, load_unique_labels(cfg.data_dir),
                                      views=cfg.tta_views)
@@ -179,6 +179,11 @@ def folds(cfg) -> range:
 
 
 load_unique_labels = tables.load_unique_labels
+
+
+def read_train_cv(cfg) -> pd.DataFrame:
+    """`<data_dir>/train_cv.csv`, checked for the columns scores and prediction order need."""
+    return tables.read_table(storage.join(cfg.data_dir, "train_cv.csv"), ("image_id", "wind_speed", "fold_id"))
 
 
 class FreshStart:
@@ -303,7 +308,9 @@ def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str
     """Writes val (this fold) or test predictions for TTA 0..tta_number, with their ids; the view
     of each TTA index is recorded first (`tta_views.json`). All views come from one pass: each
     example is read and decoded once, in batches of `batch` examples, and `predictor`
-    (`augment.tta_model`) makes its views on the accelerator."""
+    (`augment.tta_model`) makes its views on the accelerator. Validation rows are written in the
+    order of the fold's rows in train_cv.csv (`scoring.csv_order`), test rows in the records' order:
+    submission_format.csv's."""
     if cfg.view:
         rows = view_of(cfg).split_rows(fold if split_name == "val" else None)
         ids = view_of(cfg).labels(rows)[0]
@@ -319,6 +326,9 @@ def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str
         ds = pipeline.predict_dataset(files, parse, batch, len(ids))
     pred = hosts.predict(predictor, ds, batch)[:len(ids) * n_tta]
     pred = pred.reshape(len(ids), n_tta, *pred.shape[1:])
+    if split_name == "val":
+        order = scoring.csv_order(read_train_cv(cfg), fold, ids)
+        pred, ids = pred[order], ids[order]
     for t in range(n_tta):
         storage.save_npy(prediction_names.path(cfg.data_preds_dir, split_name, fold, t), pred[:, t])
     storage.save_npy(prediction_names.ids_path(cfg.data_preds_dir, split_name, fold), ids)
@@ -354,7 +364,7 @@ def refuse_mixed_training(cfg, full_folds: list[int], placed: bool = True) -> No
 
 def score(cfg, suffix: str = "") -> pd.DataFrame:
     """CV scores from the saved predictions; printed and written to `scores<suffix>.csv`."""
-    train_cv = tables.read_table(storage.join(cfg.data_dir, "train_cv.csv"), ("image_id", "wind_speed", "fold_id"))
+    train_cv = read_train_cv(cfg)
     preds = scoring.load_predictions(cfg.data_preds_dir, "val", folds(cfg), cfg.tta_number,
                                      load_unique_labels(cfg.data_dir), views=cfg.tta_views)
     table = scoring.cv_scores(train_cv, preds, round_pred=cfg.metric == "rmse_rounded")
