@@ -57,7 +57,7 @@ def test_weights_from_a_local_file_are_loaded(tmp_path):
 def test_pretrained_weights_offline_are_a_clear_error():
     try:
         models.build_backbone(BACKBONE, (32, 32, 3), "imagenet")
-    except RuntimeError as err:
+    except ValueError as err:
         assert "--weights=imagenet: could not load pretrained MobileNetV3Small weights" in str(err)
         assert "--weights=None" in str(err)
     else:

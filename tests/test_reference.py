@@ -2,6 +2,8 @@
 predictions by position, its record directories are adopted by their names, its flags are
 mapped or refused naming ours."""
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -9,9 +11,13 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from tpuflow import cli
 from tpuflow.inputs import records
 from tpuflow.results import prediction_names, scoring
 from tpuflow.training import experiment
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(HERE), "lib"), HERE])}
 
 
 def _label_probe(cfg):
@@ -66,3 +72,32 @@ def test_old_val_predictions_in_record_order_are_still_scored_by_their_ids(cv_di
     assert list(shuffled["image_id"].to_numpy()[order]) == list(fold["image_id"])
     with pytest.raises(ValueError, match="val predictions of fold 0"):
         scoring.csv_order(train_cv, 0, shuffled["image_id"].to_numpy()[1:])
+
+
+def test_the_references_run_py_flags_are_read_with_a_note_or_refused_naming_ours(capsys):
+    argv = ["run.py", "--image_inverted=1", "--pretrained=0", "--aug_percentage=50", "--metric_name=rmse",
+            "--batch_size=8", "--pretrained=imagenet"]
+    assert experiment.reference_argv(argv) == ["run.py", "--invert=true", "--weights=None", "--aug_prob=0.5",
+                                               "--metric=rmse", "--batch_size=8", "--weights=imagenet"]
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes[0] == "NOTE: --image_inverted=1 is the reference's flag: read as --invert=true" and len(notes) == 5
+    experiment.FLAGS(experiment.reference_argv(argv[:5]))  # what absl parses: our flags, valid values
+    try:
+        assert experiment.FLAGS.invert and experiment.FLAGS.weights == "None" and experiment.FLAGS.aug_prob == 0.5
+        assert experiment.make_config().metric == "rmse_rounded"  # the old name, read as the new one
+    finally:
+        experiment.FLAGS.unparse_flags()
+    for flag, ours in [("--n_channels=3", "--dataset_kind"), ("--n_examples_train=10000", "--steps_per_epoch"),
+                       ("--aug_number=9", "--aug_prob"), ("--dim_before_aug=400", "--dim")]:
+        with pytest.raises(cli.UsageError, match=f"^{flag.split('=')[0]} \\(the reference's flag\\) has no "
+                                                 f"meaning in tpuflow: .*{ours}"):
+            experiment.reference_argv(["run.py", flag])
+
+
+def test_a_reference_flag_without_a_meaning_here_is_one_line_exit_2(tmp_path):
+    tiny = os.path.join(HERE, "tiny_experiment.py")
+    proc = subprocess.run([sys.executable, tiny, "--n_channels=3", f"--output_dir={tmp_path}"],
+                          capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[0].startswith("tiny_experiment.py: error: --n_channels (the reference's flag) "
+                                                  "has no meaning in tpuflow: channels follow the records' kind")

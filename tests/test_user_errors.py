@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -202,6 +203,79 @@ def test_corrupt_shard_is_named_from_the_manifest_checksums(cv_dir, single_dir, 
         _run(_cfg(cv_dir, str(damaged), tmp_path / "run", n_folds=1, job="train"))
     assert str(caught.value).startswith(f"corrupt record file(s): {shard} (damaged); rebuild with "
                                         "data_prep/create_tfrecords.py")
+
+
+def test_records_built_from_another_split_than_data_dirs_csvs_are_refused_before_training(cv_dir, single_dir,
+                                                                                          tmp_path):
+    other = tmp_path / "other-split"
+    shutil.copytree(cv_dir, other, ignore=shutil.ignore_patterns("train", "test"))
+    train_cv = pd.read_csv(other / "train_cv.csv")
+    train_cv["fold_id"] = train_cv["fold_id"].replace({0: 1, 1: 0})  # folds 0 and 1 swapped
+    train_cv.to_csv(other / "train_cv.csv", index=False)
+    with pytest.raises(ValueError) as caught:
+        _run(_cfg(str(other), single_dir, tmp_path / "run", n_folds=1, job="train"))
+    assert str(caught.value).startswith(f"{single_dir} was built from another train_cv.csv (sha256 ")
+    assert f"than {other / 'train_cv.csv'} (sha256 " in str(caught.value)
+    assert not (tmp_path / "run" / "record.json").exists()  # before any work
+
+
+@pytest.mark.parametrize("write", [
+    lambda path: np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True),  # pickled
+    lambda path: np.savetxt(path, np.arange(3.0)),  # text under a .npy name
+], ids=["pickled", "text"])
+def test_a_pickled_or_text_npy_in_a_runs_preds_is_named(write, tmp_path):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    np.save(preds / "ids_val_fold_0.npy", np.array(["a_000", "a_001", "a_002"]))
+    bad = preds / "y_pred_val_fold_0_tta_0.npy"
+    write(str(bad))
+    with pytest.raises(ValueError) as caught:
+        scoring.load_predictions(str(preds), "val", range(1), 0)
+    message = cli.user_message(caught.value)
+    assert message.startswith(f"{bad}: not a plain .npy array (") and "allow_pickle=False" in message
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_before_any_work(cv_dir, single_dir, tmp_path):
+    from tpuflow.training import models
+    try:
+        models.check_weights("imagenet", "EfficientNetB0")
+    except ValueError:
+        pass
+    else:
+        pytest.skip("ImageNet weights can be downloaded here (network or Keras cache)")
+    tiny = os.path.join(HERE, "tiny_experiment.py")
+    proc = subprocess.run([sys.executable, tiny, "--weights=imagenet", f"--data_dir={cv_dir}",
+                           f"--data_tfrec_dir={single_dir}", f"--output_dir={tmp_path / 'run'}", "--quick"],
+                          capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = _stderr_line(proc)
+    assert line.startswith("tiny_experiment.py: error: --weights=imagenet: the ImageNet weights of EfficientNetB0 "
+                           "cannot be downloaded")
+    assert "--weights=/path/to/file.h5" in line and "Running on" not in proc.stdout
+
+
+@pytest.mark.parametrize("name,content", [("notes.weights.h5", b"not hdf5 at all"),
+                                          ("backbone.npy", b"\x89HDF\r\n\x1a\n but no weights extension")])
+def test_a_weights_file_that_is_not_a_weights_file_names_the_flag_and_file(name, content, cv_dir, single_dir,
+                                                                           tmp_path):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    with pytest.raises(ValueError) as caught:
+        _run(_cfg(cv_dir, single_dir, tmp_path / "run", weights=str(bad), job="train"))
+    assert cli.user_message(caught.value).startswith(f"--weights={bad}: not a weights file")
+    assert not (tmp_path / "run" / "record.json").exists()  # before any work
+
+
+def test_an_unreachable_tpu_is_one_line_naming_the_flag(cv_dir, single_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"grpc://127.0.0.1:{s.getsockname()[1]}"  # closed once the socket is
+    tiny = os.path.join(HERE, "tiny_experiment.py")
+    proc = subprocess.run([sys.executable, tiny, f"--tpu_ip_or_name={address}", "--tpu_timeout_s=2", "--quick",
+                           "--backend=tensorflow", f"--data_dir={cv_dir}", f"--data_tfrec_dir={single_dir}",
+                           f"--output_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert _stderr_line(proc).startswith(f"tiny_experiment.py: error: --tpu_ip_or_name={address}: TPU address ")
 
 
 def test_prediction_ids_that_do_not_match_the_fold_are_shown():

@@ -50,8 +50,15 @@ def user_message(err: BaseException) -> str | None:
     return " ".join(text.split()) or type(err).__name__
 
 
-def run_main(main: Callable[[list[str]], None]) -> None:
-    """`absl.app.run(main)`, with user errors printed as one line on stderr (see the module doc)."""
+def run_main(main: Callable[[list[str]], None], translate: Callable[[list[str]], list[str]] | None = None) -> None:
+    """`absl.app.run(main)`, with user errors printed as one line on stderr (see the module doc).
+    `translate`: rewrites the command line before absl parses it (another tool's flag names); a
+    UsageError there is one line too."""
+    if translate is not None:
+        try:
+            sys.argv = translate(sys.argv)
+        except UsageError as err:
+            _fail(str(err), usage=True)
 
     def checked(argv):
         try:
@@ -63,13 +70,17 @@ def run_main(main: Callable[[list[str]], None]) -> None:
             message = str(err) if isinstance(err, app.UsageError) else user_message(err)
             if message is None or flags.FLAGS.debug:
                 raise
-            prog = os.path.basename(sys.argv[0])
-            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-            if usage:
-                print(f"{prog}: see --help for the flags", file=sys.stderr, flush=True)
-            sys.exit(USAGE_EXIT if usage else DATA_EXIT)
+            _fail(message, usage)
 
     app.run(checked)
+
+
+def _fail(message: str, usage: bool) -> None:
+    prog = os.path.basename(sys.argv[0])
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    if usage:
+        print(f"{prog}: see --help for the flags", file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT if usage else DATA_EXIT)
 
 
 # --------------------------------------------------------------------------------------------

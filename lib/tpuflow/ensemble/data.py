@@ -282,10 +282,7 @@ class _IdOrder:
         """None when the rows are already in order."""
         if not storage.exists(ids_path):
             raise FileNotFoundError(f"{ids_path}: missing (ids are needed to check the row order)")
-        try:
-            ids = storage.load_npy(ids_path)
-        except ValueError as e:
-            raise ValueError(f"{ids_path}: not a plain .npy array of ids ({e})") from None
+        ids = storage.load_npy(ids_path)  # a pickled or text file is an error naming it
         if ids.ndim != 1:
             raise ValueError(f"{ids_path}: expected a 1-D array of ids, got shape {ids.shape}")
         ids = ids.astype(str)

@@ -25,6 +25,10 @@ STORE_DIR = "data-frames"  # the frame store's directory under --out_dir
 _BUILT = ("fold.*.tfrecord-*", "test.tfrecord-*", "frames.tfrecord-*")  # what a build writes
 _SHARD = re.compile(r"^(fold\.(\d+)|test)\.tfrecord(?:-(\d{5})-of-(\d{5}))?.*$")
 _DATASET_DIR = re.compile(r"data-tfrec-(single|stacked|mean|sequence)-frames(\d+)-step(\d+)")
+# The reference's dataset directories: `data-tfrec-1d` (single frames) and
+# `data-tfrec-frames<NNN>-step<SSS>-<ind|mean|lstm>` (its scripts' suffixes for our kinds).
+_REFERENCE_DIR = re.compile(r"data-tfrec-(?:1d|frames(\d+)-step(\d+)-(ind|mean|lstm))")
+_REFERENCE_KINDS = {"ind": "stacked", "mean": "mean", "lstm": "sequence"}
 
 
 class ShardName(NamedTuple):
@@ -90,3 +94,13 @@ def parse_dataset_dir(path: str) -> tuple[str, int, int] | None:
     """(kind, frames, step) from a dataset directory's name (or path); None for another name."""
     found = _DATASET_DIR.fullmatch(os.path.basename(path.rstrip("/")))
     return (found.group(1), int(found.group(2)), int(found.group(3))) if found else None
+
+
+def parse_reference_dir(path: str) -> tuple[str, int, int] | None:
+    """(kind, frames, step) from the name the reference's scripts give a dataset directory
+    (`data-tfrec-1d`, `data-tfrec-frames024-step001-lstm`, ...); None for another name."""
+    found = _REFERENCE_DIR.fullmatch(os.path.basename(path.rstrip("/")))
+    if found is None:
+        return None
+    return ("single", 1, 1) if found.group(3) is None else \
+        (_REFERENCE_KINDS[found.group(3)], int(found.group(1)), int(found.group(2)))

@@ -195,17 +195,20 @@ def read_manifest(store_dir: str) -> dict:
     return manifest
 
 
-def check_sources(manifest: dict, store_dir: str, data_dir: str) -> None:
-    """The store must be built from the CSVs in `data_dir` (folds and labels come from them):
-    otherwise an error naming both hashes."""
+def check_sources(manifest: dict, built_dir: str, data_dir: str) -> None:
+    """A frame store or record dataset must be built from the CSVs in `data_dir` (folds and labels
+    come from them): otherwise an error naming both hashes. A manifest that records no CSV hashes
+    (records adopted without --data_dir) is not checked."""
+    sources = manifest.get("sources") or {}
     for name in build_plan.SOURCES:
         path = storage.join(data_dir, name)
-        if not storage.exists(path):
+        if name not in sources or not storage.exists(path):
             continue
-        have, built = storage.file_sha256(path), manifest["sources"].get(name)
+        have, built = storage.file_sha256(path), sources[name]
         if have != built:
-            raise ValueError(f"{store_dir} was built from another {name} (sha256 {built}) than "
-                             f"{path} (sha256 {have}); rebuild the store from --data_dir")
+            raise ValueError(f"{built_dir} was built from another {name} (sha256 {built}) than "
+                             f"{path} (sha256 {have}): its folds and labels would not be --data_dir's; "
+                             "rebuild it from --data_dir, or pass the --data_dir it was built from")
 
 
 def load_store(store_dir: str, data_dir: str | None = None) -> FrameStore:

@@ -383,7 +383,13 @@ def read_json(path: str):
 
 
 def load_npy(path: str) -> np.ndarray:
-    return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
+    """A plain .npy array; a pickled object array, a text file or a damaged one is an error naming
+    `path` (pickles are never loaded: they run code)."""
+    try:
+        return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
+    except (ValueError, EOFError) as err:
+        raise ValueError(f"{path}: not a plain .npy array ({' '.join(str(err).split()) or type(err).__name__}); "
+                         "write it with numpy.save(path, array, allow_pickle=False)") from err
 
 
 # ---------------------------------------------------------------------------------------------

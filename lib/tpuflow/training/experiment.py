@@ -143,6 +143,47 @@ FLAG_RANGES = {
     "verbose": ("[0, 2]", ""),
 }
 
+# The reference solution's run.py flags that tpuflow names otherwise: reference flag -> (our flag,
+# value in our terms) where it means the same here (read with a one-line note), or (None, what to
+# use instead) where it does not (refused, naming our equivalent). Its other flags share our names.
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "none", "")
+REFERENCE_FLAGS = {
+    "image_inverted": ("invert", lambda v: "true" if v.lower() in _TRUE else "false"),
+    "pretrained": ("weights", lambda v: "imagenet" if v.lower() in _TRUE else "None" if v.lower() in _FALSE else v),
+    "metric_name": ("metric", lambda v: v),
+    "aug_percentage": ("aug_prob", lambda v: f"{float(v) / 100:g}" if float(v) > 1 else v),  # 50 (%) or 0.5
+    "n_channels": (None, "channels follow the records' kind: --dataset_kind=single (1 channel), stacked or "
+                         "mean (3), sequence (1 per frame)"),
+    "n_examples_train": (None, "an epoch is the training folds' examples, counted from the dataset manifest; "
+                               "use --steps_per_epoch for shorter epochs"),
+    "aug_number": (None, "a training example gets one of the nine TTA transforms with probability --aug_prob "
+                         "(--aug_prob=0: none)"),
+    "dim_before_aug": (None, "augmentation runs at --dim on the accelerator (flips and rotations without a crop "
+                             "or a second resize): set --dim"),
+}
+
+
+def reference_argv(argv: list[str]) -> list[str]:
+    """The command line with the reference's flag names (`REFERENCE_FLAGS`) in ours, each noted on
+    stderr in one line; a flag without a meaning here is a UsageError naming our equivalent."""
+    out = list(argv[:1])
+    for arg in argv[1:]:
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in REFERENCE_FLAGS:
+            out.append(arg)
+            continue
+        ours, how = REFERENCE_FLAGS[name]
+        if ours is None:
+            raise cli.UsageError(f"--{name} (the reference's flag) has no meaning in tpuflow: {how}")
+        try:
+            mapped = f"--{ours}={how(value if eq else '1')}"
+        except ValueError:
+            raise cli.UsageError(f"--{name}={value}: not a number (the reference's flag for --{ours})") from None
+        print(f"NOTE: {arg} is the reference's flag: read as {mapped}", file=sys.stderr, flush=True)
+        out.append(mapped)
+    return out
+
+
 # `run.py --help`: the experiment's flags by group (flags in none are listed as "other").
 HELP_GROUPS = {
     "data": ["data_dir", "data_tfrec_dir", "dataset_kind", "invert", "aug_prob", "buffer_size", "use_cache"],
@@ -259,7 +300,7 @@ def main(init_model: Callable, parse_example: Callable | None = None, **defaults
             absl_logging.set_verbosity(absl_logging.ERROR)
         run(make_config(), init_model, parse_example or parse_by_kind)
 
-    cli.run_main(_main)
+    cli.run_main(_main, translate=reference_argv)
 
 
 def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:

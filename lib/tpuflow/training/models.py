@@ -4,6 +4,9 @@ A registry is used because a flag (`--backbone`) picks the model by name.
 """
 from __future__ import annotations
 
+import os
+import re
+import socket
 import warnings
 
 import keras
@@ -58,6 +61,58 @@ def resolve_weights(weights: str | None) -> str | None:
     return None if weights in (None, "", "None", "none") else weights
 
 
+# Where keras.applications downloads ImageNet weights from, and the first bytes of the files Keras
+# loads weights from: HDF5 (`.weights.h5`, the reference's `.h5`) and the `.keras` zip archive.
+WEIGHTS_HOST = ("storage.googleapis.com", 443)
+WEIGHTS_SIGNATURES = {".h5": b"\x89HDF\r\n\x1a\n", ".hdf5": b"\x89HDF\r\n\x1a\n", ".keras": b"PK\x03\x04"}
+
+
+def check_weights(weights: str | None, backbone: str, timeout_s: float = 5.0) -> None:
+    """`--weights` that cannot load fails here, before any long work, in one line naming the flag:
+    a file that is missing or is not a weights file, or ImageNet weights that are neither in Keras'
+    cache nor downloadable (no network: say how to pass a local file instead)."""
+    weights = resolve_weights(weights)
+    if weights is None:
+        return
+    if weights != "imagenet":
+        if not storage.exists(weights):
+            raise FileNotFoundError(f"--weights={weights}: no such file (None, imagenet or a weights file)")
+        ext = next((e for e in WEIGHTS_SIGNATURES if weights.endswith(e)), None)
+        head = _head(weights, 8)
+        if ext is None or not head.startswith(WEIGHTS_SIGNATURES[ext]):
+            raise ValueError(f"--weights={weights}: not a weights file (an HDF5 .h5 / .weights.h5 file or a "
+                             ".keras archive, as save_weights and tools/pretrain_simsiam.py write)")
+        return
+    if _imagenet_cached(backbone) or any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY")):
+        return  # behind a proxy, Keras' download goes through it: let it try
+    try:
+        socket.create_connection(WEIGHTS_HOST, timeout=timeout_s).close()
+    except OSError as err:
+        raise ValueError(f"--weights=imagenet: the ImageNet weights of {backbone} cannot be downloaded "
+                         f"({WEIGHTS_HOST[0]}: {err.strerror or err}) and are not in Keras' cache "
+                         f"({_keras_models_dir()}): copy the {backbone} no-top .h5 file there, or pass its path "
+                         "(--weights=/path/to/file.h5), or --weights=None") from None
+
+
+def _head(path: str, n: int) -> bytes:
+    if storage.is_gcs(path):
+        return storage.read_bytes(path)[:n]
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _keras_models_dir() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME") or "~/.keras"), "models")
+
+
+def _imagenet_cached(backbone: str) -> bool:
+    """Whether Keras' cache holds a file named after `backbone` (`efficientnetb0_notop.h5`,
+    `weights_mobilenet_v3_small_..._no_top_v2.h5`, ...): letters and digits compared, case aside."""
+    key = re.sub(r"[^a-z0-9]", "", backbone.lower())
+    dirs = (_keras_models_dir(), os.path.join("/tmp", ".keras", "models"))  # Keras' fallback when home is read-only
+    return any(key in re.sub(r"[^a-z0-9]", "", name.lower()) for d in dirs if os.path.isdir(d) for name in os.listdir(d))
+
+
 def load_weights_permissive(model: keras.Model, path: str, max_skipped: float = 0.1) -> list[str]:
     """Loads a weights file (local or `gs://`) into `model`, skipping what does not fit; returns
     the names of the layers it skipped (each with its variables left as they were).
@@ -102,10 +157,12 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     weights = resolve_weights(weights)
     constructor = getattr(keras.applications, name)
     if weights not in (None, "imagenet"):
-        if not storage.exists(weights):
-            raise FileNotFoundError(f"--weights={weights}: no such file (None, imagenet or a weights file)")
+        check_weights(weights, name)
         net = constructor(include_top=False, weights=None, input_shape=input_shape, pooling=pooling)
-        skipped = load_weights_permissive(net, weights)
+        try:
+            skipped = load_weights_permissive(net, weights)
+        except (ValueError, OSError) as err:  # h5py and Keras name neither the flag nor always the file
+            raise ValueError(f"--weights={weights}: cannot be loaded into {name}: {' '.join(str(err).split())}") from err
         print(f"--weights={weights}: loaded into {name}" +
               (f"; skipped {len(skipped)} layer(s) that do not fit: {', '.join(skipped)}" if skipped else ""),
               flush=True)
@@ -114,9 +171,9 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
         net = constructor(include_top=False, weights=weights, input_shape=input_shape, pooling=pooling)
     except Exception as err:  # Keras raises plain Exceptions for failed downloads
         if weights == "imagenet":
-            raise RuntimeError(f"--weights=imagenet: could not load pretrained {name} weights "
-                               f"(no network access?). Copy the .h5 file here and pass its path, "
-                               f"or use --weights=None. Cause: {err}") from err
+            raise ValueError(f"--weights=imagenet: could not load pretrained {name} weights "
+                             f"(no network access?). Copy the .h5 file here and pass its path, "
+                             f"or use --weights=None. Cause: {err}") from err
         raise
     return net
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tpuflow import backend, cli, storage
 from tpuflow.inputs import augment, mixup, pipeline, records, views
-from tpuflow.prep import split
+from tpuflow.prep import split, store
 from tpuflow.results import checkpoint_names, prediction_names, run_record, scoring
 from tpuflow.storage import tables
 from tpuflow.training import config, curves, hosts, models, resume, runtime, tensorboard
@@ -113,6 +113,7 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
     if cfg.batch_size < 1:
         raise ValueError(f"--batch_size={cfg.batch_size}: must be >= 1")
     if jobs & {"train", "val", "test"}:
+        models.check_weights(cfg.weights, cfg.backbone)  # the model is built for each of them
         if not cfg.data_tfrec_dir:
             raise ValueError("--data_tfrec_dir is required for the train/val/test jobs")
         manifest = views.view_manifest(view_of(cfg)) if cfg.view else records.read_manifest(cfg.data_tfrec_dir)
@@ -120,6 +121,8 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
             raise ValueError(f"--data_tfrec_dir={cfg.data_tfrec_dir} is a frame store: pass --view=<spec> "
                              "(e.g. --view=stacked:s5) to read examples of one kind from it")
         check_dataset_kind(cfg, manifest)
+        if not cfg.view:  # a view's store is checked when it is opened
+            store.check_sources(manifest, cfg.data_tfrec_dir, cfg.data_dir)
         total = int(manifest["n_folds"])
         if cfg.initial_fold + cfg.n_folds > total:
             raise ValueError(f"--initial_fold={cfg.initial_fold} --n_folds={cfg.n_folds}: the dataset "

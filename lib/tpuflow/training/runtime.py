@@ -50,8 +50,9 @@ def split_cpu(n_replicas: int) -> None:
                            "initialised; set it before any TensorFlow work") from err
 
 
-class TPUUnreachableError(RuntimeError):
-    """The TPU named by `--tpu_ip_or_name` could not be reached or initialised."""
+class TPUUnreachableError(ConnectionError):
+    """The TPU named by `--tpu_ip_or_name` could not be reached or initialised (an I/O error the
+    user can act on: commands print it as one line naming the flag)."""
 
 
 def _endpoint(address: str, default_port: int) -> tuple[str, int]:
