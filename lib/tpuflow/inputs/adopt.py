@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tpuflow import __version__, storage
-from tpuflow.prep import build_plan, frames, recordio, shard_names
+from tpuflow.prep import build_encode, build_plan, frames, recordio, shard_names
 
 
 def spec_from_dir_name(tfrec_dir: str) -> frames.DatasetSpec:
@@ -154,7 +154,6 @@ def check_spec_content(table, spec: frames.DatasetSpec, samples: list[tuple[str,
     the data dir's frames, slots oldest or newest first, and the spec must fit at least as well as
     the best of them (within `tolerance` levels: the reference's 4:2:0 JPEG is lossy), else the
     error names the better-fitting spec."""
-    from tpuflow.prep import build_encode  # noqa: PLC0415 (only when adopting with a data dir)
     if not samples:
         return
     steps = range(1, max(2 * spec.step, 16) + 1)

@@ -140,6 +140,16 @@ def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "
     return tf.data.Dataset.zip((ds, seeds)).map(mixed, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def check(alpha: float, prob: float, mode: str) -> None:
+    """Clear errors naming the flag, before any work."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"--mixup_prob={prob}: must be within [0, 1]")
+    if alpha <= 0:
+        raise ValueError(f"--mixup_alpha={alpha}: must be > 0")
+    if mode not in MODES:
+        raise ValueError(f"--mixup_mode={mode!r}: expected one of {MODES}")
+
+
 def maybe_mix(ds: tf.data.Dataset, cfg, seed: int | None = None, block: int | None = None,
               start: int = 0, host: int = 0) -> tf.data.Dataset:
     """The runner's hook: mixes the training batches when `--mixup_prob` > 0, else returns `ds`."""
