@@ -95,7 +95,7 @@ def test_the_references_dir_names_give_the_spec_and_the_csvs_are_checked(single_
 @pytest.mark.parametrize("names,expected", [
     ({"fold.0.tfrecord": "fold.1.tfrecord", "fold.1.tfrecord": "fold.0.tfrecord"},
      r"fold.0.tfrecord: example \w+ is in fold 1 of train_cv.csv, not fold 0 \(folds swapped"),
-    ({"fold.4.tfrecord": "test.tfrecord"}, r"fold.4.tfrecord: example \w+ is a test example \(test_cv.csv\): "
+    ({"fold.4.tfrecord": "test.tfrecord", "test.tfrecord": "fold.4.tfrecord"}, r"fold.4.tfrecord: example \w+ is a test example \(test_cv.csv\): "
                                            r"test records posing as fold 4"),
     ({"fold.1.tfrecord": "fold.0.tfrecord"}, r"example \w+ is in both .*fold.0.tfrecord and .*fold.1.tfrecord"),
 ], ids=["folds-swapped", "test-as-fold", "in-two-folds"])
