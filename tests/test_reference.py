@@ -70,8 +70,10 @@ def test_old_val_predictions_in_record_order_are_still_scored_by_their_ids(cv_di
     assert scoring.cv_scores(train_cv, preds).loc["0", "tta_0"] == 0.0
     order = scoring.csv_order(train_cv, 0, shuffled["image_id"].to_numpy())
     assert list(shuffled["image_id"].to_numpy()[order]) == list(fold["image_id"])
-    with pytest.raises(ValueError, match="val predictions of fold 0"):
-        scoring.csv_order(train_cv, 0, shuffled["image_id"].to_numpy()[1:])
+    ids = shuffled["image_id"].to_numpy()
+    for wrong in (ids[1:], np.r_[ids[1:], ids[1]]):
+        with pytest.raises(ValueError, match="val predictions of fold 0"):  # one missing; one missing, one twice
+            scoring.csv_order(train_cv, 0, wrong)
 
 
 def test_the_references_run_py_flags_are_read_with_a_note_or_refused_naming_ours(capsys):

@@ -156,7 +156,8 @@ def check_spec_content(table, spec: frames.DatasetSpec, samples: list[tuple[str,
     error names the better-fitting spec."""
     if not samples:
         return
-    steps = range(1, max(2 * spec.step, 16) + 1)
+    # other steps: up to 16 for a 3-slot image; a sequence's slots cost more, so only nearby ones
+    steps = range(1, (2 * spec.step + 2 if spec.kind == "sequence" else max(2 * spec.step, 16)) + 1)
     kinds = ("stacked", "mean") if spec.kind in ("stacked", "mean") else (spec.kind,)
     candidates = [spec] + [frames.DatasetSpec(k, n_frames=spec.n_frames if k == "sequence" else None, step=s)
                            for k in kinds for s in (steps if k != "single" else (1,))]

@@ -105,8 +105,9 @@ def csv_order(train_cv: pd.DataFrame, fold: int, ids: np.ndarray) -> np.ndarray:
     """Positions that put a fold's predicted rows (`ids`, in record order) into the order of the
     fold's rows in train_cv.csv; an error naming what differs if they are not the same examples."""
     fold_ids = train_cv.loc[train_cv["fold_id"] == fold, "image_id"].astype(str)
-    pos = pd.Index(np.asarray(ids).astype(str)).get_indexer(fold_ids)
-    if len(ids) != len(fold_ids) or (pos < 0).any() or len(set(pos)) != len(pos):
+    index = pd.Index(np.asarray(ids).astype(str))
+    pos = index.get_indexer(fold_ids) if index.is_unique and len(index) == len(fold_ids) else None
+    if pos is None or (pos < 0).any():
         raise ValueError(_ids_mismatch(fold, ids, fold_ids))
     return pos
 
