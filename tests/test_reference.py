@@ -71,7 +71,7 @@ def test_old_val_predictions_in_record_order_are_still_scored_by_their_ids(cv_di
     order = scoring.csv_order(train_cv, 0, shuffled["image_id"].to_numpy())
     assert list(shuffled["image_id"].to_numpy()[order]) == list(fold["image_id"])
     ids = shuffled["image_id"].to_numpy()
-    for wrong in (ids[1:], np.r_[ids[1:], ids[1]]):
+    for wrong in (ids[1:], np.append(ids[1:], ids[1])):
         with pytest.raises(ValueError, match="val predictions of fold 0"):  # one missing; one missing, one twice
             scoring.csv_order(train_cv, 0, wrong)
 
