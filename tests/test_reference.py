@@ -94,6 +94,8 @@ def test_the_references_run_py_flags_are_read_with_a_note_or_refused_naming_ours
         with pytest.raises(cli.UsageError, match=f"^{flag.split('=')[0]} \\(the reference's flag\\) has no "
                                                  f"meaning in tpuflow: .*{ours}"):
             experiment.reference_argv(["run.py", flag])
+    with pytest.raises(cli.UsageError, match=r"^--aug_percentage=half: cannot be read as --aug_prob"):
+        experiment.reference_argv(["run.py", "--aug_percentage=half"])
 
 
 def test_a_reference_flag_without_a_meaning_here_is_one_line_exit_2(tmp_path):

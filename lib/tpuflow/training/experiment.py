@@ -147,8 +147,16 @@ FLAG_RANGES = {
 # value in our terms) where it means the same here (read with a one-line note), or (None, what to
 # use instead) where it does not (refused, naming our equivalent). Its other flags share our names.
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "none", "")
+
+
+def _boolean(value: str) -> str:
+    if value.lower() not in _TRUE + _FALSE:
+        raise ValueError(value)
+    return "true" if value.lower() in _TRUE else "false"
+
+
 REFERENCE_FLAGS = {
-    "image_inverted": ("invert", lambda v: "true" if v.lower() in _TRUE else "false"),
+    "image_inverted": ("invert", _boolean),
     "pretrained": ("weights", lambda v: "imagenet" if v.lower() in _TRUE else "None" if v.lower() in _FALSE else v),
     "metric_name": ("metric", lambda v: v),
     "aug_percentage": ("aug_prob", lambda v: f"{float(v) / 100:g}" if float(v) > 1 else v),  # 50 (%) or 0.5
@@ -178,7 +186,7 @@ def reference_argv(argv: list[str]) -> list[str]:
         try:
             mapped = f"--{ours}={how(value if eq else '1')}"
         except ValueError:
-            raise cli.UsageError(f"--{name}={value}: not a number (the reference's flag for --{ours})") from None
+            raise cli.UsageError(f"--{name}={value}: cannot be read as --{ours} (the reference's flag for it)") from None
         print(f"NOTE: {arg} is the reference's flag: read as {mapped}", file=sys.stderr, flush=True)
         out.append(mapped)
     return out
