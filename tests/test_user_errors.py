@@ -243,15 +243,12 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_before_any_work
         pass
     else:
         pytest.skip("ImageNet weights can be downloaded here (network or Keras cache)")
-    tiny = os.path.join(HERE, "tiny_experiment.py")
-    proc = subprocess.run([sys.executable, tiny, "--weights=imagenet", f"--data_dir={cv_dir}",
-                           f"--data_tfrec_dir={single_dir}", f"--output_dir={tmp_path / 'run'}", "--quick"],
-                          capture_output=True, text=True, env=ENV)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    line = _stderr_line(proc)
-    assert line.startswith("tiny_experiment.py: error: --weights=imagenet: the ImageNet weights of EfficientNetB0 "
-                           "cannot be downloaded")
-    assert "--weights=/path/to/file.h5" in line and "Running on" not in proc.stdout
+    with pytest.raises(ValueError) as caught:  # the tiny model uses no backbone: refused before any work all the same
+        _run(_cfg(cv_dir, single_dir, tmp_path / "run", weights="imagenet", backbone="EfficientNetB0"))
+    line = cli.user_message(caught.value)
+    assert line.startswith("--weights=imagenet: the ImageNet weights of EfficientNetB0 cannot be downloaded")
+    assert "--weights=/path/to/file.h5" in line
+    assert not (tmp_path / "run" / "record.json").exists()
 
 
 @pytest.mark.parametrize("name,content", [("notes.weights.h5", b"not hdf5 at all"),
@@ -270,12 +267,9 @@ def test_an_unreachable_tpu_is_one_line_naming_the_flag(cv_dir, single_dir, tmp_
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"grpc://127.0.0.1:{s.getsockname()[1]}"  # closed once the socket is
-    tiny = os.path.join(HERE, "tiny_experiment.py")
-    proc = subprocess.run([sys.executable, tiny, f"--tpu_ip_or_name={address}", "--tpu_timeout_s=2", "--quick",
-                           "--backend=tensorflow", f"--data_dir={cv_dir}", f"--data_tfrec_dir={single_dir}",
-                           f"--output_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=ENV)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert _stderr_line(proc).startswith(f"tiny_experiment.py: error: --tpu_ip_or_name={address}: TPU address ")
+    with pytest.raises(OSError) as caught:  # an I/O error the user can act on: one line, exit 1
+        _run(_cfg(cv_dir, single_dir, tmp_path / "run", tpu_ip_or_name=address, tpu_timeout_s=2.0))
+    assert cli.user_message(caught.value).startswith(f"--tpu_ip_or_name={address}: TPU address ")
 
 
 def test_prediction_ids_that_do_not_match_the_fold_are_shown():
