@@ -31,9 +31,11 @@ def test_adopted_reference_dir_trains(single_dir, cv_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest"):
         records.read_manifest(ref)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "adopt_records.py"),
-                           f"--tfrec_dir={ref}", "--spec=single"], capture_output=True, text=True, env=ENV)
+                           f"--tfrec_dir={ref}", "--spec=single", f"--data_dir={cv_dir}"],
+                          capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr
     manifest = records.read_manifest(ref)
+    assert set(manifest["sources"]) == {"train_cv.csv", "test_cv.csv"}  # runs compare them with their --data_dir's
     original = records.read_manifest(single_dir)
     assert manifest["counts"] == original["counts"] and manifest["kind"] == "single"
     assert manifest["image_size"] == original["image_size"] and manifest["n_folds"] == 5
@@ -84,7 +86,8 @@ def test_the_references_dir_names_give_the_spec_and_the_csvs_are_checked(single_
     assert shard_names.parse_reference_dir("data-tfrec-frames024-step001-lstm") == ("sequence", 24, 1)
     assert shard_names.parse_reference_dir("data-tfrec-frames003-step005-ind") == ("stacked", 3, 5)
     assert shard_names.parse_reference_dir("data-tfrec-frames003-step010-mean") == ("mean", 3, 10)
-    assert adopt.spec_from_dir_name("x/data-tfrec-frames048-step001-lstm") == frames.DatasetSpec.parse("sequence:n48:s1")
+    lstm = adopt.spec_from_dir_name("x/data-tfrec-frames048-step001-lstm")
+    assert lstm == frames.DatasetSpec.parse("sequence:n48:s1")
     with pytest.raises(ValueError, match="pass --spec"):
         adopt.spec_from_dir_name("data-tfrec-frames005-step002-ind")  # a stacked image holds 3 frames
     ref = _reference_layout(single_dir, tmp_path / "data-tfrec-1d")
@@ -95,8 +98,8 @@ def test_the_references_dir_names_give_the_spec_and_the_csvs_are_checked(single_
 @pytest.mark.parametrize("names,expected", [
     ({"fold.0.tfrecord": "fold.1.tfrecord", "fold.1.tfrecord": "fold.0.tfrecord"},
      r"fold.0.tfrecord: example \w+ is in fold 1 of train_cv.csv, not fold 0 \(folds swapped"),
-    ({"fold.4.tfrecord": "test.tfrecord", "test.tfrecord": "fold.4.tfrecord"}, r"fold.4.tfrecord: example \w+ is a test example \(test_cv.csv\): "
-                                           r"test records posing as fold 4"),
+    ({"fold.4.tfrecord": "test.tfrecord", "test.tfrecord": "fold.4.tfrecord"},
+     r"fold.4.tfrecord: example \w+ is a test example \(test_cv.csv\): test records posing as fold 4"),
     ({"fold.1.tfrecord": "fold.0.tfrecord"}, r"example \w+ is in both .*fold.0.tfrecord and .*fold.1.tfrecord"),
 ], ids=["folds-swapped", "test-as-fold", "in-two-folds"])
 def test_records_that_do_not_match_the_csvs_are_refused_at_adopt_time(names, expected, single_dir, cv_dir,

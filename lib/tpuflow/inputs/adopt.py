@@ -250,7 +250,8 @@ def adopt_dataset(tfrec_dir: str, spec: frames.DatasetSpec | None = None,
         check_against_csvs(tfrec_dir, table, shard_ids)
         check_spec_content(table, spec, sample_examples(files, table))
         sources = {name: storage.file_sha256(storage.join(data_dir, name)) for name in build_plan.SOURCES}
-        log(f"{tfrec_dir}: every record's id, label and fold match {data_dir}'s CSVs; sampled examples are {spec}'s frames")
+        log(f"{tfrec_dir}: every record's id, label and fold match {data_dir}'s CSVs; "
+            f"sampled examples are {spec}'s frames")
     manifest = {
         "build": {"format": "adopted", "spec": spec.to_string()},
         "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.n_frames, "step": spec.step,

@@ -186,7 +186,8 @@ def reference_argv(argv: list[str]) -> list[str]:
         try:
             mapped = f"--{ours}={how(value if eq else '1')}"
         except ValueError:
-            raise cli.UsageError(f"--{name}={value}: cannot be read as --{ours} (the reference's flag for it)") from None
+            raise cli.UsageError(f"--{name}={value}: cannot be read as --{ours} (the reference's flag for it)"
+                                 ) from None
         print(f"NOTE: {arg} is the reference's flag: read as {mapped}", file=sys.stderr, flush=True)
         out.append(mapped)
     return out

@@ -110,7 +110,8 @@ def _imagenet_cached(backbone: str) -> bool:
     `weights_mobilenet_v3_small_..._no_top_v2.h5`, ...): letters and digits compared, case aside."""
     key = re.sub(r"[^a-z0-9]", "", backbone.lower())
     dirs = (_keras_models_dir(), os.path.join("/tmp", ".keras", "models"))  # Keras' fallback when home is read-only
-    return any(key in re.sub(r"[^a-z0-9]", "", name.lower()) for d in dirs if os.path.isdir(d) for name in os.listdir(d))
+    names = [name for d in dirs if os.path.isdir(d) for name in os.listdir(d)]
+    return any(key in re.sub(r"[^a-z0-9]", "", name.lower()) for name in names)
 
 
 def load_weights_permissive(model: keras.Model, path: str, max_skipped: float = 0.1) -> list[str]:
@@ -162,7 +163,8 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
         try:
             skipped = load_weights_permissive(net, weights)
         except (ValueError, OSError) as err:  # h5py and Keras name neither the flag nor always the file
-            raise ValueError(f"--weights={weights}: cannot be loaded into {name}: {' '.join(str(err).split())}") from err
+            raise ValueError(f"--weights={weights}: cannot be loaded into {name}: "
+                             f"{' '.join(str(err).split())}") from err
         print(f"--weights={weights}: loaded into {name}" +
               (f"; skipped {len(skipped)} layer(s) that do not fit: {', '.join(skipped)}" if skipped else ""),
               flush=True)
