@@ -1,5 +1,6 @@
-"""Builds that cannot clobber, hang or leak: one writer per --out_dir, a size estimate before any
-work, build_all.sh's conflicting flags, data dirs whose train/ lives on another disk, --help."""
+"""Builds and syncs that cannot clobber, hang or leak: one writer per --out_dir, a size estimate
+before any work, build_all.sh's conflicting flags, data dirs whose train/ lives on another disk,
+--help; gcs_sync.py and symlinks, dead endpoints and bad credentials."""
 import os
 import shutil
 import signal
@@ -98,3 +99,88 @@ def test_a_data_dir_whose_frames_live_on_another_disk_builds(cv_dir, tmp_path):
         for f in files:
             if f != "manifest.json":
                 assert (tmp_path / "plain" / name / f).read_bytes() == open(os.path.join(data, name, f), "rb").read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cloud Storage: no file from outside --src, no hang on a dead endpoint or bad credentials
+
+
+def _sync(*args, env=None):  # (the emulator's environment is set after ENV was made)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gcs_sync.py"), *args], capture_output=True,
+                          text=True, env={**os.environ, **ENV, **(env or {})}, timeout=120)
+
+
+def test_sync_skips_a_symlink_out_of_src_naming_it(gcs_emulator, tmp_path):
+    remote = gcs_emulator.create_bucket() + "/d"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    (tmp_path / "secret").write_text("private")
+    os.symlink(tmp_path / "secret", src / "leak")
+    os.symlink(src / "a.txt", src / "alias.txt")  # a symlink within --src is copied
+    done = _sync(f"--src={src}", f"--dst={remote}")
+    assert done.returncode == 0, done.stderr
+    assert f"skipped {src / 'leak'}: a symlink to {tmp_path / 'secret'}, outside --src" in done.stderr
+    from tpuflow import storage
+    assert sorted(storage.list_files(remote)) == ["a.txt", "alias.txt"]
+
+
+def _silent_server():
+    """A socket that takes connections (the kernel's backlog) and never answers."""
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    return server
+
+
+@pytest.mark.parametrize("case", ["dead", "silent", "malformed_credentials", "missing_credentials"])
+def test_sync_fails_within_its_timeout_naming_the_endpoint(tmp_path, case):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    env = {"HOME": str(tmp_path), "GOOGLE_CLOUD_PROJECT": "p", "STORAGE_EMULATOR_HOST": "",
+           "GOOGLE_APPLICATION_CREDENTIALS": "", "NO_GCE_CHECK": "True"}
+    server = None
+    if case == "dead":
+        server = _silent_server()
+        port = server.getsockname()[1]
+        server.close()  # nothing listens there now
+        env["STORAGE_EMULATOR_HOST"] = endpoint = f"http://127.0.0.1:{port}"
+    elif case == "silent":
+        server = _silent_server()
+        env["STORAGE_EMULATOR_HOST"] = endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    else:
+        endpoint = "https://storage.googleapis.com"
+        if case == "malformed_credentials":
+            (tmp_path / "key.json").write_text("{not json")
+            env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "key.json")
+    env = {k: v for k, v in env.items() if v}
+    clean = {k: v for k, v in ENV.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    start = time.monotonic()
+    try:
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gcs_sync.py"), f"--src={src}",
+                              "--dst=gs://some-bucket/x", "--timeout_s=3"], capture_output=True, text=True,
+                             env={**clean, **env}, timeout=120)
+    finally:
+        if server is not None:
+            server.close()
+    assert time.monotonic() - start < 20 and out.returncode == 1
+    line, = out.stderr.strip().splitlines()
+    assert f"Cloud Storage at {endpoint} (bucket 'some-bucket')" in line
+    assert {"dead": "cannot be reached", "silent": "did not answer within 3 s",
+            "malformed_credentials": "key.json is not a valid json file",
+            "missing_credentials": "no usable credentials"}[case] in line
+
+
+def test_a_gs_run_dir_on_a_dead_endpoint_fails_at_once(tmp_path, monkeypatch):
+    from tpuflow.storage import lock
+    server = _silent_server()
+    port = server.getsockname()[1]
+    server.close()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"Cloud Storage at http://127.0.0.1:{port} \(bucket 'b'\) cannot be reached"):
+        lock.RunLock("gs://b/runs/r1").acquire()
+    assert time.monotonic() - start < 10

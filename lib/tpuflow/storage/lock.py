@@ -90,6 +90,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Takes the lock (over a stale one, saying so); RunDirLocked if a live run holds it."""
+        if storage.is_gcs(self.run_dir):  # a dead endpoint or bad credentials: one line, in seconds
+            storage.check_reachable(self.run_dir)
         self._made_dir = not storage.is_gcs(self.run_dir) and not os.path.isdir(self.run_dir)
         storage.makedirs(self.run_dir)
         for _ in range(3):  # a lock released or taken over between our attempts: try again
