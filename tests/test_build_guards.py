@@ -2,6 +2,7 @@
 before any work, build_all.sh's conflicting flags, data dirs whose train/ lives on another disk,
 --help; gcs_sync.py and symlinks, dead endpoints and bad credentials."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -184,3 +185,41 @@ def test_a_gs_run_dir_on_a_dead_endpoint_fails_at_once(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match=rf"Cloud Storage at http://127.0.0.1:{port} \(bucket 'b'\) cannot be reached"):
         lock.RunLock("gs://b/runs/r1").acquire()
     assert time.monotonic() - start < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Size: a typo or a build that cannot fit is refused before any work; a full disk is one line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 512 KiB file system (tmpfs), where this machine lets the tests mount one."""
+    where = tmp_path / "small_disk"
+    where.mkdir()
+    if sys.platform != "linux" or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_spec_far_longer_than_any_storm_is_refused_naming_it(cv_dir, tmp_path):
+    out = _cli(f"--data_dir={cv_dir}", f"--out_dir={tmp_path / 'out'}", "--specs=single,sequence:n2400:s1")
+    assert out.returncode == 1
+    line, = out.stderr.strip().splitlines()
+    assert "dataset spec 'sequence:n2400:s1': each example spans 2400 frames, more than 8x the longest storm" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_build_that_cannot_fit_is_refused_before_writing_naming_the_estimate(cv_dir, small_disk):
+    args = [f"--data_dir={cv_dir}", f"--out_dir={small_disk}", "--workers=1", "--shards_per_fold=1"]
+    out = _cli(*args, "--specs=single,sequence:n60:s1")
+    assert out.returncode == 1
+    line, = out.stderr.strip().splitlines()
+    assert f"{small_disk}: the build needs about" in line and "sequence:n60:s1: " in line
+    assert re.search(rf"but {small_disk} has 5\d\d kB free", line)
+    assert os.listdir(small_disk) == []
+    fits = _cli(*args, "--specs=single")  # the estimate refuses no build that fits
+    assert fits.returncode == 0, fits.stderr
