@@ -1,6 +1,7 @@
 """Builds and syncs that cannot clobber, hang or leak: one writer per --out_dir, a size estimate
 before any work, build_all.sh's conflicting flags, data dirs whose train/ lives on another disk,
 --help; gcs_sync.py and symlinks, dead endpoints and bad credentials."""
+import glob
 import os
 import re
 import shutil
@@ -223,3 +224,59 @@ def test_a_build_that_cannot_fit_is_refused_before_writing_naming_the_estimate(c
     assert os.listdir(small_disk) == []
     fits = _cli(*args, "--specs=single")  # the estimate refuses no build that fits
     assert fits.returncode == 0, fits.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A killed Beam build leaves no worker behind
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            parents[int(stat.split("/")[2])] = int(open(stat).read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier}
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_killed_direct_runner_build_leaves_no_worker(cv_dir, tmp_path, sig):
+    pytest.importorskip("apache_beam")
+    build = subprocess.Popen([sys.executable, SCRIPT, "--runner=DirectRunner", f"--data_dir={cv_dir}",
+                              f"--out_dir={tmp_path / 'out'}", "--specs=single,sequence:n6:s1", "--workers=2"],
+                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    deadline = time.time() + 120
+    while time.time() < deadline and build.poll() is None and len(seen) < 2:
+        seen |= _descendants(build.pid)
+        time.sleep(0.05)
+    try:
+        assert build.poll() is None and len(seen) >= 2, "the build ended before its workers were seen"
+        time.sleep(0.5)
+        seen |= _descendants(build.pid)
+        build.send_signal(sig)
+        build.wait(60)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in seen):
+            time.sleep(0.05)
+        survivors = [p for p in seen if _alive(p)]
+    finally:
+        for pid in seen | ({build.pid} if build.poll() is None else set()):
+            if _alive(pid):  # don't leave them to the machine if the check fails
+                os.kill(pid, signal.SIGKILL)
+    assert not survivors, "Beam workers outlived the killed build"
+    assert build.returncode != 0 and "Traceback" not in build.stderr, build.stderr[-2000:]
+    assert not (tmp_path / "out" / "build.lock").exists()
