@@ -280,3 +280,77 @@ def test_a_killed_direct_runner_build_leaves_no_worker(cv_dir, tmp_path, sig):
     assert not survivors, "Beam workers outlived the killed build"
     assert build.returncode != 0 and "Traceback" not in build.stderr, build.stderr[-2000:]
     assert not (tmp_path / "out" / "build.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every kind reads a frame alike: grayscale and colour JPEGs; other modes refused by name
+
+
+def _colour_storm(data) -> str:
+    """Rewrites the frames of one storm as colour JPEGs (channels that differ); returns its id."""
+    import numpy as np
+    from PIL import Image
+    train = pd.read_csv(os.path.join(data, "train_cv.csv"))
+    storm = train["storm_id"].value_counts().index[0]
+    for path in train.loc[train["storm_id"] == storm, "image_path"]:
+        gray = np.asarray(Image.open(os.path.join(data, path)).convert("L")).astype(np.int32)
+        rgb = np.stack([gray, 255 - gray, (gray * 7) % 256], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(os.path.join(data, path), format="JPEG", quality=90)
+    return storm
+
+
+def test_every_kind_and_view_decodes_a_frame_alike(cv_dir, tmp_path):
+    """single, stacked:s1, mean:s1 and sequence:n3:s1 all hold frames t-2, t-1, t: records and
+    views must give the same pixels for them, for grayscale and colour JPEG frames alike."""
+    import numpy as np
+    from tpuflow.inputs import records, views
+    from tpuflow.prep import builder, frames, shard_names, store
+    data = _copy(cv_dir, tmp_path / "data")
+    colour = _colour_storm(data)
+    specs = frames.parse_specs(["single", "stacked:s1", "mean:s1", "sequence:n3:s1"])
+    store.build_store(data, data, shards=2, workers=1, log=lambda _: None)
+    builder.build_datasets(data, data, specs, shards_per_fold=1, encoding="png", workers=1, log=lambda _: None)
+    frame_store = store.load_store(os.path.join(data, shard_names.STORE_DIR))
+    got = {}
+    for spec in specs:
+        d = os.path.join(data, spec.name)
+        for serialized in tf_records(records.record_files(d, range(5)) + records.record_files(d, None)):
+            ex = records.parse_common(serialized)
+            images = [records.decode_image(e, spec.channels).numpy() for e in ex["image"]]
+            pixels = np.concatenate(images, -1) if spec.kind == "sequence" else images[0]
+            got.setdefault(ex["image_id"].numpy().decode(), {})[spec.kind] = pixels
+        view = views.View(frame_store, spec)
+        ids, _, _ = view.labels(np.arange(len(frame_store.table)))
+        for row, image_id in enumerate(ids):
+            pixels = view.example_numpy(row)
+            got[image_id]["view " + spec.kind] = np.moveaxis(pixels[..., 0], 0, -1) if spec.kind == "sequence" else pixels
+    storms = dict(zip(frame_store.table["image_id"], frame_store.table["storm_id"]))
+    assert colour in storms.values()
+    for image_id, by_kind in got.items():
+        three = by_kind["stacked"]
+        for kind, pixels in by_kind.items():
+            expected = three[..., 2:] if kind.endswith("single") else three
+            assert np.array_equal(pixels, expected), f"{image_id} (storm {storms[image_id]}): {kind} differs"
+
+
+def tf_records(files):
+    import tensorflow as tf
+    return tf.data.TFRecordDataset(files)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA"])
+def test_a_frame_of_another_mode_is_refused_naming_it(cv_dir, tmp_path, mode):
+    import numpy as np
+    from PIL import Image
+    data = _copy(cv_dir, tmp_path / "data")
+    frame = os.path.join(data, pd.read_csv(os.path.join(data, "train_cv.csv"))["image_path"].iloc[5])
+    if mode == "I;16":
+        Image.fromarray(np.full((24, 24), 40000, np.uint16)).save(frame, format="PNG")
+    else:
+        Image.new("RGBA", (24, 24), (10, 20, 30, 128)).save(frame, format="PNG")
+    assert Image.open(frame).mode == mode
+    out = _cli(f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", "--specs=single", "--workers=1")
+    assert out.returncode == 1
+    line, = out.stderr.strip().splitlines()
+    assert f"{frame}: a PNG frame of mode {mode} is not read alike by every kind" in line
+    assert not list((tmp_path / "out").glob("*/*.tfrecord-*"))

@@ -182,7 +182,7 @@ class FrameStore:
 
     def __init__(self, store_dir: str, manifest: dict, table: pd.DataFrame, frames: np.ndarray):
         self.dir, self.manifest, self.table, self.frames = store_dir, manifest, table, frames
-        self.decoded = {}  # (dct method, sums) -> frame_cache.FrameCache, built by the views that use it
+        self.decoded = {}  # sums (mean views) or not -> frame_cache.FrameCache, built by the views that use it
 
 
 def read_manifest(store_dir: str) -> dict:
