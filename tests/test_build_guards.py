@@ -354,3 +354,15 @@ def test_a_frame_of_another_mode_is_refused_naming_it(cv_dir, tmp_path, mode):
     line, = out.stderr.strip().splitlines()
     assert f"{frame}: a PNG frame of mode {mode} is not read alike by every kind" in line
     assert not list((tmp_path / "out").glob("*/*.tfrecord-*"))
+
+
+def test_a_full_disk_stops_a_build_with_one_line_naming_the_file(cv_dir, small_disk):
+    """One shard file per example: a disk page each, which the estimate (bytes) does not see, so
+    the disk fills up while the shards are written."""
+    out = _cli(f"--data_dir={cv_dir}", f"--out_dir={small_disk}", "--workers=1", "--shards_per_fold=64",
+               "--specs=single")
+    assert out.returncode == 1
+    line, = out.stderr.strip().splitlines()
+    assert re.fullmatch(rf"create_tfrecords.py: error: {small_disk}/data-tfrec-single-frames001-step001/"
+                        r"\S+\.tfrecord-\d+-of-\d+: No space left on device", line), line
+    assert os.listdir(small_disk) == []  # no partial shard, no lock
