@@ -366,3 +366,18 @@ def test_a_full_disk_stops_a_build_with_one_line_naming_the_file(cv_dir, small_d
     assert re.fullmatch(rf"create_tfrecords.py: error: {small_disk}/data-tfrec-single-frames001-step001/"
                         r"\S+\.tfrecord-\d+-of-\d+: No space left on device", line), line
     assert os.listdir(small_disk) == []  # no partial shard, no lock
+
+
+def test_weights_for_gs_are_refused_when_the_staging_disk_is_full(small_disk, monkeypatch):
+    """A gs:// checkpoint is staged in the local temporary directory: no room there is one error
+    naming the checkpoint before HDF5 writes a byte (HDF5 can crash the process on a full disk)."""
+    import tempfile
+
+    import keras
+    from tpuflow import storage
+    monkeypatch.setattr(tempfile, "tempdir", str(small_disk))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(OSError, match=rf"free in {small_disk}, where it is staged") as caught:
+        storage.save_weights(model, "gs://some-bucket/run/model.weights.h5")
+    assert caught.value.filename == "gs://some-bucket/run/model.weights.h5"
+    assert os.listdir(small_disk) == []

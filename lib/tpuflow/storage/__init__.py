@@ -500,17 +500,18 @@ def atomic_path(path: str) -> Iterator[str]:
 def save_weights(model, path: str) -> None:
     """`model.save_weights(path)` (a Keras model), atomically, to a local or `gs://` path.
 
-    A local disk without room for the weights fails before writing, with an error naming the
-    path: HDF5 can crash the whole process (SIGSEGV) when a write fails half-way through a file.
+    A disk without room for the weights (the target's, or for `gs://` the local temporary
+    directory the file is staged in) fails before writing, with an error naming the path: HDF5
+    can crash the whole process (SIGSEGV) when a write fails half-way through a file.
     """
-    if not is_gcs(path):
-        need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        stat = os.statvfs(directory)
-        if stat.f_bavail * stat.f_frsize < need:
-            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({stat.f_bavail * stat.f_frsize} bytes "
-                          f"free, about {need} needed for the weights)", str(path))
+    need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
+    directory = tempfile.gettempdir() if is_gcs(path) else os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    stat = os.statvfs(directory)
+    if stat.f_bavail * stat.f_frsize < need:
+        where = f" in {directory}, where it is staged" if is_gcs(path) else ""
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({stat.f_bavail * stat.f_frsize} bytes "
+                      f"free{where}, about {need} needed for the weights)", str(path))
     with atomic_path(path) as tmp:
         model.save_weights(tmp)
 
