@@ -368,16 +368,23 @@ def test_a_full_disk_stops_a_build_with_one_line_naming_the_file(cv_dir, small_d
     assert os.listdir(small_disk) == []  # no partial shard, no lock
 
 
-def test_weights_for_gs_are_refused_when_the_staging_disk_is_full(small_disk, monkeypatch):
-    """A gs:// checkpoint is staged in the local temporary directory: no room there is one error
-    naming the checkpoint before HDF5 writes a byte (HDF5 can crash the process on a full disk)."""
-    import tempfile
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE")
+def test_a_write_failing_half_way_through_a_checkpoint_is_one_line(cv_dir, single_dir, tmp_path):
+    """A file size limit makes a checkpoint's write fail half-way (as a disk filling up under
+    it would): one line naming the file, exit status 1, no HDF5 crash (exit 139) or tracebacks."""
+    import resource
 
-    import keras
-    from tpuflow import storage
-    monkeypatch.setattr(tempfile, "tempdir", str(small_disk))
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(OSError, match=rf"free in {small_disk}, where it is staged") as caught:
-        storage.save_weights(model, "gs://some-bucket/run/model.weights.h5")
-    assert caught.value.filename == "gs://some-bucket/run/model.weights.h5"
-    assert os.listdir(small_disk) == []
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "tiny_experiment.py"), f"--data_dir={cv_dir}",
+                           f"--data_tfrec_dir={single_dir}", f"--output_dir={out}", "--dim=16", "--batch_size=8",
+                           "--tta_number=0", "--n_folds=1", "--n_epochs=1", "--steps_per_epoch=1", "--verbose=0",
+                           "--job=train_val"], env={**ENV, "PYTHONPATH": ENV["PYTHONPATH"] + os.pathsep + os.path.join(ROOT, "tests")},
+                          capture_output=True, text=True, preexec_fn=limited, timeout=600)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    line, = proc.stderr.strip().splitlines()
+    assert re.fullmatch(rf"tiny_experiment.py: error: {out}/\S+\.weights\.h5: File too large", line), line
+    assert not [f for _, _, files in os.walk(out) for f in files if f.startswith(".tmp-")]

@@ -488,32 +488,30 @@ def atomic_path(path: str) -> Iterator[str]:
             raise
         # e.g. a full disk: the bare "[Errno 28] No space left on device" names no file
         raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
-    except RuntimeError as err:  # h5py reports a full disk as a RuntimeError naming the temporary
-        if "No space left on device" not in str(err):
-            raise
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+class _WeightsImage(io.BytesIO):
+    """An in-memory `.weights.h5` file: Keras writes HDF5 into an `io.BytesIO` (its H5IOStore
+    takes one) once the name passes `save_weights`' suffix check."""
+
+    def __str__(self) -> str:
+        return "in-memory.weights.h5"
+
+
 def save_weights(model, path: str) -> None:
     """`model.save_weights(path)` (a Keras model), atomically, to a local or `gs://` path.
 
-    A disk without room for the weights (the target's, or for `gs://` the local temporary
-    directory the file is staged in) fails before writing, with an error naming the path: HDF5
-    can crash the whole process (SIGSEGV) when a write fails half-way through a file.
+    HDF5 writes into memory and the bytes go to disk as any other file (`write_bytes`): HDF5
+    left to write a file itself crashes the whole process (SIGSEGV, after screens of h5py
+    tracebacks) when a write fails half-way (a full disk, a file size limit); here such a
+    failure is one error naming the path.
     """
-    need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
-    directory = tempfile.gettempdir() if is_gcs(path) else os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    stat = os.statvfs(directory)
-    if stat.f_bavail * stat.f_frsize < need:
-        where = f" in {directory}, where it is staged" if is_gcs(path) else ""
-        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({stat.f_bavail * stat.f_frsize} bytes "
-                      f"free{where}, about {need} needed for the weights)", str(path))
-    with atomic_path(path) as tmp:
-        model.save_weights(tmp)
+    image = _WeightsImage()
+    model.save_weights(image)
+    write_bytes(path, image.getvalue())
 
 
 @contextlib.contextmanager
