@@ -493,6 +493,9 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+_RECORD_ROOM = 1 << 20  # bytes a checkpoint leaves free: a full disk still gets its `failed` record
+
+
 class _WeightsImage(io.BytesIO):
     """An in-memory `.weights.h5` file: Keras writes HDF5 into an `io.BytesIO` (its H5IOStore
     takes one) once the name passes `save_weights`' suffix check."""
@@ -511,7 +514,16 @@ def save_weights(model, path: str) -> None:
     """
     image = _WeightsImage()
     model.save_weights(image)
-    write_bytes(path, image.getvalue())
+    data = image.getvalue()
+    if not is_gcs(path):  # leave room for the small files that record the failure (record.json)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        stat = os.statvfs(directory)
+        if stat.f_bavail * stat.f_frsize < len(data) + _RECORD_ROOM:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({stat.f_bavail * stat.f_frsize} bytes "
+                          f"free, {len(data)} needed for the weights and {_RECORD_ROOM} kept for the run's "
+                          "record)", str(path))
+    write_bytes(path, data)
 
 
 @contextlib.contextmanager
