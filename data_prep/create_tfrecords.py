@@ -1,4 +1,4 @@
-"""Writes fold-sharded TFRecord datasets from the CV split: many specs in one pass over the frames.
+r"""Writes fold-sharded TFRecord datasets from the CV split: many specs in one pass over the frames.
 
 Usage:
     python data_prep/create_tfrecords.py --data_dir=data --specs=single,stacked:s5,sequence:n24:s1
@@ -24,10 +24,11 @@ script does not define are Beam's pipeline options, e.g.
 import logging
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from tpuflow import cli, storage
 from tpuflow.prep import build_encode, build_plan, builder, frames, store, validate
+from tpuflow.storage import lock
 
 flags.DEFINE_string("data_dir", "data", "Dir with train_cv.csv and test_cv.csv (create_cv_split.py)")
 flags.DEFINE_string("out_dir", None, "Root for the dataset dirs (default: --data_dir)")
@@ -87,7 +88,24 @@ def main(argv):
     lines = storage.read_text(FLAGS.spec_file).splitlines() if FLAGS.spec_file else FLAGS.specs
     want_store = any(line.split("#", 1)[0].strip() == store.KIND for line in lines)
     specs = frames.parse_specs([line for line in lines if line.split("#", 1)[0].strip() != store.KIND])
-    if FLAGS.runner != "local" and not FLAGS.explain:
+    if FLAGS.explain:
+        for line in build_plan.explain_examples(FLAGS.data_dir, specs, FLAGS.explain):
+            print(line)
+        return
+    out_dir = FLAGS.out_dir or FLAGS.data_dir
+    if storage.is_gcs(FLAGS.data_dir):  # a dead endpoint or bad credentials: one line, in seconds
+        storage.check_reachable(FLAGS.data_dir)
+    common = dict(workers=FLAGS.workers or None, overwrite=FLAGS.overwrite, image_dir=FLAGS.image_dir,
+                  wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
+    # one build per output dir: a second one would rewrite the first's shards under it
+    with lock.RunLock(out_dir, name=lock.BUILD_LOCK, flag="--out_dir"):
+        build(specs, want_store, out_dir, common)
+
+
+def build(specs: list[frames.DatasetSpec], want_store: bool, out_dir: str, common: dict) -> None:
+    """Builds the datasets of `specs` (and the frame store) into `out_dir`, locally or on Beam;
+    `common`: the builders' shared options."""
+    if FLAGS.runner != "local":
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         # the DirectRunner relays every worker's log lines; keep their errors only
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
@@ -96,34 +114,22 @@ def main(argv):
         except ImportError as err:
             raise cli.UsageError(f"--runner={FLAGS.runner} needs Apache Beam ({err}): pip install "
                                  "'tpuflow[beam]'") from err
-        beam_build.build(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir, specs, want_store,
-                         FLAGS.runner, BEAM_ARGS, shards_per_fold=FLAGS.shards_per_fold,
-                         encoding=FLAGS.encoding, quality=FLAGS.quality,
-                         workers=FLAGS.workers or None, overwrite=FLAGS.overwrite,
-                         chunk_frames=FLAGS.chunk_frames, mean_rounding=FLAGS.mean_rounding,
-                         order_seed=FLAGS.order_seed, image_dir=FLAGS.image_dir,
-                         wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
+        beam_build.build(FLAGS.data_dir, out_dir, specs, want_store, FLAGS.runner, BEAM_ARGS,
+                         shards_per_fold=FLAGS.shards_per_fold, encoding=FLAGS.encoding,
+                         quality=FLAGS.quality, chunk_frames=FLAGS.chunk_frames,
+                         mean_rounding=FLAGS.mean_rounding, order_seed=FLAGS.order_seed, **common)
         return
-    if want_store and not FLAGS.explain:  # the frame store: every frame once (tpuflow.prep.store)
-        store.build_store(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir,
-                          shards=FLAGS.shards_per_fold, workers=FLAGS.workers or None,
-                          overwrite=FLAGS.overwrite, image_dir=FLAGS.image_dir,
-                          wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
-        if not specs:
-            return
-    if FLAGS.explain:
-        for line in build_plan.explain_examples(FLAGS.data_dir, specs, FLAGS.explain):
-            print(line)
-        return
-    builder.build_datasets(FLAGS.data_dir, FLAGS.out_dir or FLAGS.data_dir, specs,
-                           shards_per_fold=FLAGS.shards_per_fold, encoding=FLAGS.encoding,
-                           quality=FLAGS.quality, workers=FLAGS.workers or None,
-                           overwrite=FLAGS.overwrite, chunk_frames=FLAGS.chunk_frames,
-                           mean_rounding=FLAGS.mean_rounding, order_seed=FLAGS.order_seed,
-                           image_dir=FLAGS.image_dir,
-                           wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
+    if want_store:  # the frame store: every frame once (tpuflow.prep.store)
+        store.build_store(FLAGS.data_dir, out_dir, shards=FLAGS.shards_per_fold, **common)
+    if specs:
+        builder.build_datasets(FLAGS.data_dir, out_dir, specs, shards_per_fold=FLAGS.shards_per_fold,
+                               encoding=FLAGS.encoding, quality=FLAGS.quality,
+                               chunk_frames=FLAGS.chunk_frames, mean_rounding=FLAGS.mean_rounding,
+                               order_seed=FLAGS.order_seed, **common)
 
 
 if __name__ == "__main__":
+    if cli.help_requested() or "--helpfull" in sys.argv:  # ours, not Beam's pipeline options
+        app.usage(shorthelp="--helpfull" not in sys.argv, writeto_stdout=True, exitcode=0)
     sys.argv, BEAM_ARGS[:] = split_beam_args(sys.argv)
     cli.run_main(main)

@@ -101,7 +101,7 @@ def _source_frames(cv_dir):
     table, {storm: [float32 (H, W)]}."""
     table = build_plan.load_frame_table(cv_dir)
     table["example_index"] = build_plan.example_order(table, 0)
-    pixels = {storm: [tf.io.decode_jpeg(tf.io.read_file(p), channels=1).numpy()[..., 0].astype(np.float32)
+    pixels = {storm: [records.decode_image(tf.io.read_file(p), 1).numpy()[..., 0].astype(np.float32)
                       for p in group["image_path"]]
               for storm, group in table.groupby("storm_id")}
     return table, pixels

@@ -53,8 +53,9 @@ def test_views_of_one_store_share_its_cache(store_dir):
     a = views.View(frame_store, frames.DatasetSpec.parse("single"), frame_cache="auto")
     b = views.View(frame_store, frames.DatasetSpec.parse("sequence:n6:s1"), frame_cache="auto")
     c = views.View(frame_store, frames.DatasetSpec.parse("stacked:s2"), frame_cache="auto")
-    assert a.cache is b.cache  # both decode with TensorFlow's default IDCT
-    assert c.cache is not a.cache  # stacked/mean frames decode as the builder did (accurate IDCT)
+    d = views.View(frame_store, frames.DatasetSpec.parse("mean:s2"), frame_cache="auto")
+    assert a.cache is b.cache is c.cache  # every kind decodes a frame alike (the accurate IDCT)
+    assert d.cache is not a.cache  # mean views also keep running sums
 
 
 def test_a_cache_that_cannot_fit_is_said_in_one_line_naming_the_flag(store_dir, monkeypatch):

@@ -60,7 +60,7 @@ def test_built_single_dataset_matches_source_frames(single_dir, cv_dir):
     np.testing.assert_array_equal(labels, fold.loc[ids, "wind_speed"])
     ex = next(iter(tf.data.TFRecordDataset(files).map(lambda s: records.parse_image(s, channels=1))))
     path = os.path.join(cv_dir, fold.loc[ex["image_id"].numpy().decode(), "image_path"])
-    source = tf.io.decode_jpeg(tf.io.read_file(path), channels=1).numpy()
+    source = tf.io.decode_jpeg(tf.io.read_file(path), channels=1, dct_method="INTEGER_ACCURATE").numpy()
     assert ex["image"].dtype == tf.uint8  # pixels stay uint8 until the pipeline has batched them
     np.testing.assert_array_equal(ex["image"].numpy(), source)
 

@@ -6,8 +6,10 @@ Usage: python tools/gcs_sync.py --src=DIR --dst=gs://bucket/prefix [--workers=8]
 
 Credentials come from the standard Google environment (`gcloud auth application-default login`,
 a service account on the VM, or GOOGLE_APPLICATION_CREDENTIALS); they are never printed. Nothing
-is deleted at the destination. Exit status 0 on success, 1 with a message naming the bucket,
-object or path on failure.
+is deleted at the destination; a file that a symlink leads out of --src is not uploaded (one line
+names it). An endpoint that does not answer, or credentials that do not work, fail within
+--timeout_s seconds. Exit status 0 on success, 1 with a message naming the bucket, object or path
+on failure.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ flags.DEFINE_integer("chunk_size_mb", 16, "Chunk size of resumable uploads in Mi
 flags.DEFINE_string("state_dir", sync.DEFAULT_STATE_DIR,
                     "Where resumable upload sessions are remembered between runs.")
 flags.DEFINE_integer("retries", 3, "Attempts per file before a checksum mismatch is an error.")
+flags.DEFINE_float("timeout_s", 30, "Seconds the storage endpoint may take to answer a first request "
+                   "before the sync fails, naming it (a dead endpoint, bad credentials).")
 flags.mark_flags_as_required(["src", "dst"])
 
 
@@ -40,7 +44,7 @@ def main(argv: list[str]) -> int:
         FLAGS.src, FLAGS.dst, workers=FLAGS.workers, dry_run=FLAGS.dry_run,
         progress={"auto": None, "on": True, "off": False}[FLAGS.progress],
         retries=FLAGS.retries, resumable_threshold=FLAGS.resumable_threshold_mb << 20,
-        chunk_size=FLAGS.chunk_size_mb << 20, state_dir=FLAGS.state_dir)
+        chunk_size=FLAGS.chunk_size_mb << 20, state_dir=FLAGS.state_dir, timeout_s=FLAGS.timeout_s)
     for t in report.planned if report.dry_run else []:
         print(f"would copy {t.name} ({t.size} bytes, {t.reason})")
     print(report.summary())

@@ -17,6 +17,7 @@ from tpuflow import storage
 from tpuflow.prep import shard_names
 
 # Every record carries these; builders may add more (storm_id, fold_id, frame_id, ...).
+JPEG_DCT = "INTEGER_ACCURATE"  # how every kind decodes JPEG frames: the builder's (PIL's) and the reference's IDCT
 COMMON_FEATURES = {
     "image_id": tf.io.FixedLenFeature([], tf.string),
     "image": tf.io.VarLenFeature(tf.string),
@@ -65,11 +66,18 @@ def decode_image(encoded: tf.Tensor, channels: int, dim: int | None = None) -> t
     """Decodes one JPEG/PNG to uint8 (H, W, channels), resized to dim x dim if given (bilinear,
     rounded to whole levels; a frame already dim x dim is unchanged).
 
+    JPEGs with the accurate integer IDCT (`JPEG_DCT`), as the builder decodes the frames it
+    computes `stacked`/`mean` images from (`tpuflow.prep.build_encode.decode_frame`) and views
+    decode the frame store, so every kind reads a frame the same way (TensorFlow's default, the
+    fast IDCT, is off by a level here and there).
+
     Pixels stay uint8 (a quarter of float32's bytes) until the pipeline has batched them
     (`pipeline.to_float`), so shuffle and prefetch buffers stay small whatever the kind.
     The static shape is set so that TPU programs see fixed shapes.
     """
-    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image = tf.cond(tf.io.is_jpeg(encoded),
+                    lambda: tf.io.decode_jpeg(encoded, channels=channels, dct_method=JPEG_DCT),
+                    lambda: tf.io.decode_image(encoded, channels=channels, expand_animations=False))
     return image if dim is None else resize(image, dim)
 
 

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tpuflow.inputs import augment, frame_cache as frame_cache_lib, pipeline
+from tpuflow.inputs import augment, frame_cache as frame_cache_lib, pipeline, records
 from tpuflow.prep import frames, store
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -103,19 +103,10 @@ class View:
         self._ready()
         return self.assemble(tf.constant(row, tf.int64))["image"].numpy()
 
-    @property
-    def _dct_method(self) -> str:
-        return "INTEGER_ACCURATE" if self.spec.kind in ("stacked", "mean") else ""
-
     def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
-        """One source frame -> (H, W) uint8, decoded as the prebuilt records of this kind are:
-        `single`/`sequence` records hold the source bytes, which TensorFlow decodes at read time
-        (its default, fast IDCT); the builder computed `stacked`/`mean` images from frames decoded
-        with the accurate IDCT (PIL), which `INTEGER_ACCURATE` reproduces."""
-        image = tf.cond(tf.io.is_jpeg(encoded),
-                        lambda: tf.io.decode_jpeg(encoded, channels=1, dct_method=self._dct_method),
-                        lambda: tf.io.decode_image(encoded, channels=1, expand_animations=False))
-        return image[..., 0]
+        """One source frame -> (H, W) uint8, decoded as records are (`records.decode_image`: the
+        accurate IDCT the builder's `stacked`/`mean` images were computed with)."""
+        return records.decode_image(encoded, 1)[..., 0]
 
     def _ready(self) -> None:
         """Makes, eagerly, what the map functions capture: the per-example tensors and either the
@@ -134,7 +125,7 @@ class View:
         shape = frame_cache_lib.use_cache(self.frame_cache, self.store.table, sums, longest, what)
         if shape is None:
             return None
-        key = (self._dct_method, sums)
+        key = sums
         if key not in self.store.decoded:
             self.store.decoded[key] = frame_cache_lib.build(self.store.frames, self._decode, shape, sums, what=what)
         return self.store.decoded[key]

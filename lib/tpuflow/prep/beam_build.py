@@ -28,12 +28,16 @@ at 16 shards per fold). The DirectRunner also holds every record of the build in
 process while it groups them (README, "Building on Apache Beam")."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import operator
 import os
 import pickle
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 from typing import Callable, Sequence
 
@@ -266,6 +270,48 @@ def pipeline_options(runner, beam_args: Sequence[str], workers: int | None) -> P
     return options
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (from /proc; none where there is no /proc)."""
+    parents = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat, "rb") as f:
+                parents[int(stat.split("/")[2])] = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+@contextlib.contextmanager
+def _workers_die_with_launcher():
+    """While the pipeline runs: SIGTERM or SIGINT to the launching process first kills the
+    processes it started (the DirectRunner's SDK workers, which Beam starts as plain
+    subprocesses: they would outlive it), then ends it as the signal would have (SIGINT as
+    KeyboardInterrupt, so the temporary plan is still removed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def _runner(runner):
     if runner == "DirectRunner":
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -306,8 +352,9 @@ def build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSpec], wan
         try:
             pipeline = beam.Pipeline(runner=_runner(runner), options=options)
             expand(pipeline, job, job_dir, storm_files, storm_records)
-            result = pipeline.run()
-            result.wait_until_finish()
+            with _workers_die_with_launcher():
+                result = pipeline.run()
+                result.wait_until_finish()
         except Exception:  # not on Ctrl-C: a cluster's job may still be running
             ended = result is None or _state(result) in (PipelineState.FAILED, PipelineState.CANCELLED)
             if ended:

@@ -34,12 +34,26 @@ PIXEL_KINDS = ("stacked", "mean")  # kinds whose images are computed (the others
 
 
 def decode_frame(data: bytes, path: str) -> np.ndarray:
-    """Grayscale frame as uint8 (H, W); a clear error naming the file if it is not an image."""
+    """A frame as uint8 (H, W), decoded as every reader of it decodes it, or an error naming it.
+
+    Accepted: 8-bit grayscale JPEG or PNG, and colour JPEG, read as its luma (Y) plane: what a
+    JPEG decoder asked for one channel gives, with the accurate integer IDCT (PIL's, and
+    TensorFlow's `decode_jpeg(channels=1, dct_method="INTEGER_ACCURATE")`, which records and
+    views use: `tpuflow.inputs.records.decode_image`). Any other mode or depth (16-bit, palette,
+    alpha, colour PNG, CMYK) is refused: each library maps it to 8-bit grayscale its own way, so
+    the kinds built from it would disagree.
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("L"))
+            kind, mode = im.format, im.mode
+            if kind == "JPEG" and mode in ("L", "RGB"):
+                im.draft("L", im.size)  # the decoder's own grayscale output: the Y plane
+            if im.mode == "L" and kind in ("JPEG", "PNG"):
+                return np.asarray(im)
     except Exception as err:  # PIL raises several types for damaged files
         raise ValueError(f"{path}: unreadable image ({err})") from err
+    raise ValueError(f"{path}: a {kind} frame of mode {mode} is not read alike by every kind; frames "
+                     "must be 8-bit grayscale JPEG or PNG, or colour JPEG (read as its luma): convert it")
 
 
 def encode_image(pixels: np.ndarray, encoding: str, quality: int) -> bytes:

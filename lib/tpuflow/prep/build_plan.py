@@ -15,8 +15,10 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import os
+import shutil
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,6 +32,13 @@ SHARDS_PER_FOLD = 16  # shuffled shards read in parallel: 4 training folds -> 64
 BUILD_FORMAT = 3  # bump when the same inputs and flags would give different record bytes
 SOURCES = ("train_cv.csv", "test_cv.csv")
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")  # what `beam_build` runs on
+# An example spanning this many times the longest storm's frames is mostly copies of a storm's
+# first frame in every storm: a typo (`sequence:n2400` for `n24`), refused before any work.
+TYPO_SPAN = 8
+# An example's bytes per source frame's, at least: `single` holds the frame's bytes, `sequence`
+# n frames' (`n`), `stacked`/`mean` three channels, each coded like a frame at quality 95 (3.8-5.9x
+# for 366 px synthetic frames, more for the competition's small JPEGs).
+FRAME_MULTIPLE = {"single": 1, "stacked": 3, "mean": 3}
 
 
 def _read_split_csv(data_dir: str, name: str, image_dir: str,
@@ -224,6 +233,63 @@ def check_frames_exist(table: pd.DataFrame) -> None:
                                 + "; ".join(missing[:5]))
 
 
+def frame_sizes(table: pd.DataFrame) -> np.ndarray:
+    """Every frame's size in bytes, from the file system (gs://: one listing per directory)."""
+    listed = {}
+    for directory in table["image_path"].map(os.path.dirname).unique():
+        if storage.is_gcs(directory):
+            listed.update({storage.join(directory, n): f.size for n, f in storage.list_files(directory).items()})
+    return np.array([listed[p] if p in listed else os.path.getsize(p) for p in table["image_path"]], np.int64)
+
+
+def _bytes(n: float) -> str:
+    """Bytes as '512 kB', '3.4 GB'."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+
+
+def check_fits(out_root: str, estimates: dict[str, float], largest_part: float) -> None:
+    """Refuses a build whose output (`estimates`: bytes per spec still to write), plus the largest
+    record spill held beside it while its shards are written, exceeds the free space of the disk
+    under a local `out_root`, naming the specs and the estimate (gs://: no limit known)."""
+    if storage.is_gcs(out_root) or not estimates:
+        return
+    existing = os.path.abspath(out_root)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    need = sum(estimates.values()) + largest_part
+    if need > free:
+        shown = sorted(estimates.items(), key=lambda kv: -kv[1])
+        raise OSError(errno.ENOSPC, f"the build needs about {_bytes(need)} (at least; " + ", ".join(
+            f"{name}: {_bytes(size)}" for name, size in shown[:4]) + (", ..." if len(shown) > 4 else "")
+            + f"), but {existing} has {_bytes(free)} free; free some space, build fewer specs at once, "
+            "or choose another --out_dir", out_root)
+
+
+def check_output_size(table: pd.DataFrame, specs: Sequence[frames.DatasetSpec], out_root: str) -> None:
+    """Before any frame is hashed: refuses a spec whose examples span far more frames than the
+    longest storm holds (`TYPO_SPAN`), and a build that cannot fit on the output's disk
+    (`check_fits`; datasets that already have a manifest are not counted)."""
+    longest = int(table.groupby("storm_id").size().max())
+    for spec in specs:
+        span = spec.history_span + 1
+        if span > TYPO_SPAN * longest:
+            raise ValueError(f"dataset spec {spec.to_string()!r}: each example spans {span} frames, "
+                             f"more than {TYPO_SPAN}x the longest storm ({longest} frames): a typo? "
+                             "Every example would be mostly copies of its storm's first frame")
+    todo = [s for s in specs if not storage.exists(storage.join(out_root, s.name, shard_names.MANIFEST))]
+    if storage.is_gcs(out_root) or not todo:
+        return
+    frame_bytes = float(frame_sizes(table).sum())
+    estimates = {s.to_string(): frame_bytes * (s.depth if s.kind == "sequence" else FRAME_MULTIPLE[s.kind])
+                 for s in todo}
+    largest_share = table["prefix"].value_counts().max() / len(table)  # one (spec, prefix) spill
+    check_fits(out_root, estimates, max(estimates.values()) * largest_share)
+
+
 def _check_options(specs, shards_per_fold, encoding, quality, workers, chunk_frames,
                    mean_rounding="round") -> None:
     if not specs:
@@ -303,6 +369,7 @@ def prepare_build(data_dir: str, out_root: str, specs: Sequence[frames.DatasetSp
     if empty:
         raise ValueError(f"{data_dir}: no frames for {empty} (check fold_id in train_cv.csv and "
                          "test_cv.csv)")
+    check_output_size(table, specs, out_root)
     table["example_index"] = example_order(table, order_seed)  # the record order in the shards
     n_shards = {p: min(shards_per_fold, counts[p]) for p in prefixes}
     shards = [shard_names.shard_name(p, i, n_shards[p]) for p in prefixes for i in range(n_shards[p])]

@@ -104,11 +104,13 @@ def plan_store(data_dir: str, out_root: str, shards: int = SHARDS, workers: int 
                          "train_cv.csv and test_cv.csv)")
     n_shards = min(shards, len(table))
     names = [shard_names.shard_name(shard_names.STORE_PREFIX, i, n_shards) for i in range(n_shards)]
+    out_dir = storage.join(out_root, shard_names.STORE_DIR)
+    if not storage.exists(storage.join(out_dir, shard_names.MANIFEST)):  # every frame once, ~270 B of features each
+        build_plan.check_fits(out_root, {KIND: float(build_plan.frame_sizes(table).sum()) + 270.0 * len(table)}, 0)
     if sources is None:
         sources = {name: storage.file_sha256(storage.join(data_dir, name)) for name in build_plan.SOURCES}
         sources["frames"] = build_plan.frames_digest(table, workers)
     key = {"format": FORMAT, "kind": KIND, "encoding": "source", "shards": n_shards, "sources": sources}
-    out_dir = storage.join(out_root, shard_names.STORE_DIR)
     plan = build_plan.plan_dataset(None, out_dir, key, names, overwrite, log)
     if not plan.todo:
         log(f"{out_dir}: up to date (manifest and shard checksums match)")
@@ -180,7 +182,7 @@ class FrameStore:
 
     def __init__(self, store_dir: str, manifest: dict, table: pd.DataFrame, frames: np.ndarray):
         self.dir, self.manifest, self.table, self.frames = store_dir, manifest, table, frames
-        self.decoded = {}  # (dct method, sums) -> frame_cache.FrameCache, built by the views that use it
+        self.decoded = {}  # sums (mean views) or not -> frame_cache.FrameCache, built by the views that use it
 
 
 def read_manifest(store_dir: str) -> dict:

@@ -75,25 +75,26 @@ def wind_speeds(df: pd.DataFrame, path: str, column: str = "wind_speed",
 
 
 def resolve_frame_paths(image_paths: pd.Series, data_dir: str, csv_path: str) -> list[str]:
-    """Each `image_path` (relative to `data_dir`, or absolute) as a path inside `data_dir`.
+    """Each `image_path` (relative to `data_dir`, or absolute) as a normalised path inside `data_dir`.
 
-    Local paths are resolved with symlinks followed; gs:// paths are normalised. A path that
-    leaves the data dir (`../`, an absolute path elsewhere, a symlink pointing out) is an error
-    naming the CSV row: frames outside it would be read and packed into records.
+    A path is judged as the CSV writes it, `..` normalised away, symlinks not followed: a data dir
+    whose `train/` or `test/` is a symlink to another disk (big data elsewhere, read-only inputs)
+    is a usual layout and builds. A path that leaves the data dir as written (`../`, an absolute
+    path elsewhere) is an error naming the CSV row: frames outside it would be read and packed
+    into records.
     """
     gcs = storage.is_gcs(data_dir)
-    root = data_dir.rstrip("/") if gcs else os.path.realpath(data_dir).rstrip(os.sep)
+    root = data_dir.rstrip("/") if gcs else os.path.abspath(data_dir)
+    roots = [root] if gcs else [root, os.path.realpath(data_dir)]  # an absolute path may use either
     out = []
     for row, value in enumerate(image_paths):
         path = str(value)
-        if gcs:  # no symlinks in a bucket: normalise `..` away, then compare prefixes
+        if gcs:
             full = path if storage.is_gcs(path) else storage.join(root, path)
             resolved = "gs://" + os.path.normpath(full[len("gs://"):])
-            inside = resolved.startswith(root + "/")
         else:
-            resolved = os.path.realpath(path if os.path.isabs(path) else os.path.join(data_dir, path))
-            inside = resolved.startswith(root + os.sep)
-        if not inside:
+            resolved = os.path.normpath(os.path.join(root, path))  # an absolute path stays itself
+        if not any(resolved.startswith(r.rstrip("/") + "/") for r in roots):
             raise ValueError(f"{csv_path}: row {csv_row(row)}: image_path {path!r} resolves to "
                              f"{resolved}, outside the data dir {root} (frames must live inside it)")
         out.append(resolved)

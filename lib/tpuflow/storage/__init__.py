@@ -158,6 +158,71 @@ def gcs_errors(path: str, action: str) -> Iterator[None]:
             path) from e
 
 
+DEFAULT_TIMEOUT_S = 30.0  # how long a first request may take before Cloud Storage counts as unreachable
+
+
+def endpoint() -> str:
+    """The Cloud Storage endpoint the client talks to (an emulator's, when one is set)."""
+    return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+
+
+def _cause(err: BaseException, innermost: bool = True) -> str:
+    """A connection error's innermost cause (or an error itself), in a few words."""
+    while innermost and (err.__cause__ is not None or err.__context__ is not None):
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+def check_reachable(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Fails within `timeout_s` seconds, with one error naming the endpoint and the bucket, when
+    the bucket of `path` cannot be reached: a dead or silent endpoint, missing or malformed
+    credentials, or no such bucket. Call it before long work on a `gs://` path: the client's own
+    retries would otherwise spend minutes in silence before a long traceback.
+
+    The probe (one bucket lookup, not retried) runs in a daemon thread that is abandoned at the
+    deadline, so nothing in the client (token refresh, DNS, a socket that never answers) can
+    hang the caller.
+    """
+    bucket, _ = split_gcs(path)
+    answer: dict = {}
+
+    def probe():
+        from google.api_core import exceptions as gexc
+
+        try:
+            answer["exists"] = _bucket(bucket).exists(timeout=timeout_s, retry=None)
+        except gexc.Forbidden:  # may read objects without bucket metadata rights: it answered
+            answer["exists"] = True
+        except BaseException as err:  # handed to the caller below
+            answer["error"] = err
+
+    thread = threading.Thread(target=probe, name="gcs-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    where = f"Cloud Storage at {endpoint()} (bucket {bucket!r})"
+    if thread.is_alive():
+        raise TimeoutError(errno.ETIMEDOUT, f"{where} did not answer within {timeout_s:g} s "
+                           "(--timeout_s); check the network, the endpoint and the credentials", path)
+    err = answer.get("error")
+    if err is None and not answer["exists"]:
+        raise BucketNotFoundError(errno.ENOENT, f"Cloud Storage bucket {bucket!r} does not exist "
+                                  f"(at {endpoint()})", path)
+    if err is None:
+        return
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    if isinstance(err, (auth_exc.DefaultCredentialsError, auth_exc.RefreshError,
+                        auth_exc.MalformedError, gexc.Unauthorized)):
+        raise PermissionError(errno.EACCES, f"no usable credentials for {where} ({_cause(err, innermost=False)}); "
+                              "run `gcloud auth application-default login` or fix "
+                              "GOOGLE_APPLICATION_CREDENTIALS", path) from err
+    if isinstance(err, (OSError, auth_exc.TransportError, gexc.GoogleAPIError)):  # requests' errors are OSErrors
+        raise ConnectionError(errno.ECONNREFUSED, f"{where} cannot be reached ({_cause(err)})", path) from err
+    raise err
+
+
 def _blobs(bucket: str, prefix: str, path: str):
     """All objects whose name starts with `prefix`, as a list (errors name `path`)."""
     with gcs_errors(path, "list objects"):
@@ -429,31 +494,42 @@ def atomic_path(path: str) -> Iterator[str]:
             raise
         # e.g. a full disk: the bare "[Errno 28] No space left on device" names no file
         raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
-    except RuntimeError as err:  # h5py reports a full disk as a RuntimeError naming the temporary
-        if "No space left on device" not in str(err):
-            raise
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+_RECORD_ROOM = 1 << 20  # bytes a checkpoint leaves free: a full disk still gets its `failed` record
+
+
+class _WeightsImage(io.BytesIO):
+    """An in-memory `.weights.h5` file: Keras writes HDF5 into an `io.BytesIO` (its H5IOStore
+    takes one) once the name passes `save_weights`' suffix check."""
+
+    def __str__(self) -> str:
+        return "in-memory.weights.h5"
+
+
 def save_weights(model, path: str) -> None:
     """`model.save_weights(path)` (a Keras model), atomically, to a local or `gs://` path.
 
-    A local disk without room for the weights fails before writing, with an error naming the
-    path: HDF5 can crash the whole process (SIGSEGV) when a write fails half-way through a file.
+    HDF5 writes into memory and the bytes go to disk as any other file (`write_bytes`): HDF5
+    left to write a file itself crashes the whole process (SIGSEGV, after screens of h5py
+    tracebacks) when a write fails half-way (a full disk, a file size limit); here such a
+    failure is one error naming the path.
     """
-    if not is_gcs(path):
-        need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
+    image = _WeightsImage()
+    model.save_weights(image)
+    data = image.getvalue()
+    if not is_gcs(path):  # leave room for the small files that record the failure (record.json)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         stat = os.statvfs(directory)
-        if stat.f_bavail * stat.f_frsize < need:
+        if stat.f_bavail * stat.f_frsize < len(data) + _RECORD_ROOM:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({stat.f_bavail * stat.f_frsize} bytes "
-                          f"free, about {need} needed for the weights)", str(path))
-    with atomic_path(path) as tmp:
-        model.save_weights(tmp)
+                          f"free, {len(data)} needed for the weights and {_RECORD_ROOM} kept for the run's "
+                          "record)", str(path))
+    write_bytes(path, data)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
 """One writer per run dir: `<run dir>/run.lock`, naming its owner, kept fresh by a heartbeat.
+A dataset build takes the same lock on its `--out_dir` (`build.lock`, `BUILD_LOCK`).
 
 Two `run.py` processes on one `--output_dir` (the same experiment started twice, say with another
 `--lr`) would redo and overwrite each other's folds and leave a record describing neither. The
@@ -31,6 +32,7 @@ import uuid
 from tpuflow import storage
 
 LOCK_NAME = "run.lock"
+BUILD_LOCK = "build.lock"  # create_tfrecords.py's --out_dir: two builds would overwrite each other's shards
 HEARTBEAT_S = 30.0
 STALE_S = 300.0  # ten missed heartbeats: a preempted VM, not a slow one
 
@@ -69,8 +71,10 @@ def describe(owner: dict) -> str:
 class RunLock:
     """The lock of one run dir: `acquire` (or `with`), `release`; a heartbeat thread meanwhile."""
 
-    def __init__(self, run_dir: str, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S):
-        self.run_dir, self.path = run_dir, storage.join(run_dir, LOCK_NAME)
+    def __init__(self, run_dir: str, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
+                 name: str = LOCK_NAME, flag: str = "--output_dir"):
+        self.run_dir, self.path, self.flag = run_dir, storage.join(run_dir, name), flag
+        self.what = "build" if name == BUILD_LOCK else "run"
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.owner = {"token": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
                       "pid_start": _process_start(os.getpid()),
@@ -86,6 +90,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Takes the lock (over a stale one, saying so); RunDirLocked if a live run holds it."""
+        if storage.is_gcs(self.run_dir):  # a dead endpoint or bad credentials: one line, in seconds
+            storage.check_reachable(self.run_dir)
         self._made_dir = not storage.is_gcs(self.run_dir) and not os.path.isdir(self.run_dir)
         storage.makedirs(self.run_dir)
         for _ in range(3):  # a lock released or taken over between our attempts: try again
@@ -96,10 +102,10 @@ class RunLock:
                 continue
             reason = self.stale_reason(current)
             if reason is None:
-                raise RunDirLocked(f"--output_dir={self.run_dir} is in use by another run ({describe(current)}); "
-                                   f"wait for it, or use another --output_dir. If that run is dead, {self.path} "
+                raise RunDirLocked(f"{self.flag}={self.run_dir} is in use by another {self.what} ({describe(current)}); "
+                                   f"wait for it, or use another {self.flag}. If that {self.what} is dead, {self.path} "
                                    f"is taken over once its heartbeat is {self.stale_s:.0f} s old (or delete it)")
-            print(f"Taking over the run dir from a dead run ({reason}): {describe(current)}", flush=True)
+            print(f"Taking over the {self.what} dir from a dead {self.what} ({reason}): {describe(current)}", flush=True)
             self._remove(current)
         else:
             raise RunDirLocked(f"{self.path}: could not take the run-dir lock (other runs keep taking it)")

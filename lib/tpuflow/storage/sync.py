@@ -52,6 +52,7 @@ class SyncReport:
     direction: str  # "upload" or "download"
     planned: list[Transfer]
     skipped: list[str]
+    outside: list[str] = dataclasses.field(default_factory=list)  # symlinks out of the source: not copied
     transferred: list[str] = dataclasses.field(default_factory=list)
     resumed: list[str] = dataclasses.field(default_factory=list)
     bytes_transferred: int = 0
@@ -270,13 +271,21 @@ def _plan(src_files, dst_files, local_root, direction, workers) -> tuple[list[Tr
     return planned, skipped
 
 
+def _outside(root: str, files: dict) -> list[str]:
+    """The names of `files` (under the local `root`) that symlinks lead out of `root`."""
+    real_root = os.path.realpath(root).rstrip(os.sep) + os.sep
+    return [name for name in sorted(files)
+            if not os.path.realpath(os.path.join(root, *name.split("/"))).startswith(real_root)]
+
+
 def _basename(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
 def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
          progress: bool | None = None, retries: int = 3, resumable_threshold: int = 32 * _MiB,
-         chunk_size: int = 16 * _MiB, state_dir: str = DEFAULT_STATE_DIR) -> SyncReport:
+         chunk_size: int = 16 * _MiB, state_dir: str = DEFAULT_STATE_DIR,
+         timeout_s: float = storage.DEFAULT_TIMEOUT_S, log=None) -> SyncReport:
     """Makes `dst` hold every file of `src`; exactly one of them must be `gs://bucket/prefix`.
 
     Files already present with the same size and checksum are skipped, so a second run copies
@@ -285,6 +294,11 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
     resuming a session saved in `state_dir` by an earlier, interrupted sync. `progress=None`
     shows progress on stderr (see `_Progress`), `False` none. Raises `SyncError` listing every
     object that failed (after `retries` attempts each); manifests are then not copied.
+
+    Before anything else the bucket is probed (`storage.check_reachable`): a dead or silent
+    endpoint, bad credentials or a missing bucket fail within `timeout_s` seconds. An upload never
+    follows a symlink out of `src`: such a file is left out, with one line naming it (`log`,
+    default stderr), and listed in the report's `outside`.
     """
     if is_gcs_src := storage.is_gcs(src):
         if storage.is_gcs(dst):
@@ -295,6 +309,8 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
                          f"local paths: {src!r} -> {dst!r}")
     if workers < 1 or retries < 1:
         raise ValueError(f"workers and retries must be >= 1, got {workers} and {retries}")
+    if not timeout_s > 0:
+        raise ValueError(f"--timeout_s={timeout_s}: expected a number of seconds > 0")
     direction = "download" if is_gcs_src else "upload"
     local_root = dst if is_gcs_src else src
     remote_root = src if is_gcs_src else dst
@@ -303,8 +319,15 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
         raise FileNotFoundError(errno.ENOENT, "local directory to upload does not exist", src)
     if is_gcs_src and os.path.exists(dst) and not os.path.isdir(dst):
         raise NotADirectoryError(errno.ENOTDIR, "download target is not a directory", dst)
+    storage.check_reachable(remote_root, timeout_s)
 
     src_files = storage.list_files(src)
+    outside = [] if is_gcs_src else _outside(src, src_files)
+    for name in outside:
+        full = os.path.join(src, *name.split("/"))
+        line = f"skipped {full}: a symlink to {os.path.realpath(full)}, outside --src"
+        (log or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
+        del src_files[name]
     dst_files = storage.list_files(dst)
     if is_gcs_src and not src_files:
         raise FileNotFoundError(errno.ENOENT, "no Cloud Storage objects under this prefix", src)
@@ -313,7 +336,7 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
             raise ValueError(f"refusing to download an object whose name would land outside "
                              f"{dst!r}: {storage.join(src, name)!r}")
     planned, skipped = _plan(src_files, dst_files, local_root, direction, workers)
-    report = SyncReport(src, dst, direction, planned, skipped, dry_run=dry_run)
+    report = SyncReport(src, dst, direction, planned, skipped, outside, dry_run=dry_run)
     if dry_run or not planned:
         return report
 
