@@ -230,12 +230,18 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
         _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="val", lr=0.01))  # predictions would mix too
     assert {p.name: p.read_bytes() for p in (out / "preds").iterdir()} == preds_before
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
-    assert (out / "record.json").read_bytes() == record_before
+    after = json.loads((out / "record.json").read_bytes())  # the refusals are recorded, nothing else changed
+    before = json.loads(record_before)
+    refused = after["invocations"][len(before["invocations"]):]
+    assert [(i["jobs"], i["status"], "--lr=0.01" in i["error"]) for i in refused] == [
+        (["train", "val"], "failed", True)] * 2 + [(["val"], "failed", True)]
+    assert {k: v for k, v in after.items() if k not in ("invocations", "updated")} == \
+        {k: v for k, v in before.items() if k not in ("invocations", "updated")}
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val"))  # same settings: resumes (nothing to do)
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
     record = run_record.read_record(str(out))  # a subset run never speaks for the run
     assert (record["status"], record["started"]) == ("complete", trained["started"])
-    assert record["invocations"][-1]["folds"] == [0] and len(record["invocations"]) == 3
+    assert record["invocations"][-1]["folds"] == [0] and len(record["invocations"]) == 6
     # The full set again replaces the full results (same numbers: same predictions).
     _run(_cfg(cv_dir, None, out, n_folds=5, job="score_subm"))
     assert (out / "scores.csv").read_bytes() == full["scores.csv"]

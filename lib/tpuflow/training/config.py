@@ -43,7 +43,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "runtime": ("backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s",
                 "cpu_replicas", "steps_per_execution", "jit_compile", "verbose", "frame_cache"),
     # Which part of the run this invocation does, and where its outputs go (not fingerprinted).
-    "jobs": ("job", "jobs", "resume", "n_folds", "initial_fold", "tta", "tta_number", "tta_set",
+    "jobs": ("job", "jobs", "resume", "overwrite", "n_folds", "initial_fold", "tta", "tta_number", "tta_set",
              "tta_views"),
     "outputs": ("output_dir", "experiment_id", "data_preds_dir"),
 }
@@ -52,6 +52,8 @@ RESULT_SECTIONS = ("data", "model", "training")
 DERIVED = ("jobs", "experiment_id", "tta_set", "tta_views", "n_frames", "global_batch_size",
            "scaled_lr", "precision")
 PLACED = ("global_batch_size", "scaled_lr", "precision")  # the derived settings the devices decide
+# What a prediction may change from the training's settings: its batch (memory) and the devices.
+PREDICTION_FREE = ("batch_size", "batch_size_per_replica", *PLACED)
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
