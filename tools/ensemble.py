@@ -54,7 +54,8 @@ flags.DEFINE_string("labels", "", "unique_labels_sorted.npy (default: in --data_
 flags.DEFINE_string("target_col", "wind_speed", "Target column of train_cv.csv.")
 flags.DEFINE_bool("round_submission", True, "Round submission values to integers (the reference task).")
 flags.DEFINE_bool("plot", True, "Write plot_<name>.png.")
-flags.DEFINE_bool("include_quick", False, "Also blend smoke runs (--quick), left out by default: their CV means nothing.")
+flags.DEFINE_bool("include_quick", False, "Also blend smoke runs (--quick), left out by default: their CV "
+                  "means nothing.")
 flags.mark_flags_as_required(["data_dir", "model_dirs", "out_dir"])
 
 

@@ -337,7 +337,8 @@ def subset_suffix(cfg, previous_cv_folds: list[int] | None) -> str:
 def trained_folds(output_dir: str) -> list[int]:
     """The folds of a run dir that were trained, completely (a best checkpoint) or in part (an
     epoch backup)."""
-    found = {checkpoint_names.parse(p).fold for p in storage.glob(storage.join(output_dir, CHECKPOINT_GLOB.format(fold="*")))}
+    checkpoints = storage.glob(storage.join(output_dir, CHECKPOINT_GLOB.format(fold="*")))
+    found = {checkpoint_names.parse(p).fold for p in checkpoints}
     for state in storage.glob(storage.join(output_dir, "backup", "fold_*", resume.STATE)):
         found.add(int(state.rsplit("/", 2)[-2].split("_")[-1]))
     return sorted(found)
