@@ -373,3 +373,13 @@ def test_other_settings_on_a_trained_run_dir_are_refused_naming_the_flags(finish
     record = run_record.read_record(str(out))
     assert record["flags"]["lr"] == 0.01 and json.loads((out / "config.json").read_text())["lr"] == 0.01
     assert all(record["folds"][k]["epochs_this_run"] == 1 for k in ("0", "1"))
+
+
+def test_scoring_without_n_folds_scores_the_runs_folds(finished_run, cv_dir, tmp_path, capsys):
+    out = tmp_path / "run-finished"
+    shutil.copytree(finished_run, out)
+    scores = (out / "scores.csv").read_bytes()
+    result = _run(_cfg(cv_dir, None, out, quick=False, job="score", tta_number=0))  # no --n_folds: not 5
+    assert "--n_folds not given: the run's folds 0-1 (record.json)" in capsys.readouterr().out
+    assert sorted(result["scores"].index) == ["0", "1", "all"] and result["subset"] == ""
+    assert (out / "scores.csv").read_bytes() == scores
