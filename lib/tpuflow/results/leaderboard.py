@@ -12,6 +12,7 @@ have no name for are kept under their own.
 """
 from __future__ import annotations
 
+import csv
 import io
 
 import matplotlib
@@ -130,9 +131,15 @@ def import_reference(path: str) -> pd.DataFrame:
     architecture; columns we have no name for (e.g. `ensemble_id`, `aug_number`) are kept under
     their own. A malformed file is an error naming the file and the line."""
     try:
-        raw = pd.read_csv(io.StringIO(storage.read_text(path)), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable experiment database CSV ({' '.join(str(err).split())})") from None
+        lines = list(csv.reader(io.StringIO(storage.read_text(path))))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable experiment database CSV ({err})") from None
+    if not lines:
+        raise ValueError(f"{path}: empty (expected the reference's experiment_database.csv)")
+    for number, fields in enumerate(lines[1:], start=2):
+        if fields and len(fields) != len(lines[0]):
+            raise ValueError(f"{path} line {number}: {len(fields)} fields, but its header has {len(lines[0])}")
+    raw = pd.DataFrame([f for f in lines[1:] if f], columns=lines[0])
     if "experiment_id" not in raw.columns:
         raise ValueError(f"{path}: no experiment_id column (columns: {list(raw.columns)}); expected the "
                          f"reference's experiment_database.csv ({', '.join(list(REFERENCE_COLUMNS)[:5])}, ...)")
