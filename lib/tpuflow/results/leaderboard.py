@@ -219,6 +219,7 @@ def metrics_note(table: pd.DataFrame) -> str | None:
 def format_table(table: pd.DataFrame) -> str:
     """The terminal view: the main columns, epochs per fold joined as e.g. `6/5/6`."""
     view = table.copy()
+    view["rank"] = view["rank"].map(lambda r: "-" if pd.isna(r) else str(int(r)))
     epoch_columns = [c for c in view.columns if c.startswith("epochs_fold_")]
     view["epochs"] = view[epoch_columns].apply(
         lambda r: "/".join(str(int(v)) for v in r if pd.notna(v)), axis=1) if epoch_columns else ""
@@ -244,8 +245,11 @@ def set_lb(roots: list[str], experiment_id: str, private: float | None, public: 
 
 def plot(table: pd.DataFrame, title: str = "") -> bytes:
     """PNG bytes: CV (with TTA) against history depth, one colour per architecture, and the best
-    CV of each architecture."""
+    CV of each architecture; of the runs of the most common CV metric only (the title names it)."""
     scored = table.dropna(subset=["CV_tta"])
+    metric = scored["metric"].value_counts().index[0] if scored["metric"].notna().any() else None
+    if metric is not None:
+        scored = scored[scored["metric"] == metric]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for arch, group in scored.groupby(scored["architecture"].fillna("?")):
         left.scatter(group["hist_depth"], group["CV_tta"], label=arch, s=40)
@@ -259,7 +263,7 @@ def plot(table: pd.DataFrame, title: str = "") -> bytes:
         right.set_xlim(0, float(np.nanmax(best.to_numpy())) * 1.1)
     right.set_xlabel("best CV RMSE (TTA mean)")
     right.set_title("by architecture")
-    fig.suptitle(title or f"{len(scored)} scored experiments")
+    fig.suptitle(title or f"{len(scored)} scored experiments" + (f" (CV: {metric})" if metric else ""))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
