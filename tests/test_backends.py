@@ -4,6 +4,7 @@ the errors for a bad backend, a TPU that is not there and a checkpoint of anothe
 
 Keras fixes its backend per process, so runs under the other backend are subprocesses."""
 import hashlib
+import shutil
 import socket
 import os
 import subprocess
@@ -164,13 +165,23 @@ def test_checkpoint_trained_under_one_backend_predicts_the_same_under_the_other(
 def test_checkpoint_of_another_model_is_named_with_both_shapes_and_nothing_is_overwritten(
         trained, cv_dir, single_dir):
     out = trained["jax"]
-    checkpoint = runner.best_checkpoint(str(out), 0)
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
     cfg = experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(out), job="val",
                                  quick=True, n_folds=1, tta_number=1, verbose=0, dim=16,
                                  task="classification")  # a head of n_classes outputs, not 1
+    with pytest.raises(experiment.cli.UsageError, match=r"--task=classification \(trained with regression\)"):
+        experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)  # the record says so
+    # Checkpoints brought from elsewhere (no record or config.json to compare with): Keras' error, named.
+    out = out.parent / "copied"
+    shutil.copytree(trained["jax"], out)
+    (out / "record.json").unlink()
+    (out / "config.json").unlink()
+    checkpoint = runner.best_checkpoint(str(out), 0)
+    before = {out / p.relative_to(trained["jax"]): h for p, h in before.items()
+              if p.name not in ("record.json", "config.json")}
     with pytest.raises(runner.CheckpointMismatch) as err:
-        experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
+        experiment.run(cfg.replace(output_dir=str(out), data_preds_dir=str(out / "preds")),
+                       tiny_experiment.init_model, tiny_experiment.parse_example)
     message = str(err.value)
     assert message.startswith(f"{checkpoint}: saved from a model of another shape: ")
     n_classes = len(np.load(os.path.join(cv_dir, "unique_labels_sorted.npy")))  # as the run resolved it
@@ -226,8 +237,9 @@ def test_two_jax_processes_train_one_model_and_predict_every_example_once(cv_dir
         np.testing.assert_array_equal(np.load(host0 / name), np.load(host1 / name))
     single = tmp_path / "single_preds"  # the same checkpoint, predicted by one process (TensorFlow here)
     experiment.run(experiment.make_config(data_dir=cv_dir, data_tfrec_dir=single_dir, output_dir=str(host0),
-                                          data_preds_dir=str(single), job="val", quick=True, n_folds=1,
-                                          tta_number=1, verbose=0, dim=16, batch_size=6),
+                                          data_preds_dir=str(single), job="val", n_folds=1, n_epochs=1,
+                                          steps_per_epoch=2, buffer_size=64, tta_number=1, verbose=0, dim=16,
+                                          batch_size=6),  # the training's settings
                    tiny_experiment.init_model, tiny_experiment.parse_example)
     for t in (0, 1):
         name = f"y_pred_val_fold_0_tta_{t}.npy"

@@ -397,3 +397,21 @@ def test_outputs_are_renamed_into_place_only_when_all_are_written(dataset, tmp_p
         _run_and_write(data_dir, dirs[:2], out)
     os.rmdir(paths["report"])
     assert _snapshot(out) == before
+
+
+def test_smoke_runs_are_left_out_unless_asked(dataset, tmp_path):
+    """A run whose record says --quick (the part of a record.json the tool reads) is left out,
+    on one line; only smoke runs: refused unless --include_quick."""
+    root, data_dir, train, fmt, dirs = dataset
+    with open(os.path.join(dirs[1], "record.json"), "w") as f:
+        json.dump({"experiment_id": "run-01", "quick": True, "flags": {"quick": True}}, f)
+    done = _tool(root, data_dir, str(tmp_path / "out"), "--plot=false", "--nested=false")
+    assert done.returncode == 0, done.stderr
+    assert f"left out 1 smoke run(s) (--quick): {dirs[1]} (--include_quick blends them)" in done.stdout
+    assert "run-01:" not in done.stdout and "run-00:" in done.stdout
+    only = subprocess.run([sys.executable, os.path.join(REPO, "tools", "ensemble.py"), f"--data_dir={data_dir}",
+                           f"--model_dirs={dirs[1]}", f"--out_dir={tmp_path}/only"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.join(REPO, "lib")})
+    assert only.returncode == 2 and f"--model_dirs: every run is a smoke run (--quick): {dirs[1]}" in only.stderr
+    done = _tool(root, data_dir, str(tmp_path / "all"), "--plot=false", "--nested=false", "--include_quick")
+    assert done.returncode == 0 and "left out" not in done.stdout and "run-01:" in done.stdout

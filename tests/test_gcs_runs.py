@@ -55,7 +55,7 @@ def test_ensemble_tool_reads_runs_from_the_bucket_and_writes_there(bucket_run, c
     ens = f"{root}/ensembles"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "ensemble.py"), f"--data_dir={cv_dir}",
                            f"--model_dirs={root}/runs/*", f"--out_dir={ens}", "--method=pairwise",
-                           "--noplot", "--nonested"], capture_output=True, text=True)
+                           "--noplot", "--nonested", "--include_quick"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     subs = storage.glob(f"{ens}/submission_*.csv")
     assert len(subs) == 1
@@ -68,7 +68,8 @@ def test_ensemble_tool_reads_runs_from_the_bucket_and_writes_there(bucket_run, c
 def test_leaderboard_reads_records_from_the_bucket_and_sets_lb_there(bucket_run):
     root, out, _ = bucket_run
     tool = os.path.join(ROOT, "tools", "leaderboard.py")
-    proc = subprocess.run([sys.executable, tool, f"--runs={root}/runs", f"--out_csv={root}/experiments.csv"],
+    proc = subprocess.run([sys.executable, tool, f"--runs={root}/runs", f"--out_csv={root}/experiments.csv",
+                           "--include_quick"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run-gcs" in proc.stdout

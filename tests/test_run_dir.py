@@ -3,6 +3,7 @@ full disks leave a `failed` record and no partial files."""
 import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -230,12 +231,18 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
         _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="val", lr=0.01))  # predictions would mix too
     assert {p.name: p.read_bytes() for p in (out / "preds").iterdir()} == preds_before
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
-    assert (out / "record.json").read_bytes() == record_before
+    after = json.loads((out / "record.json").read_bytes())  # the refusals are recorded, nothing else changed
+    before = json.loads(record_before)
+    refused = after["invocations"][len(before["invocations"]):]
+    assert [(i["jobs"], i["status"], "--lr=0.01" in i["error"]) for i in refused] == [
+        (["train", "val"], "failed", True)] * 2 + [(["val"], "failed", True)]
+    assert {k: v for k, v in after.items() if k not in ("invocations", "updated")} == \
+        {k: v for k, v in before.items() if k not in ("invocations", "updated")}
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val"))  # same settings: resumes (nothing to do)
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
     record = run_record.read_record(str(out))  # a subset run never speaks for the run
     assert (record["status"], record["started"]) == ("complete", trained["started"])
-    assert record["invocations"][-1]["folds"] == [0] and len(record["invocations"]) == 3
+    assert record["invocations"][-1]["folds"] == [0] and len(record["invocations"]) == 6
     # The full set again replaces the full results (same numbers: same predictions).
     _run(_cfg(cv_dir, None, out, n_folds=5, job="score_subm"))
     assert (out / "scores.csv").read_bytes() == full["scores.csv"]
@@ -310,3 +317,69 @@ def test_quick_run_goes_to_a_temporary_dir_with_a_batch_every_device_count_divid
     os.rmdir(cfg.output_dir)
     cfg = experiment.make_config(quick=True, output_dir=str(tmp_path / "run"), batch_size=6)
     assert (cfg.output_dir, cfg.batch_size, cfg.batch_size_per_replica) == (str(tmp_path / "run"), 6, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished results are replaced only on purpose
+
+
+@pytest.fixture(scope="module")
+def finished_run(cv_dir, single_dir, tmp_path_factory):
+    """A finished (not --quick) 2-fold run: its dir and the bytes of its results."""
+    out = tmp_path_factory.mktemp("finished") / "run-finished"
+    _run(_cfg(cv_dir, single_dir, out, quick=False, n_folds=2, n_epochs=1, steps_per_epoch=1, buffer_size=64,
+              tta_number=0, job="train_val_score"))
+    return out
+
+
+def _results(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
+            if p.is_file() and p.name != "record.json" and "tensorboard" not in p.parts}
+
+
+def test_other_settings_on_a_trained_run_dir_are_refused_naming_the_flags(finished_run, cv_dir, single_dir, tmp_path):
+    out = tmp_path / "run-finished"
+    shutil.copytree(finished_run, out)
+    results = _results(out)
+    assert [p for p in results if p.startswith("model-best-f")] and "config.json" in results
+    with socket.socket() as sock:  # refused before a TPU is started: an unreachable one is never tried
+        sock.bind(("127.0.0.1", 0))
+        closed = f"grpc://127.0.0.1:{sock.getsockname()[1]}"
+    refusals = [  # (settings, the message's start)
+        (dict(quick=True, n_folds=2, tpu_ip_or_name=closed), r"holds folds \[0, 1\] trained with other settings: "
+         r"--quick=True \(trained with False\), --steps_per_epoch=2 \(trained with 1\); refusing to replace them: "
+         r"pass --overwrite to replace the run, or use a new --output_dir"),
+        (dict(quick=False, n_folds=2, n_epochs=1, steps_per_epoch=1, buffer_size=64, lr=0.01, tta_number=0),
+         r"--lr=0.01 \(trained with 0.001\); refusing"),
+        (dict(quick=False, n_folds=2, n_epochs=1, steps_per_epoch=1, buffer_size=64, dim=24, job="val"),
+         r"its folds \[0, 1\] were trained with other settings: --dim=24 \(trained with 16\); predicting \(val\) "
+         r"needs the settings they were trained with"),
+        (dict(quick=False, n_folds=1, n_epochs=1, steps_per_epoch=1, buffer_size=64, lr=0.01, overwrite=True),
+         r"holds a CV over folds \[0, 1\]; redoing folds \[0\] \(train\+val\+test\) alone with --lr=0.01 "
+         r"\(trained with 0.001\) would leave its results mixing two trainings"),  # --overwrite never mixes
+    ]
+    for settings, message in refusals:
+        with pytest.raises(experiment.cli.UsageError, match=message):
+            _run(_cfg(cv_dir, single_dir, out, **settings))
+    assert _results(out) == results  # nothing replaced
+    record = run_record.read_record(str(out))
+    assert record["status"] == "complete" and not record["quick"]
+    assert [i["status"] for i in record["invocations"]] == ["complete"] + ["failed"] * len(refusals)
+    same = dict(quick=False, n_folds=2, n_epochs=1, steps_per_epoch=1, buffer_size=64, tta_number=0)
+    # A re-prediction may change its batch (memory) and the TTA set; results of the same training.
+    _run(_cfg(cv_dir, single_dir, out, **{**same, "tta_number": 1}, batch_size=4, tta="d4", job="val"))
+    # --overwrite over all the trained folds replaces the run.
+    _run(_cfg(cv_dir, single_dir, out, **{**same, "lr": 0.01}, overwrite=True, job="train_val_score"))
+    record = run_record.read_record(str(out))
+    assert record["flags"]["lr"] == 0.01 and json.loads((out / "config.json").read_text())["lr"] == 0.01
+    assert all(record["folds"][k]["epochs_this_run"] == 1 for k in ("0", "1"))
+
+
+def test_scoring_without_n_folds_scores_the_runs_folds(finished_run, cv_dir, tmp_path, capsys):
+    out = tmp_path / "run-finished"
+    shutil.copytree(finished_run, out)
+    scores = (out / "scores.csv").read_bytes()
+    result = _run(_cfg(cv_dir, None, out, quick=False, job="score", tta_number=0))  # no --n_folds: not 5
+    assert "--n_folds not given: the run's folds 0-1 (record.json)" in capsys.readouterr().out
+    assert sorted(result["scores"].index) == ["0", "1", "all"] and result["subset"] == ""
+    assert (out / "scores.csv").read_bytes() == scores

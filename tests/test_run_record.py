@@ -2,8 +2,10 @@
 invocations, failures, and the per-fold training curves."""
 import json
 import os
+import shutil
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -138,3 +140,29 @@ def test_failed_run_is_marked_failed(cv_dir, single_dir, tmp_path):
     record = run_record.read_record(str(out))
     assert record["status"] == "failed" and record["error"] == "RuntimeError: model broke"
     assert [(i["status"], i["error"]) for i in record["invocations"]] == [("failed", "RuntimeError: model broke")]
+
+
+@pytest.mark.parametrize("damage", ["text_npy", "missing_ids", "wrong_shape"])
+def test_an_invocation_failing_on_its_inputs_is_recorded_failed(tiny_run, cv_dir, tmp_path, damage):
+    """Refused before its record was updated (a bad prediction file), an invocation still shows:
+    last_invocation never reads `complete` after a failure, and the run stays complete."""
+    out = tmp_path / "run-tiny"
+    shutil.copytree(tiny_run[0], out)
+    preds = out / "preds"
+    if damage == "text_npy":
+        (preds / "y_pred_val_fold_1_tta_0.npy").write_text("7.0\n8.0\n")
+    elif damage == "missing_ids":
+        os.remove(preds / "ids_val_fold_0.npy")
+    else:
+        np.save(preds / "y_pred_val_fold_0_tta_1.npy", np.zeros((3, 1), np.float32))
+    before = run_record.read_record(str(out))
+    with pytest.raises(Exception) as caught:
+        _run(_cfg(cv_dir, None, out, job="score_subm"))
+    record = run_record.read_record(str(out))
+    assert len(record["invocations"]) == len(before["invocations"]) + 1
+    failed = record["invocations"][-1]
+    assert (failed["jobs"], failed["folds"], failed["status"]) == (["score", "subm"], [0, 1], "failed")
+    assert str(caught.value)[:100] in failed["error"] and failed["ended"] >= failed["started"]
+    assert (record["status"], record["cv"]) == ("complete", before["cv"])
+    row = leaderboard.build_table([(str(out / "record.json"), record)]).iloc[0]
+    assert (row["status"], row["last_invocation"]) == ("complete", "score_subm: failed")

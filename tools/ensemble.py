@@ -7,8 +7,10 @@ Every (experiment, TTA) prediction is one input. `pairwise` is the reference gre
 (best first, c*r + (1-c)*p over a 112-point grid); `forward`/`backward` grow or shrink an equal-
 weight mix; `optimize` fits non-negative weights summing to 1. Scores are printed twice: fit on
 all out-of-fold rows (flattering: the weights saw those rows) and nested (fit on k-1 folds,
-scored on the held-out one), next to the best single prediction. Needs NumPy, pandas, SciPy
-(and matplotlib for the plot) only: it runs on a laptop against predictions copied from a TPU VM.
+scored on the held-out one), next to the best single prediction. Smoke runs (`--quick`, said
+so in their record.json) are left out, on one line, unless `--include_quick`. Needs NumPy,
+pandas, SciPy (and matplotlib for the plot) only: it runs on a laptop against predictions copied
+from a TPU VM.
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ flags.DEFINE_string("labels", "", "unique_labels_sorted.npy (default: in --data_
 flags.DEFINE_string("target_col", "wind_speed", "Target column of train_cv.csv.")
 flags.DEFINE_bool("round_submission", True, "Round submission values to integers (the reference task).")
 flags.DEFINE_bool("plot", True, "Write plot_<name>.png.")
+flags.DEFINE_bool("include_quick", False, "Also blend smoke runs (--quick), left out by default: their CV "
+                  "means nothing.")
 flags.mark_flags_as_required(["data_dir", "model_dirs", "out_dir"])
 
 
@@ -71,6 +75,13 @@ def main(argv: list[str]) -> None:
         raise cli.UsageError(f"--out_dir={FLAGS.out_dir}: is a file, not a directory")
     tic = time.perf_counter()
     dirs = ensemble_data.expand_model_dirs(FLAGS.model_dirs)
+    smoke = ensemble_data.smoke_runs(dirs)
+    if smoke and not FLAGS.include_quick:
+        if len(smoke) == len(dirs):
+            raise cli.UsageError(f"--model_dirs: every run is a smoke run (--quick): {', '.join(smoke)}; "
+                                 "pass --include_quick to blend them anyway")
+        dirs = [d for d in dirs if d not in smoke]
+        print(f"left out {len(smoke)} smoke run(s) (--quick): {', '.join(smoke)} (--include_quick blends them)")
     inputs = ensemble_data.load_inputs(FLAGS.data_dir, dirs, target_col=FLAGS.target_col,
                                        labels_path=FLAGS.labels or None,
                                        probs_to_values=FLAGS.probs_to_values or None, progress=_progress)

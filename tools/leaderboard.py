@@ -3,14 +3,19 @@
 Usage:
     python tools/leaderboard.py --runs=experiments,gs://bucket/runs [--out_csv=db.csv] [--plot=cv.png]
     python tools/leaderboard.py --runs=experiments --set_lb=run-20261121-1330-cnn-lstm:6.62:6.71
+    python tools/leaderboard.py --runs=runs --import_csv=DOC/meta/experiment_database/experiment_database.csv
 
 Each entry of --runs is a run dir (holding record.json) or a dir of run dirs. Prints the runs
-sorted by CV (best first), writes the full database as CSV (experiment_id, LB_private, LB_public,
-CV with and without TTA, CV and epochs per fold, task, architecture, resolution, channels,
-inverted, n_frames, step, history depth, backbone, weights, batch size, learning rate, max
-epochs, aug/TTA numbers, description, ...) and plots CV against history depth and architecture.
-`--set_lb=<experiment_id>:<private>:<public>` attaches leaderboard scores to a run's record (leave
-a score empty to clear it). Records with missing fields are listed and make the exit status 1.
+sorted by CV (best first) and ranked within each CV metric (rmse_rounded and rmse_raw scores are
+never ranked against each other), writes the full database as CSV (experiment_id, LB_private,
+LB_public, CV with and without TTA, metric, rank, CV and epochs per fold, task, architecture,
+resolution, channels, inverted, n_frames, step, history depth, backbone, weights, batch size,
+learning rate, max epochs, aug/TTA numbers, description, ...) and plots CV against history depth
+and architecture. Smoke runs (--quick) are left out, saying so on one line, unless
+--include_quick. --import_csv adds the rows of the reference solution's experiment_database.csv
+(its columns mapped to ours; a run dir of the same id wins). `--set_lb=<experiment_id>:<private>:<public>`
+attaches leaderboard scores to a run's record (leave a score empty to clear it). Records with
+missing fields are listed and make the exit status 1.
 """
 from __future__ import annotations
 
@@ -21,10 +26,12 @@ from absl import app, flags
 from tpuflow import cli, storage
 from tpuflow.results import leaderboard
 
-flags.DEFINE_list("runs", None, "Run dirs or dirs of run dirs (local or gs://)", required=True)
+flags.DEFINE_list("runs", [], "Run dirs or dirs of run dirs (local or gs://)")
+flags.DEFINE_list("import_csv", [], "The reference solution's experiment_database.csv file(s), shown beside the runs")
+flags.DEFINE_boolean("include_quick", False, "Also list smoke runs (--quick), whose CV means nothing")
 flags.DEFINE_string("out_csv", None, "Write the experiment database here (CSV)")
 flags.DEFINE_string("plot", None, "Write a PNG of CV vs. history depth and architecture here")
-flags.DEFINE_string("sort_by", "CV_tta", "Column to sort by, lowest first")
+flags.DEFINE_string("sort_by", "CV_tta", "Column to sort by, lowest first (a CV column: ranked within each metric)")
 flags.DEFINE_string("set_lb", None, "<experiment_id>:<private>:<public>: attach leaderboard scores")
 FLAGS = flags.FLAGS
 
@@ -46,9 +53,15 @@ def parse_set_lb(text: str) -> tuple[str, float | None, float | None]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not FLAGS.runs and not FLAGS.import_csv:
+        raise app.UsageError("--runs (run dirs) or --import_csv (the reference's experiment_database.csv) is required")
     missing = [r for r in FLAGS.runs if not storage.exists(r)]
     if missing:
         raise app.UsageError(f"--runs: no such dir(s) {missing}")
+    missing = [p for p in FLAGS.import_csv if not storage.exists(p)]
+    if missing:
+        raise app.UsageError(f"--import_csv: no such file(s) {missing}")
+    imported = [leaderboard.import_reference(p) for p in FLAGS.import_csv]  # a malformed file: before any change
     if FLAGS.set_lb:
         experiment_id, private, public = parse_set_lb(FLAGS.set_lb)
         try:
@@ -57,8 +70,22 @@ def main(argv):
             sys.exit(f"error: {err.args[0]}")
         print(f"{path}: LB private {private}, public {public}")
     items, problems = leaderboard.load_records(FLAGS.runs)
-    table = leaderboard.build_table(items, FLAGS.sort_by)
+    smoke = leaderboard.smoke_runs(items)
+    if smoke and not FLAGS.include_quick:
+        items = [(path, record) for path, record in items if record["experiment_id"] not in smoke]
+        print(f"left out {len(smoke)} smoke run(s) (--quick): {', '.join(smoke)} (--include_quick lists them)")
+    ids = {record["experiment_id"] for _, record in items}
+    for i, (path, table) in enumerate(zip(FLAGS.import_csv, imported)):
+        both = sorted(set(table["experiment_id"]) & ids)
+        if both:
+            print(f"{path}: left out {len(both)} row(s) also found as run dirs (their records are shown): "
+                  f"{', '.join(both)}")
+            imported[i] = table[~table["experiment_id"].isin(both)]
+    table = leaderboard.build_table(items, FLAGS.sort_by, imported)
     print(leaderboard.format_table(table) if len(table) else f"no experiment records under {FLAGS.runs}")
+    note = leaderboard.metrics_note(table) if FLAGS.sort_by.startswith("CV") else None
+    if note:
+        print(note)
     if FLAGS.out_csv:
         storage.write_text(FLAGS.out_csv, table.to_csv(index=False))
         print(f"Experiment database: {FLAGS.out_csv}")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tpuflow import storage
-from tpuflow.results import prediction_names, scoring
+from tpuflow.results import prediction_names, run_record, scoring
 from tpuflow.storage import tables
 
 PROBS_TO_VALUES = scoring.PROBS_TO_VALUES
@@ -72,6 +72,13 @@ def expand_model_dirs(spec: str | Sequence[str]) -> list[str]:
                 raise ValueError(f"--model_dirs: {d} is listed twice")
             dirs.append(d)
     return dirs
+
+
+def smoke_runs(model_dirs: Sequence[str]) -> list[str]:
+    """The dirs whose record says they are smoke runs (`--quick`: their predictions mean nothing).
+    Dirs without a record (e.g. the reference's own runs) are not."""
+    return [d for d in model_dirs if storage.exists(run_record.record_path(d))
+            and run_record.is_quick(storage.read_json(run_record.record_path(d)))]
 
 
 def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "wind_speed",

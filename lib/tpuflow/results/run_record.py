@@ -16,9 +16,12 @@ the record: it keeps what it does not recompute (training flags, epochs, leaderb
 The top-level `status`, `error` and `started` belong to the run: `started` is when the first
 invocation on the run dir began, and only an invocation over all the run's folds that trains
 (or the first one) sets `status`/`error`; `jobs` and `updated` are the latest invocation's. Every invocation is appended to `invocations` (jobs,
-folds, started, ended, wall_s, status, error), so a failed score-only or subset invocation shows
-there without turning a complete run into a failed one. (Records written before this list
-existed lack it; it is optional.)
+folds, started, ended, wall_s, status, error), whatever it fails on (one refused before its
+record was updated, e.g. on a bad prediction file, is appended as `failed` by `mark_failed`), so a
+failed score-only or subset invocation shows there without turning a complete run into a failed
+one. `quick` is true for a smoke run (`--quick`): the leaderboard and the ensemble leave it out
+unless asked. (Records written before `invocations` and `quick` existed lack them; both are
+optional.)
 
 Reading, checking and editing records needs no TensorFlow (the leaderboard starts in a second):
 the runner hands `RunRecord` the facts that need it (versions, model, devices).
@@ -126,6 +129,17 @@ def cv_folds(run_dir: str) -> list[int] | None:
     return [int(k) for k in cv.get("folds", cv.get("per_fold", {}))]
 
 
+def is_quick(record: dict) -> bool:
+    """Whether a record is a smoke run's (`--quick`; older records say so in their flags only)."""
+    return bool(record.get("quick", (record.get("flags") or {}).get("quick")))
+
+
+def new_invocation(cfg, started: str | None = None) -> dict:
+    """The `invocations` entry of an invocation starting now (or at `started`): running."""
+    return {"jobs": list(cfg.jobs), "folds": list(range(cfg.initial_fold, cfg.initial_fold + cfg.n_folds)),
+            "started": started or _now(), "ended": None, "wall_s": None, "status": "running", "error": None}
+
+
 def git_info(path: str) -> dict:
     """Commit of the git checkout holding `path` and whether it had uncommitted changes (nulls
     outside a checkout or without git)."""
@@ -176,8 +190,7 @@ class RunRecord:
             self.record["started"] = previous.get("started") or fresh["started"]
             if not self.owns_status:
                 self.record.update(status=previous.get("status"), error=previous.get("error"))
-        self.invocation = {"jobs": list(cfg.jobs), "folds": sorted(mine), "started": fresh["started"],
-                           "ended": None, "wall_s": None, "status": "running", "error": None}
+        self.invocation = new_invocation(cfg, fresh["started"])
         self.record["invocations"] = [*(previous.get("invocations") or []), self.invocation]
         if previous and not trains:  # keep what this invocation does not redo
             keep = ("flags", "dataset", "model", "cv", "runtime", "git", "run_py", "description")
@@ -190,6 +203,7 @@ class RunRecord:
                 self.record[key] = dict(previous[key])
         if isinstance(previous.get("cv"), dict) and subset:
             self.record["cv"] = previous["cv"]
+        self.record["quick"] = is_quick(self.record)  # the training's, like the flags
         self.write()
 
     def write(self) -> None:
@@ -238,16 +252,24 @@ class RunRecord:
 
 
 
-def mark_failed(run_dir: str, error: BaseException) -> None:
-    """Marks the invocation a failing run left `running` as `failed` with the error, and the run
-    itself if that invocation spoke for it (a complete run stays complete)."""
+def mark_failed(run_dir: str, error: BaseException, invocation: dict | None = None) -> None:
+    """Marks the failing invocation `failed` with the error, and the run itself if that invocation
+    spoke for it (a complete run stays complete). `invocation` (`new_invocation`, made when the
+    invocation began): the entry to append if the invocation failed before it was recorded, e.g.
+    on a bad prediction file; an entry still `running` that began earlier is another's (killed)."""
     path = record_path(run_dir)
     if not storage.exists(path):
         return
     record = storage.read_json(path)
     message, now = f"{type(error).__name__}: {error}"[:2000], _now()
-    last = (record.get("invocations") or [None])[-1]
-    changed = isinstance(last, dict) and last.get("status") == "running"
+    invocations = record.setdefault("invocations", [])
+    last = invocations[-1] if invocations else None
+    mine = isinstance(last, dict) and last.get("status") == "running" and (
+        invocation is None or str(last.get("started")) >= invocation["started"])
+    if not mine and invocation is not None:
+        last = {**invocation}
+        invocations.append(last)
+    changed = mine or invocation is not None
     if changed:
         last.update(status="failed", error=message, ended=now)
     if record.get("status") == "running":

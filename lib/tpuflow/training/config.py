@@ -43,7 +43,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "runtime": ("backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s",
                 "cpu_replicas", "steps_per_execution", "jit_compile", "verbose", "frame_cache"),
     # Which part of the run this invocation does, and where its outputs go (not fingerprinted).
-    "jobs": ("job", "jobs", "resume", "n_folds", "initial_fold", "tta", "tta_number", "tta_set",
+    "jobs": ("job", "jobs", "resume", "overwrite", "n_folds", "initial_fold", "tta", "tta_number", "tta_set",
              "tta_views"),
     "outputs": ("output_dir", "experiment_id", "data_preds_dir"),
 }
@@ -52,6 +52,8 @@ RESULT_SECTIONS = ("data", "model", "training")
 DERIVED = ("jobs", "experiment_id", "tta_set", "tta_views", "n_frames", "global_batch_size",
            "scaled_lr", "precision")
 PLACED = ("global_batch_size", "scaled_lr", "precision")  # the derived settings the devices decide
+# What a prediction may change from the training's settings: its batch (memory) and the devices.
+PREDICTION_FREE = ("batch_size", "batch_size_per_replica", *PLACED)
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
 QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
@@ -197,6 +199,8 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
     v["output_dir"] = v["output_dir"] or "."
     v["experiment_id"] = os.path.basename(os.path.abspath(v["output_dir"]))
     v["data_preds_dir"] = v["data_preds_dir"] or storage.join(v["output_dir"], "preds")
+    if not set(v["jobs"]) & {"train", "val", "test"} and not asked & {"n_folds", "initial_fold"}:
+        v.update(run_folds(v["output_dir"]))  # scoring a run: its folds, not the default 5
     # TTA index t -> view name: the first tta_number + 1 views of the set; without --tta, the set
     # the predictions dir was made with (whatever number of its views a run predicted).
     recorded = scoring.read_view_set(v["data_preds_dir"])
@@ -204,6 +208,22 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
     v["tta_views"] = v["tta_set"][: v["tta_number"] + 1]
     v["tta_number"] = len(v["tta_views"]) - 1
     return Config(v)
+
+
+def run_folds(output_dir: str) -> dict[str, int]:
+    """`initial_fold` and `n_folds` of the folds a run dir's results cover: its record's CV, else
+    its training's (config.json); {} for a dir with neither. Said on one line."""
+    from tpuflow import storage  # noqa: PLC0415
+    from tpuflow.results import run_record  # noqa: PLC0415
+    covered, source = run_record.cv_folds(output_dir), run_record.RECORD_NAME
+    if not covered and storage.exists(storage.join(output_dir, "config.json")):
+        trained, source = storage.read_json(storage.join(output_dir, "config.json")), "config.json"
+        if isinstance(trained.get("initial_fold"), int) and isinstance(trained.get("n_folds"), int):
+            covered = list(range(trained["initial_fold"], trained["initial_fold"] + trained["n_folds"]))
+    if not covered:
+        return {}
+    print(f"--n_folds not given: the run's folds {min(covered)}-{max(covered)} ({source})", flush=True)
+    return {"initial_fold": min(covered), "n_folds": max(covered) - min(covered) + 1}
 
 
 def resolve(cfg: Config, manifest: dict | None = None, n_labels: int | None = None,

@@ -58,6 +58,8 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile
                   "decides; TPUs always compile)")
 flags.DEFINE_boolean("resume", True, "Resume an interrupted fold from its per-epoch backup and skip completed "
                      "folds (--noresume: start every fold afresh)")
+flags.DEFINE_boolean("overwrite", False, "Replace the results of a run dir whose folds were trained with other "
+                     "settings (without it such a training is refused, naming the flags that differ)")
 flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
 flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
 flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
@@ -199,7 +201,7 @@ HELP_GROUPS = {
     "model": ["architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing", "bn_momentum"],
     "training": ["job", "quick", "n_folds", "initial_fold", "n_epochs", "batch_size", "lr", "lr_scaling",
                  "base_batch_size", "lr_patience", "lr_factor", "steps_per_epoch", "monitor", "metric",
-                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume"],
+                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume", "overwrite"],
     "hardware": ["backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "mixed_precision",
                  "cpu_replicas", "batch_size_per_replica", "steps_per_execution", "jit_compile"],
     "outputs": ["output_dir", "data_preds_dir", "verbose"],
@@ -328,13 +330,14 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
             cfg = cfg.replace(output_dir=output_dir, data_preds_dir=storage.join(output_dir, "preds")
                               if preds_default else cfg.data_preds_dir)
     with lock.RunLock(cfg.output_dir) as held:  # a second run on this run dir fails here, naming this one
+        invocation = run_record.new_invocation(cfg)  # appended failed if it fails before it is recorded
         try:
             return runner.run_jobs(cfg, init_model, parse_example, check_lock=held.check)
         except BaseException as err:
             explained = runner.explain_error(cfg, err)
             try:
-                run_record.mark_failed(cfg.output_dir, explained)
-            except OSError as record_err:  # the run's own error is the one to report
+                run_record.mark_failed(cfg.output_dir, explained, invocation)
+            except (OSError, ValueError) as record_err:  # the run's own error is the one to report
                 print(f"WARNING: could not mark the record failed: {record_err}", file=sys.stderr, flush=True)
             if explained is err:
                 raise

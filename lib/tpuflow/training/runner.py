@@ -347,22 +347,73 @@ def subset_suffix(cfg, previous_cv_folds: list[int] | None) -> str:
     return ".folds-" + "-".join(str(k) for k in mine)
 
 
-def refuse_mixed_training(cfg, full_folds: list[int], placed: bool = True) -> None:
-    """A run over some folds of a run dir whose CV covers more may only resume them with the
-    settings they were trained with: retraining or re-predicting a fold alone with other settings
-    (or --noresume) would leave the run's results (checkpoints, predictions) mixing two trainings.
+def trained_folds(output_dir: str) -> list[int]:
+    """The folds of a run dir that were trained, completely (a best checkpoint) or in part (an
+    epoch backup)."""
+    checkpoints = storage.glob(storage.join(output_dir, CHECKPOINT_GLOB.format(fold="*")))
+    found = {checkpoint_names.parse(p).fold for p in checkpoints}
+    for state in storage.glob(storage.join(output_dir, "backup", "fold_*", resume.STATE)):
+        found.add(int(state.rsplit("/", 2)[-2].split("_")[-1]))
+    return sorted(found)
+
+
+def training_settings(output_dir: str) -> dict:
+    """The result settings the run dir's folds were trained with (its record's flags, else its
+    config.json); {} for a run dir without either (e.g. adopted from elsewhere)."""
+    for path in (run_record.record_path(output_dir), storage.join(output_dir, "config.json")):
+        if storage.exists(path):
+            recorded = storage.read_json(path)
+            flags = recorded.get("flags") if path.endswith(run_record.RECORD_NAME) else recorded
+            return config.recorded_settings(flags or {})
+    return {}
+
+
+def refuse_other_settings(cfg, full_folds: list[int] | None, suffix: str, placed: bool = True) -> None:
+    """An invocation that trains or predicts folds of a run dir whose folds were trained (completed
+    or in part) with other result-shaping settings is refused before any work, naming each
+    differing flag, so that a run's results never mix two trainings nor are replaced by accident
+    (e.g. `--quick` with the `--output_dir` of a finished run):
+
+    - a subset of the folds of a run dir whose CV covers more (`suffix`) may only resume them with
+      the settings they were trained with (and without --noresume);
+    - training with other settings replaces the run only with `--overwrite`, over all its trained
+      folds (or goes to a new --output_dir);
+    - predicting (val/test without train) needs the training's settings; the batch and what the
+      devices decide (`config.PREDICTION_FREE`) may differ.
+
     `placed=False`: the devices are not known yet, so the settings they decide are not compared."""
-    trained = config.recorded_settings(storage.read_json(run_record.record_path(cfg.output_dir)).get("flags") or {})
-    mine = config.result_settings(cfg)
-    if not placed:
-        mine = {k: v for k, v in mine.items() if k not in config.PLACED}
-    changed = [k for k in sorted(mine) if k in trained and json.loads(json.dumps(mine[k], default=str)) != trained[k]]
+    jobs = [j for j in cfg.jobs if j in ("train", "val", "test")]
+    done = trained_folds(cfg.output_dir) if jobs else []
+    if not jobs or not (done or suffix):
+        return
+    trained, mine = training_settings(cfg.output_dir), config.result_settings(cfg)
+    ignored = (config.PLACED if not placed else ()) + (config.PREDICTION_FREE if "train" not in jobs else ())
+    changed = [k for k in sorted(mine) if k in trained and k not in ignored
+               and json.loads(json.dumps(mine[k], default=str)) != trained[k]]
     changed = [k for k in changed if k not in config.DERIVED] or changed  # name the flags given, if any
-    if changed or not cfg.resume:
-        what = ", ".join(f"--{k}={getattr(cfg, k)} (trained with {trained[k]})" for k in changed) or "--noresume"
-        raise cli.UsageError(f"--output_dir={cfg.output_dir} holds a CV over folds {full_folds}; redoing folds "
-                             f"{list(folds(cfg))} ({'+'.join(j for j in cfg.jobs if j in ('train', 'val', 'test'))}) alone with {what} would leave its results mixing two trainings: "
-                             f"use another --output_dir, or run all its folds")
+    what = ", ".join(f"--{k}={getattr(cfg, k)} (trained with {trained[k]})" for k in changed)
+    where, doing = f"--output_dir={cfg.output_dir}", "+".join(jobs)
+    if suffix:
+        if changed or not cfg.resume:
+            raise cli.UsageError(f"{where} holds a CV over folds {full_folds}; redoing folds {list(folds(cfg))} "
+                                 f"({doing}) alone with {what or '--noresume'} would leave its results mixing two "
+                                 "trainings: use another --output_dir, or run all its folds")
+        return
+    if not changed:
+        return
+    if "train" not in jobs:
+        raise cli.UsageError(f"{where}: its folds {done} were trained with other settings: {what}; predicting "
+                             f"({doing}) needs the settings they were trained with: drop those flags (or train "
+                             "anew: --overwrite, or another --output_dir)")
+    if not cfg.overwrite:
+        raise cli.UsageError(f"{where} holds folds {done} trained with other settings: {what}; refusing to "
+                             "replace them: pass --overwrite to replace the run, or use a new --output_dir")
+    if not set(done) <= set(folds(cfg)):
+        raise cli.UsageError(f"{where} --overwrite: the run has folds {done} trained with other settings "
+                             f"({what}); replacing it means retraining all of them (--initial_fold/--n_folds "
+                             f"cover {list(folds(cfg))}): run them all, or use a new --output_dir")
+    if placed:  # said once, when the run goes ahead
+        print(f"--overwrite: replacing the run in {cfg.output_dir} (folds {done} were trained with {what})", flush=True)
 
 
 def score(cfg, suffix: str = "") -> pd.DataFrame:
@@ -413,9 +464,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
     cfg = config.resolve(cfg, manifest, None if labels is None else len(labels))  # what the data decides
     full_folds = run_record.cv_folds(cfg.output_dir)
     suffix = subset_suffix(cfg, full_folds)
-    mixing = bool(suffix) and bool(jobs & {"train", "val", "test"})
-    if mixing:  # before a TPU is started for a run that would be refused
-        refuse_mixed_training(cfg, full_folds, placed=False)
+    refuse_other_settings(cfg, full_folds, suffix, placed=False)  # before a TPU is started for a refused run
     placement = None
     if jobs & {"train", "val", "test"}:
         placement = runtime.get_runtime(cfg.tpu_ip_or_name, cfg.cpu_replicas, tpu_fallback=cfg.tpu_fallback,
@@ -424,9 +473,8 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
     parse = lambda serialized: parse_example(serialized, cfg)  # noqa: E731 (closure over cfg)
     if manifest:
         check_parse(cfg, manifest, parse)
+    refuse_other_settings(cfg, full_folds, suffix)  # and the settings the devices decide
     storage.makedirs(cfg.output_dir)
-    if mixing:
-        refuse_mixed_training(cfg, full_folds)
     config_path = storage.join(cfg.output_dir, "config.json")
     # The training's configuration, as the record's flags: a run that does not train (or trains a
     # subset of the folds) keeps it.
