@@ -16,9 +16,7 @@ that cannot run here says why. Ends with a verdict; exit status 1 if something w
 """
 from __future__ import annotations
 
-import functools
 import importlib.metadata
-import importlib.util
 import os
 import sys
 import urllib.request
@@ -215,20 +213,11 @@ def _parser(run_py):
     return getattr(run_py, "parse_example", experiment.parse_by_kind)
 
 
-@functools.cache
-def load_run_py(path: str):
-    """An experiment's run.py as a module (its `__main__` guard keeps it from running)."""
-    spec = importlib.util.spec_from_file_location("doctor_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     report = Report()
-    run_py = load_run_py(FLAGS.experiment) if FLAGS.experiment else None
+    run_py = experiment.load_run_py(FLAGS.experiment) if FLAGS.experiment else None
     cfg = experiment.make_config()
     report.add(OK, "backend", f"{backend.chosen} ({backend.reason}), keras {_version('keras')}")
     placement, cfg = check_placement(report, cfg)
@@ -269,21 +258,6 @@ def main(argv: list[str]) -> None:
           + ("" if placement.kind != "cpu" or not cfg.tpu_ip_or_name else " (TPU fallback)"), flush=True)
 
 
-def _apply_experiment_defaults(argv: list[str]) -> None:
-    """The run.py's flag defaults, before flags are parsed, as `experiment.main` applies them
-    (its relative default data paths resolve against the run.py's folder, and its outputs default
-    to that folder)."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--experiment=")), None)
-    if not path:
-        FLAGS.set_default("output_dir", os.getcwd())
-        return
-    try:
-        defaults = load_run_py(path).DEFAULTS
-    except OSError:
-        return  # main loads it again and names the file in one line
-    experiment.apply_defaults(defaults, os.path.dirname(os.path.abspath(path)))
-
-
 if __name__ == "__main__":
-    _apply_experiment_defaults(sys.argv[1:])
+    experiment.apply_tool_defaults(sys.argv[1:])
     cli.run_main(main)  # the verdict's exit status passes through
