@@ -17,6 +17,7 @@ bound: no input stall, no host overhead, perfect overlap).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import re
@@ -260,8 +261,10 @@ class TargetPlan:
         """Train and TTA-predict programs at `global_batch`: their figures, or None if either
         does not fit the chips' HBM."""
         steps, dist, per_chip = self.steps, self.distribution, self.replicas // self.chips
-        trainer = steps.trainer(global_batch // self.replicas)
         x, y = steps.train_batch(global_batch)
+        if _bytes(x) // self.replicas > self.target.hbm_bytes_per_chip // per_chip:  # the batch alone: skip
+            return None  # compiling (XLA tries hard to fit a program before it gives up)
+        trainer = steps.trainer(global_batch // self.replicas)
         data = (_abstract(dist, x), _abstract(dist, y))
         trainer._symbolic_build(data_batch=(_keras_tensors(x), _keras_tensors(y)))
         trainer.optimizer.build(trainer.trainable_variables)
@@ -331,7 +334,7 @@ def _count(manifest: dict, folds) -> int:
 
 
 def plan(cfg, init_model: Callable, targets: list[Target], host_rates: dict | None = None,
-         log: Callable[[str], None] = print) -> list[dict]:
+         log: Callable[[str], None] = functools.partial(print, flush=True)) -> list[dict]:
     """One entry per target (see the module docstring; `error` set where the target could not be
     planned); `host_rates`: `{"rates": {view spec: examples/s per host core}}` from
     `benchmarks/bench_scale.py --rates_json`."""
@@ -433,3 +436,11 @@ def table(entries: list[dict]) -> str:
                      str(e["batch_moving_collectives"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _bytes(tree) -> int:
+    """Bytes of a (shape, dtype) tree."""
+    if isinstance(tree, dict):
+        return sum(_bytes(v) for v in tree.values())
+    shape, dtype = tree
+    return math.prod(shape) * _DTYPE_BYTES.get({"float32": "f32", "int32": "s32"}[dtype], 4)

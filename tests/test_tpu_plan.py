@@ -1,0 +1,122 @@
+"""tools/tpu_plan.py: the run's own steps AOT-compiled for TPU targets by JAX's TPU compiler
+(libtpu, the `tpu-aot` extra) on this CPU; and libtpu installed changes nothing for the rest.
+
+Each plan runs the tool in its own process (Keras' JAX backend, JAX on the CPU); libtpu is never
+started as a device, so no lock file is taken and xdist workers can compile side by side.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tpuflow import backend
+from tpuflow.prep import shard_names, store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "tpu_plan.py")
+TINY = os.path.join(ROOT, "tests", "tiny_experiment.py")
+TINY_SEQUENCE = os.path.join(ROOT, "tests", "tiny_sequence_experiment.py")
+needs_compiler = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                    reason="JAX's TPU compiler not installed (the tpu-aot extra)")
+
+
+@pytest.fixture(scope="module")
+def store_dir(cv_dir, tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("store"))
+    store.build_store(cv_dir, root, shards=2, workers=2, log=lambda m: None)
+    return os.path.join(root, shard_names.STORE_DIR)
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", *backend.TPU_ENV)}
+    return {**env, "PYTHONPATH": os.path.join(ROOT, "lib"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def plan(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    out = tmp_path / "plan.json"
+    done = subprocess.run([sys.executable, TOOL, f"--json={out}", "--weights=None", *flags],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    entries = json.loads(out.read_text())["targets"] if out.exists() else []
+    return done, entries
+
+
+@needs_compiler
+def test_a_small_model_fits_v5e_and_v3_with_one_gradient_all_reduce(tmp_path, kind_dirs, cv_dir):
+    done, entries = plan(tmp_path, f"--experiment={TINY}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=64",
+                         "--target=v5e-4,v3-8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_name = {e["target"]: e for e in entries}
+    v5e, v3 = by_name["v5e-4"], by_name["v3-8"]
+    assert (v5e["chips"], v5e["devices"], v3["chips"], v3["devices"]) == (4, 4, 4, 8)  # a v3 chip: 2 cores
+    for e in (v5e, v3):
+        assert e["fits"] and e["largest_fitting_global_batch"] == e["global_batch"] == 64
+        assert 0 < e["hbm_needed_bytes"] < e["hbm_bytes_per_chip"]
+        assert e["precision"] == "mixed_bfloat16"  # --mixed_precision=auto on a TPU
+        assert e["gradient_all_reduces"] == 1 and e["batch_moving_collectives"] == 0, e["collectives"]
+        assert e["flops_per_step"] > 0 and e["est_step_s"] > 0
+        n_train = e["train_examples"]
+        assert e["est_epoch_s"] == pytest.approx(n_train // 64 * e["est_step_s"])
+        assert e["est_job_s"] > 5 * 15 * e["est_epoch_s"]  # 5 folds x 15 epochs, and TTA predictions
+        assert e["input_ex_per_s_needed"] == pytest.approx(64 / e["est_step_s"])
+    assert "v5e-4" in done.stdout and "v3-8" in done.stdout  # the table
+    assert not any(p.name not in ("plan.json",) for p in tmp_path.iterdir())  # nothing else written
+
+
+@needs_compiler
+def test_an_absurd_batch_is_refused_naming_the_largest_that_fits(tmp_path, kind_dirs, cv_dir):
+    done, entries = plan(tmp_path, f"--experiment={TINY}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=128", "--batch_size=1048576",
+                         "--target=v5e-4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (e,) = entries
+    largest = e["largest_fitting_global_batch"]
+    assert not e["fits"] and 0 < largest < 1048576 and largest % 4 == 0
+    assert f"global batch 1048576 does not fit 16 GiB of HBM per chip; the largest that fits is {largest}" in done.stdout
+    assert e["hbm_needed_bytes"] <= e["hbm_bytes_per_chip"] and e["figures_at_global_batch"] == largest
+
+
+@needs_compiler
+def test_a_sequence_model_with_cutmix_and_tta_from_a_frame_store_view(tmp_path, store_dir, cv_dir):
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps({"cores": 2, "rates": {"sequence:n6:s1": 100.0}}))
+    done, entries = plan(tmp_path, f"--experiment={TINY_SEQUENCE}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={store_dir}", "--view=sequence:n6:s1", "--dim=16", "--batch_size=32",
+                         "--mixup_prob=0.5", "--mixup_mode=cutmix", "--tta=d4", "--target=v5e-4",
+                         f"--host_rates={rates}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (e,) = entries
+    assert e["fits"] and e["tta_views"] == 8 and e["tta_batch"] == 4  # 32 // 8 views, whole per device
+    assert e["gradient_all_reduces"] == 1 and e["batch_moving_collectives"] == 0, e["collectives"]
+    assert e["input_spec"] == "sequence:n6:s1" and e["host_ex_per_s_per_core"] == 100.0
+    assert e["host_cores_needed"] == -(-e["input_ex_per_s_needed"] // 100)
+
+
+def test_unknown_targets_and_a_missing_experiment_are_named_in_one_line(tmp_path):
+    done, _ = plan(tmp_path, f"--experiment={TINY}", "--target=v5e-8,v9-1")
+    assert done.returncode == 2
+    assert "--target=v5e-8,v9-1: unknown target(s) ['v9-1']; known: v3-8" in done.stderr
+    assert "Traceback" not in done.stderr
+    done, _ = plan(tmp_path, "--experiment=nowhere/run.py")
+    assert done.returncode == 1 and "nowhere/run.py" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_tpuflow_where_libtpu_is_installed_starts_nothing():
+    """No TPU's signs: the backend is TensorFlow and JAX is never imported (libtpu not started,
+    its lock file not taken), however libtpu got installed."""
+    code = ("import sys, tpuflow; from tpuflow import backend; "
+            "print(backend.chosen, 'jax' in sys.modules, 'libtpu' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.stdout.split() == ["tensorflow", "False", "False"], done.stderr[-2000:]
+
+
+def test_tpu_signs_are_the_tpu_variables_or_device_files():
+    assert backend.tpu_signs({"TPU_ACCELERATOR_TYPE": "v5litepod-8"}) == "TPU_ACCELERATOR_TYPE"
+    assert backend.tpu_signs({}) == (", ".join(p for g in backend.TPU_DEVICE_GLOBS
+                                               for p in sorted(__import__("glob").glob(g))[:1]) or None)
