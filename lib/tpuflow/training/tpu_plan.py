@@ -134,13 +134,14 @@ class Steps:
         self.aug = cfg.aug_prob > 0
         self.predictor = augment.tta_model(self.model, cfg.tta_views)
         self.input_shape = tuple(self.model.inputs[0].shape[1:])
-        self.trainers: dict[int, keras.Model] = {}
+        self.trainers: dict[int | None, keras.Model] = {}
 
     def trainer(self, block: int) -> keras.Model:
         """`augment.train_model` for one device's `block` of examples (mixup draws partners in it)."""
-        if block not in self.trainers:
-            self.trainers[block] = augment.train_model(self.model, self.aug, self.mix, block=block)
-        return self.trainers[block]
+        key = block if self.mix else None  # only mixup's trainer depends on it
+        if key not in self.trainers:
+            self.trainers[key] = augment.train_model(self.model, self.aug, self.mix, block=block)
+        return self.trainers[key]
 
     def train_batch(self, batch: int):
         """(x, y) shapes and dtypes of a training batch as the pipeline and mixup feed it."""
@@ -251,8 +252,8 @@ def tta_batch(global_batch: int, replicas: int, n_views: int) -> int:
 class TargetPlan:
     """Compiles the run's steps for one target at a given global batch."""
 
-    def __init__(self, steps: Steps, target: Target, devices: list):
-        self.steps, self.target, self.devices = steps, target, devices
+    def __init__(self, steps: Steps, target: Target, devices: list, log: Callable[[str], None] = print):
+        self.steps, self.target, self.devices, self.log = steps, target, devices, log
         self.replicas = len(self.devices)
         self.chips = chips_of(self.devices)
         self.distribution = keras.distribution.DataParallel(devices=self.devices, auto_shard_dataset=False)
@@ -262,7 +263,7 @@ class TargetPlan:
         does not fit the chips' HBM."""
         steps, dist, per_chip = self.steps, self.distribution, self.replicas // self.chips
         x, y = steps.train_batch(global_batch)
-        if _bytes(x) // self.replicas > self.target.hbm_bytes_per_chip // per_chip:  # the batch alone: skip
+        if _bytes(x) // self.replicas >= self.target.hbm_bytes_per_chip // per_chip:  # the batch alone: skip
             return None  # compiling (XLA tries hard to fit a program before it gives up)
         trainer = steps.trainer(global_batch // self.replicas)
         data = (_abstract(dist, x), _abstract(dist, y))
@@ -291,20 +292,31 @@ class TargetPlan:
 
     def largest_fitting(self, global_batch: int) -> tuple[int, dict | None]:
         """The largest global batch below `global_batch` (which does not fit), a multiple of the
-        devices, whose steps fit, found by compiling: (0, None) if one example per device does not.
-        Memory grows about linearly with the batch: two fitting batches aim the next probe at the
-        chip's HBM; a bisection settles what the aim misses."""
+        devices, whose steps fit, found by compiling, to within 1/32: (0, None) if one example per
+        device does not. From 1 per device the batch grows eightfold while it fits; then a
+        bisection, whose first probe aims at the chip's HBM from the last two fits (memory grows
+        about linearly with the batch)."""
         r, hbm = self.replicas, self.target.hbm_bytes_per_chip
-        low, high, best, probes = 0, global_batch // r, None, [1, 2]  # per device: low fits, high does not
-        while high - low > 1:
-            guess = min(max(probes.pop(0) if probes else (low + high) // 2, low + 1), high - 1)
+        low, high, best, aim = 0, global_batch // r, None, None  # per device: low fits, high does not
+        growing = True
+        while high - low > max(1, low // 32):
+            if best is None:
+                guess = 1
+            elif growing:
+                guess = low * 8
+            else:
+                guess = aim if aim is not None and low < aim < high else (low + high) // 2
+                aim = None
+            guess = min(max(guess, low + 1), high - 1)
             plan = self.compile(guess * r)
+            self.log(f"{self.target.name}: global batch {guess * r} " + ("does not fit" if plan is None else
+                     f"fits ({plan['hbm_needed_bytes'] / GIB:.2f} GiB per chip)"))
             if plan is None:
-                high = guess
+                high, growing = guess, False
                 continue
-            if best is not None:
-                grows = max(1.0, (plan["hbm_needed_bytes"] - best["hbm_needed_bytes"]) / (guess - low))
-                probes = [guess + int((hbm - plan["hbm_needed_bytes"]) // grows)]
+            if best is not None and plan["hbm_needed_bytes"] > best["hbm_needed_bytes"]:
+                grows = (plan["hbm_needed_bytes"] - best["hbm_needed_bytes"]) / (guess - low)
+                aim = guess + int((hbm - plan["hbm_needed_bytes"]) // grows)
             low, best = guess, plan
         return low * r, best
 
@@ -354,7 +366,7 @@ def plan(cfg, init_model: Callable, targets: list[Target], host_rates: dict | No
             except ValueError as err:
                 raise PlanError(f"--target={target.name}: {err}") from err
             steps = steps or Steps(tcfg, init_model)
-            placed = TargetPlan(steps, target, devices)
+            placed = TargetPlan(steps, target, devices, log)
             entry.update(_plan_target(tcfg, placed, manifest, host_rates, log))
         except PlanError as err:
             entry["error"] = str(err)
