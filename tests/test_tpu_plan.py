@@ -118,6 +118,40 @@ def test_a_sequence_model_with_cutmix_and_tta_from_a_frame_store_view(tmp_path, 
     assert e["host_cores_needed"] == -(-e["input_ex_per_s_needed"] // 100)
 
 
+NO_TPU_KERNEL = """
+from tpuflow.training import experiment, models
+import keras
+
+
+class Eigen(keras.layers.Layer):  # a nonsymmetric eigendecomposition: CPU only in JAX
+    def call(self, x):
+        return keras.ops.real(keras.ops.eig(x[:, :4, :4, 0])[0])
+
+
+def init_model(cfg):
+    frame = keras.Input((cfg.dim, cfg.dim, 1))
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(frame), Eigen(name="my_eigen")(frame)])
+    return keras.Model(frame, models.head(x, cfg.task, cfg.n_classes))
+
+
+if __name__ == "__main__":
+    experiment.main(init_model, dataset_kind="single", weights=None)
+"""
+
+
+@needs_compiler
+def test_a_layer_the_target_cannot_compile_is_named(tmp_path, kind_dirs, cv_dir):
+    run_py = tmp_path / "eigen" / "run.py"
+    run_py.parent.mkdir()
+    run_py.write_text(NO_TPU_KERNEL)
+    done, entries = plan(tmp_path, f"--experiment={run_py}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=16", "--target=v5e-4")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (e,) = entries
+    assert e["error"].startswith("--target=v5e-4: the training step does not compile for v5e:2x2: "
+                                 "functional/my_eigen: ") and "'eig'" in e["error"], e["error"]
+
+
 def test_an_unknown_target_is_named_with_the_known_ones(tmp_path):
     done, _ = plan(tmp_path, f"--experiment={TINY}", "--target=v5e-8,v9-1")
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -177,24 +177,46 @@ def _compile(step, state, data, what: str, target: Target):
     """AOT-compiles `step(state, data)`; a failure names the layer (op metadata) or op it hit.
     Returns None when the program does not fit the target's memory."""
     import jax  # noqa: PLC0415
+    jitted = jax.jit(step, donate_argnums=0)
     try:
-        return jax.jit(step, donate_argnums=0).lower(state, data).compile()
-    except Exception as err:  # XLA's errors: out of memory (None) or one line naming the op
+        return jitted.lower(state, data).compile()
+    except Exception as err:  # XLA's errors: out of memory (None) or one line naming the layer and op
         text = str(err)
         if "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "exceeds" in text and "memory" in text:
             return None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)[:300]
         raise PlanError(f"--target={target.name}: the {what} step does not compile for {target.topology}: "
-                        f"{_failing_op(text)}") from err
+                        f"{_failing_layer(jitted, state, data, text)}{first}") from err
 
 
-def _failing_op(text: str) -> str:
-    """The layer or op an XLA error names (its op_name metadata), else its first line."""
+def _failing_layer(jitted, state, data, text: str) -> str:
+    """'<layer path>: ' of the op an XLA error names: by its op_name metadata, or for a primitive
+    without a TPU lowering, by the name stack of its first equation in the traced program."""
     found = re.search(r'op_name="([^"]+)"', text)
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "unknown error")
     if found:
-        layer = re.sub(r"^jit\([^)]*\)/", "", found.group(1))
-        return f"{layer}: {first[:200]}"
-    return first[:300]
+        return re.sub(r"^jit\([^)]*\)/", "", found.group(1)) + ": "
+    primitive = re.search(r"primitive '([^']+)'", text)
+    if not primitive:
+        return ""
+
+    def find(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == primitive.group(1):
+                return str(eqn.source_info.name_stack)
+            for sub in (p for v in eqn.params.values() for p in (v if isinstance(v, (list, tuple)) else [v])):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    name = find(inner)
+                    if name is not None:
+                        return name
+        return None
+    try:
+        name = find(jitted.trace(state, data).jaxpr.jaxpr)
+    except Exception:  # naming the layer is a courtesy: the error itself is what matters
+        name = None
+    while name and re.search(r"\b\w+\(([^()]*)\)", name):  # jvp(functional)/layer -> functional/layer
+        name = re.sub(r"\b\w+\(([^()]*)\)", r"\1", name)
+    return f"{name}: " if name else ""
 
 
 def collectives(hlo: str) -> list[dict]:
@@ -370,7 +392,7 @@ def plan(cfg, init_model: Callable, targets: list[Target], host_rates: dict | No
             entry.update(_plan_target(tcfg, placed, manifest, host_rates, log))
         except PlanError as err:
             entry["error"] = str(err)
-            log(f"{target.name}: {err}")
+            log(str(err))
         out.append(entry)
     return out
 
@@ -436,7 +458,7 @@ def table(entries: list[dict]) -> str:
     for e in entries:
         if "error" in e or "hbm_needed_bytes" not in e:
             rows.append((e["target"], str(e.get("chips", "")), str(e.get("global_batch", "")), "", str(e.get("fits", "")),
-                         str(e.get("largest_fitting_global_batch", "")), e.get("error", "nothing fits")[:60],
+                         str(e.get("largest_fitting_global_batch", "")), "error (above)" if "error" in e else "none fits",
                          *[""] * 7))
             continue
         rows.append((e["target"], str(e["chips"]), str(e["global_batch"]),
