@@ -172,3 +172,16 @@ def test_tpu_signs_are_the_tpu_variables_or_device_files():
     assert backend.tpu_signs({"TPU_ACCELERATOR_TYPE": "v5litepod-8"}) == "TPU_ACCELERATOR_TYPE"
     assert backend.tpu_signs({}) == (", ".join(p for g in backend.TPU_DEVICE_GLOBS
                                                for p in sorted(__import__("glob").glob(g))[:1]) or None)
+
+
+@needs_compiler
+def test_doctor_with_a_target_is_ready_only_where_the_run_fits(tmp_path, kind_dirs, cv_dir):
+    doctor = os.path.join(ROOT, "tools", "doctor.py")
+    done = subprocess.run([sys.executable, doctor, f"--experiment={TINY}", f"--data_dir={cv_dir}",
+                           f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=8", "--weights=None",
+                           "--input_batches=1", "--model_steps=1", "--target=v5e-4"],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "[  ok] tpu plan v5e-4: fits: " in done.stdout and "1 gradient all-reduce(s)" in done.stdout
+    assert "VERDICT: READY" in done.stdout
+    assert list(tmp_path.iterdir()) == []
