@@ -159,6 +159,15 @@ def test_an_unknown_target_is_named_with_the_known_ones(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_compiler
+def test_a_target_libtpu_cannot_describe_says_so_in_one_line(tmp_path, kind_dirs, cv_dir):
+    done, entries = plan(tmp_path, f"--experiment={TINY}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--target=v5e-1")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert entries[0]["error"].startswith("--target=v5e-1: libtpu cannot describe topology v5e:1x1 (")
+    assert "\n" not in entries[0]["error"]
+
+
 def test_importing_tpuflow_where_libtpu_is_installed_starts_nothing():
     """No TPU's signs: the backend is TensorFlow and JAX is never imported (libtpu not started,
     its lock file not taken), however libtpu got installed."""
