@@ -264,9 +264,7 @@ def _program(compiled, devices_per_chip: int) -> dict:
                   + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
     return {"hbm_needed_bytes": int(per_device * devices_per_chip),
             "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-            "argument_bytes_per_device": int(memory.argument_size_in_bytes),
             "flops_per_device": float(cost.get("flops", 0.0)),
-            "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
             "est_step_s": float(cost.get("optimal_seconds", 0.0)),
             "hlo": compiled.as_text()}
 
@@ -407,7 +405,7 @@ def _plan_target(cfg, placed: TargetPlan, manifest: dict, host_rates: dict | Non
     log(f"{target.name} ({target.topology}: {placed.chips} chips, {placed.replicas} devices): compiling the "
         f"training and TTA steps at global batch {gb} ({gb // placed.replicas} per device) ...")
     found = placed.compile(gb)
-    entry = {"chips": placed.chips, "devices": placed.replicas, "hosts": len({d.process_index for d in placed.devices}),
+    entry = {"chips": placed.chips, "devices": placed.replicas,
              "global_batch": gb, "batch_per_device": gb // placed.replicas, "fits": found is not None,
              "largest_fitting_global_batch": gb if found is not None else None}
     if found is None:
