@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,beam]'  # beam: CI tests the Beam builds too
+	$(PY) -m pip install -q -e '.[test,beam,tpu-aot]'  # beam, tpu-aot: CI tests the Beam builds and TPU plans too
 	touch $(STAMP)
 
 # Run serially, the suite keeps one core busy (subprocess start-up, tiny models: 436 tests took

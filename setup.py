@@ -37,6 +37,9 @@ setup(
         "tpu": ["jax[tpu]>=0.5", "tensorflow-cpu>=2.18,<2.22"],
         # Legacy TPUStrategy (TPU v2-v5 with a TF/libtpu pairing; tensorflow-tpu stops at 2.20).
         "tpu-tf": ["tensorflow-tpu>=2.18,<=2.20", "libtpu"],
+        # Plans for TPUs on a CPU (tools/tpu_plan.py): JAX's TPU compiler (libtpu) next to the
+        # installed jax; tpuflow never starts it as a device where the machine shows no TPU.
+        "tpu-aot": ["jax[tpu]>=0.5"],
         "gpu": ["tensorflow[and-cuda]>=2.18,<2.22"],  # CUDA GPUs, TensorFlow backend
         "gpu-jax": ["jax[cuda12]>=0.5", "tensorflow-cpu>=2.18,<2.22"],  # CUDA GPUs, JAX backend
         "efficientnet": ["efficientnet"],

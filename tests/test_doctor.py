@@ -42,11 +42,11 @@ def test_memory_counts_serialized_records_in_the_buffer_and_the_cache(cv_dir, si
 
 def test_a_run_pys_relative_default_paths_resolve_against_its_folder():
     run_py = os.path.join(ROOT, "experiments", "run-20261121-1300-cnn-1ch", "run.py")
-    names = sorted(set(experiment.experiment_defaults(doctor.load_run_py(run_py).DEFAULTS, os.path.dirname(run_py)))
+    names = sorted(set(experiment.experiment_defaults(experiment.load_run_py(run_py).DEFAULTS, os.path.dirname(run_py)))
                    | {"output_dir", *experiment.SCRIPT_RELATIVE})
     saved = {n: doctor.FLAGS[n].default for n in names}
     try:
-        doctor._apply_experiment_defaults([f"--experiment={os.path.relpath(run_py)}"])
+        experiment.apply_tool_defaults([f"--experiment={os.path.relpath(run_py)}"])
         assert doctor.FLAGS["data_dir"].default == os.path.join(ROOT, "data")
         assert doctor.FLAGS["data_tfrec_dir"].default == os.path.join(ROOT, "data",
                                                                       "data-tfrec-single-frames001-step001")

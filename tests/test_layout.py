@@ -13,7 +13,8 @@ Stages, in the order data flows (each may import the ones its rule lists, never 
 Third-party packages are allowed per stage (a module-level import in a TensorFlow-free stage would
 make its tools and worker processes load TensorFlow); a few modules may import one more inside a
 function, each listed with the reason. JAX is never imported at module level: only inside the
-functions of `backend`, `training.runtime` and `training.hosts` that run under the JAX backend.
+functions of `backend`, `training.runtime` and `training.hosts` that run under the JAX backend,
+and of `training.tpu_plan` that compile for TPU targets.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ LAZY_THIRD_PARTY = {
     "tpuflow.backend": {"jax": "asks JAX whether it sees a TPU, only where libtpu is installed"},
     "tpuflow.training.runtime": {"jax": "the devices and the mesh under the JAX backend"},
     "tpuflow.training.hosts": {"jax": "process index and gathering across hosts under the JAX backend"},
+    "tpuflow.training.tpu_plan": {"jax": "TPU topologies and AOT compilation, only when a plan is made"},
     "tpuflow.prep.store": {"tensorflow": "parses a frame-store record with TensorFlow's protobuf "
                                          "classes when a view reads the store (never while building)"},
 }
@@ -172,7 +174,7 @@ def test_tensorflow_free_stages_and_jax_stay_so():
         assert not THIRD_PARTY[stage] & {"tensorflow", "keras", "jax"}, stage
     assert not any("jax" in allowed for allowed in THIRD_PARTY.values()), "JAX only inside functions"
     assert {m for m, pkgs in LAZY_THIRD_PARTY.items() if "jax" in pkgs} == {
-        "tpuflow.backend", "tpuflow.training.runtime", "tpuflow.training.hosts"}
+        "tpuflow.backend", "tpuflow.training.runtime", "tpuflow.training.hosts", "tpuflow.training.tpu_plan"}
     assert THIRD_PARTY["ensemble"] <= {"numpy", "scipy", "pandas", "matplotlib"}
     assert MAY_IMPORT["storage"] == {ROOT} and MAY_IMPORT[ROOT] == set()
 

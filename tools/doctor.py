@@ -3,7 +3,7 @@
 Usage:
     python tools/doctor.py [--experiment=experiments/<run>/run.py] [experiment flags: --backend,
         --tpu_ip_or_name, --mixed_precision, --batch_size, --data_tfrec_dir, --data_dir,
-        --output_dir, --buffer_size, --use_cache, --dim, --backbone, ...]
+        --output_dir, --buffer_size, --use_cache, --dim, --backbone, ...] [--target=v5e-8]
 
 Takes the same flags as the experiment's run.py (its defaults applied) and checks, one line each:
 backend and why it was chosen; versions (Keras, TensorFlow and which wheel, jax, jaxlib, libtpu);
@@ -11,16 +11,18 @@ whether the installed jax/libtpu or TensorFlow/libtpu pairing sees a TPU; device
 count, precision, global batch and batch per device; for the experiment and dataset, the input
 pipeline's examples/s against the model's training step rate (input- or model-bound, the
 throughput benchmark's code); host memory against what the shuffle buffer and --use_cache need;
-and for gs:// data or outputs, whether the bucket's location matches the machine's zone. A check
+for gs:// data or outputs, whether the bucket's location matches the machine's zone; and with
+`--target=v5e-8[,...]`, the TPU plan of the experiment (tools/tpu_plan.py: fits in HBM, step,
+epoch and job time, collectives) for the TPU you are about to rent. A check
 that cannot run here says why. Ends with a verdict; exit status 1 if something will fail.
 """
 from __future__ import annotations
 
-import functools
 import importlib.metadata
-import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 import urllib.request
 
 from tpuflow import backend, cli, storage
@@ -32,6 +34,8 @@ from absl import app, flags  # noqa: E402,I001
 flags.DEFINE_string("experiment", None, "The run.py to check (its flag defaults and model); None: runtime only")
 flags.DEFINE_integer("input_batches", 10, "Timed input-pipeline batches")
 flags.DEFINE_integer("model_steps", 3, "Timed model training steps")
+flags.DEFINE_string("target", None, "TPU target(s) to plan the experiment for (tools/tpu_plan.py, e.g. v5e-8): "
+                    "READY then also means the run fits there, and says what it costs")
 FLAGS = flags.FLAGS
 OK, WARN, FAIL, SKIP = "ok", "WARN", "FAIL", "skip"
 MEMORY_SHARE = 0.8  # of the available host memory a run may plan to use
@@ -210,25 +214,51 @@ def check_bucket_locations(report: Report, cfg) -> None:
                        "cross-region reads cost money and time (copy the data to a bucket in " + region + ")")
 
 
+DOCTOR_ONLY = ("--input_batches", "--model_steps", "--target", "--backend", "--json")
+PLAN_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tpu_plan.py")
+
+
+def check_targets(report: Report, argv: list[str]) -> None:
+    """The TPU plan of the experiment (tools/tpu_plan.py, in its own process: it compiles under
+    Keras' JAX backend) for --target: fits, and what a step, an epoch and the job cost there."""
+    if not FLAGS.experiment:
+        report.add(FAIL, "tpu plan", "--target needs --experiment (the run to plan)")
+        return
+    with tempfile.TemporaryDirectory(prefix="tpuflow-plan-") as tmp:
+        out = os.path.join(tmp, "plan.json")
+        args = [a for a in argv if not a.startswith(DOCTOR_ONLY)] + [f"--target={FLAGS.target}", f"--json={out}"]
+        done = subprocess.run([sys.executable, PLAN_TOOL, *args], capture_output=True, text=True)
+        if not os.path.exists(out):
+            last = [line for line in done.stderr.splitlines() if "error" in line.lower()] or done.stderr.splitlines() or ["?"]
+            report.add(FAIL, "tpu plan", f"tools/tpu_plan.py failed (exit {done.returncode}): {last[-1].strip()}")
+            return
+        entries = storage.read_json(out)["targets"]
+    for e in entries:
+        check = f"tpu plan {e['target']}"
+        if "error" in e:
+            report.add(FAIL, check, e["error"])
+        elif not e["fits"]:
+            report.add(FAIL, check, f"global batch {e['global_batch']} does not fit {_size(e['hbm_bytes_per_chip'])} "
+                       f"of HBM per chip; the largest that fits is {e['largest_fitting_global_batch']} (--batch_size)")
+        else:
+            report.add(OK, check, f"fits: {_size(e['hbm_needed_bytes'])} of {_size(e['hbm_bytes_per_chip'])} HBM per "
+                       f"chip at global batch {e['global_batch']} on {e['chips']} chips; compiler's step "
+                       f"{e['est_step_s'] * 1e3:.3g} ms, epoch {e['est_epoch_s'] / 60:.3g} min, job "
+                       f"{e['est_job_s'] / 3600:.3g} h; the host must feed {e['input_ex_per_s_needed']:.0f} examples/s; "
+                       f"{e['gradient_all_reduces']} gradient all-reduce(s), {e['batch_moving_collectives']} "
+                       "collective(s) moving the batch")
+
+
 def _parser(run_py):
     """The experiment's parser: its own `parse_example`, else its kind's."""
     return getattr(run_py, "parse_example", experiment.parse_by_kind)
-
-
-@functools.cache
-def load_run_py(path: str):
-    """An experiment's run.py as a module (its `__main__` guard keeps it from running)."""
-    spec = importlib.util.spec_from_file_location("doctor_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     report = Report()
-    run_py = load_run_py(FLAGS.experiment) if FLAGS.experiment else None
+    run_py = experiment.load_run_py(FLAGS.experiment) if FLAGS.experiment else None
     cfg = experiment.make_config()
     report.add(OK, "backend", f"{backend.chosen} ({backend.reason}), keras {_version('keras')}")
     placement, cfg = check_placement(report, cfg)
@@ -260,6 +290,8 @@ def main(argv: list[str]) -> None:
             except Exception as err:  # the experiment's own failure (model, parser): named, not a traceback
                 report.add(FAIL, "input vs model", f"{type(err).__name__}: {err}")
     check_bucket_locations(report, cfg)
+    if FLAGS.target:
+        check_targets(report, sys.argv[1:])
     failures = report.failures()
     if failures:
         print(f"VERDICT: NOT READY ({len(failures)} problem(s)): " + "; ".join(failures), flush=True)
@@ -269,21 +301,6 @@ def main(argv: list[str]) -> None:
           + ("" if placement.kind != "cpu" or not cfg.tpu_ip_or_name else " (TPU fallback)"), flush=True)
 
 
-def _apply_experiment_defaults(argv: list[str]) -> None:
-    """The run.py's flag defaults, before flags are parsed, as `experiment.main` applies them
-    (its relative default data paths resolve against the run.py's folder, and its outputs default
-    to that folder)."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--experiment=")), None)
-    if not path:
-        FLAGS.set_default("output_dir", os.getcwd())
-        return
-    try:
-        defaults = load_run_py(path).DEFAULTS
-    except OSError:
-        return  # main loads it again and names the file in one line
-    experiment.apply_defaults(defaults, os.path.dirname(os.path.abspath(path)))
-
-
 if __name__ == "__main__":
-    _apply_experiment_defaults(sys.argv[1:])
+    experiment.apply_tool_defaults(sys.argv[1:])
     cli.run_main(main)  # the verdict's exit status passes through

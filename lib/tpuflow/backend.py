@@ -10,10 +10,14 @@ before Keras). Order of precedence:
 4. TensorFlow.
 
 Nothing here imports Keras or TensorFlow; JAX is imported only to look for a TPU, and only when
-`libtpu` is installed (otherwise JAX cannot see one).
+`libtpu` is installed (otherwise JAX cannot see one) and the machine shows a TPU's signs
+(`tpu_signs`): libtpu is also installed where nothing runs on a TPU (the `tpu-aot` extra compiles
+for TPUs on a CPU), and asking JAX there would start libtpu, take its lock file and slow every
+import.
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import sys
@@ -51,9 +55,24 @@ def jax_device_kind(devices) -> str:
     return _JAX_KINDS.get(devices[0].platform, devices[0].platform)
 
 
+TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")  # a TPU VM's chips (v2-v4: accel, v5e on: vfio)
+TPU_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_NAME", "TPU_WORKER_ID")  # set on Cloud TPU VMs and Kaggle TPUs
+
+
+def tpu_signs(environ=None) -> str | None:
+    """What says this machine may have a TPU (a device file or a TPU variable), or None; cheap:
+    nothing is started."""
+    environ = os.environ if environ is None else environ
+    found = [v for v in TPU_ENV if environ.get(v)] + [p for g in TPU_DEVICE_GLOBS for p in sorted(glob.glob(g))[:1]]
+    return ", ".join(found) or None
+
+
 def jax_sees_tpu() -> bool:
-    """True if JAX is installed with libtpu and lists TPU devices (imports JAX only then)."""
+    """True if JAX is installed with libtpu, the machine shows a TPU's signs and JAX lists TPU
+    devices (imports JAX only then)."""
     if importlib.util.find_spec("jax") is None or importlib.util.find_spec("libtpu") is None:
+        return False
+    if not tpu_signs():  # libtpu without a TPU (the tpu-aot compiler): never start it
         return False
     import jax  # noqa: PLC0415 (only where a TPU is possible)
     try:

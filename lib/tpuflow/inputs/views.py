@@ -260,8 +260,13 @@ def open_view(store_dir: str, view: str, data_dir: str | None = None, frame_cach
 
 def view_manifest(view: View) -> dict:
     """What the runner reads from a dataset manifest, for a view (kind, frames, folds, counts)."""
-    m = view.store.manifest
-    return {"spec": view.spec.to_string(), "kind": view.spec.kind, "n_frames": view.spec.depth,
-            "step": view.spec.step, "n_folds": m["n_folds"], "counts": m["counts"],
-            "image_size": m["image_size"], "sources": m["sources"], "store": view.store.dir,
-            "view": view.spec.to_string()}
+    return spec_manifest(view.spec, view.store.manifest, view.store.dir)
+
+
+def spec_manifest(spec: frames.DatasetSpec, store_manifest: dict, store_dir: str) -> dict:
+    """`view_manifest` from a view's spec and its store's manifest alone (nothing else is read)."""
+    m = store_manifest
+    return {"spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
+            "step": spec.step, "n_folds": m["n_folds"], "counts": m["counts"],
+            "image_size": m["image_size"], "sources": m["sources"], "store": store_dir,
+            "view": spec.to_string()}

@@ -18,6 +18,8 @@ state: those of its kind (`KIND_DEFAULTS`: the dataset dir, the batch), ImageNet
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import sys
 import re
@@ -296,6 +298,35 @@ def apply_defaults(defaults: dict, run_dir: str) -> None:
     FLAGS.set_default("output_dir", defaults.get("output_dir") or run_dir)
     for name, value in cli.script_relative({n: FLAGS[n].default for n in SCRIPT_RELATIVE}, run_dir).items():
         FLAGS.set_default(name, value)
+
+
+def run_py_path(path: str) -> str:
+    """An experiment given as its folder or its run.py -> the run.py's path."""
+    return os.path.join(path, "run.py") if os.path.isdir(path) else path
+
+
+@functools.cache
+def load_run_py(path: str):
+    """An experiment's run.py (or its folder) as a module, for the tools that check or plan it
+    (its `__main__` guard keeps it from running)."""
+    spec = importlib.util.spec_from_file_location("tool_experiment", run_py_path(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def apply_tool_defaults(argv: list[str]) -> None:
+    """For a tool given `--experiment=<run.py or its folder>`: that run.py's flag defaults, set
+    before flags are parsed as `main` sets them; without one, outputs default to the working dir."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--experiment=")), None)
+    if not path:
+        FLAGS.set_default("output_dir", os.getcwd())
+        return
+    try:
+        defaults = getattr(load_run_py(path), "DEFAULTS", {})  # a run.py may pass them to main only
+    except OSError:
+        return  # the tool loads it again and names the file in one line
+    apply_defaults(defaults, os.path.dirname(os.path.abspath(run_py_path(path))))
 
 
 def main(init_model: Callable, parse_example: Callable | None = None, **defaults) -> None:

@@ -1,0 +1,196 @@
+"""tools/tpu_plan.py: the run's own steps AOT-compiled for TPU targets by JAX's TPU compiler
+(libtpu, the `tpu-aot` extra) on this CPU; and libtpu installed changes nothing for the rest.
+
+Each plan runs the tool in its own process (Keras' JAX backend, JAX on the CPU); libtpu is never
+started as a device, so no lock file is taken and xdist workers can compile side by side.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tpuflow import backend
+from tpuflow.prep import shard_names, store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "tpu_plan.py")
+TINY = os.path.join(ROOT, "tests", "tiny_experiment.py")
+TINY_SEQUENCE = os.path.join(ROOT, "tests", "tiny_sequence_experiment.py")
+needs_compiler = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                    reason="JAX's TPU compiler not installed (the tpu-aot extra)")
+
+
+@pytest.fixture(scope="module")
+def store_dir(cv_dir, tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("store"))
+    store.build_store(cv_dir, root, shards=2, workers=2, log=lambda m: None)
+    return os.path.join(root, shard_names.STORE_DIR)
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", *backend.TPU_ENV)}
+    return {**env, "PYTHONPATH": os.path.join(ROOT, "lib"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def plan(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    out = tmp_path / "plan.json"
+    done = subprocess.run([sys.executable, TOOL, f"--json={out}", "--weights=None", *flags],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    entries = json.loads(out.read_text())["targets"] if out.exists() else []
+    return done, entries
+
+
+@needs_compiler
+def test_a_small_model_fits_v5e_and_v3_with_one_gradient_all_reduce(tmp_path, kind_dirs, cv_dir):
+    done, entries = plan(tmp_path, f"--experiment={TINY}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=64",
+                         "--target=v5e-4,v3-8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_name = {e["target"]: e for e in entries}
+    v5e, v3 = by_name["v5e-4"], by_name["v3-8"]
+    assert (v5e["chips"], v5e["devices"], v3["chips"], v3["devices"]) == (4, 4, 4, 8)  # a v3 chip: 2 cores
+    for e in (v5e, v3):
+        assert e["fits"] and e["largest_fitting_global_batch"] == e["global_batch"] == 64
+        assert 0 < e["hbm_needed_bytes"] < e["hbm_bytes_per_chip"]
+        assert e["precision"] == "mixed_bfloat16"  # --mixed_precision=auto on a TPU
+        assert e["gradient_all_reduces"] == 1 and e["batch_moving_collectives"] == 0, e["collectives"]
+        assert e["flops_per_step"] > 0 and e["est_step_s"] > 0
+        n_train = e["train_examples"]
+        assert e["est_epoch_s"] == pytest.approx(n_train // 64 * e["est_step_s"])
+        assert e["est_job_s"] > 5 * 15 * e["est_epoch_s"]  # 5 folds x 15 epochs, and TTA predictions
+        assert e["input_ex_per_s_needed"] == pytest.approx(64 / e["est_step_s"])
+    assert "v5e-4" in done.stdout and "v3-8" in done.stdout  # the table
+    assert not any(p.name not in ("plan.json",) for p in tmp_path.iterdir())  # nothing else written
+
+
+HUNGRY = """
+from tpuflow.training import experiment, models
+import keras
+
+
+def init_model(cfg):  # cheap to compile, large activations: memory grows fast with the batch
+    frame = keras.Input((cfg.dim, cfg.dim, 1))
+    x = keras.layers.Conv2D(8192, 1, activation="relu")(frame)
+    return keras.Model(frame, models.head(keras.layers.GlobalAveragePooling2D()(x), cfg.task, cfg.n_classes))
+
+
+if __name__ == "__main__":
+    experiment.main(init_model, dataset_kind="single", weights=None)
+"""
+
+
+@needs_compiler
+def test_an_absurd_batch_is_refused_naming_the_largest_that_fits(tmp_path, kind_dirs, cv_dir):
+    run_py = tmp_path / "hungry" / "run.py"
+    run_py.parent.mkdir()
+    run_py.write_text(HUNGRY)
+    done, entries = plan(tmp_path, f"--experiment={run_py.parent}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=1048576",
+                         "--aug_prob=0", "--tta_number=0", "--target=v5e-4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (e,) = entries
+    largest = e["largest_fitting_global_batch"]
+    assert not e["fits"] and 1000 < largest < 1048576 and largest % 4 == 0
+    assert f"global batch 1048576 does not fit 16 GiB of HBM per chip; the largest that fits is {largest}" in done.stdout
+    assert e["figures_at_global_batch"] == largest and e["hbm_needed_bytes"] <= e["hbm_bytes_per_chip"]
+    assert e["hbm_needed_bytes"] > 0.9 * e["hbm_bytes_per_chip"]  # within the search's resolution of full
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hungry", "plan.json"]  # no run dir written
+
+
+@needs_compiler
+def test_a_sequence_model_with_cutmix_and_tta_from_a_frame_store_view(tmp_path, store_dir, cv_dir):
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps({"cores": 2, "rates": {"sequence:n6:s1": 100.0}}))
+    done, entries = plan(tmp_path, f"--experiment={TINY_SEQUENCE}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={store_dir}", "--view=sequence:n6:s1", "--dim=16", "--batch_size=32",
+                         "--mixup_prob=0.5", "--mixup_mode=cutmix", "--tta=d4", "--target=v5e-4",
+                         f"--host_rates={rates}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (e,) = entries
+    assert e["fits"] and e["tta_views"] == 8 and e["tta_batch"] == 4  # 32 // 8 views, whole per device
+    assert e["gradient_all_reduces"] == 1 and e["batch_moving_collectives"] == 0, e["collectives"]
+    assert e["input_spec"] == "sequence:n6:s1" and e["host_ex_per_s_per_core"] == 100.0
+    assert e["host_cores_needed"] == -(-e["input_ex_per_s_needed"] // 100)
+
+
+NO_TPU_KERNEL = """
+from tpuflow.training import experiment, models
+import keras
+
+
+class Eigen(keras.layers.Layer):  # a nonsymmetric eigendecomposition: CPU only in JAX
+    def call(self, x):
+        return keras.ops.real(keras.ops.eig(x[:, :4, :4, 0])[0])
+
+
+def init_model(cfg):
+    frame = keras.Input((cfg.dim, cfg.dim, 1))
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(frame), Eigen(name="my_eigen")(frame)])
+    return keras.Model(frame, models.head(x, cfg.task, cfg.n_classes))
+
+
+if __name__ == "__main__":
+    experiment.main(init_model, dataset_kind="single", weights=None)
+"""
+
+
+@needs_compiler
+def test_a_layer_the_target_cannot_compile_is_named(tmp_path, kind_dirs, cv_dir):
+    run_py = tmp_path / "eigen" / "run.py"
+    run_py.parent.mkdir()
+    run_py.write_text(NO_TPU_KERNEL)
+    done, entries = plan(tmp_path, f"--experiment={run_py}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=16", "--target=v5e-4")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (e,) = entries
+    assert e["error"].startswith("--target=v5e-4: the training step does not compile for v5e:2x2: "
+                                 "functional/my_eigen: ") and "'eig'" in e["error"], e["error"]
+
+
+def test_an_unknown_target_is_named_with_the_known_ones(tmp_path):
+    done, _ = plan(tmp_path, f"--experiment={TINY}", "--target=v5e-8,v9-1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--target=v5e-8,v9-1: unknown target(s) ['v9-1']; known: v3-8, v3-32, v4-8" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_compiler
+def test_a_target_libtpu_cannot_describe_says_so_in_one_line(tmp_path, kind_dirs, cv_dir):
+    done, entries = plan(tmp_path, f"--experiment={TINY}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--target=v5e-1")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert entries[0]["error"].startswith("--target=v5e-1: libtpu cannot describe topology v5e:1x1 (")
+    assert "\n" not in entries[0]["error"]
+
+
+def test_importing_tpuflow_where_libtpu_is_installed_starts_nothing():
+    """No TPU's signs: the backend is TensorFlow and JAX is never imported (libtpu not started,
+    its lock file not taken), however libtpu got installed."""
+    code = ("import sys, tpuflow; from tpuflow import backend; "
+            "print(backend.chosen, 'jax' in sys.modules, 'libtpu' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.stdout.split() == ["tensorflow", "False", "False"], done.stderr[-2000:]
+
+
+def test_tpu_signs_are_the_tpu_variables_or_device_files():
+    assert backend.tpu_signs({"TPU_ACCELERATOR_TYPE": "v5litepod-8"}) == "TPU_ACCELERATOR_TYPE"
+    assert backend.tpu_signs({}) == (", ".join(p for g in backend.TPU_DEVICE_GLOBS
+                                               for p in sorted(__import__("glob").glob(g))[:1]) or None)
+
+
+@needs_compiler
+def test_doctor_with_a_target_is_ready_only_where_the_run_fits(tmp_path, kind_dirs, cv_dir):
+    doctor = os.path.join(ROOT, "tools", "doctor.py")
+    done = subprocess.run([sys.executable, doctor, f"--experiment={TINY}", f"--data_dir={cv_dir}",
+                           f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=8", "--weights=None",
+                           "--input_batches=1", "--model_steps=1", "--target=v5e-4"],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "[  ok] tpu plan v5e-4: fits: " in done.stdout and "1 gradient all-reduce(s)" in done.stdout
+    assert "VERDICT: READY" in done.stdout
+    assert list(tmp_path.iterdir()) == []
