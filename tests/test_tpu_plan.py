@@ -113,6 +113,7 @@ def test_a_sequence_model_with_cutmix_and_tta_from_a_frame_store_view(tmp_path, 
     assert done.returncode == 0, done.stderr[-2000:]
     (e,) = entries
     assert e["fits"] and e["tta_views"] == 8 and e["tta_batch"] == 4  # 32 // 8 views, whole per device
+    assert e["est_step_s"] > 0 and e["est_predict_step_s"] > 0 and e["est_job_s"] > 0
     assert e["gradient_all_reduces"] == 1 and e["batch_moving_collectives"] == 0, e["collectives"]
     assert e["input_spec"] == "sequence:n6:s1" and e["host_ex_per_s_per_core"] == 100.0
     assert e["host_cores_needed"] == -(-e["input_ex_per_s_needed"] // 100)
@@ -194,3 +195,16 @@ def test_doctor_with_a_target_is_ready_only_where_the_run_fits(tmp_path, kind_di
     assert "[  ok] tpu plan v5e-4: fits: " in done.stdout and "1 gradient all-reduce(s)" in done.stdout
     assert "VERDICT: READY" in done.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_program_without_the_compilers_estimate_is_timed_by_its_roofline():
+    """The compiler may give no step time (a negative `optimal_seconds`, seen for an LSTM's
+    program; XLA:CPU gives none at all): the roofline of the program's FLOPs and bytes stands in."""
+    import jax  # noqa: PLC0415
+    from tpuflow.training import tpu_plan  # noqa: PLC0415
+    compiled = jax.jit(lambda x: (x @ x).sum()).lower(jax.ShapeDtypeStruct((64, 64), "float32")).compile()
+    target = tpu_plan.TARGETS["v3-8"]  # 2 cores share a chip's peak and bandwidth
+    program = tpu_plan._program(compiled, target, 2)
+    assert program["est_source"] == "roofline" and program["est_step_s"] > 0
+    assert program["est_step_s"] == max(program["flops_per_device"] / (target.peak_flops_per_chip / 2),
+                                        program["bytes_accessed_per_device"] / (target.hbm_bytes_per_s / 2))

@@ -255,17 +255,27 @@ def collectives(hlo: str) -> list[dict]:
     return sorted(found.values(), key=lambda e: (-e["bytes"], e["kind"]))
 
 
-def _program(compiled, devices_per_chip: int) -> dict:
-    """HBM per chip, FLOPs per device and the compiler's time estimate of one compiled step."""
+def _program(compiled, target: Target, devices_per_chip: int) -> dict:
+    """HBM per chip, FLOPs per device and the time estimate of one compiled step.
+
+    The step time is the compiler's `optimal_seconds` where it gives one. For some programs (seen
+    with an LSTM's loop) it reports a negative number, i.e. none; then the roofline stands in: the
+    longer of the step's FLOPs at the chip's peak and its bytes at the chip's HBM bandwidth (the
+    chip's cores share both). Both are lower bounds: no input stall, no host overhead."""
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     per_device = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
                   + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
+    flops, moved = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    roofline = max(flops / (target.peak_flops_per_chip / devices_per_chip),
+                   moved / (target.hbm_bytes_per_s / devices_per_chip))
+    compiler = float(cost.get("optimal_seconds", -1.0))
     return {"hbm_needed_bytes": int(per_device * devices_per_chip),
             "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-            "flops_per_device": float(cost.get("flops", 0.0)),
-            "est_step_s": float(cost.get("optimal_seconds", 0.0)),
+            "flops_per_device": flops, "bytes_accessed_per_device": moved,
+            "est_step_s": compiler if compiler > 0 else roofline,
+            "est_source": "compiler" if compiler > 0 else "roofline", "roofline_step_s": roofline,
             "hlo": compiled.as_text()}
 
 
@@ -309,7 +319,7 @@ class TargetPlan:
         predict = _compile(predictor.predict_step, p_state, p_data, "TTA prediction", self.target)
         if predict is None:
             return None
-        train, predict = _program(train, per_chip), _program(predict, per_chip)
+        train, predict = _program(train, self.target, per_chip), _program(predict, self.target, per_chip)
         need = max(train["hbm_needed_bytes"], predict["hbm_needed_bytes"])
         if need > self.target.hbm_bytes_per_chip:
             return None
@@ -438,11 +448,13 @@ def _plan_target(cfg, placed: TargetPlan, manifest: dict, host_rates: dict | Non
         "hbm_needed_train_bytes": train["hbm_needed_bytes"], "hbm_needed_predict_bytes": predict["hbm_needed_bytes"],
         "temp_bytes_per_device": train["temp_bytes_per_device"],
         "flops_per_step": flops, "flops_per_example": flops / batch,
-        "est_step_s": step_s,
+        "est_step_s": step_s, "est_step_source": train["est_source"], "roofline_step_s": train["roofline_step_s"],
+        "bytes_accessed_per_step": train["bytes_accessed_per_device"] * placed.replicas,
         "peak_step_s": train["flops_per_device"] / (target.peak_flops_per_chip / per_chip),
         "train_examples": n_train[folds[0]],
         "est_epoch_s": epoch_s[folds[0]], "est_job_s": job_s,
         "tta_batch": predict["batch"], "tta_views": predict["views"], "est_predict_step_s": predict["est_step_s"],
+        "est_predict_step_source": predict["est_source"],
         "collectives": found_collectives,
         "gradient_all_reduces": sum(c["count"] for c in found_collectives if c["carries"] == "gradients"),
         "batch_moving_collectives": sum(c["count"] for c in found_collectives if c["kind"] != "all-reduce"),
@@ -467,7 +479,8 @@ def table(entries: list[dict]) -> str:
         rows.append((e["target"], str(e["chips"]), str(e["global_batch"]),
                      f"{e['hbm_needed_bytes'] / GIB:.2f}/{e['hbm_bytes_per_chip'] / GIB:.0f}", "yes" if e["fits"] else "NO",
                      str(e["largest_fitting_global_batch"]), f"{e['flops_per_step'] / 1e12:.3g}",
-                     f"{e['est_step_s'] * 1e3:.3g}", f"{e['est_epoch_s'] / 60:.3g}", f"{e['est_job_s'] / 3600:.3g}",
+                     f"{e['est_step_s'] * 1e3:.3g}" + ("r" if e["est_step_source"] == "roofline" else ""),
+                     f"{e['est_epoch_s'] / 60:.3g}", f"{e['est_job_s'] / 3600:.3g}",
                      f"{e['input_ex_per_s_needed']:.0f}" if e["input_ex_per_s_needed"] else "?",
                      str(e["host_cores_needed"] or "?"), str(e["gradient_all_reduces"]),
                      str(e["batch_moving_collectives"])))
