@@ -232,14 +232,17 @@ def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndar
 
 
 def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_labels: dict,
-               unique_labels, trainer: keras.Model | None = None, block: int | None = None) -> keras.callbacks.History:
+               unique_labels, trainer: keras.Model | None = None, block: int | None = None,
+               devices: str = "") -> keras.callbacks.History:
     """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
     the model; returns the fit History (of the epochs run now, after any resumed ones). `trainer`
     (`augment.train_model`, default `model`) is what `fit` runs: `model` behind the training
     augmentation made on the accelerator; the callbacks see `model`. `block`: the examples one
     device trains on per step, among which mixup draws partners (None: the whole batch).
+    `devices`: where it trains (`placement_name`), which a backup within an epoch must match.
 
-    Each epoch is backed up; after a kill the fold resumes from its last backup (see `resume`).
+    Each epoch is backed up (and within it, as `--backup_every_*` say); after a kill the fold
+    resumes from its last backup (see `resume`).
     """
     train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
     steps = cfg.steps_per_epoch or max(1, records.example_count(manifest, train_folds) // cfg.global_batch_size)
@@ -257,46 +260,68 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                                                   patience=cfg.lr_patience, verbose=int(cfg.verbose > 0))
     tracked = {"checkpoint": (checkpoint, ("best", "path")),
                "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))}
-    position = views.InputPosition(steps * cfg.global_batch_size)  # views: saved with each backup
-    if cfg.view:
-        tracked["input"] = (position, ("examples",))
-    backup = resume.FoldBackup(cfg, fold, tracked, CHECKPOINT_GLOB.format(fold=fold))
-    initial_epoch = backup.restore(model)
+    backup = resume.FoldBackup(cfg, fold, tracked, CHECKPOINT_GLOB.format(fold=fold), trainer=trainer or model,
+                               devices=devices)
+    initial_epoch, initial_step = backup.restore(model)
     callbacks = [
         FoldScore(val_ds, labels, labels_le, unique_labels, cfg),  # first: fills val_* logs
         checkpoint,
         reduce_lr,
         curves.TrainingCurves(cfg.output_dir, fold, cfg.experiment_id, score),  # sees every value above
         tensorboard.FoldScalars(cfg.output_dir, fold),
-        backup,  # last: saves the state the callbacks above reached this epoch
+        backup,  # last: saves the state the callbacks above reached
     ]
-    # Records: a resumed fold draws a new shuffle rather than replaying its first epochs' order.
-    # Views: one global shuffle, resumed at the saved position (the batches it would have seen).
-    # Several hosts: each reads its share of the shards and feeds its share of the global batch.
     host, n_hosts = hosts.process_info()
-    if cfg.view:
-        position.examples = backup.restored("input", "examples", 0)
-        callbacks.insert(-1, position)  # before the backup, which saves it
-        train_ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
-                                              seed=cfg.seed, fold=fold, start=position.examples,
-                                              aug_prob=cfg.aug_prob, host=(host, n_hosts))
-        mix_seed, mix_start = cfg.seed + fold, position.examples // cfg.global_batch_size  # mixing resumes too
-    else:
-        train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
-        train_ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
-                                          hosts.host_batch(cfg.global_batch_size, n_hosts), shuffle_buffer=cfg.buffer_size,
-                                          aug_prob=cfg.aug_prob, cache=cfg.use_cache,
-                                          seed=cfg.seed + fold + 1000 * initial_epoch)
-        mix_seed, mix_start = cfg.seed + fold + 1000 * initial_epoch, 0
-    train_ds = mixup.maybe_mix(train_ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
-    history = augment.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
-                          steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
+
+    def train_dataset(epoch: int, step: int):
+        """The training batches from step `step` of epoch `epoch` on.
+
+        Records: a resumed fold draws a new shuffle rather than replaying the order it had.
+        Views: one global shuffle, resumed at the position reached (the batches it would have seen).
+        Several hosts: each reads its share of the shards and feeds its share of the global batch."""
+        if cfg.view:
+            position = (epoch * steps + step) * cfg.global_batch_size
+            ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
+                                            seed=cfg.seed, fold=fold, start=position, aug_prob=cfg.aug_prob,
+                                            host=(host, n_hosts))
+            mix_seed, mix_start = cfg.seed + fold, position // cfg.global_batch_size  # mixing resumes too
+        else:
+            train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
+            seed = cfg.seed + fold + 1000 * epoch + (7919 * step if step else 0)
+            ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
+                                        hosts.host_batch(cfg.global_batch_size, n_hosts), shuffle_buffer=cfg.buffer_size,
+                                        aug_prob=cfg.aug_prob, cache=cfg.use_cache, seed=seed)
+            mix_seed, mix_start = seed, 0
+        return mixup.maybe_mix(ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
+
+    # A fold resumed within an epoch runs the rest of that epoch as a fit of its own, then the others.
+    segments = [(initial_epoch, initial_step)] if initial_step else []
+    if initial_epoch + bool(initial_step) < cfg.n_epochs or not segments:
+        segments.append((initial_epoch + bool(initial_step), 0))
+    history = None
+    for epoch, step in segments:
+        ran = augment.fit(trainer or model, model, train_dataset(epoch, step),
+                          epochs=epoch + 1 if step else cfg.n_epochs, initial_epoch=epoch,
+                          steps_per_epoch=steps - step, callbacks=callbacks, verbose=cfg.verbose,
                           shuffle=False)  # shuffling: the pipeline's job
+        history = ran if history is None else _joined(history, ran)
     if checkpoint.path is None:  # no epoch gave a finite score: nothing worth keeping
         raise ValueError(f"fold {fold}: training diverged: {monitor} was NaN or infinite after every one of "
                          f"{cfg.n_epochs} epoch(s), so there is no checkpoint (try a lower --lr={cfg.lr:g})")
     load_weights(model, checkpoint.path)
     return history
+
+
+def _joined(first: keras.callbacks.History, then: keras.callbacks.History) -> keras.callbacks.History:
+    """One History of two fits in a row (a fold resumed within an epoch)."""
+    then.epoch = first.epoch + then.epoch
+    then.history = {k: first.history.get(k, []) + then.history.get(k, []) for k in {*first.history, *then.history}}
+    return then
+
+
+def placement_name(placement: runtime.Placement) -> str:
+    """Where a run trains, as a backup within an epoch records it: processes and devices."""
+    return f"{placement.processes} process(es), {placement.replicas} {placement.kind.upper()} device(s)"
 
 
 def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str, batch: int) -> None:
@@ -456,7 +481,8 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             print(f"Fold {fold} ({fold - cfg.initial_fold + 1}/{cfg.n_folds}): {'+'.join(todo)}", flush=True)
             start, history = time.time(), None
             if "train" in todo:
-                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer, block)
+                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer, block,
+                                     placement_name(placement))
                 progress.mark("train")
                 timings[f"train_fold_{fold}"] = time.time() - start
             else:
