@@ -50,7 +50,8 @@ FIELDS = ("schema_version", "experiment_id", "status", "error", "started", "upda
           "git", "run_py", "lb")
 DATASET_FIELDS = ("dir", "spec", "kind", "n_frames", "step", "channels", "history_depth", "manifest_sha256")
 MODEL_FIELDS = ("architecture", "task", "backbone", "weights", "dim", "n_params")
-RUNTIME_FIELDS = ("replicas", "strategy", "device", "precision", "backend", "backend_reason", "processes", "devices")
+RUNTIME_FIELDS = ("replicas", "strategy", "device", "precision", "backend", "backend_reason", "processes", "devices",
+                  "steps_per_execution")
 CV_FIELDS = ("metric", "tta_number", "tta", "no_tta", "baseline", "per_fold")
 
 
@@ -238,9 +239,10 @@ class RunRecord:
 
 
 
-def mark_failed(run_dir: str, error: BaseException) -> None:
-    """Marks the invocation a failing run left `running` as `failed` with the error, and the run
-    itself if that invocation spoke for it (a complete run stays complete)."""
+def mark_failed(run_dir: str, error: BaseException, status: str = "failed") -> None:
+    """Marks the invocation a failing run left `running` as `failed` (or `status`: `preempted`)
+    with the error, and the run itself if that invocation spoke for it (a complete run stays
+    complete)."""
     path = record_path(run_dir)
     if not storage.exists(path):
         return
@@ -249,9 +251,9 @@ def mark_failed(run_dir: str, error: BaseException) -> None:
     last = (record.get("invocations") or [None])[-1]
     changed = isinstance(last, dict) and last.get("status") == "running"
     if changed:
-        last.update(status="failed", error=message, ended=now)
+        last.update(status=status, error=message, ended=now)
     if record.get("status") == "running":
-        record.update(status="failed", error=message)
+        record.update(status=status, error=message)
         changed = True
     if changed:
         record["updated"] = now

@@ -53,11 +53,15 @@ flags.DEFINE_float("tpu_timeout_s", 10.0, "Seconds each TPU network step (addres
 flags.DEFINE_string("mixed_precision", "auto", "auto (by device: mixed_bfloat16 on TPU, mixed_float16 on GPU, "
                     "float32 on CPU), mixed_float16, mixed_bfloat16 or None (float32 everywhere)")
 flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical devices (tests multi-replica code)")
-flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (TPU: 32-256 hides host overhead)")
+flags.DEFINE_integer("steps_per_execution", 0, "Training steps per compiled call (0: auto, 32 on TPUs, where it "
+                     "hides host overhead, and 1 elsewhere; never more than an epoch's or a backup interval's steps)")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step (auto: Keras "
                   "decides; TPUs always compile)")
-flags.DEFINE_boolean("resume", True, "Resume an interrupted fold from its per-epoch backup and skip completed "
+flags.DEFINE_boolean("resume", True, "Resume an interrupted fold from its last backup and skip completed "
                      "folds (--noresume: start every fold afresh)")
+flags.DEFINE_integer("backup_every_steps", 0, "Also back a fold up within the epoch every this many steps (0: off)")
+flags.DEFINE_float("backup_every_minutes", 10.0, "Also back a fold up within the epoch once this many minutes "
+                   "passed since the last backup (0: off; --quick: off)")
 flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
 flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
 flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
@@ -121,7 +125,8 @@ HELP_GROUPS = {
     "model": ["architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing", "bn_momentum"],
     "training": ["job", "quick", "n_folds", "initial_fold", "n_epochs", "batch_size", "lr", "lr_scaling",
                  "base_batch_size", "lr_patience", "lr_factor", "steps_per_epoch", "monitor", "metric",
-                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume"],
+                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume",
+                 "backup_every_steps", "backup_every_minutes"],
     "hardware": ["backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "mixed_precision",
                  "cpu_replicas", "batch_size_per_replica", "steps_per_execution", "jit_compile"],
     "outputs": ["output_dir", "data_preds_dir", "verbose"],
@@ -131,7 +136,7 @@ cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing
 
 from tpuflow.inputs import augment, mixup  # noqa: E402
 from tpuflow.results import run_record  # noqa: E402
-from tpuflow.training import hosts, runner, runtime  # noqa: E402
+from tpuflow.training import hosts, resume, runner, runtime  # noqa: E402
 from tpuflow.inputs.parsers import parse_by_kind, parse_image_example, parse_sequence_example, target  # noqa: E402,F401 (for run.py)
 
 Config = config.Config
@@ -176,7 +181,9 @@ def check_flags(cfg: Config) -> None:
         if not ok:
             raise cli.UsageError(f"--{name}={getattr(cfg, name)!r}: {why}")
     need(cfg.tta_number >= 0, "tta_number", "must be >= 0 (views beyond the original)")
-    need(cfg.steps_per_execution >= 1, "steps_per_execution", "must be >= 1")
+    need(cfg.steps_per_execution >= 0, "steps_per_execution", "must be >= 1 (0: auto)")
+    for name in ("backup_every_steps", "backup_every_minutes"):
+        need(getattr(cfg, name) == 0 or getattr(cfg, name) >= 1, name, "a backup interval must be >= 1 (0: off)")
     need(cfg.n_folds >= 1, "n_folds", "must be >= 1 (folds to run, from --initial_fold)")
     need(cfg.initial_fold >= 0, "initial_fold", "must be >= 0")
     need(cfg.n_epochs >= 1, "n_epochs", "must be >= 1")
@@ -225,7 +232,11 @@ def main(init_model: Callable, parse_example: Callable | None = None, **defaults
             raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
         if not FLAGS["verbosity"].present:  # status lines are printed once, not logged as well
             absl_logging.set_verbosity(absl_logging.ERROR)
-        run(make_config(), init_model, parse_example or parse_by_kind)
+        try:
+            run(make_config(), init_model, parse_example or parse_by_kind)
+        except resume.Preempted as err:  # not an error: the same command resumes
+            print(f"{os.path.basename(sys.argv[0])}: preempted: {err}", file=sys.stderr, flush=True)
+            sys.exit(cli.PREEMPTED_EXIT)
 
     cli.run_main(_main)
 
@@ -235,7 +246,8 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
     (`config`: the configuration as resolved for the run).
 
     The run holds its run dir's lock throughout (`tpuflow.storage.lock`). A run that fails or is
-    interrupted after it started leaves its record marked `failed`.
+    interrupted after it started leaves its record marked `failed`; one stopped by SIGTERM or
+    SIGINT (`resume.NOTICE`: training backs up first) `preempted`, and raises `resume.Preempted`.
     """
     if cfg.distributed and backend.chosen == "jax":
         runtime.start_hosts()  # before the lock: which host this is decides the run dir
@@ -245,13 +257,14 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
             output_dir = storage.join(cfg.output_dir, f"host_{host}")
             cfg = cfg.replace(output_dir=output_dir, data_preds_dir=storage.join(output_dir, "preds")
                               if preds_default else cfg.data_preds_dir)
-    with lock.RunLock(cfg.output_dir) as held:  # a second run on this run dir fails here, naming this one
+    with lock.RunLock(cfg.output_dir) as held, resume.NOTICE:  # a second run on this run dir fails here
         try:
             return runner.run_jobs(cfg, init_model, parse_example, check_lock=held.check)
         except BaseException as err:
             explained = runner.explain_error(cfg, err)
             try:
-                run_record.mark_failed(cfg.output_dir, explained)
+                run_record.mark_failed(cfg.output_dir, explained,
+                                       "preempted" if isinstance(err, resume.Preempted) else "failed")
             except OSError as record_err:  # the run's own error is the one to report
                 print(f"WARNING: could not mark the record failed: {record_err}", file=sys.stderr, flush=True)
             if explained is err:

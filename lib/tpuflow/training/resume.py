@@ -174,7 +174,7 @@ class FoldBackup(keras.callbacks.Callback):
         self.offset = 0  # steps of the current epoch done before this fit (a fold resumed within it)
         self.boundary: dict | None = None  # the last epoch-boundary backup (entry of the state)
         self._pending: dict | None = None
-        self._metrics: list | None = None  # a resumed epoch's metric state, put back at its start
+        self._metrics: list | None = None  # a resumed epoch's metric sums so far
         self._since, self._last, self._epoch = 0, time.monotonic(), 0
 
     def restore(self, model: keras.Model) -> tuple[int, int]:
@@ -287,11 +287,11 @@ class FoldBackup(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        if self._metrics is not None:  # after Keras reset them: the resumed epoch's so far
-            _assign(self._train_model().metrics_variables, self._metrics, "the backup's metrics")
-            self._metrics = None
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._metrics is not None:  # a resumed epoch: add the metric sums of its steps before
+            self._add_metrics(self._metrics)  # (Keras builds the metrics on the first step)
+            self._metrics = None
         steps = self.offset + batch + 1  # of this epoch (batch: the last step of the call)
         self._since += 1
         due = (self.every_steps and self._since >= self.every_steps) or \
@@ -299,6 +299,18 @@ class FoldBackup(keras.callbacks.Callback):
         if (due or NOTICE.requested) and steps < self.params["steps"] + self.offset:
             self._save(self._epoch, steps)  # the last step of an epoch: its end backs it up
             self._stop_if_asked()
+
+    def _add_metrics(self, saved: list[np.ndarray]) -> None:
+        """Keras' training metrics are sums (totals and counts): those of the steps before the
+        backup are added to the resumed ones, as an uninterrupted epoch has them."""
+        trainer = self._train_model()
+        if hasattr(trainer, "jax_state_sync"):
+            trainer.jax_state_sync()
+        variables = trainer.metrics_variables
+        if len(variables) != len(saved):
+            raise ValueError(f"{self.dir}: the backup has {len(saved)} metric arrays, the model {len(variables)}")
+        for variable, value in zip(variables, saved):
+            variable.assign(variable + value)
 
     def on_epoch_end(self, epoch, logs=None):
         self.offset = 0

@@ -222,6 +222,12 @@ def compile_model(model: keras.Model, cfg) -> None:
                   steps_per_execution=cfg.steps_per_execution, jit_compile=jit)
 
 
+def epoch_steps(cfg, manifest: dict, fold: int) -> int:
+    """Training steps per epoch of `fold`: --steps_per_epoch, else a pass over the other folds."""
+    train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
+    return cfg.steps_per_epoch or max(1, records.example_count(manifest, train_folds) // cfg.global_batch_size)
+
+
 def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{fold: (ids, wind speeds, class indices)} of every fold, read once per run (records carry
     their labels; reading them needs no image decoding, but still a pass over the files)."""
@@ -245,7 +251,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
     resumes from its last backup (see `resume`).
     """
     train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
-    steps = cfg.steps_per_epoch or max(1, records.example_count(manifest, train_folds) // cfg.global_batch_size)
+    steps = epoch_steps(cfg, manifest, fold)
     if cfg.task == "regression":  # start at the training folds' mean wind speed (no val labels)
         models.set_regression_bias(model, float(np.mean(np.concatenate([fold_labels[k][1] for k in train_folds]))))
     ids, labels, labels_le = fold_labels[fold]
@@ -405,14 +411,17 @@ def write_submission(cfg, suffix: str = "") -> str:
     return path
 
 
-def model_facts(cfg, model: keras.Model, placement: runtime.Placement) -> tuple[dict, dict]:
-    """What the record says of the model and of where it runs (`run_record.RunRecord.set_model`)."""
+def model_facts(cfg, model: keras.Model, placement: runtime.Placement,
+                execution: tuple[int, str] = (1, "")) -> tuple[dict, dict]:
+    """What the record says of the model and of where it runs (`run_record.RunRecord.set_model`);
+    `execution`: steps per execution and why (`config.steps_per_execution`)."""
     return ({"architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
              "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params())},
             {"replicas": placement.replicas, "strategy": placement.name, "device": placement.kind.upper(),
              "precision": cfg.precision or keras.mixed_precision.global_policy().name,
              "backend": placement.backend, "backend_reason": backend.reason,
-             "processes": placement.processes, "devices": placement.devices})
+             "processes": placement.processes, "devices": placement.devices,
+             "steps_per_execution": f"{execution[0]} ({execution[1]})"})
 
 
 def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Callable[[], None] = lambda: None) -> dict:
@@ -433,6 +442,11 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         placement = runtime.get_runtime(cfg.tpu_ip_or_name, cfg.cpu_replicas, tpu_fallback=cfg.tpu_fallback,
                                         tpu_timeout_s=cfg.tpu_timeout_s, distributed=cfg.distributed)
     cfg = config.resolve(cfg, placement=placement)  # and what the devices decide; frozen from here
+    execution = None
+    if placement is not None:
+        shortest = min(epoch_steps(cfg, manifest, k) for k in folds(cfg))
+        execution = config.steps_per_execution(cfg, placement.kind, shortest)
+        cfg = cfg.replace(steps_per_execution=execution[0])
     parse = lambda serialized: parse_example(serialized, cfg)  # noqa: E731 (closure over cfg)
     if manifest:
         check_parse(cfg, manifest, parse)
@@ -469,7 +483,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
-        record.set_model(*model_facts(cfg, model, placement))
+        record.set_model(*model_facts(cfg, model, placement, execution))
         fold_labels = read_fold_labels(cfg, manifest) if "train" in jobs else {}
         for fold in folds(cfg):
             check_lock()  # another run took this run dir over (our heartbeat failed): stop writing
