@@ -18,7 +18,7 @@ import tiny_experiment
 from test_views_run import store_dir  # noqa: F401 (fixture)
 from tpuflow import cli, storage
 from tpuflow.results import run_record
-from tpuflow.training import config, experiment
+from tpuflow.training import config, experiment, resume
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -107,10 +107,11 @@ def test_sigterm_backs_up_mid_epoch_records_preempted_and_frees_the_run_dir(inte
     # the step under way finished and was backed up (a later step than the last interval's backup)
     assert term["steps_done"] > 0 and (term["epochs_done"], term["steps_done"]) >= (seen["epochs_done"], seen["steps_done"])
     assert term["boundary"]["epochs_done"] == term["epochs_done"]  # the epoch boundary's backup is kept
+    assert term["format"] == {"tensorflow": "h5", "jax": "orbax"}[backend]
     killed = json.load(open(os.path.join(out + "-killed", "backup", "fold_0", "state.json")))
-    weights = {b for b in os.listdir(os.path.join(out + "-killed", "backup", "fold_0")) if b.endswith(".weights.h5")}
-    named = {killed["stem"] + ".weights.h5", killed["boundary"]["stem"] + ".weights.h5"}
-    assert named <= weights and len(weights - named) <= 1  # older ones pruned (one may be a kill's half-made next)
+    stems = {n.split(".")[0] for n in os.listdir(os.path.join(out + "-killed", "backup", "fold_0")) if n.startswith("epoch-")}
+    named = {killed["stem"], killed["boundary"]["stem"]}
+    assert named <= stems and len(stems - named) <= 1  # older ones pruned (one may be a kill's half-made next)
     record = run_record.read_record(out)
     assert record["invocations"][0]["status"] == "preempted" and "SIGTERM" in record["invocations"][0]["error"]
     assert record["invocations"][1]["status"] == "running"  # the SIGKILLed one: nothing could mark it
@@ -173,6 +174,12 @@ def test_run_dir_on_cloud_storage_resumes_mid_epoch_to_the_same_predictions(inte
 def test_backup_interval_below_one_is_refused(flag, value):
     with pytest.raises(cli.UsageError, match=f"--{flag}={value}: a backup interval must be >= 1"):
         experiment.make_config(**{flag: value})
+
+
+def test_missing_orbax_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)  # as when the package is not installed
+    with pytest.raises(ValueError, match=r"orbax-checkpoint is not installed.*pip install 'tpuflow\[orbax\]'"):
+        resume.require_orbax()
 
 
 def test_steps_per_execution_default_by_device_bounded_by_epoch_and_backup():

@@ -176,6 +176,8 @@ class FoldBackup(keras.callbacks.Callback):
         self._pending: dict | None = None
         self._metrics: list | None = None  # a resumed epoch's metric sums so far
         self._since, self._last, self._epoch = 0, time.monotonic(), 0
+        self._uncommitted: tuple[dict, dict] | None = None  # a backup made, its state not yet written
+        self.orbax = orbax_checkpointer() if keras.backend.backend() == "jax" and not storage.is_gcs(self.dir) else None
 
     def restore(self, model: keras.Model) -> tuple[int, int]:
         """Loads the last usable backup into `model`; returns (epochs done, steps of the next
@@ -217,6 +219,7 @@ class FoldBackup(keras.callbacks.Callback):
                 continue
             self._pending, self.offset = state["callbacks"], entry["steps_done"]
             self.boundary = entry if not entry["steps_done"] else state.get("boundary")
+            self.prune([entry, self.boundary])  # what a kill left half-made
             epochs, steps = entry["epochs_done"], entry["steps_done"]
             within = f", step {steps} of epoch {epochs + 1}" if steps else ""
             _say(f"Resuming fold {self.fold} at epoch {epochs + 1}{within} (backup of epoch {epochs}{within} "
@@ -229,8 +232,13 @@ class FoldBackup(keras.callbacks.Callback):
         """One backup's weights, optimizer (and metric) state into `model`; checks the state's
         callback values; a `CorruptBackup` naming the file that cannot be read."""
         paths = self._paths(entry)
-        path = paths["weights"]
+        path = paths.get("orbax") or paths["weights"]
         try:
+            if entry.get("format") == "orbax":
+                self._metrics = orbax_load(path, model, bool(entry["steps_done"]))
+                path = storage.join(self.dir, STATE)
+                self._check_callbacks(state)
+                return
             with storage.local_copy(path) as local:
                 model.load_weights(local)
             path = paths["optimizer"]
@@ -239,18 +247,23 @@ class FoldBackup(keras.callbacks.Callback):
                 path = paths["metrics"]
                 self._metrics = _read_arrays(path)
             path = storage.join(self.dir, STATE)
-            for name, (_, attrs) in self.tracked.items():
-                missing = sorted(set(attrs) - set(state["callbacks"][name]))
-                if missing:
-                    raise KeyError(f"no {missing} for callback {name!r}")
-            if "checkpoint" in self.tracked:
-                state["callbacks"]["checkpoint"]["path"] = self._reconcile_checkpoint(
-                    state["callbacks"]["checkpoint"]["path"])
+            self._check_callbacks(state)
         except Exception as err:  # any unreadable part: name it; the caller falls back
             raise CorruptBackup(f"{path}: corrupt backup ({type(err).__name__}: {err})") from err
 
+    def _check_callbacks(self, state: dict) -> None:
+        for name, (_, attrs) in self.tracked.items():
+            missing = sorted(set(attrs) - set(state["callbacks"][name]))
+            if missing:
+                raise KeyError(f"no {missing} for callback {name!r}")
+        if "checkpoint" in self.tracked:
+            state["callbacks"]["checkpoint"]["path"] = self._reconcile_checkpoint(
+                state["callbacks"]["checkpoint"]["path"])
+
     def _paths(self, entry: dict) -> dict[str, str]:
         stem = storage.join(self.dir, entry["stem"])
+        if entry.get("format") == "orbax":
+            return {"orbax": stem + ".orbax"}
         paths = {"weights": stem + ".weights.h5", "optimizer": stem + ".optimizer.npz"}
         return {**paths, "metrics": stem + ".metrics.npz"} if entry["steps_done"] else paths
 
@@ -283,6 +296,7 @@ class FoldBackup(keras.callbacks.Callback):
         """A fold resumed within an epoch trains in two fits (the rest of that epoch, then the
         others): the state reached here is put back after the next fit's resets."""
         NOTICE.training = False
+        self.commit()
         self._pending = self._callback_state()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -331,28 +345,53 @@ class FoldBackup(keras.callbacks.Callback):
 
     def _save(self, epochs: int, steps: int) -> None:
         """Writes the backup after `epochs` epochs and `steps` steps of the next; the state record
-        last (atomically), then the older backups go (the last epoch boundary's stays)."""
+        last (atomically), then the older backups go (the last epoch boundary's stays). Orbax
+        (`self.orbax`) writes in the background: its state record is written once it is complete,
+        at the next backup or when training stops."""
         trainer = self._train_model()
         if steps and hasattr(trainer, "jax_state_sync"):  # JAX keeps the state apart during an epoch
             trainer.jax_state_sync()
-        entry = {"epochs_done": epochs, "steps_done": steps,
+        self.commit()
+        entry = {"epochs_done": epochs, "steps_done": steps, "format": "orbax" if self.orbax else "h5",
                  "stem": posixpath.basename(checkpoint_names.backup_stem(self.dir, epochs, steps))}
         paths = self._paths(entry)
-        storage.save_weights(self.model, paths["weights"])
-        _write_arrays(paths["optimizer"], self.model.optimizer.variables)
-        if steps:
-            _write_arrays(paths["metrics"], trainer.metrics_variables)
-        boundary = self.boundary if steps else None
+        if self.orbax:
+            arrays = {"weights": self.model.weights, "optimizer": self.model.optimizer.variables,
+                      "metrics": trainer.metrics_variables if steps else []}
+            self.orbax.save(paths["orbax"], {k: [v.value for v in vs] for k, vs in arrays.items()}, force=True)
+        else:
+            storage.save_weights(self.model, paths["weights"])
+            _write_arrays(paths["optimizer"], self.model.optimizer.variables)
+            if steps:
+                _write_arrays(paths["metrics"], trainer.metrics_variables)
+        self._uncommitted = entry, self._callback_state()
+        if not self.orbax or NOTICE.requested:
+            self.commit()
+        self._since, self._last = 0, time.monotonic()
+
+    def commit(self) -> None:
+        """Writes the state record of the last backup made (once Orbax has finished writing it),
+        then removes the older backups."""
+        if self._uncommitted is None:
+            return
+        if self.orbax:
+            self.orbax.wait_until_finished()
+        entry, callbacks = self._uncommitted
+        boundary = self.boundary if entry["steps_done"] else None
         storage.write_json(storage.join(self.dir, STATE), {
             "fingerprint": self.fingerprint, "fold": self.fold, **entry, "boundary": boundary,
-            "devices": self.devices, "callbacks": self._callback_state()})
-        if not steps:
+            "devices": self.devices, "callbacks": callbacks})
+        self._uncommitted = None
+        if not entry["steps_done"]:
             self.boundary = entry
-        keep = set(paths.values()) | (set(self._paths(boundary).values()) if boundary else set())
+        self.prune([entry, boundary])
+
+    def prune(self, entries: list[dict | None]) -> None:
+        """Removes every backup file but those of `entries` (half-made ones included)."""
+        keep = {p for e in entries if e for p in self._paths(e).values()}
         for old in storage.glob(storage.join(self.dir, checkpoint_names.BACKUP_GLOB)):
             if old not in keep:
                 storage.remove(old)
-        self._since, self._last = 0, time.monotonic()
 
 
 def clear_backup(directory: str) -> None:
@@ -367,16 +406,57 @@ class CorruptBackup(Exception):
 
 def _assign(variables, values: list[np.ndarray], source: str) -> None:
     if len(values) != len(variables) or any(tuple(v.shape) != x.shape for v, x in zip(variables, values)):
-        raise ValueError(f"{source}: {len(values)} arrays do not match the {len(variables)} optimizer variables")
+        raise ValueError(f"{source}: {len(values)} arrays do not match the {len(variables)} variables")
     for variable, value in zip(variables, values):
         variable.assign(value)
+
+
+ORBAX_MISSING = ("orbax-checkpoint is not installed: backups under the JAX backend are written with it "
+                 "(pip install 'tpuflow[orbax]')")
+
+
+def require_orbax():
+    """The `orbax.checkpoint` module; an error naming the extra to install if it is missing (a
+    ValueError: one line, before any training)."""
+    try:
+        import orbax.checkpoint as ocp  # noqa: PLC0415 (JAX runs only)
+    except ImportError as err:
+        raise ValueError(ORBAX_MISSING) from err
+    return ocp
+
+
+def orbax_checkpointer():
+    """Orbax's checkpointer (asynchronous: writes in the background once the arrays are copied
+    from the devices; coordinated across the hosts of a multi-host run)."""
+    return require_orbax().StandardCheckpointer()
+
+
+def orbax_load(path: str, model: keras.Model, metrics: bool) -> list | None:
+    """Weights and optimizer state of an Orbax backup into `model` (under either backend, laid out
+    as `model`'s variables are now: another device count reads it too); returns the metric sums
+    (`metrics`: a backup within an epoch)."""
+    import jax  # noqa: PLC0415 (Orbax reads into JAX arrays, whichever backend trains)
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    checkpointer = orbax_checkpointer()
+    saved = checkpointer.metadata(path).item_metadata.tree
+    now = {"weights": model.weights, "optimizer": model.optimizer.variables}
+
+    def target(group: str):  # each array laid out as the variable it goes to is (else on the host)
+        layouts = [getattr(v.value, "sharding", host) for v in now.get(group, [])]
+        return [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layouts[i] if i < len(layouts) else host)
+                for i, a in enumerate(saved[group])]
+
+    restored = checkpointer.restore(path, {group: target(group) for group in saved})
+    for group, variables in now.items():
+        _assign(variables, [np.asarray(a) for a in restored[group]], f"{path} ({group})")
+    return [np.asarray(a) for a in restored["metrics"]] if metrics else None
 
 
 def _entry(state: dict) -> dict:
     """The latest backup a state record names (records before backups within epochs: at an epoch end)."""
     epochs, steps = int(state["epochs_done"]), int(state.get("steps_done", 0))
     stem = state.get("stem") or posixpath.basename(checkpoint_names.backup_stem("", epochs))
-    return {"epochs_done": epochs, "steps_done": steps, "stem": stem}
+    return {"epochs_done": epochs, "steps_done": steps, "stem": stem, "format": state.get("format", "h5")}
 
 
 def _write_arrays(path: str, variables) -> None:

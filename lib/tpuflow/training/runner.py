@@ -132,6 +132,8 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
         if "train" not in jobs:
             for k in folds(cfg):
                 best_checkpoint(cfg.output_dir, k)
+    if "train" in jobs and keras.backend.backend() == "jax":
+        resume.require_orbax()
     if "score" in jobs:
         tables.read_table(storage.join(cfg.data_dir, "train_cv.csv"), ("image_id", "wind_speed", "fold_id"))
         if "val" not in jobs:
