@@ -130,9 +130,8 @@ def test_sigterm_and_sigkill_mid_epoch_resume_to_the_uninterrupted_predictions(i
 
 def test_damaged_or_foreign_backup_within_the_epoch_falls_back_to_the_epoch_boundary(interrupted, cv_dir, store_dir,
                                                                                        capsys):  # noqa: F811
+    """In-process, under TensorFlow: after the JAX run, its Orbax backups are read across backends."""
     backend, _, _, _, (_, _, killed), snapshot = interrupted
-    if backend != "tensorflow":
-        pytest.skip("one backend is enough (the snapshot is read in-process)")
     settings = dict(data_dir=cv_dir, data_tfrec_dir=store_dir, view="single", job="train", n_folds=1,
                     n_epochs=EPOCHS, steps_per_epoch=STEPS, tta_number=1, mixup_prob=0.5, verbose=0, dim=16,
                     batch_size=8, weights=None, backup_every_minutes=0)
@@ -141,13 +140,17 @@ def test_damaged_or_foreign_backup_within_the_epoch_falls_back_to_the_epoch_boun
     stem = os.path.join(snapshot, "backup", "fold_0", state["stem"])
     foreign = snapshot + "-foreign"
     shutil.copytree(snapshot, foreign)
-    with open(stem + ".weights.h5", "r+b") as f:  # half-written, as by a non-atomic copy
-        f.truncate(os.path.getsize(stem + ".weights.h5") // 2)
+    damaged = stem + (".orbax" if state["format"] == "orbax" else ".weights.h5")
+    if state["format"] == "orbax":  # its arrays lost, as by a copy cut short
+        shutil.rmtree(os.path.join(damaged, "d"))
+    else:
+        with open(damaged, "r+b") as f:  # half-written, as by a non-atomic copy
+            f.truncate(os.path.getsize(damaged) // 2)
     epochs = killed["epochs_done"]
     experiment.run(experiment.make_config(output_dir=snapshot, **settings), tiny_experiment.init_model,
                    tiny_experiment.parse_example)
     log = capsys.readouterr().out
-    assert f"WARNING: {stem}.weights.h5: corrupt backup" in log and "the previous backup is used" in log
+    assert f"WARNING: {damaged}: corrupt backup" in log and "the previous backup is used" in log
     assert f"Resuming fold 0 at epoch {epochs + 1} (backup of epoch {epochs} " in log
     with open(os.path.join(foreign, "backup", "fold_0", "state.json"), "w") as f:
         json.dump({**state, "devices": "1 process(es), 8 TPU device(s)"}, f)
