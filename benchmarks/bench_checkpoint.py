@@ -33,7 +33,8 @@ flags.DEFINE_integer("backups", 4, "Timed backups per format (after one warm-up)
 flags.DEFINE_float("gap_s", 3.0, "Seconds between backups (the training that would run meanwhile)")
 flags.DEFINE_float("epoch_minutes", 20.0, "Minutes per epoch (reference CNN-LSTM on a TPU v3-8)")
 flags.DEFINE_float("interval_minutes", 10.0, "Backup interval within the epoch (--backup_every_minutes' default)")
-flags.DEFINE_float("step_s", 1.5, "Seconds per training step on the TPU (the notice's lost work: one step)")
+flags.DEFINE_float("step_s", 1.5, "Seconds per training step on the TPU (assumed; the notice loses at most the "
+                   "step under way)")
 FLAGS = flags.FLAGS
 
 
@@ -53,7 +54,7 @@ def main(argv):
     model = getattr(keras.applications, experiment.FLAGS.backbone)(weights=None, input_shape=(64, 64, 3), classes=10)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
     model.fit(np.zeros((4, 64, 64, 3), np.float32), np.eye(10)[[0, 1, 2, 3]], epochs=1, verbose=0)
-    state_mb = sum(v.size * np.dtype(v.dtype).itemsize for v in [*model.weights, *model.optimizer.variables]) / 2**20
+    state_mb = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in [*model.weights, *model.optimizer.variables]) / 2**20
     print(f"{experiment.FLAGS.backbone}: {model.count_params() / 1e6:.2f} M parameters, "
           f"{state_mb:.0f} MiB of weights + Adam state per backup")
     measured = {}
@@ -74,9 +75,9 @@ def main(argv):
 
     epoch, interval, step = FLAGS.epoch_minutes, FLAGS.interval_minutes, FLAGS.step_s / 60
     print(f"\nWork lost per preemption, {epoch:g}-minute epochs (minutes of training redone):")
-    print(f"{'backups':32s} {'SIGKILL mean':>13s} {'SIGKILL worst':>14s} {'SIGTERM honoured':>17s}")
-    for label, every in (("per epoch (before)", epoch), (f"every {interval:g} min (default)", interval)):
-        print(f"{label:32s} {every / 2:13.1f} {every:14.1f} {step:17.3f}")
+    print(f"{'backups':40s} {'SIGKILL mean':>13s} {'SIGKILL worst':>14s} {'SIGTERM mean':>13s}")
+    print(f"{'per epoch, SIGTERM as a kill (before)':40s} {epoch / 2:13.1f} {epoch:14.1f} {epoch / 2:13.1f}")
+    print(f"{f'every {interval:g} min + the notice (default)':40s} {interval / 2:13.1f} {interval:14.1f} {step:13.3f}")
     print(f"ratio per-epoch / default, SIGKILL mean: {epoch / interval:.1f}x; "
           f"stall overhead at the default interval: {statistics.median(measured['orbax']) / (interval * 60) * 100:.3f} % "
           f"(Orbax), {statistics.median(measured['h5']) / (interval * 60) * 100:.3f} % (h5)")

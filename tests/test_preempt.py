@@ -15,6 +15,7 @@ import pytest
 
 import jax_env
 import tiny_experiment
+from test_backends import _free_port
 from test_views_run import store_dir  # noqa: F401 (fixture)
 from tpuflow import cli, storage
 from tpuflow.results import run_record
@@ -194,3 +195,41 @@ def test_steps_per_execution_default_by_device_bounded_by_epoch_and_backup():
     assert config.steps_per_execution(cfg.replace(steps_per_execution=64), "tpu", 10) == (64, "--steps_per_execution")
     quick = experiment.make_config(quick=True)
     assert (quick.backup_every_steps, quick.backup_every_minutes) == (0, 0)
+
+
+def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_dir, single_dir, tmp_path):
+    """Two hosts on 127.0.0.1 (as in test_backends): one SIGTERMed mid-epoch, both back up into
+    one Orbax backup in host 0's run dir (host 1 keeps no weights of its own) and stop; re-run,
+    both resume at that step."""
+    out = tmp_path / "run"
+
+    def start():
+        port = _free_port()
+        return [subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "tiny_experiment.py"), "--backend=jax", "--distributed",
+             "--job=train_val", "--n_folds=1", "--n_epochs=2", "--steps_per_epoch=8", "--backup_every_steps=2",
+             "--buffer_size=64", "--tta_number=0", "--batch_size=6", "--verbose=2", f"--data_dir={cv_dir}",
+             f"--data_tfrec_dir={single_dir}", f"--output_dir={out}"], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, env={**_env("jax"), "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+                                                       "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+                                                       "KERAS_DISTRIBUTION_PROCESS_ID": str(index)})
+            for index in range(2)]
+
+    procs = start()
+    while procs[0].poll() is None and not ((_state(str(out)) or {}).get("steps_done", 0) >= 2):
+        time.sleep(0.02)
+    procs[0].send_signal(signal.SIGTERM)
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [cli.PREEMPTED_EXIT] * 2, logs[0][-2000:] + logs[1][-2000:]
+    assert "preempted: another host: fold 0 backed up" in logs[1]
+    states = [_state(str(out)), _state(str(out / "host_1"))]
+    assert states[0]["stem"] == states[1]["stem"] and states[0]["steps_done"] > 0 and states[0]["format"] == "orbax"
+    assert os.path.isdir(out / "backup" / "fold_0" / (states[0]["stem"] + ".orbax"))
+    assert sorted(os.listdir(out / "host_1" / "backup" / "fold_0")) == ["state.json"]  # no weights of its own
+    procs = start()
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    resumed = f"Resuming fold 0 at epoch {states[0]['epochs_done'] + 1}, step {states[0]['steps_done']} "
+    assert resumed in logs[0] and resumed in logs[1]
+    name = "preds/y_pred_val_fold_0_tta_0.npy"
+    np.testing.assert_array_equal(np.load(out / name), np.load(out / "host_1" / name))

@@ -254,7 +254,7 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
         host = hosts.process_info()[0]
         if host:  # host 0 writes the run dir; host k the same outputs under it, never the same files
             preds_default = cfg.data_preds_dir == storage.join(cfg.output_dir, "preds")
-            output_dir = storage.join(cfg.output_dir, f"host_{host}")
+            output_dir = hosts.host_dir(cfg.output_dir, host)
             cfg = cfg.replace(output_dir=output_dir, data_preds_dir=storage.join(output_dir, "preds")
                               if preds_default else cfg.data_preds_dir)
     with lock.RunLock(cfg.output_dir) as held, resume.NOTICE:  # a second run on this run dir fails here

@@ -34,7 +34,7 @@ import numpy as np
 
 from tpuflow import storage
 from tpuflow.results import checkpoint_names, prediction_names
-from tpuflow.training import config
+from tpuflow.training import config, hosts
 
 STATE = "state.json"
 DONE = "done.json"
@@ -178,6 +178,8 @@ class FoldBackup(keras.callbacks.Callback):
         self._since, self._last, self._epoch = 0, time.monotonic(), 0
         self._uncommitted: tuple[dict, dict] | None = None  # a backup made, its state not yet written
         self.orbax = orbax_checkpointer() if keras.backend.backend() == "jax" and not storage.is_gcs(self.dir) else None
+        self.array_dir = checkpoint_names.backup_dir(hosts.shared_dir(cfg.output_dir), fold)
+        self._stop = False  # the preemption notice, agreed by every host
 
     def restore(self, model: keras.Model) -> tuple[int, int]:
         """Loads the last usable backup into `model`; returns (epochs done, steps of the next
@@ -262,8 +264,8 @@ class FoldBackup(keras.callbacks.Callback):
 
     def _paths(self, entry: dict) -> dict[str, str]:
         stem = storage.join(self.dir, entry["stem"])
-        if entry.get("format") == "orbax":
-            return {"orbax": stem + ".orbax"}
+        if entry.get("format") == "orbax":  # all hosts' arrays in one place: host 0's run dir
+            return {"orbax": storage.join(self.array_dir, entry["stem"]) + ".orbax"}
         paths = {"weights": stem + ".weights.h5", "optimizer": stem + ".optimizer.npz"}
         return {**paths, "metrics": stem + ".metrics.npz"} if entry["steps_done"] else paths
 
@@ -308,9 +310,10 @@ class FoldBackup(keras.callbacks.Callback):
             self._metrics = None
         steps = self.offset + batch + 1  # of this epoch (batch: the last step of the call)
         self._since += 1
-        due = (self.every_steps and self._since >= self.every_steps) or \
-            (self.every_s and time.monotonic() - self._last >= self.every_s)
-        if (due or NOTICE.requested) and steps < self.params["steps"] + self.offset:
+        due, self._stop = hosts.agree(
+            (self.every_steps and self._since >= self.every_steps) or
+            (self.every_s and time.monotonic() - self._last >= self.every_s), NOTICE.requested)
+        if (due or self._stop) and steps < self.params["steps"] + self.offset:
             self._save(self._epoch, steps)  # the last step of an epoch: its end backs it up
             self._stop_if_asked()
 
@@ -332,10 +335,10 @@ class FoldBackup(keras.callbacks.Callback):
         self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:
-        if NOTICE.requested:
+        if self._stop or hosts.agree(NOTICE.requested)[0]:
             NOTICE.training = False
-            raise Preempted(f"{NOTICE.requested}: fold {self.fold} backed up in {self.dir}; re-run the same "
-                            "command to resume")
+            raise Preempted(f"{NOTICE.requested or 'another host'}: fold {self.fold} backed up in {self.dir}; "
+                            "re-run the same command to resume")
 
     def _train_model(self) -> keras.Model:
         return self.trainer or self.model
@@ -365,7 +368,7 @@ class FoldBackup(keras.callbacks.Callback):
             if steps:
                 _write_arrays(paths["metrics"], trainer.metrics_variables)
         self._uncommitted = entry, self._callback_state()
-        if not self.orbax or NOTICE.requested:
+        if not self.orbax or self._stop or NOTICE.requested:
             self.commit()
         self._since, self._last = 0, time.monotonic()
 
@@ -387,7 +390,8 @@ class FoldBackup(keras.callbacks.Callback):
         self.prune([entry, boundary])
 
     def prune(self, entries: list[dict | None]) -> None:
-        """Removes every backup file but those of `entries` (half-made ones included)."""
+        """Removes every backup file but those of `entries` (half-made ones included): this host's
+        (host 0's dir holds the Orbax backups of all)."""
         keep = {p for e in entries if e for p in self._paths(e).values()}
         for old in storage.glob(storage.join(self.dir, checkpoint_names.BACKUP_GLOB)):
             if old not in keep:
