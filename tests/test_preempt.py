@@ -230,6 +230,7 @@ def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_di
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     resumed = f"Resuming fold 0 at epoch {states[0]['epochs_done'] + 1}, step {states[0]['steps_done']} "
-    assert resumed in logs[0] and resumed in logs[1]
+    assert resumed in logs[0] and resumed in logs[1], [line for log in logs for line in log.splitlines()
+                                                      if "backup" in line or "Resuming" in line]
     name = "preds/y_pred_val_fold_0_tta_0.npy"
     np.testing.assert_array_equal(np.load(out / name), np.load(out / "host_1" / name))

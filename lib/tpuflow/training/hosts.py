@@ -53,7 +53,7 @@ def agree(*flags: bool) -> tuple[bool, ...]:
     if process_info()[1] == 1:
         return tuple(bool(f) for f in flags)
     from jax.experimental import multihost_utils  # noqa: PLC0415
-    gathered = np.asarray(multihost_utils.process_allgather(np.array(flags, np.int32)))
+    gathered = np.asarray(multihost_utils.process_allgather(np.array([bool(f) for f in flags], np.int32)))
     return tuple(bool(f) for f in gathered.reshape(-1, len(flags)).any(axis=0))
 
 

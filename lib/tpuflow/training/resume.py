@@ -269,14 +269,18 @@ class FoldBackup(keras.callbacks.Callback):
         paths = {"weights": stem + ".weights.h5", "optimizer": stem + ".optimizer.npz"}
         return {**paths, "metrics": stem + ".metrics.npz"} if entry["steps_done"] else paths
 
-    def _reconcile_checkpoint(self, recorded: str | None) -> str:
-        """The fold's best checkpoint as of the backup.
+    def _reconcile_checkpoint(self, recorded: str | None) -> str | None:
+        """The fold's best checkpoint as of the backup (None: a backup within the first epoch).
 
         A kill between the best-checkpoint save and the backup leaves a checkpoint newer than the
         backup (the old one possibly deleted already): keep the recorded one if it is there (and
         drop the newer one, whose epoch is redone), else the newer one.
         """
         found = sorted(storage.glob(storage.join(self.cfg.output_dir, self.checkpoint_glob)))
+        if recorded is None:  # no epoch had ended: any checkpoint is of an epoch redone
+            for other in found:
+                storage.remove(other)
+            return None
         if not found:
             raise FileNotFoundError(f"no {self.checkpoint_glob} in {self.cfg.output_dir}")
         keep = recorded if recorded in found else found[-1]
@@ -335,8 +339,9 @@ class FoldBackup(keras.callbacks.Callback):
         self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:
-        if self._stop or hosts.agree(NOTICE.requested)[0]:
+        if self._stop or hosts.agree(NOTICE.requested)[0]:  # every host alike
             NOTICE.training = False
+            self.commit()
             raise Preempted(f"{NOTICE.requested or 'another host'}: fold {self.fold} backed up in {self.dir}; "
                             "re-run the same command to resume")
 
@@ -350,7 +355,7 @@ class FoldBackup(keras.callbacks.Callback):
         """Writes the backup after `epochs` epochs and `steps` steps of the next; the state record
         last (atomically), then the older backups go (the last epoch boundary's stays). Orbax
         (`self.orbax`) writes in the background: its state record is written once it is complete,
-        at the next backup or when training stops."""
+        at the next backup or when training stops (at its end, or on the notice)."""
         trainer = self._train_model()
         if steps and hasattr(trainer, "jax_state_sync"):  # JAX keeps the state apart during an epoch
             trainer.jax_state_sync()
@@ -368,7 +373,7 @@ class FoldBackup(keras.callbacks.Callback):
             if steps:
                 _write_arrays(paths["metrics"], trainer.metrics_variables)
         self._uncommitted = entry, self._callback_state()
-        if not self.orbax or self._stop or NOTICE.requested:
+        if not self.orbax:
             self.commit()
         self._since, self._last = 0, time.monotonic()
 
