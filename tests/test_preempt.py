@@ -19,7 +19,7 @@ from test_backends import _free_port
 from test_views_run import store_dir  # noqa: F401 (fixture)
 from tpuflow import cli, storage
 from tpuflow.results import run_record
-from tpuflow.training import config, experiment, resume
+from tpuflow.training import config, experiment, resume, runner
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -234,3 +234,20 @@ def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_di
                                                       if "backup" in line or "Resuming" in line]
     name = "preds/y_pred_val_fold_0_tta_0.npy"
     np.testing.assert_array_equal(np.load(out / name), np.load(out / "host_1" / name))
+
+
+def test_minutes_interval_backs_up_within_the_epoch(tmp_path):
+    cfg = experiment.make_config(output_dir=str(tmp_path), dim=8, task="regression", backup_every_minutes=1)
+    cfg = cfg.replace(global_batch_size=4, scaled_lr=cfg.lr)
+    model = tiny_experiment.init_model(cfg)
+    runner.compile_model(model, cfg)
+    model.fit(np.ones((8, 8, 8, 1), np.float32), np.ones(8, np.float32), batch_size=4, epochs=1, verbose=0)
+    backup = resume.FoldBackup(cfg, 0, {}, "none", devices="here")
+    backup.set_model(model)
+    backup.set_params({"steps": 10})
+    backup.on_train_batch_end(2)  # 3 steps in well under a minute: no backup yet
+    assert _state(str(tmp_path)) is None
+    backup._last -= 60  # a minute later
+    backup.on_train_batch_end(3)
+    state = _state(str(tmp_path))
+    assert (state["epochs_done"], state["steps_done"], state["format"]) == (0, 4, "h5")

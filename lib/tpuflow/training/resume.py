@@ -139,7 +139,7 @@ class PreemptionNotice:
             _say(f"{self.requested} received: " + ("finishing the step, backing up, then stopping"
                                                     if self.training else "stopping"), warning=True)
         if not self.training or not first:
-            raise Preempted(f"{self.requested}: stopped before training (re-run the same command to resume)")
+            raise Preempted(f"{self.requested}: stopped outside training; re-run the same command to resume")
 
 
 NOTICE = PreemptionNotice()
