@@ -209,6 +209,7 @@ def compile_model(model: keras.Model, cfg) -> None:
 
     `--bn_momentum` lowers BatchNorm momentum model-wide: backbones default to 0.99, whose moving
     statistics need many hundred steps to settle, so short runs from scratch validate badly.
+    `--steps_per_execution` is the run's (`config.steps_per_execution`); unresolved (0, auto), 1.
     """
     if cfg.bn_momentum is not None:
         for layer in model._flatten_layers():
@@ -221,7 +222,7 @@ def compile_model(model: keras.Model, cfg) -> None:
         loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
     jit = {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]
     model.compile(optimizer=keras.optimizers.Adam(cfg.scaled_lr), loss=loss, metrics=metrics,
-                  steps_per_execution=cfg.steps_per_execution, jit_compile=jit)
+                  steps_per_execution=cfg.steps_per_execution or 1, jit_compile=jit)
 
 
 def epoch_steps(cfg, manifest: dict, fold: int) -> int:
