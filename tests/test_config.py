@@ -16,7 +16,7 @@ OLD_NOT_FINGERPRINTED = {
     "job", "jobs", "verbose", "resume", "output_dir", "experiment_id", "data_preds_dir", "tta_number", "tta",
     "tta_views", "tta_set", "n_folds", "initial_fold", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s",
     "cpu_replicas", "steps_per_execution", "jit_compile", "backend", "distributed"}
-NEWER_FLAGS = {"frame_cache", "overwrite"}  # flags outside the fingerprint added since: such runs had no value for them
+NEWER_FLAGS = {"frame_cache", "overwrite", "backup_every_steps", "backup_every_minutes"}  # flags outside the fingerprint added since: such runs had no value for them
 
 
 def _resolved(**kw):

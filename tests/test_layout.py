@@ -55,6 +55,8 @@ LAZY_THIRD_PARTY = {
     "tpuflow.training.runtime": {"jax": "the devices and the mesh under the JAX backend"},
     "tpuflow.training.hosts": {"jax": "process index and gathering across hosts under the JAX backend"},
     "tpuflow.training.tpu_plan": {"jax": "TPU topologies and AOT compilation, only when a plan is made"},
+    "tpuflow.training.resume": {"orbax": "backups under the JAX backend (the orbax extra)",
+                                "jax": "Orbax reads backups into JAX arrays, under either backend"},
     "tpuflow.prep.store": {"tensorflow": "parses a frame-store record with TensorFlow's protobuf "
                                          "classes when a view reads the store (never while building)"},
 }
@@ -174,7 +176,8 @@ def test_tensorflow_free_stages_and_jax_stay_so():
         assert not THIRD_PARTY[stage] & {"tensorflow", "keras", "jax"}, stage
     assert not any("jax" in allowed for allowed in THIRD_PARTY.values()), "JAX only inside functions"
     assert {m for m, pkgs in LAZY_THIRD_PARTY.items() if "jax" in pkgs} == {
-        "tpuflow.backend", "tpuflow.training.runtime", "tpuflow.training.hosts", "tpuflow.training.tpu_plan"}
+        "tpuflow.backend", "tpuflow.training.runtime", "tpuflow.training.hosts", "tpuflow.training.tpu_plan",
+        "tpuflow.training.resume"}
     assert THIRD_PARTY["ensemble"] <= {"numpy", "scipy", "pandas", "matplotlib"}
     assert MAY_IMPORT["storage"] == {ROOT} and MAY_IMPORT[ROOT] == set()
 

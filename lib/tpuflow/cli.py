@@ -25,6 +25,7 @@ from absl import app, flags
 flags.DEFINE_boolean("debug", False, "Show the full traceback of errors (default: one line naming the culprit)")
 
 USAGE_EXIT, DATA_EXIT = 2, 1
+PREEMPTED_EXIT = 75  # SIGTERM/SIGINT honoured, the work backed up: re-run the same command (EX_TEMPFAIL)
 _TF_USER_ERRORS = {"DataLossError", "NotFoundError", "PermissionDeniedError", "ResourceExhaustedError",
                    "UnavailableError"}
 

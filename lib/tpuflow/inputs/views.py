@@ -21,7 +21,7 @@ Training order is a global shuffle over every training example: example position
 endless stream is the training example `index_shuffle(p mod N)` of a permutation seeded by
 (seed, fold, p div N), and its augmentation draw (a transform index, applied on the device) is
 seeded by (seed, p). The stream from position `start` on is therefore exactly the stream an
-uninterrupted run sees after `start` examples: a resumed fold (`InputPosition`) gets the very
+uninterrupted run sees after `start` examples: a resumed fold (at the position of its backup) gets the very
 batches it would have got. With several hosts, host i of n reads positions i, i + n, ...: its
 rows of every global batch.
 """
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -230,17 +229,6 @@ class View:
         source = tf.data.Dataset.from_tensor_slices(tf.constant(rows, tf.int64)).map(
             self.assemble, num_parallel_calls=AUTOTUNE, deterministic=True)
         return pipeline.predict_dataset([], parse_fn, batch_size, len(rows), tta_index, source=source)
-
-
-class InputPosition(keras.callbacks.Callback):
-    """Training examples consumed (global), counted per epoch and saved with each fold backup."""
-
-    def __init__(self, examples_per_epoch: int, examples: int = 0):
-        super().__init__()
-        self.examples_per_epoch, self.examples = examples_per_epoch, examples
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.examples += self.examples_per_epoch
 
 
 @functools.lru_cache(maxsize=4)

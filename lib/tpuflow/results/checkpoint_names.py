@@ -4,7 +4,9 @@ place (no TensorFlow).
 `model-best-f<fold>-e<EEE>-<score:.4f>.weights.h5`: the fold, the epoch it was saved at (counted
 from 1) and the validation score (`--metric`) of that epoch, so that a run dir listing shows how
 good each fold's model is. The backup of a fold (`tpuflow.training.resume`) lives in
-`backup/fold_<k>/` as `epoch-<EEE>.weights.h5` and `epoch-<EEE>.optimizer.npz` (EEE: epochs done).
+`backup/fold_<k>/` as `epoch-<EEE>.weights.h5` and `epoch-<EEE>.optimizer.npz` (EEE: epochs done;
+within an epoch `epoch-<EEE>-step-<SSSSSS>.*`, SSSSSS: steps of the next epoch done, plus its
+`.metrics.npz`; under JAX one Orbax directory `epoch-<EEE>[-step-<SSSSSS>].orbax`).
 """
 from __future__ import annotations
 
@@ -43,7 +45,12 @@ def backup_dir(output_dir: str, fold: int) -> str:
     return storage.join(output_dir, "backup", f"fold_{fold}")
 
 
-def backup_files(directory: str, epochs: int) -> tuple[str, str]:
-    """The weights and optimizer files of the backup after `epochs` epochs."""
-    stem = storage.join(directory, f"epoch-{epochs:03d}")
+def backup_stem(directory: str, epochs: int, steps: int = 0) -> str:
+    """The name, less its suffix, of the backup after `epochs` epochs and `steps` steps of the next."""
+    return storage.join(directory, f"epoch-{epochs:03d}" + (f"-step-{steps:06d}" if steps else ""))
+
+
+def backup_files(directory: str, epochs: int, steps: int = 0) -> tuple[str, str]:
+    """The weights and optimizer files of the backup after `epochs` epochs (and `steps` steps)."""
+    stem = backup_stem(directory, epochs, steps)
     return stem + ".weights.h5", stem + ".optimizer.npz"

@@ -53,7 +53,8 @@ FIELDS = ("schema_version", "experiment_id", "status", "error", "started", "upda
           "git", "run_py", "lb")
 DATASET_FIELDS = ("dir", "spec", "kind", "n_frames", "step", "channels", "history_depth", "manifest_sha256")
 MODEL_FIELDS = ("architecture", "task", "backbone", "weights", "dim", "n_params")
-RUNTIME_FIELDS = ("replicas", "strategy", "device", "precision", "backend", "backend_reason", "processes", "devices")
+RUNTIME_FIELDS = ("replicas", "strategy", "device", "precision", "backend", "backend_reason", "processes", "devices",
+                  "steps_per_execution")
 CV_FIELDS = ("metric", "tta_number", "tta", "no_tta", "baseline", "per_fold")
 
 
@@ -252,11 +253,12 @@ class RunRecord:
 
 
 
-def mark_failed(run_dir: str, error: BaseException, invocation: dict | None = None) -> None:
-    """Marks the failing invocation `failed` with the error, and the run itself if that invocation
-    spoke for it (a complete run stays complete). `invocation` (`new_invocation`, made when the
-    invocation began): the entry to append if the invocation failed before it was recorded, e.g.
-    on a bad prediction file; an entry still `running` that began earlier is another's (killed)."""
+def mark_failed(run_dir: str, error: BaseException, invocation: dict | None = None, status: str = "failed") -> None:
+    """Marks the failing invocation `failed` (or `status`: `preempted`) with the error, and the run
+    itself if that invocation spoke for it (a complete run stays complete). `invocation`
+    (`new_invocation`, made when the invocation began): the entry to append if the invocation
+    failed before it was recorded, e.g. on a bad prediction file; an entry still `running` that
+    began earlier is another's (killed)."""
     path = record_path(run_dir)
     if not storage.exists(path):
         return
@@ -271,9 +273,9 @@ def mark_failed(run_dir: str, error: BaseException, invocation: dict | None = No
         invocations.append(last)
     changed = mine or invocation is not None
     if changed:
-        last.update(status="failed", error=message, ended=now)
+        last.update(status=status, error=message, ended=now)
     if record.get("status") == "running":
-        record.update(status="failed", error=message)
+        record.update(status=status, error=message)
         changed = True
     if changed:
         record["updated"] = now

@@ -41,7 +41,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                  "mixed_precision", "precision"),
     # Where and how fast it runs (not fingerprinted: backups cross backends and device counts).
     "runtime": ("backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s",
-                "cpu_replicas", "steps_per_execution", "jit_compile", "verbose", "frame_cache"),
+                "cpu_replicas", "steps_per_execution", "jit_compile", "verbose", "frame_cache",
+                "backup_every_steps", "backup_every_minutes"),
     # Which part of the run this invocation does, and where its outputs go (not fingerprinted).
     "jobs": ("job", "jobs", "resume", "overwrite", "n_folds", "initial_fold", "tta", "tta_number", "tta_set",
              "tta_views"),
@@ -185,6 +186,7 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
     v["jobs"] = parse_jobs(v["job"])
     if v["quick"]:  # every job in seconds on a CPU: one short epoch, tiny batches and buffers
         v.update(n_epochs=1, steps_per_epoch=2, buffer_size=64)
+        v.update({k: 0 for k in ("backup_every_steps", "backup_every_minutes") if k not in asked})  # epoch ends only
         if "batch_size" not in asked:  # 4 per device, so that any number of devices divides it
             v.update(batch_size=4, batch_size_per_replica=True)
         # unless asked for; a view decodes the few frames it reads rather than caching every one
@@ -254,6 +256,22 @@ def resolve(cfg: Config, manifest: dict | None = None, n_labels: int | None = No
             scaled_lr=runtime.scaled_lr(cfg.lr, batch, cfg.base_batch_size or batch // placement.replicas,
                                         cfg.lr_scaling))
     return cfg.replace(**changes)
+
+
+TPU_STEPS_PER_EXECUTION = 32  # --steps_per_execution=0 (auto) on TPUs: hides the host's per-call overhead
+
+
+def steps_per_execution(cfg: Config, device_kind: str, epoch_steps: int) -> tuple[int, str]:
+    """--steps_per_execution resolved, with why: as given, else (0, auto) 32 on TPUs and 1 elsewhere;
+    never more than an epoch's steps (`epoch_steps`, the shortest fold's) or --backup_every_steps
+    (a backup falls on a call's last step)."""
+    if cfg.steps_per_execution:
+        return cfg.steps_per_execution, "--steps_per_execution"
+    wanted = TPU_STEPS_PER_EXECUTION if device_kind == "tpu" else 1
+    limits = [n for n in (epoch_steps, cfg.backup_every_steps) if n]
+    n = min([wanted, *limits])
+    return n, f"auto: {wanted} on {device_kind.upper()}" + (f", at most {min(limits)} (epoch or backup steps)"
+                                                             if n < wanted else "")
 
 
 def result_settings(cfg: Config) -> dict[str, Any]:

@@ -55,13 +55,17 @@ flags.DEFINE_float("tpu_timeout_s", 10.0, "Seconds each TPU network step (addres
 flags.DEFINE_string("mixed_precision", "auto", "auto (by device: mixed_bfloat16 on TPU, mixed_float16 on GPU, "
                     "float32 on CPU), mixed_float16, mixed_bfloat16 or None (float32 everywhere)")
 flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical devices (tests multi-replica code)")
-flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (TPU: 32-256 hides host overhead)")
+flags.DEFINE_integer("steps_per_execution", 0, "Training steps per compiled call (0: auto, 32 on TPUs, where it "
+                     "hides host overhead, and 1 elsewhere; never more than an epoch's or a backup interval's steps)")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step (auto: Keras "
                   "decides; TPUs always compile)")
-flags.DEFINE_boolean("resume", True, "Resume an interrupted fold from its per-epoch backup and skip completed "
+flags.DEFINE_boolean("resume", True, "Resume an interrupted fold from its last backup and skip completed "
                      "folds (--noresume: start every fold afresh)")
 flags.DEFINE_boolean("overwrite", False, "Replace the results of a run dir whose folds were trained with other "
                      "settings (without it such a training is refused, naming the flags that differ)")
+flags.DEFINE_integer("backup_every_steps", 0, "Also back a fold up within the epoch every this many steps (0: off)")
+flags.DEFINE_float("backup_every_minutes", 10.0, "Also back a fold up within the epoch once this many minutes "
+                   "passed since the last backup (0: off; --quick: off)")
 flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
 flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
 flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
@@ -124,7 +128,9 @@ OUR_FLAGS = sorted(set(FLAGS) - _EARLIER_FLAGS)
 FLAG_RANGES = {
     "tpu_timeout_s": ("(0, inf)", "seconds"),
     "cpu_replicas": ("[1, inf)", "logical CPU devices"),
-    "steps_per_execution": ("[1, inf)", ""),
+    "steps_per_execution": ("[0, inf)", "0: auto, 32 on TPUs and 1 elsewhere"),
+    "backup_every_steps": ("[0, inf)", "0: off"),
+    "backup_every_minutes": ("[0, inf)", "0: off"),
     "n_folds": ("[1, inf)", "folds to run, from --initial_fold"),
     "initial_fold": ("[0, inf)", ""),
     "dim": ("[1, inf)", "image height and width in pixels"),
@@ -203,7 +209,8 @@ HELP_GROUPS = {
     "model": ["architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing", "bn_momentum"],
     "training": ["job", "quick", "n_folds", "initial_fold", "n_epochs", "batch_size", "lr", "lr_scaling",
                  "base_batch_size", "lr_patience", "lr_factor", "steps_per_epoch", "monitor", "metric",
-                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume", "overwrite"],
+                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume", "overwrite",
+                 "backup_every_steps", "backup_every_minutes"],
     "hardware": ["backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "mixed_precision",
                  "cpu_replicas", "batch_size_per_replica", "steps_per_execution", "jit_compile"],
     "outputs": ["output_dir", "data_preds_dir", "verbose"],
@@ -212,7 +219,7 @@ SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to ru
 cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
 from tpuflow.results import run_record  # noqa: E402
-from tpuflow.training import hosts, runner, runtime  # noqa: E402
+from tpuflow.training import hosts, resume, runner, runtime  # noqa: E402
 from tpuflow.inputs.parsers import parse_by_kind, parse_image_example, parse_sequence_example, target  # noqa: E402,F401 (for run.py)
 
 Config = config.Config
@@ -256,6 +263,9 @@ def check_flags(cfg: Config) -> None:
         value = getattr(cfg, name)
         if value is not None and not in_range(value, interval):
             raise cli.UsageError(f"--{name}={value!r}: must be {range_text(interval)}" + (f" ({why})" if why else ""))
+    if 0 < cfg.backup_every_minutes < 1:
+        raise cli.UsageError(f"--backup_every_minutes={cfg.backup_every_minutes!r}: a backup interval must be >= 1 "
+                             "(0: off)")
     if cfg.output_dir and not storage.is_gcs(cfg.output_dir) and os.path.exists(cfg.output_dir) \
             and not os.path.isdir(cfg.output_dir):
         raise cli.UsageError(f"--output_dir={cfg.output_dir}: is a file, not a directory")
@@ -340,7 +350,11 @@ def main(init_model: Callable, parse_example: Callable | None = None, **defaults
             raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
         if not FLAGS["verbosity"].present:  # status lines are printed once, not logged as well
             absl_logging.set_verbosity(absl_logging.ERROR)
-        run(make_config(), init_model, parse_example or parse_by_kind)
+        try:
+            run(make_config(), init_model, parse_example or parse_by_kind)
+        except resume.Preempted as err:  # not an error: the same command resumes
+            print(f"{os.path.basename(sys.argv[0])}: preempted: {err}", file=sys.stderr, flush=True)
+            sys.exit(cli.PREEMPTED_EXIT)
 
     cli.run_main(_main, translate=reference_argv)
 
@@ -350,24 +364,26 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
     (`config`: the configuration as resolved for the run).
 
     The run holds its run dir's lock throughout (`tpuflow.storage.lock`). A run that fails or is
-    interrupted after it started leaves its record marked `failed`.
+    interrupted after it started leaves its record marked `failed`; one stopped by SIGTERM or
+    SIGINT (`resume.NOTICE`: training backs up first) `preempted`, and raises `resume.Preempted`.
     """
     if cfg.distributed and backend.chosen == "jax":
         runtime.start_hosts()  # before the lock: which host this is decides the run dir
         host = hosts.process_info()[0]
         if host:  # host 0 writes the run dir; host k the same outputs under it, never the same files
             preds_default = cfg.data_preds_dir == storage.join(cfg.output_dir, "preds")
-            output_dir = storage.join(cfg.output_dir, f"host_{host}")
+            output_dir = hosts.host_dir(cfg.output_dir, host)
             cfg = cfg.replace(output_dir=output_dir, data_preds_dir=storage.join(output_dir, "preds")
                               if preds_default else cfg.data_preds_dir)
-    with lock.RunLock(cfg.output_dir) as held:  # a second run on this run dir fails here, naming this one
+    with lock.RunLock(cfg.output_dir) as held, resume.NOTICE:  # a second run on this run dir fails here
         invocation = run_record.new_invocation(cfg)  # appended failed if it fails before it is recorded
         try:
             return runner.run_jobs(cfg, init_model, parse_example, check_lock=held.check)
         except BaseException as err:
             explained = runner.explain_error(cfg, err)
             try:
-                run_record.mark_failed(cfg.output_dir, explained, invocation)
+                run_record.mark_failed(cfg.output_dir, explained, invocation,
+                                       "preempted" if isinstance(err, resume.Preempted) else "failed")
             except (OSError, ValueError) as record_err:  # the run's own error is the one to report
                 print(f"WARNING: could not mark the record failed: {record_err}", file=sys.stderr, flush=True)
             if explained is err:

@@ -9,14 +9,23 @@ gathered so that every example is predicted exactly once, in record order, on ev
   batch is gathered from all hosts back into record order. (Each host decodes every record for
   prediction; only training is split by file.)
 
+- Run dir: host 0 writes the run dir, host k its own copy under it (`host_dir`); Orbax backups
+  are written by all hosts together into host 0's (`shared_dir`), so no host keeps its own.
+- Decisions within a step loop (back up now? stop for a preemption notice?) are taken on every
+  host alike (`agree`): a collective save or a host stopping alone would leave the others waiting.
+
 With one process (one host, any number of devices) all of this is the identity.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import posixpath
+
 import keras
 import numpy as np
+
+from tpuflow import storage
 
 
 def process_info() -> tuple[int, int]:
@@ -25,6 +34,27 @@ def process_info() -> tuple[int, int]:
         return 0, 1
     import jax  # noqa: PLC0415
     return jax.process_index(), jax.process_count()
+
+
+def host_dir(run_dir: str, index: int) -> str:
+    """Host `index`'s copy of the run dir: `<run dir>/host_<k>` (host 0: the run dir itself)."""
+    return storage.join(run_dir, f"host_{index}") if index else run_dir
+
+
+def shared_dir(output_dir: str) -> str:
+    """The run dir host 0 writes, from this host's output dir (`host_dir`)."""
+    index = process_info()[0]
+    return posixpath.dirname(output_dir.rstrip("/")) if index and output_dir.rstrip("/").endswith(f"host_{index}") \
+        else output_dir
+
+
+def agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, True on every host if it is True on any (one small collective; one host: as given)."""
+    if process_info()[1] == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    gathered = np.asarray(multihost_utils.process_allgather(np.array([bool(f) for f in flags], np.int32)))
+    return tuple(bool(f) for f in gathered.reshape(-1, len(flags)).any(axis=0))
 
 
 def host_files(files: Sequence[str], index: int, count: int) -> list[str]:

@@ -1,15 +1,19 @@
-"""Preemption-safe folds: a per-epoch backup of each fold's training and a per-fold done record.
+"""Preemption-safe folds: backups of each fold's training (every epoch, and within epochs) and a
+per-fold done record; the preemption notice (SIGTERM) honoured.
 
 Preemptible TPUs (and shared machines) die mid-run. Re-running the same command then
 
 - skips what a fold already finished (`done.json`: training, val and test predictions), and
-- resumes a fold whose training was cut off at the last completed epoch, with its weights,
+- resumes a fold whose training was cut off at its last backup (the last completed epoch, or a
+  step within the next with `--backup_every_steps`/`--backup_every_minutes`), with its weights,
   optimizer state (learning rate and loss scale included) and the state of the callbacks that
   decide what happens next: the best monitored value so far (so a resumed fold never replaces a
   better checkpoint with a worse one) and the plateau counters of the LR reduction.
 
 Layout, per fold: `<output_dir>/backup/fold_<k>/` holding `state.json` (written last, atomically)
-that names `epoch-<EEE>.weights.h5` and `epoch-<EEE>.optimizer.npz`, and `done.json`. Backups and
+that names `epoch-<EEE>.weights.h5` and `epoch-<EEE>.optimizer.npz` (within an epoch: the files of
+`epoch-<EEE>-step-<SSSSSS>`, with the training metrics so far, and the last epoch's), and
+`done.json`. Backups and
 done records carry a fingerprint of the settings that shape training (the result sections of
 `tpuflow.training.config`); one from other settings is ignored (with a message) rather than mixed into this
 run. Backups written before flag values were renamed carry the fingerprint of the old spellings,
@@ -20,13 +24,17 @@ from __future__ import annotations
 
 import io
 import logging
+import posixpath
+import signal
+import threading
+import time
 
 import keras
 import numpy as np
 
 from tpuflow import storage
 from tpuflow.results import checkpoint_names, prediction_names
-from tpuflow.training import config
+from tpuflow.training import config, hosts
 
 STATE = "state.json"
 DONE = "done.json"
@@ -97,86 +105,182 @@ class FoldProgress:
             clear_backup(checkpoint_names.backup_dir(self.cfg.output_dir, self.fold))
 
 
+class Preempted(Exception):
+    """The preemption notice (SIGTERM, SIGINT) was honoured: the fold was backed up and the run
+    stopped; the same command resumes it. `run.py` exits with `cli.PREEMPTED_EXIT`."""
+
+
+class PreemptionNotice:
+    """SIGTERM and SIGINT, while installed (`with NOTICE:`, main thread only). During training
+    (`training` set by `FoldBackup`) a signal only raises the flag `requested`: the step under way
+    finishes, `FoldBackup` writes a backup and raises `Preempted`. Outside training, or on a second
+    signal, `Preempted` is raised at once (every output is written atomically: nothing is left
+    half-written)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested, self.training, self._previous = None, False, {}
+
+    def __enter__(self):
+        self.requested = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous, self.training = {}, False
+
+    def _handle(self, signum, frame):
+        first, self.requested = self.requested is None, signal.Signals(signum).name
+        if first:
+            _say(f"{self.requested} received: " + ("finishing the step, backing up, then stopping"
+                                                    if self.training else "stopping"), warning=True)
+        if not self.training or not first:
+            raise Preempted(f"{self.requested}: stopped outside training; re-run the same command to resume")
+
+
+NOTICE = PreemptionNotice()
+
+
 class FoldBackup(keras.callbacks.Callback):
-    """Backs up a fold's training at every epoch end; `restore` resumes from the last backup.
+    """Backs up a fold's training at every epoch end and, with `--backup_every_steps` or
+    `--backup_every_minutes`, within the epoch (after the step that reaches the interval, and on
+    the preemption notice); `restore` resumes from the last backup.
 
     `tracked` maps a name to (callback, attribute names) whose values are saved and put back at
     train begin (after the callbacks' own `on_train_begin` resets): put this callback last. A
     tracked "checkpoint" has a `path` attribute: the fold's best checkpoint, matched by
-    `checkpoint_glob` (relative to the output dir).
+    `checkpoint_glob` (relative to the output dir). `trainer`: the model `fit` runs (its state is
+    synchronised before a backup within the epoch under JAX; its metrics are saved with it, so a
+    resumed epoch logs the loss of the whole epoch). `devices`: where the run trains (a backup
+    within an epoch resumes exactly only there; elsewhere the fold resumes at the epoch boundary).
+
+    A backup within an epoch keeps the last epoch-boundary backup beside it (`boundary` in the
+    state): the fallback when it cannot be used (damaged, or made on another device count).
     """
 
     def __init__(self, cfg, fold: int, tracked: dict[str, tuple[keras.callbacks.Callback, tuple[str, ...]]],
-                 checkpoint_glob: str):
+                 checkpoint_glob: str, trainer: keras.Model | None = None, devices: str = ""):
         super().__init__()
         self.cfg, self.fold, self.tracked, self.checkpoint_glob = cfg, fold, tracked, checkpoint_glob
+        self.trainer, self.devices = trainer, devices
         self.dir = checkpoint_names.backup_dir(cfg.output_dir, fold)
         self.fingerprint, self.accepted = fingerprint(cfg), config.fingerprints(cfg)
+        self.every_steps = cfg.backup_every_steps or 0
+        self.every_s = 60.0 * (cfg.backup_every_minutes or 0)
+        self.offset = 0  # steps of the current epoch done before this fit (a fold resumed within it)
+        self.boundary: dict | None = None  # the last epoch-boundary backup (entry of the state)
         self._pending: dict | None = None
+        self._metrics: list | None = None  # a resumed epoch's metric sums so far
+        self._since, self._last, self._epoch = 0, time.monotonic(), 0
+        self._uncommitted: tuple[dict, dict] | None = None  # a backup made, its state not yet written
+        self.orbax = orbax_checkpointer() if keras.backend.backend() == "jax" and not storage.is_gcs(self.dir) else None
+        self.array_dir = checkpoint_names.backup_dir(hosts.shared_dir(cfg.output_dir), fold)
+        self._stop = False  # the preemption notice, agreed by every host
 
-    def restore(self, model: keras.Model) -> int:
-        """Loads the last backup into `model`; returns the epochs already done (0: start afresh).
+    def restore(self, model: keras.Model) -> tuple[int, int]:
+        """Loads the last usable backup into `model`; returns (epochs done, steps of the next
+        epoch done); (0, 0): start afresh.
 
-        A backup that cannot be read is reported, naming the file, and the fold restarts cleanly
-        from the weights and optimizer state the model had before (a partial load is undone).
-        """
+        A backup that cannot be read is reported, naming the file, and the previous one (the epoch
+        boundary before a backup within an epoch) is used, else the fold restarts cleanly from the
+        weights and optimizer state the model had before (a partial load is undone)."""
         state_path = storage.join(self.dir, STATE)
         if not self.cfg.resume or not storage.exists(state_path):
             clear_backup(self.dir)
-            return 0
+            return 0, 0
         before = model.get_weights(), [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
-        try:
-            state = self._load(state_path, model)
-        except CorruptBackup as err:
-            _say(f"{err}; fold {self.fold} restarts from scratch", warning=True)
-            model.set_weights(before[0])
-            _assign(model.optimizer.variables, before[1], "the initial optimizer state")
-            clear_backup(self.dir)
-            return 0
-        if state is None:
-            _say(f"{state_path}: backup of other settings; fold {self.fold} starts afresh")
-            clear_backup(self.dir)
-            return 0
-        self._pending = state["callbacks"]
-        epochs = int(state["epochs_done"])
-        _say(f"Resuming fold {self.fold} at epoch {epochs + 1} (backup of epoch {epochs} in {self.dir})")
-        return epochs
-
-    def _load(self, state_path: str, model: keras.Model) -> dict | None:
-        """Weights and optimizer state into `model`; the state record, or None for other settings."""
-        path = state_path
         try:
             state = storage.read_json(state_path)
             if state.get("fingerprint") not in self.accepted:
-                return None
-            weights_path, optimizer_path = checkpoint_names.backup_files(self.dir, int(state["epochs_done"]))
-            path = weights_path
-            with storage.local_copy(weights_path) as local:
-                model.load_weights(local)
-            path = optimizer_path
-            with np.load(io.BytesIO(storage.read_bytes(optimizer_path)), allow_pickle=False) as saved:
-                values = [saved[f"v{i}"] for i in range(len(saved.files))]
-            _assign(model.optimizer.variables, values, optimizer_path)
-            path = state_path
-            for name, (_, attrs) in self.tracked.items():
-                missing = sorted(set(attrs) - set(state["callbacks"][name]))
-                if missing:
-                    raise KeyError(f"no {missing} for callback {name!r}")
-            if "checkpoint" in self.tracked:
-                state["callbacks"]["checkpoint"]["path"] = self._reconcile_checkpoint(
-                    state["callbacks"]["checkpoint"]["path"])
-        except Exception as err:  # any unreadable part: name it; the caller restarts the fold
-            raise CorruptBackup(f"{path}: corrupt backup ({type(err).__name__}: {err})") from err
-        return state
+                _say(f"{state_path}: backup of other settings; fold {self.fold} starts afresh")
+                clear_backup(self.dir)
+                return 0, 0
+            entries = [_entry(state), *([state["boundary"]] if state.get("boundary") else [])]
+            if entries[0]["steps_done"] and state.get("devices", self.devices) != self.devices:
+                _say(f"{state_path}: the backup within epoch {entries[0]['epochs_done'] + 1} was made on "
+                     f"{state.get('devices')} and resumes exactly only there (this run: {self.devices}); "
+                     f"fold {self.fold} resumes at the last epoch boundary", warning=True)
+                entries = entries[1:]
+        except Exception as err:  # an unreadable state record: as a damaged backup
+            entries, state = [], None
+            _say(f"{state_path}: corrupt backup ({type(err).__name__}: {err}); fold {self.fold} restarts "
+                 "from scratch", warning=True)
+        for i, entry in enumerate(entries):
+            try:
+                self._load(entry, state, model)
+            except CorruptBackup as err:
+                fallback = "the previous backup is used" if i + 1 < len(entries) else \
+                    f"fold {self.fold} restarts from scratch"
+                _say(f"{err}; {fallback}", warning=True)
+                model.set_weights(before[0])
+                _assign(model.optimizer.variables, before[1], "the initial optimizer state")
+                continue
+            self._pending, self.offset = state["callbacks"], entry["steps_done"]
+            self.boundary = entry if not entry["steps_done"] else state.get("boundary")
+            self.prune([entry, self.boundary])  # what a kill left half-made
+            epochs, steps = entry["epochs_done"], entry["steps_done"]
+            within = f", step {steps} of epoch {epochs + 1}" if steps else ""
+            _say(f"Resuming fold {self.fold} at epoch {epochs + 1}{within} (backup of epoch {epochs}{within} "
+                 f"in {self.dir})")
+            return epochs, steps
+        clear_backup(self.dir)
+        return 0, 0
 
-    def _reconcile_checkpoint(self, recorded: str | None) -> str:
-        """The fold's best checkpoint as of the backup.
+    def _load(self, entry: dict, state: dict, model: keras.Model) -> None:
+        """One backup's weights, optimizer (and metric) state into `model`; checks the state's
+        callback values; a `CorruptBackup` naming the file that cannot be read."""
+        paths = self._paths(entry)
+        path = paths.get("orbax") or paths["weights"]
+        try:
+            if entry.get("format") == "orbax":
+                self._metrics = orbax_load(path, model, bool(entry["steps_done"]))
+                path = storage.join(self.dir, STATE)
+                self._check_callbacks(state)
+                return
+            with storage.local_copy(path) as local:
+                model.load_weights(local)
+            path = paths["optimizer"]
+            _assign(model.optimizer.variables, _read_arrays(path), path)
+            if entry["steps_done"]:
+                path = paths["metrics"]
+                self._metrics = _read_arrays(path)
+            path = storage.join(self.dir, STATE)
+            self._check_callbacks(state)
+        except Exception as err:  # any unreadable part: name it; the caller falls back
+            raise CorruptBackup(f"{path}: corrupt backup ({type(err).__name__}: {err})") from err
+
+    def _check_callbacks(self, state: dict) -> None:
+        for name, (_, attrs) in self.tracked.items():
+            missing = sorted(set(attrs) - set(state["callbacks"][name]))
+            if missing:
+                raise KeyError(f"no {missing} for callback {name!r}")
+        if "checkpoint" in self.tracked:
+            state["callbacks"]["checkpoint"]["path"] = self._reconcile_checkpoint(
+                state["callbacks"]["checkpoint"]["path"])
+
+    def _paths(self, entry: dict) -> dict[str, str]:
+        stem = storage.join(self.dir, entry["stem"])
+        if entry.get("format") == "orbax":  # all hosts' arrays in one place: host 0's run dir
+            return {"orbax": storage.join(self.array_dir, entry["stem"]) + ".orbax"}
+        paths = {"weights": stem + ".weights.h5", "optimizer": stem + ".optimizer.npz"}
+        return {**paths, "metrics": stem + ".metrics.npz"} if entry["steps_done"] else paths
+
+    def _reconcile_checkpoint(self, recorded: str | None) -> str | None:
+        """The fold's best checkpoint as of the backup (None: a backup within the first epoch).
 
         A kill between the best-checkpoint save and the backup leaves a checkpoint newer than the
         backup (the old one possibly deleted already): keep the recorded one if it is there (and
         drop the newer one, whose epoch is redone), else the newer one.
         """
         found = sorted(storage.glob(storage.join(self.cfg.output_dir, self.checkpoint_glob)))
+        if recorded is None:  # no epoch had ended: any checkpoint is of an epoch redone
+            for other in found:
+                storage.remove(other)
+            return None
         if not found:
             raise FileNotFoundError(f"no {self.checkpoint_glob} in {self.cfg.output_dir}")
         keep = recorded if recorded in found else found[-1]
@@ -185,30 +289,117 @@ class FoldBackup(keras.callbacks.Callback):
                 storage.remove(other)
         return keep
 
-    def restored(self, name: str, attr: str, default):
-        """A tracked value of the backup being resumed (`default` when starting afresh): for state
-        needed before training starts, such as the input position."""
-        return (self._pending or {}).get(name, {}).get(attr, default)
-
     def on_train_begin(self, logs=None):
+        NOTICE.training = True
         if self._pending is not None:
             for name, (callback, attrs) in self.tracked.items():
                 for attr in attrs:
                     setattr(callback, attr, self._pending[name][attr])
             self._pending = None
+        self._since, self._last = 0, time.monotonic()
+
+    def on_train_end(self, logs=None):
+        """A fold resumed within an epoch trains in two fits (the rest of that epoch, then the
+        others): the state reached here is put back after the next fit's resets."""
+        NOTICE.training = False
+        self.commit()
+        self._pending = self._callback_state()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._metrics is not None:  # a resumed epoch: add the metric sums of its steps before
+            self._add_metrics(self._metrics)  # (Keras builds the metrics on the first step)
+            self._metrics = None
+        steps = self.offset + batch + 1  # of this epoch (batch: the last step of the call)
+        self._since += 1
+        due, self._stop = hosts.agree(
+            (self.every_steps and self._since >= self.every_steps) or
+            (self.every_s and time.monotonic() - self._last >= self.every_s), NOTICE.requested)
+        if (due or self._stop) and steps < self.params["steps"] + self.offset:
+            self._save(self._epoch, steps)  # the last step of an epoch: its end backs it up
+            self._stop_if_asked()
+
+    def _add_metrics(self, saved: list[np.ndarray]) -> None:
+        """Keras' training metrics are sums (totals and counts): those of the steps before the
+        backup are added to the resumed ones, as an uninterrupted epoch has them."""
+        trainer = self._train_model()
+        if hasattr(trainer, "jax_state_sync"):
+            trainer.jax_state_sync()
+        variables = trainer.metrics_variables
+        if len(variables) != len(saved):
+            raise ValueError(f"{self.dir}: the backup has {len(saved)} metric arrays, the model {len(variables)}")
+        for variable, value in zip(variables, saved):
+            variable.assign(variable + value)
 
     def on_epoch_end(self, epoch, logs=None):
-        epochs = epoch + 1
-        weights_path, optimizer_path = checkpoint_names.backup_files(self.dir, epochs)
-        storage.save_weights(self.model, weights_path)
-        buf = io.BytesIO()
-        np.savez(buf, **{f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.optimizer.variables)})
-        storage.write_bytes(optimizer_path, buf.getvalue())
-        callbacks = {name: {a: _plain(getattr(cb, a)) for a in attrs} for name, (cb, attrs) in self.tracked.items()}
+        self.offset = 0
+        self._save(epoch + 1, 0)
+        self._stop_if_asked()
+
+    def _stop_if_asked(self) -> None:
+        if self._stop or hosts.agree(NOTICE.requested)[0]:  # every host alike
+            NOTICE.training = False
+            self.commit()
+            raise Preempted(f"{NOTICE.requested or 'another host'}: fold {self.fold} backed up in {self.dir}; "
+                            "re-run the same command to resume")
+
+    def _train_model(self) -> keras.Model:
+        return self.trainer or self.model
+
+    def _callback_state(self) -> dict:
+        return {name: {a: _plain(getattr(cb, a)) for a in attrs} for name, (cb, attrs) in self.tracked.items()}
+
+    def _save(self, epochs: int, steps: int) -> None:
+        """Writes the backup after `epochs` epochs and `steps` steps of the next; the state record
+        last (atomically), then the older backups go (the last epoch boundary's stays). Orbax
+        (`self.orbax`) writes in the background: its state record is written once it is complete,
+        at the next backup or when training stops (at its end, or on the notice)."""
+        trainer = self._train_model()
+        if steps and hasattr(trainer, "jax_state_sync"):  # JAX keeps the state apart during an epoch
+            trainer.jax_state_sync()
+        self.commit()
+        entry = {"epochs_done": epochs, "steps_done": steps, "format": "orbax" if self.orbax else "h5",
+                 "stem": posixpath.basename(checkpoint_names.backup_stem(self.dir, epochs, steps))}
+        paths = self._paths(entry)
+        if self.orbax:
+            arrays = {"weights": self.model.weights, "optimizer": self.model.optimizer.variables,
+                      "metrics": trainer.metrics_variables if steps else []}
+            self.orbax.save(paths["orbax"], {k: [v.value for v in vs] for k, vs in arrays.items()}, force=True)
+        else:
+            storage.save_weights(self.model, paths["weights"])
+            _write_arrays(paths["optimizer"], self.model.optimizer.variables)
+            if steps:
+                _write_arrays(paths["metrics"], trainer.metrics_variables)
+        self._uncommitted = entry, self._callback_state()
+        if not self.orbax:
+            self.commit()
+        self._since, self._last = 0, time.monotonic()
+
+    def commit(self) -> None:
+        """Writes the state record of the last backup made (once Orbax has finished writing it),
+        then removes the older backups."""
+        if self._uncommitted is None:
+            return
+        if self.orbax:
+            self.orbax.wait_until_finished()
+        entry, callbacks = self._uncommitted
+        boundary = self.boundary if entry["steps_done"] else None
         storage.write_json(storage.join(self.dir, STATE), {
-            "fingerprint": self.fingerprint, "fold": self.fold, "epochs_done": epochs, "callbacks": callbacks})
-        for old in storage.glob(storage.join(self.dir, checkpoint_names.BACKUP_GLOB)):  # the state now names the new files
-            if old not in (weights_path, optimizer_path):
+            "fingerprint": self.fingerprint, "fold": self.fold, **entry, "boundary": boundary,
+            "devices": self.devices, "callbacks": callbacks})
+        self._uncommitted = None
+        if not entry["steps_done"]:
+            self.boundary = entry
+        self.prune([entry, boundary])
+
+    def prune(self, entries: list[dict | None]) -> None:
+        """Removes every backup file but those of `entries` (half-made ones included): this host's
+        (host 0's dir holds the Orbax backups of all)."""
+        keep = {p for e in entries if e for p in self._paths(e).values()}
+        for old in storage.glob(storage.join(self.dir, checkpoint_names.BACKUP_GLOB)):
+            if old not in keep:
                 storage.remove(old)
 
 
@@ -224,9 +415,68 @@ class CorruptBackup(Exception):
 
 def _assign(variables, values: list[np.ndarray], source: str) -> None:
     if len(values) != len(variables) or any(tuple(v.shape) != x.shape for v, x in zip(variables, values)):
-        raise ValueError(f"{source}: {len(values)} arrays do not match the {len(variables)} optimizer variables")
+        raise ValueError(f"{source}: {len(values)} arrays do not match the {len(variables)} variables")
     for variable, value in zip(variables, values):
         variable.assign(value)
+
+
+ORBAX_MISSING = ("orbax-checkpoint is not installed: backups under the JAX backend are written with it "
+                 "(pip install 'tpuflow[orbax]')")
+
+
+def require_orbax():
+    """The `orbax.checkpoint` module; an error naming the extra to install if it is missing (a
+    ValueError: one line, before any training)."""
+    try:
+        import orbax.checkpoint as ocp  # noqa: PLC0415 (JAX runs only)
+    except ImportError as err:
+        raise ValueError(ORBAX_MISSING) from err
+    return ocp
+
+
+def orbax_checkpointer():
+    """Orbax's checkpointer (asynchronous: writes in the background once the arrays are copied
+    from the devices; coordinated across the hosts of a multi-host run)."""
+    return require_orbax().StandardCheckpointer()
+
+
+def orbax_load(path: str, model: keras.Model, metrics: bool) -> list | None:
+    """Weights and optimizer state of an Orbax backup into `model` (under either backend, laid out
+    as `model`'s variables are now: another device count reads it too); returns the metric sums
+    (`metrics`: a backup within an epoch)."""
+    import jax  # noqa: PLC0415 (Orbax reads into JAX arrays, whichever backend trains)
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    checkpointer = orbax_checkpointer()
+    saved = checkpointer.metadata(path).item_metadata.tree
+    now = {"weights": model.weights, "optimizer": model.optimizer.variables}
+
+    def target(group: str):  # each array laid out as the variable it goes to is (else on the host)
+        layouts = [getattr(v.value, "sharding", host) for v in now.get(group, [])]
+        return [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layouts[i] if i < len(layouts) else host)
+                for i, a in enumerate(saved[group])]
+
+    restored = checkpointer.restore(path, {group: target(group) for group in saved})
+    for group, variables in now.items():
+        _assign(variables, [np.asarray(a) for a in restored[group]], f"{path} ({group})")
+    return [np.asarray(a) for a in restored["metrics"]] if metrics else None
+
+
+def _entry(state: dict) -> dict:
+    """The latest backup a state record names (records before backups within epochs: at an epoch end)."""
+    epochs, steps = int(state["epochs_done"]), int(state.get("steps_done", 0))
+    stem = state.get("stem") or posixpath.basename(checkpoint_names.backup_stem("", epochs))
+    return {"epochs_done": epochs, "steps_done": steps, "stem": stem, "format": state.get("format", "h5")}
+
+
+def _write_arrays(path: str, variables) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **{f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)})
+    storage.write_bytes(path, buf.getvalue())
+
+
+def _read_arrays(path: str) -> list[np.ndarray]:
+    with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as saved:
+        return [saved[f"v{i}"] for i in range(len(saved.files))]
 
 
 def _plain(value):

@@ -135,6 +135,8 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
         if "train" not in jobs:
             for k in folds(cfg):
                 best_checkpoint(cfg.output_dir, k)
+    if "train" in jobs and keras.backend.backend() == "jax":
+        resume.require_orbax()
     if jobs & {"val", "score"}:  # validation rows are written in its order
         read_train_cv(cfg)
         if "val" not in jobs:
@@ -215,6 +217,7 @@ def compile_model(model: keras.Model, cfg) -> None:
 
     `--bn_momentum` lowers BatchNorm momentum model-wide: backbones default to 0.99, whose moving
     statistics need many hundred steps to settle, so short runs from scratch validate badly.
+    `--steps_per_execution` is the run's (`config.steps_per_execution`); unresolved (0, auto), 1.
     """
     if cfg.bn_momentum is not None:
         for layer in model._flatten_layers():
@@ -227,7 +230,13 @@ def compile_model(model: keras.Model, cfg) -> None:
         loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
     jit = {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]
     model.compile(optimizer=keras.optimizers.Adam(cfg.scaled_lr), loss=loss, metrics=metrics,
-                  steps_per_execution=cfg.steps_per_execution, jit_compile=jit)
+                  steps_per_execution=cfg.steps_per_execution or 1, jit_compile=jit)
+
+
+def epoch_steps(cfg, manifest: dict, fold: int) -> int:
+    """Training steps per epoch of `fold`: --steps_per_epoch, else a pass over the other folds."""
+    train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
+    return cfg.steps_per_epoch or max(1, records.example_count(manifest, train_folds) // cfg.global_batch_size)
 
 
 def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -240,17 +249,20 @@ def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndar
 
 
 def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_labels: dict,
-               unique_labels, trainer: keras.Model | None = None, block: int | None = None) -> keras.callbacks.History:
+               unique_labels, trainer: keras.Model | None = None, block: int | None = None,
+               devices: str = "") -> keras.callbacks.History:
     """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
     the model; returns the fit History (of the epochs run now, after any resumed ones). `trainer`
     (`augment.train_model`, default `model`) is what `fit` runs: `model` behind the training
     augmentation made on the accelerator; the callbacks see `model`. `block`: the examples one
     device trains on per step, among which mixup draws partners (None: the whole batch).
+    `devices`: where it trains (`placement_name`), which a backup within an epoch must match.
 
-    Each epoch is backed up; after a kill the fold resumes from its last backup (see `resume`).
+    Each epoch is backed up (and within it, as `--backup_every_*` say); after a kill the fold
+    resumes from its last backup (see `resume`).
     """
     train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
-    steps = cfg.steps_per_epoch or max(1, records.example_count(manifest, train_folds) // cfg.global_batch_size)
+    steps = epoch_steps(cfg, manifest, fold)
     if cfg.task == "regression":  # start at the training folds' mean wind speed (no val labels)
         models.set_regression_bias(model, float(np.mean(np.concatenate([fold_labels[k][1] for k in train_folds]))))
     ids, labels, labels_le = fold_labels[fold]
@@ -265,46 +277,68 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                                                   patience=cfg.lr_patience, verbose=int(cfg.verbose > 0))
     tracked = {"checkpoint": (checkpoint, ("best", "path")),
                "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))}
-    position = views.InputPosition(steps * cfg.global_batch_size)  # views: saved with each backup
-    if cfg.view:
-        tracked["input"] = (position, ("examples",))
-    backup = resume.FoldBackup(cfg, fold, tracked, CHECKPOINT_GLOB.format(fold=fold))
-    initial_epoch = backup.restore(model)
+    backup = resume.FoldBackup(cfg, fold, tracked, CHECKPOINT_GLOB.format(fold=fold), trainer=trainer or model,
+                               devices=devices)
+    initial_epoch, initial_step = backup.restore(model)
     callbacks = [
         FoldScore(val_ds, labels, labels_le, unique_labels, cfg),  # first: fills val_* logs
         checkpoint,
         reduce_lr,
         curves.TrainingCurves(cfg.output_dir, fold, cfg.experiment_id, score),  # sees every value above
         tensorboard.FoldScalars(cfg.output_dir, fold),
-        backup,  # last: saves the state the callbacks above reached this epoch
+        backup,  # last: saves the state the callbacks above reached
     ]
-    # Records: a resumed fold draws a new shuffle rather than replaying its first epochs' order.
-    # Views: one global shuffle, resumed at the saved position (the batches it would have seen).
-    # Several hosts: each reads its share of the shards and feeds its share of the global batch.
     host, n_hosts = hosts.process_info()
-    if cfg.view:
-        position.examples = backup.restored("input", "examples", 0)
-        callbacks.insert(-1, position)  # before the backup, which saves it
-        train_ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
-                                              seed=cfg.seed, fold=fold, start=position.examples,
-                                              aug_prob=cfg.aug_prob, host=(host, n_hosts))
-        mix_seed, mix_start = cfg.seed + fold, position.examples // cfg.global_batch_size  # mixing resumes too
-    else:
-        train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
-        train_ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
-                                          hosts.host_batch(cfg.global_batch_size, n_hosts), shuffle_buffer=cfg.buffer_size,
-                                          aug_prob=cfg.aug_prob, cache=cfg.use_cache,
-                                          seed=cfg.seed + fold + 1000 * initial_epoch)
-        mix_seed, mix_start = cfg.seed + fold + 1000 * initial_epoch, 0
-    train_ds = mixup.maybe_mix(train_ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
-    history = augment.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
-                          steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
+
+    def train_dataset(epoch: int, step: int):
+        """The training batches from step `step` of epoch `epoch` on.
+
+        Records: a resumed fold draws a new shuffle rather than replaying the order it had.
+        Views: one global shuffle, resumed at the position reached (the batches it would have seen).
+        Several hosts: each reads its share of the shards and feeds its share of the global batch."""
+        if cfg.view:
+            position = (epoch * steps + step) * cfg.global_batch_size
+            ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
+                                            seed=cfg.seed, fold=fold, start=position, aug_prob=cfg.aug_prob,
+                                            host=(host, n_hosts))
+            mix_seed, mix_start = cfg.seed + fold, position // cfg.global_batch_size  # mixing resumes too
+        else:
+            train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
+            seed = cfg.seed + fold + 1000 * epoch + (7919 * step if step else 0)
+            ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
+                                        hosts.host_batch(cfg.global_batch_size, n_hosts), shuffle_buffer=cfg.buffer_size,
+                                        aug_prob=cfg.aug_prob, cache=cfg.use_cache, seed=seed)
+            mix_seed, mix_start = seed, 0
+        return mixup.maybe_mix(ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
+
+    # A fold resumed within an epoch runs the rest of that epoch as a fit of its own, then the others.
+    segments = [(initial_epoch, initial_step)] if initial_step else []
+    if initial_epoch + bool(initial_step) < cfg.n_epochs or not segments:
+        segments.append((initial_epoch + bool(initial_step), 0))
+    history = None
+    for epoch, step in segments:
+        ran = augment.fit(trainer or model, model, train_dataset(epoch, step),
+                          epochs=epoch + 1 if step else cfg.n_epochs, initial_epoch=epoch,
+                          steps_per_epoch=steps - step, callbacks=callbacks, verbose=cfg.verbose,
                           shuffle=False)  # shuffling: the pipeline's job
+        history = ran if history is None else _joined(history, ran)
     if checkpoint.path is None:  # no epoch gave a finite score: nothing worth keeping
         raise ValueError(f"fold {fold}: training diverged: {monitor} was NaN or infinite after every one of "
                          f"{cfg.n_epochs} epoch(s), so there is no checkpoint (try a lower --lr={cfg.lr:g})")
     load_weights(model, checkpoint.path)
     return history
+
+
+def _joined(first: keras.callbacks.History, then: keras.callbacks.History) -> keras.callbacks.History:
+    """One History of two fits in a row (a fold resumed within an epoch)."""
+    then.epoch = first.epoch + then.epoch
+    then.history = {k: first.history.get(k, []) + then.history.get(k, []) for k in {*first.history, *then.history}}
+    return then
+
+
+def placement_name(placement: runtime.Placement) -> str:
+    """Where a run trains, as a backup within an epoch records it: processes and devices."""
+    return f"{placement.processes} process(es), {placement.replicas} {placement.kind.upper()} device(s)"
 
 
 def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str, batch: int) -> None:
@@ -444,14 +478,17 @@ def write_submission(cfg, suffix: str = "") -> str:
     return path
 
 
-def model_facts(cfg, model: keras.Model, placement: runtime.Placement) -> tuple[dict, dict]:
-    """What the record says of the model and of where it runs (`run_record.RunRecord.set_model`)."""
+def model_facts(cfg, model: keras.Model, placement: runtime.Placement,
+                execution: tuple[int, str] = (1, "")) -> tuple[dict, dict]:
+    """What the record says of the model and of where it runs (`run_record.RunRecord.set_model`);
+    `execution`: steps per execution and why (`config.steps_per_execution`)."""
     return ({"architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
              "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params())},
             {"replicas": placement.replicas, "strategy": placement.name, "device": placement.kind.upper(),
              "precision": cfg.precision or keras.mixed_precision.global_policy().name,
              "backend": placement.backend, "backend_reason": backend.reason,
-             "processes": placement.processes, "devices": placement.devices})
+             "processes": placement.processes, "devices": placement.devices,
+             "steps_per_execution": f"{execution[0]} ({execution[1]})"})
 
 
 def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Callable[[], None] = lambda: None) -> dict:
@@ -470,6 +507,11 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         placement = runtime.get_runtime(cfg.tpu_ip_or_name, cfg.cpu_replicas, tpu_fallback=cfg.tpu_fallback,
                                         tpu_timeout_s=cfg.tpu_timeout_s, distributed=cfg.distributed)
     cfg = config.resolve(cfg, placement=placement)  # and what the devices decide; frozen from here
+    execution = None
+    if placement is not None:
+        shortest = min(epoch_steps(cfg, manifest, k) for k in folds(cfg))
+        execution = config.steps_per_execution(cfg, placement.kind, shortest)
+        cfg = cfg.replace(steps_per_execution=execution[0])
     parse = lambda serialized: parse_example(serialized, cfg)  # noqa: E731 (closure over cfg)
     if manifest:
         check_parse(cfg, manifest, parse)
@@ -505,7 +547,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
-        record.set_model(*model_facts(cfg, model, placement))
+        record.set_model(*model_facts(cfg, model, placement, execution))
         fold_labels = read_fold_labels(cfg, manifest) if "train" in jobs else {}
         for fold in folds(cfg):
             check_lock()  # another run took this run dir over (our heartbeat failed): stop writing
@@ -517,7 +559,8 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             print(f"Fold {fold} ({fold - cfg.initial_fold + 1}/{cfg.n_folds}): {'+'.join(todo)}", flush=True)
             start, history = time.time(), None
             if "train" in todo:
-                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer, block)
+                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer, block,
+                                     placement_name(placement))
                 progress.mark("train")
                 timings[f"train_fold_{fold}"] = time.time() - start
             else:
