@@ -129,7 +129,7 @@ HELP_GROUPS = {
 SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
 cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
-from tpuflow.inputs import augment, mixup  # noqa: E402
+from tpuflow.inputs import mixup, ondevice  # noqa: E402
 from tpuflow.results import run_record  # noqa: E402
 from tpuflow.training import hosts, runner, runtime  # noqa: E402
 from tpuflow.inputs.parsers import parse_by_kind, parse_image_example, parse_sequence_example, target  # noqa: E402,F401 (for run.py)
@@ -159,7 +159,7 @@ def make_config(**overrides) -> Config:
     asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
     check_flags(Config(values))  # as given, before anything is derived from them
     mixup.check(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
-    augment.check_prob(values["aug_prob"])
+    ondevice.check_prob(values["aug_prob"])
     return config.build(values, asked)
 
 

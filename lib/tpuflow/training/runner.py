@@ -12,7 +12,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tpuflow import backend, cli, storage
-from tpuflow.inputs import augment, mixup, pipeline, records, views
+from tpuflow.inputs import mixup, ondevice, pipeline, records, views
 from tpuflow.prep import split
 from tpuflow.results import checkpoint_names, prediction_names, run_record, scoring
 from tpuflow.storage import tables
@@ -235,7 +235,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                unique_labels, trainer: keras.Model | None = None, block: int | None = None) -> keras.callbacks.History:
     """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
     the model; returns the fit History (of the epochs run now, after any resumed ones). `trainer`
-    (`augment.train_model`, default `model`) is what `fit` runs: `model` behind the training
+    (`ondevice.train_model`, default `model`) is what `fit` runs: `model` behind the training
     augmentation made on the accelerator; the callbacks see `model`. `block`: the examples one
     device trains on per step, among which mixup draws partners (None: the whole batch).
 
@@ -289,7 +289,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                                           seed=cfg.seed + fold + 1000 * initial_epoch)
         mix_seed, mix_start = cfg.seed + fold + 1000 * initial_epoch, 0
     train_ds = mixup.maybe_mix(train_ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
-    history = augment.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
+    history = ondevice.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
                           steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
                           shuffle=False)  # shuffling: the pipeline's job
     if checkpoint.path is None:  # no epoch gave a finite score: nothing worth keeping
@@ -303,7 +303,7 @@ def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str
     """Writes val (this fold) or test predictions for TTA 0..tta_number, with their ids; the view
     of each TTA index is recorded first (`tta_views.json`). All views come from one pass: each
     example is read and decoded once, in batches of `batch` examples, and `predictor`
-    (`augment.tta_model`) makes its views on the accelerator."""
+    (`ondevice.tta_model`) makes its views on the accelerator."""
     if cfg.view:
         rows = view_of(cfg).split_rows(fold if split_name == "val" else None)
         ids = view_of(cfg).labels(rows)[0]
@@ -436,10 +436,10 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             model = build_model(cfg, init_model)
             compile_model(model, cfg)
             fresh = FreshStart(model)  # builds the optimizer's variables: inside the scope
-            predictor = augment.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
+            predictor = ondevice.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
             block = cfg.global_batch_size // placement.replicas  # one device's examples per step
             trains = "train" in jobs
-            trainer = augment.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
+            trainer = ondevice.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
                                           cfg.mixup_mode if trains and cfg.mixup_prob else None, block=block)
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
