@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-MODES = ("mixup", "cutmix")
-
+from tpuflow.inputs.ondevice import MIXUP_MODES, check_mixup
 
 def _beta(shape, alpha: float, seed) -> tf.Tensor:
     """Beta(alpha, alpha) draws from two stateless Gamma draws."""
@@ -57,8 +56,8 @@ def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: f
     left, right) in pixels}) and the mixed targets. `x_spec` is the images' spec, (B, H, W, C) or
     (B, T, H, W, C); `y` (B,) or (B, K); `seed` a shape-[2] integer tensor; B must be static
     (drop_remainder=True) and a multiple of `block`."""
-    if mode not in MODES:
-        raise ValueError(f"mixup mode {mode!r}: expected one of {MODES}")
+    if mode not in MIXUP_MODES:
+        raise ValueError(f"mixup mode {mode!r}: expected one of {MIXUP_MODES}")
     batch = x_spec.shape[0]
     if batch is None:
         raise ValueError("mixup needs a static batch size (batch with drop_remainder=True)")
@@ -92,7 +91,7 @@ def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "
     the batches already trained on, whose draws are skipped (a resumed stream draws as the
     uninterrupted one does). `host`: this host's index, folded into every draw (hosts mix their
     shares of a global batch independently)."""
-    check(alpha, prob, mode)
+    check_mixup(alpha, prob, mode)
     seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(start)
     if host:
         seeds = seeds.map(lambda s: tf.random.experimental.stateless_fold_in(s, host))
@@ -104,16 +103,6 @@ def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "
         return {**x, **mix}, y
 
     return tf.data.Dataset.zip((ds, seeds)).map(mixed, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def check(alpha: float, prob: float, mode: str) -> None:
-    """Clear errors naming the flag, before any work."""
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"--mixup_prob={prob}: must be within [0, 1]")
-    if alpha <= 0:
-        raise ValueError(f"--mixup_alpha={alpha}: must be > 0")
-    if mode not in MODES:
-        raise ValueError(f"--mixup_mode={mode!r}: expected one of {MODES}")
 
 
 def maybe_mix(ds: tf.data.Dataset, cfg, seed: int | None = None, block: int | None = None,

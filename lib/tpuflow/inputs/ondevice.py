@@ -40,6 +40,9 @@ VIEWS = REFERENCE_VIEWS + D4_VIEWS[6:]
 
 TTA_SETS = {"ref": REFERENCE_VIEWS, "d4": D4_VIEWS}
 
+MIXUP_MODES = ("mixup", "cutmix")
+"""`--mixup_mode`s (`tpuflow.inputs.mixup`)."""
+
 DIAGONAL_ANGLES = {6: 45.0, 7: 135.0, 8: 225.0, 9: 315.0}
 """Angles in degrees (counter-clockwise) of TTA indices 6..9."""
 
@@ -87,6 +90,16 @@ def check_prob(prob: float) -> None:
 
 
 # --- the same views on the accelerator (prediction) ---------------------------------------------
+
+
+def check_mixup(alpha: float, prob: float, mode: str) -> None:
+    """Mixup settings that cannot work: clear errors naming the flag, before any work."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"--mixup_prob={prob}: must be within [0, 1]")
+    if alpha <= 0:
+        raise ValueError(f"--mixup_alpha={alpha}: must be > 0")
+    if mode not in MIXUP_MODES:
+        raise ValueError(f"--mixup_mode={mode!r}: expected one of {MIXUP_MODES}")
 
 
 def _diagonal_degrees(name: str) -> float | None:
