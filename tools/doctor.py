@@ -25,7 +25,7 @@ import urllib.request
 
 from tpuflow import backend, cli, storage
 from tpuflow.inputs import frame_cache, records
-from tpuflow.training import config, experiment, runner, runtime  # first: picks Keras' backend
+from tpuflow.training import config, experiment, models, runner, runtime  # first: picks Keras' backend
 
 from absl import app, flags  # noqa: E402,I001
 
@@ -122,7 +122,7 @@ def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
     data = input_rate(ds, FLAGS.input_batches, cfg.global_batch_size)
     with placement.scope():  # the step rate does not depend on the weights' values
         model = run_py.init_model(cfg.replace(weights=None))
-        runner.compile_model(model, cfg)
+        models.compile_model(model, cfg)
         trainer = ondevice.train_model(model, cfg.aug_prob > 0)  # a step includes the device augmentation
     steps = model_rate(trainer, next(iter(ds)), FLAGS.model_steps, cfg.global_batch_size)
     verdict = ("model-bound: the devices are the limit" if data >= steps else

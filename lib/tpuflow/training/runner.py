@@ -201,27 +201,6 @@ class FreshStart:
             variable.assign(value)
 
 
-def compile_model(model: keras.Model, cfg) -> None:
-    """Loss and optimizer from the task flags (loss scaling is automatic under mixed_float16: Keras
-    wraps the optimizer in a LossScaleOptimizer), at the LR scaled for the global batch.
-
-    `--bn_momentum` lowers BatchNorm momentum model-wide: backbones default to 0.99, whose moving
-    statistics need many hundred steps to settle, so short runs from scratch validate badly.
-    """
-    if cfg.bn_momentum is not None:
-        for layer in model._flatten_layers():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = cfg.bn_momentum
-    if cfg.task == "classification":
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-        metrics = ["accuracy"]
-    else:
-        loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
-    jit = {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]
-    model.compile(optimizer=keras.optimizers.Adam(cfg.scaled_lr), loss=loss, metrics=metrics,
-                  steps_per_execution=cfg.steps_per_execution, jit_compile=jit)
-
-
 def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{fold: (ids, wind speeds, class indices)} of every fold, read once per run (records carry
     their labels; reading them needs no image decoding, but still a pass over the files)."""
@@ -434,7 +413,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         keras.utils.set_random_seed(cfg.seed)
         with placement.scope():
             model = build_model(cfg, init_model)
-            compile_model(model, cfg)
+            models.compile_model(model, cfg)
             fresh = FreshStart(model)  # builds the optimizer's variables: inside the scope
             predictor = ondevice.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
             block = cfg.global_batch_size // placement.replicas  # one device's examples per step
