@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (`tta_batch` examples x 10 views here). `--tiny`: the same code at sizes a CPU runs in seconds.
 REFERENCE = {"image": dict(backbone="EfficientNetB7", batch=192), "sequence": dict(backbone="EfficientNetB3", batch=64),
              "dim": 366, "frames": 24, "tta_batch": 12}
-TINY = {"image": dict(backbone="MobileNet", batch=4), "sequence": dict(backbone="MobileNet", batch=2),
+TINY = {"image": dict(backbone="VGG16", batch=4), "sequence": dict(backbone="VGG16", batch=2),
         "dim": 32, "frames": 3, "tta_batch": 2}
 N_CLASSES = 128  # classes of the classification experiments (the competition has of the order of 140 wind speeds)
 
@@ -70,7 +70,7 @@ PEAKS = (
 flags.DEFINE_list("experiments", [], "Experiments to measure: run dirs' names or their suffixes "
                   "(cnn-lstm); empty: every experiments/*/run.py, cnn-lstm first")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to measure")
-flags.DEFINE_boolean("tiny", False, "Tiny sizes (MobileNet, 32 px, batch 4): the whole check on a CPU in seconds")
+flags.DEFINE_boolean("tiny", False, "Tiny sizes (VGG16, 32 px, batch 4): the whole check on a CPU in seconds")
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after the compiling one and one more)")
 flags.DEFINE_integer("max_seconds", 480, "Start no new measurement after this many seconds")
 flags.DEFINE_integer("arch_timeout_s", 240, "Seconds one (experiment, precision) may take before it is stopped")
@@ -137,6 +137,11 @@ def _flops(jitted, *args) -> float | None:
     return float(cost["flops"]) if cost and cost.get("flops") else None
 
 
+def _specs(variables) -> list:
+    import jax  # noqa: PLC0415
+    return [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in variables]
+
+
 def _timed(fn, steps: int) -> tuple[float, float]:
     """(seconds of the first call, which compiles; seconds per call over `steps` after one more)."""
     started = time.perf_counter()
@@ -165,8 +170,6 @@ def _largest_fitting(measure, batch: int) -> dict:
                 raise
             tried.append(batch)
             batch //= 2
-        finally:
-            keras.backend.clear_session()
             gc.collect()
 
 
@@ -202,35 +205,34 @@ def measure(run_py_path: str, precision: str) -> dict:
              else rng.uniform(20, 120, (batch, 1)).astype("float32"))
         return jax.device_put(x if aug or mix else images), jax.device_put(y)
 
+    built = {}  # the model of the last training measurement, which TTA predicts with
+
     def train(batch):
         run_cfg = cfg.replace(global_batch_size=batch, scaled_lr=cfg.lr, precision=precision)
-        model = run_py.init_model(run_cfg)
+        built.clear()
+        keras.backend.clear_session()
+        built["model"] = model = run_py.init_model(run_cfg)
         models.compile_model(model, run_cfg)
         trainer = ondevice.train_model(model, aug, mix)
         x, y = inputs(model, batch)
         compile_s, step_s = _timed(lambda: trainer.train_on_batch(x, y), steps)
-        shapes = lambda vs: [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in vs]  # noqa: E731
-        state = tuple(shapes(vs) for vs in (trainer.trainable_variables, trainer.non_trainable_variables,
+        state = tuple(_specs(vs) for vs in (trainer.trainable_variables, trainer.non_trainable_variables,
                                             trainer.optimizer.variables, trainer.metrics_variables))
         flops = _flops(jax.jit(trainer.train_step), state, (x, y))
         out = {"params": model.count_params(), "compile_s": compile_s, "step_s": step_s,
                "train_ex_per_s": batch / step_s, "flops_per_step": flops}
         if aug:
-            images = x["image"]
             augment = jax.jit(ondevice.device_augment)
-            _, aug_s = _timed(lambda: augment(images, x["transform"]).block_until_ready(), steps)
+            _, aug_s = _timed(lambda: augment(x["image"], x["transform"]).block_until_ready(), steps)
             out.update(aug_s=aug_s, aug_share=aug_s / step_s)
         return out
 
     def tta(batch):
-        model = run_py.init_model(cfg)
-        models.compile_model(model, cfg.replace(global_batch_size=batch, scaled_lr=cfg.lr))
-        predictor = ondevice.tta_model(model, ondevice.REFERENCE_VIEWS)
-        x = jax.device_put(rng.uniform(0, 255, (batch, *model.inputs[0].shape[1:])).astype("float32"))
+        predictor = ondevice.tta_model(built["model"], ondevice.REFERENCE_VIEWS)
+        x = jax.device_put(rng.uniform(0, 255, (batch, *predictor.inputs[0].shape[1:])).astype("float32"))
         _, pass_s = _timed(lambda: predictor.predict_on_batch(x), steps)
-        shapes = lambda vs: [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in vs]  # noqa: E731
         flops = _flops(jax.jit(lambda t, n, images: predictor.stateless_call(t, n, images)[0]),
-                       shapes(predictor.trainable_variables), shapes(predictor.non_trainable_variables), x)
+                       _specs(predictor.trainable_variables), _specs(predictor.non_trainable_variables), x)
         return {"tta_ex_per_s": batch / pass_s, "tta_flops_per_example": flops / batch if flops else None}
 
     started = time.perf_counter()
