@@ -36,12 +36,13 @@ import sys
 import threading
 import time
 
+from tpuflow import cli
 from tpuflow.training import config, experiment, models  # first: tpuflow picks Keras' backend
 from tpuflow.inputs import ondevice
 
 import keras  # noqa: E402,I001
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +105,7 @@ def experiment_paths(names: list[str]) -> list[str]:
         match = [p for p in found if os.path.basename(os.path.dirname(p)).endswith(name)]
         if len(match) != 1:
             known = ", ".join(os.path.basename(os.path.dirname(p)) for p in found)
-            raise app.UsageError(f"--experiments: {name!r} names {len(match)} experiments; known: {known}")
+            raise cli.UsageError(f"--experiments: {name!r} names {len(match)} experiments; known: {known}")
         chosen += match
     return chosen
 
@@ -281,7 +282,7 @@ def row(r: dict) -> str:
     fitted = f" (batch {', '.join(map(str, t['oom_batches']))} did not fit)" if t["oom_batches"] else ""
     return (f"{r['experiment']:34s} {r['precision']:15s} {r['backbone']} {r['dim']}px x{r['frames']} "
             f"batch {t['batch']}{fitted}: train {t['train_ex_per_s']:.1f} ex/s (step {t['step_s'] * 1e3:.0f} ms, "
-            f"compile {t['compile_s']:.0f} s, {_fmt(t['flops_per_step'], '.2f', 1e-12)} TFLOP/step, "
+            f"compile {t['compile_s']:.0f} s, {_fmt(t['flops_per_step'], '.3g', 1e-12)} TFLOP/step, "
             f"MFU {_fmt(t.get('mfu'), '.1%')}), augmentation {_fmt(t.get('aug_s'), '.1f', 1e3)} ms/batch "
             f"({_fmt(t.get('aug_share'), '.1%')} of the step), TTA x10 {p['tta_ex_per_s']:.1f} ex/s "
             f"(batch {p['batch']}); epoch of {FLAGS.train_examples} ~{r['est_epoch_s'] / 60:.1f} min, "
@@ -313,7 +314,7 @@ def plan_lines(experiment_id: str, plans: dict[str, list[dict]]) -> list[str]:
         for e in entries if isinstance(entries, list) else []:
             lines.append(f"    tpu_plan {e.get('target', 'n/a')}: global batch {e.get('global_batch', 'n/a')}, "
                          f"step {_fmt(e.get('est_step_s'), '.3f')} s, epoch {_fmt(e.get('est_epoch_s'), '.0f')} s "
-                         f"({_fmt(e.get('flops_per_step'), '.2f', 1e-12)} TFLOP/step, fits {e.get('fits', 'n/a')})")
+                         f"({_fmt(e.get('flops_per_step'), '.3g', 1e-12)} TFLOP/step, fits {e.get('fits', 'n/a')})")
     return lines
 
 
@@ -384,16 +385,17 @@ def write_results(results: list[dict]) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}")
     if keras.backend.backend() != "jax":
-        raise app.UsageError(f"the check runs Keras on JAX (KERAS_BACKEND=jax or --backend=jax); got "
+        raise cli.UsageError(f"the check runs Keras on JAX (KERAS_BACKEND=jax or --backend=jax); got "
                              f"{keras.backend.backend()}")
     if FLAGS.worker:
         worker()
         return
     unknown = [p for p in FLAGS.precisions if p not in ("float32", "mixed_bfloat16", "mixed_float16")]
     if unknown:
-        raise app.UsageError(f"--precisions: unknown {unknown}; use float32, mixed_bfloat16, mixed_float16")
+        raise cli.UsageError(f"--precisions: unknown {unknown}; use float32, mixed_bfloat16, mixed_float16")
+    jobs = [f"{path}:{precision}" for path in experiment_paths(FLAGS.experiments) for precision in FLAGS.precisions]
     import jax  # noqa: PLC0415
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}, {jax.device_count()} device(s)); jax {jax.__version__}, "
@@ -401,7 +403,6 @@ def main(argv: list[str]) -> None:
           f"{'imported' if 'tensorflow' in sys.modules else 'not imported'}", flush=True)
     print(f"peak TFLOP/s (bf16, tf32): {next(((b, t) for n, b, t in PEAKS if n in device.device_kind), 'n/a')}",
           flush=True)
-    jobs = [f"{path}:{precision}" for path in experiment_paths(FLAGS.experiments) for precision in FLAGS.precisions]
     results = run_workers(jobs)
     write_results(results)
     failed = [r for r in results if "error" in r]
@@ -412,4 +413,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main)
