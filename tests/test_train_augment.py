@@ -43,7 +43,7 @@ def check(single_dir):
     before = [np.array(w) for w in model.get_weights()]
     seen = Seen()
     history = ondevice.fit(trainer, model, ds, callbacks=[seen], epochs=1, steps_per_epoch=1, verbose=0,
-                           shuffle=False)
+                            shuffle=False)
     assert seen.model_seen is model and np.isfinite(seen.logs["loss"]) and "rmse" in seen.logs
     assert history is model.history and len(history.history["loss"]) == 1
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1

@@ -235,7 +235,8 @@ def main(init_model: Callable, parse_example: Callable | None = None, **defaults
             raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
         if not FLAGS["verbosity"].present:  # status lines are printed once, not logged as well
             absl_logging.set_verbosity(absl_logging.ERROR)
-        run(make_config(), init_model, parse_example or __getattr__("parse_by_kind"))
+        from tpuflow.inputs.parsers import parse_by_kind  # noqa: PLC0415 (TensorFlow)
+        run(make_config(), init_model, parse_example or parse_by_kind)
 
     cli.run_main(_main)
 

@@ -269,8 +269,8 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
         mix_seed, mix_start = cfg.seed + fold + 1000 * initial_epoch, 0
     train_ds = mixup.maybe_mix(train_ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
     history = ondevice.fit(trainer or model, model, train_ds, epochs=cfg.n_epochs, initial_epoch=initial_epoch,
-                          steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
-                          shuffle=False)  # shuffling: the pipeline's job
+                           steps_per_epoch=steps, callbacks=callbacks, verbose=cfg.verbose,
+                           shuffle=False)  # shuffling: the pipeline's job
     if checkpoint.path is None:  # no epoch gave a finite score: nothing worth keeping
         raise ValueError(f"fold {fold}: training diverged: {monitor} was NaN or infinite after every one of "
                          f"{cfg.n_epochs} epoch(s), so there is no checkpoint (try a lower --lr={cfg.lr:g})")
@@ -419,7 +419,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             block = cfg.global_batch_size // placement.replicas  # one device's examples per step
             trains = "train" in jobs
             trainer = ondevice.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
-                                          cfg.mixup_mode if trains and cfg.mixup_prob else None, block=block)
+                                           cfg.mixup_mode if trains and cfg.mixup_prob else None, block=block)
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
