@@ -76,7 +76,7 @@ flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after the compil
 flags.DEFINE_integer("max_seconds", 480, "Start no new measurement after this many seconds")
 flags.DEFINE_integer("arch_timeout_s", 240, "Seconds one (experiment, precision) may take before it is stopped")
 flags.DEFINE_integer("train_examples", 56000, "Training examples per epoch (the reference's ~56k)")
-flags.DEFINE_integer("val_examples", 14000, "Examples of one TTA prediction of the validation set (the reference's 14k)")
+flags.DEFINE_integer("val_examples", 14000, "Examples of one TTA prediction of the validation set (reference: 14k)")
 flags.DEFINE_list("plan_json", [], "tools/tpu_plan.py --json files (one per experiment) to print beside the figures")
 flags.DEFINE_string("json", None, "Also write the results here")
 flags.DEFINE_string("worker", None, "Internal: measure these experiment:precision pairs in this process")

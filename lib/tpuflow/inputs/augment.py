@@ -1,4 +1,5 @@
-"""Test-time augmentation (TTA) transforms and the training augmentation (on the accelerator).
+"""Test-time augmentation (TTA) transforms on the host (TensorFlow), and the training augmentation's
+draws; the accelerator makes the same transforms (`tpuflow.inputs.ondevice`).
 
 The reference solution's ten TTA transforms, by index ``t`` (README, "Experiments"):
 
@@ -16,7 +17,7 @@ t     transform
 Each transform has a name (a *view*): TTA sets are lists of views, ``ref`` (the ten above, the
 default), ``d4`` (the eight symmetries of the square: the identity, both flips, the three quarter
 turns and the two transposes) or any comma-separated list of names starting with ``orig``
-(:func:`tta_views`). The index t in prediction file names is the position in the run's set; the
+(`ondevice.tta_views`). The index t in prediction file names is the position in the run's set; the
 run records the names, so an index always means one view.
 
 "Rotation by theta" is counter-clockwise as the image is displayed (row 0 at
