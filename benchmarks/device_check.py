@@ -1,5 +1,5 @@
 """Usage (on a machine with an accelerator; TensorFlow is not needed, see device_check.sh):
-    bash benchmarks/device_check.sh [--plan_json=plan-lstm.json,plan-1ch.json] [--max_seconds=480]
+    bash benchmarks/device_check.sh [--plan_json=plan-lstm.json,plan-1ch.json] [--max_seconds=300]
         [--experiments=cnn-lstm,cnn-1ch] [--precisions=float32,mixed_bfloat16] [--steps=10]
     python benchmarks/device_check.py --tiny    # every experiment at tiny sizes, on a CPU, in seconds
 
@@ -18,8 +18,9 @@ mixed_bfloat16, on random NumPy batches put on the device once (no input pipelin
   TPUs when `--plan_json` names its JSON files (read only; a missing field prints n/a).
 
 A batch that does not fit the device's memory is halved until one does, and the row says so.
-Each (experiment, precision) pair runs in a worker process (this script with --worker) bounded
-by `--arch_timeout_s`; the whole check stops starting new pairs after `--max_seconds`. Rows are
+Each (experiment, precision) pair runs in a fresh worker process (this script with --worker: its
+own device memory, so its peak is its own) bounded by `--arch_timeout_s`; no new pair starts
+after `--max_seconds`. Rows are
 printed as they come; the results are written as JSON to `--json` and, where the variable OUT is
 set (the device machine's output folder), to $OUT/device_check.json.
 """
@@ -29,11 +30,9 @@ import gc
 import glob
 import json
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 import time
 
 from tpuflow import cli
@@ -55,7 +54,7 @@ TINY = {"image": dict(backbone="VGG16", batch=4), "sequence": dict(backbone="VGG
         "dim": 32, "frames": 3, "tta_batch": 2}
 N_CLASSES = 128  # classes of the classification experiments (the competition has of the order of 140 wind speeds)
 
-# Dense peak TFLOP/s of one chip (no sparsity): (bf16, tf32). XLA runs float32 matrix products and
+# Dense peak TFLOP/s of one chip (no sparsity): (bf16 = fp16, tf32). XLA runs float32 matrix products and
 # convolutions on the TF32 tensor cores at JAX's default matmul precision, so float32 is compared
 # with the TF32 peak. First match of the device's name wins (NVL before the SXM parts).
 PEAKS = (
@@ -73,15 +72,15 @@ flags.DEFINE_list("experiments", [], "Experiments to measure: run dirs' names or
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to measure")
 flags.DEFINE_boolean("tiny", False, "Tiny sizes (VGG16, 32 px, batch 4): the whole check on a CPU in seconds")
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after the compiling one and one more)")
-flags.DEFINE_integer("max_seconds", 480, "Start no new measurement after this many seconds")
-flags.DEFINE_integer("arch_timeout_s", 240, "Seconds one (experiment, precision) may take before it is stopped")
+flags.DEFINE_integer("max_seconds", 300, "Start no new measurement after this many seconds")
+flags.DEFINE_integer("arch_timeout_s", 200, "Seconds one (experiment, precision) may take before it is stopped")
 flags.DEFINE_integer("train_examples", 56000, "Training examples per epoch (the reference's ~56k)")
 flags.DEFINE_integer("val_examples", 14000, "Examples of one TTA prediction of the validation set (reference: 14k)")
 flags.DEFINE_list("plan_json", [], "tools/tpu_plan.py --json files (one per experiment) to print beside the figures")
 flags.DEFINE_string("json", None, "Also write the results here")
-flags.DEFINE_string("worker", None, "Internal: measure these experiment:precision pairs in this process")
+flags.DEFINE_string("worker", None, "Internal: measure this <run.py>:<precision> in this process")
 FLAGS = flags.FLAGS
-PASSED = ("tiny", "steps", "backbone", "dim", "batch_size")  # flags a worker gets from the parent (when given)
+PASSED = ("steps", "backbone", "dim", "batch_size")  # flags a worker gets from the parent (when given)
 
 
 def load_run_py(path: str):
@@ -113,7 +112,7 @@ def experiment_paths(names: list[str]) -> list[str]:
 def peak_tflops(device_kind: str, precision: str) -> float | None:
     for name, bf16, tf32 in PEAKS:
         if name in device_kind:
-            return bf16 if precision == "mixed_bfloat16" else tf32
+            return bf16 if precision in ("mixed_bfloat16", "mixed_float16") else tf32
     return None
 
 
@@ -256,18 +255,14 @@ def measure(run_py_path: str, precision: str) -> dict:
 
 
 def worker() -> None:
-    """Measures each `--worker` pair, printing `RESULT <json>` (or `FAILED <json>`) as each ends."""
-    for job in FLAGS.worker.split(","):
-        path, precision = job.rsplit(":", 1)
-        print(f"START {job}", flush=True)
-        try:
-            line = "RESULT " + json.dumps(measure(path, precision))
-        except Exception as err:  # noqa: BLE001 (one pair's failure is a row, not the end of the check)
-            line = "FAILED " + json.dumps({"experiment": os.path.basename(os.path.dirname(path)),
-                                           "precision": precision, "error": f"{type(err).__name__}: {err}"[:500]})
-        keras.backend.clear_session()
-        gc.collect()
-        print(line, flush=True)
+    """Measures the `--worker` pair, printing `RESULT <json>` (or `FAILED <json>`)."""
+    path, precision = FLAGS.worker.rsplit(":", 1)
+    try:
+        line = "RESULT " + json.dumps(measure(path, precision))
+    except Exception as err:  # noqa: BLE001 (one pair's failure is a row, not the end of the check)
+        line = "FAILED " + json.dumps({"experiment": os.path.basename(os.path.dirname(path)),
+                                       "precision": precision, "error": f"{type(err).__name__}: {err}"[:500]})
+    print(line, flush=True)
 
 
 def _fmt(value, spec: str, scale: float = 1.0) -> str:
@@ -319,54 +314,32 @@ def plan_lines(experiment_id: str, plans: dict[str, list[dict]]) -> list[str]:
 
 
 def run_workers(jobs: list[str]) -> list[dict]:
-    """Runs `jobs` in worker processes, one after the other, each bounded by --arch_timeout_s; a
-    worker that overruns is stopped and the next starts with the jobs it had not begun."""
+    """Measures each job in a fresh worker process (its own device memory and peak), one after the
+    other, each stopped after --arch_timeout_s; none starts after --max_seconds."""
     deadline, results, plans = time.monotonic() + FLAGS.max_seconds, [], read_plans(FLAGS.plan_json)
     passed = [f"--{name}={FLAGS[name].value}" for name in PASSED if FLAGS[name].present or name == "steps"]
     passed += ["--tiny"] if FLAGS.tiny else []
-    while jobs:
+    for n, job in enumerate(jobs):
         if time.monotonic() > deadline:
-            print(f"--max_seconds={FLAGS.max_seconds} reached: not measured: {', '.join(jobs)}", flush=True)
+            print(f"--max_seconds={FLAGS.max_seconds} reached: not measured: {', '.join(jobs[n:])}", flush=True)
             break
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--worker={','.join(jobs)}", *passed],
+        path, precision = job.rsplit(":", 1)
+        failed = {"experiment": os.path.basename(os.path.dirname(path)), "precision": precision}
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--worker={job}", *passed],
                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
-        current, started = None, time.monotonic()
-        while True:
-            try:
-                line = lines.get(timeout=max(1.0, started + FLAGS.arch_timeout_s - time.monotonic()))
-            except queue.Empty:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-                print(f"{current}: stopped after --arch_timeout_s={FLAGS.arch_timeout_s}", flush=True)
-                path, precision = current.rsplit(":", 1)
-                results.append({"experiment": os.path.basename(os.path.dirname(path)), "precision": precision,
-                                "error": f"timeout after {FLAGS.arch_timeout_s} s"})
-                jobs = jobs[jobs.index(current) + 1:]
-                break
-            if line is None:  # the worker ended
-                proc.wait()
-                if current is not None and jobs and jobs[0] == current:  # it died inside a job
-                    path, precision = current.rsplit(":", 1)
-                    results.append({"experiment": os.path.basename(os.path.dirname(path)), "precision": precision,
-                                    "error": f"worker exited with status {proc.returncode}"})
-                    print(row(results[-1]), flush=True)
-                    jobs = jobs[1:]
-                break
-            if line.startswith("START "):
-                current, started = line.split(" ", 1)[1].strip(), time.monotonic()
-            elif line.startswith(("RESULT ", "FAILED ")):
-                results.append(json.loads(line.split(" ", 1)[1]))
-                print(row(results[-1]), flush=True)
-                if "error" not in results[-1]:
-                    for text in plan_lines(results[-1]["experiment"], plans):
-                        print(text, flush=True)
-                jobs = jobs[1:]
-                if not jobs or time.monotonic() > deadline:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-                    break
+        try:
+            out, _ = proc.communicate(timeout=FLAGS.arch_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            out = "FAILED " + json.dumps({**failed, "error": f"stopped after --arch_timeout_s={FLAGS.arch_timeout_s}"})
+        found = re.findall(r"^(?:RESULT|FAILED) (.*)$", out, flags=re.M)
+        results.append(json.loads(found[-1]) if found else
+                       {**failed, "error": f"the worker exited with status {proc.returncode} (its stderr is above)"})
+        print(row(results[-1]), flush=True)
+        if "error" not in results[-1]:
+            for text in plan_lines(results[-1]["experiment"], plans):
+                print(text, flush=True)
     return results
 
 
