@@ -20,9 +20,8 @@ mixed_bfloat16, on random NumPy batches put on the device once (no input pipelin
 A batch that does not fit the device's memory is halved until one does, and the row says so.
 Each (experiment, precision) pair runs in a fresh worker process (this script with --worker: its
 own device memory, so its peak is its own) bounded by `--arch_timeout_s`; no new pair starts
-after `--max_seconds`. Rows are
-printed as they come; the results are written as JSON to `--json` and, where the variable OUT is
-set (the device machine's output folder), to $OUT/device_check.json.
+after `--max_seconds`. Rows are printed as they come; the results are written as JSON to `--json`
+and, where the variable OUT is set (the device machine's output folder), to $OUT/device_check.json.
 """
 from __future__ import annotations
 
