@@ -88,10 +88,6 @@ def check_prob(prob: float) -> None:
         raise ValueError(f"--aug_prob={prob!r}: must be within [0, 1]")
 
 
-
-# --- the same views on the accelerator (prediction) ---------------------------------------------
-
-
 def check_mixup(alpha: float, prob: float, mode: str) -> None:
     """Mixup settings that cannot work: clear errors naming the flag, before any work."""
     if not 0.0 <= prob <= 1.0:
@@ -100,6 +96,9 @@ def check_mixup(alpha: float, prob: float, mode: str) -> None:
         raise ValueError(f"--mixup_alpha={alpha}: must be > 0")
     if mode not in MIXUP_MODES:
         raise ValueError(f"--mixup_mode={mode!r}: expected one of {MIXUP_MODES}")
+
+
+# --- the same views on the accelerator (prediction) ---------------------------------------------
 
 
 def _diagonal_degrees(name: str) -> float | None:
@@ -295,10 +294,10 @@ def _box_mask(boxes, height: int, width: int):
 
 
 def device_blend(images, inputs: dict, block: int | None = None):
-    """The images of a batch mixed as `draw_mix` drew (`inputs` holds its keys), with
+    """The images of a batch mixed as `mixup.draw_mix` drew (`inputs` holds its keys), with
     `keras.ops` (on the accelerator, after the training augmentation): mixup lam * x + (1 - lam)
     * x_partner, cutmix the partner's pixels inside the box; every frame of a sequence alike.
-    `block`: `draw_mix`'s (None: the whole batch). A TensorFlow replica's step sees one block; a
+    `block`: `mixup.draw_mix`'s (None: the whole batch). A TensorFlow replica's step sees one block; a
     JAX step sees the global batch, each device's block gathered on its own (no copy between
     devices)."""
     shape = tuple(images.shape)
