@@ -308,7 +308,8 @@ def plan_lines(experiment_id: str, plans: dict[str, list[dict]]) -> list[str]:
         for e in entries if isinstance(entries, list) else []:
             lines.append(f"    tpu_plan {e.get('target', 'n/a')}: global batch {e.get('global_batch', 'n/a')}, "
                          f"step {_fmt(e.get('est_step_s'), '.3f')} s, "
-                         f"epoch of its data {_fmt(e.get('est_epoch_s'), '.0f')} s ({_fmt(e.get('flops_per_step'), '.3g', 1e-12)} TFLOP/step, fits {e.get('fits', 'n/a')})")
+                         f"epoch of its data {_fmt(e.get('est_epoch_s'), '.0f')} s "
+                         f"({_fmt(e.get('flops_per_step'), '.3g', 1e-12)} TFLOP/step, fits {e.get('fits', 'n/a')})")
     return lines
 
 
