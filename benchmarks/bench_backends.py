@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-from tpuflow.training import config, experiment, runner, runtime  # first: tpuflow picks Keras' backend (--backend)
+from tpuflow.training import config, experiment, models, runtime  # first: tpuflow picks Keras' backend (--backend)
 from tpuflow.training.throughput import model_rate
 
 import keras  # noqa: E402,I001
@@ -56,7 +56,7 @@ def measure() -> float:
     keras.utils.set_random_seed(0)
     with placement.scope():
         model = run_py.init_model(cfg)
-        runner.compile_model(model, cfg)
+        models.compile_model(model, cfg)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (cfg.global_batch_size, *model.inputs[0].shape[1:])).astype("float32")
     n_out = model.outputs[0].shape[-1]

@@ -12,7 +12,7 @@ same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
   (`View.train_dataset`), as training runs them: read, decode, assemble, resize to `--dim`,
   draw each example's augmentation (a transform index), batch; with each pipeline's peak
   resident memory above what the process held before it was made. The augmentation itself runs
-  on the accelerator, in the compiled training step (`augment.train_model`), so it is not part of
+  on the accelerator, in the compiled training step (`ondevice.train_model`), so it is not part of
   the input rate: its own cost per example is printed apart, measured on this machine's CPU
   compiled by XLA (on an accelerator it is one more gather-and-select kernel of the step). Views read
   through the decoded-frame cache (`--frame_cache`, `tpuflow.inputs.frame_cache`): its build time is
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from tpuflow.inputs import augment, pipeline, records, views  # first: --backend
+from tpuflow.inputs import ondevice, pipeline, records, views  # first: --backend
 from tpuflow.prep import build_plan, builder, frames, shard_names, split, store, synthetic
 from tpuflow.training.throughput import PeakMemory, kind_parser
 
@@ -125,7 +125,7 @@ def main(argv):
 
 
 def device_cost(ds) -> float:
-    """Seconds per example of the training augmentation the device runs (`augment.TrainAugment` on
+    """Seconds per example of the training augmentation the device runs (`ondevice.TrainAugment` on
     a batch of `ds`, compiled with XLA), less a compiled pass-through of the same batch (moving
     the batch in and out is not the augmentation's cost); medians of --repeats timings."""
     inputs, _ = next(iter(ds))
@@ -133,7 +133,7 @@ def device_cost(ds) -> float:
         return 0.0
     batch = {k: v.numpy() for k, v in inputs.items()}
     costs = []
-    for layer in (augment.TrainAugment(), keras.layers.Identity()):
+    for layer in (ondevice.TrainAugment(), keras.layers.Identity()):
         feeds = {k: keras.Input(v.shape[1:], dtype=v.dtype.name, name=k) for k, v in batch.items()}
         model = keras.Model(feeds, layer(feeds) if layer.name.startswith("train") else layer(feeds["image"]))
         model.jit_compile = True

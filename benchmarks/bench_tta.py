@@ -2,7 +2,7 @@
     [--kinds=single,sequence:n6:s1] [--batch_size=16] [--tta=10] [--repeats=3] [--nojit_compile]
 
 Prediction input rate for `--tta` TTA views, as `runner.predict_split` runs it: one pass (each
-example read, decoded and parsed once; `augment.tta_model` makes its views on the accelerator)
+example read, decoded and parsed once; `ondevice.tta_model` makes its views on the accelerator)
 against one pass per view (`pipeline.predict_dataset(..., tta_index=t)`: each example read and
 decoded `--tta` times, the view made on the host), on the same prebuilt records of synthetic
 storms and on a view of a frame store for each kind, in one run: views/s the host delivers,
@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 
-from tpuflow.inputs import augment, pipeline, records, views  # first: --backend
+from tpuflow.inputs import augment, ondevice, pipeline, records, views  # first: --backend
 from tpuflow.prep import builder, frames, shard_names, split, store, synthetic
 from tpuflow.training import hosts
 
@@ -88,7 +88,7 @@ def main(argv):
                 parse = lambda s, spec=spec: (records.parse_image(s, spec.channels, FLAGS.dim)["image"], 0)  # noqa: E731
                 shape = (FLAGS.dim, FLAGS.dim, spec.channels)
             model = probe(shape)
-            predictor = augment.tta_model(model, names)
+            predictor = ondevice.tta_model(model, names)
             files = records.record_files(os.path.join(work, spec.name), [0, 1])
             n = len(records.read_ids(files))
             view = views.View(frame_store, spec, frame_cache="memory")

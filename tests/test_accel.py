@@ -13,7 +13,7 @@ import tensorflow as tf
 import tiny_experiment
 from tpuflow.inputs import pipeline, records
 from tpuflow.prep import builder, frames
-from tpuflow.training import experiment, runner, runtime
+from tpuflow.training import experiment, models, runtime
 
 # TPU tests only ever talk to 127.0.0.1.
 
@@ -92,7 +92,7 @@ def test_mixed_float16_wraps_the_optimizer_in_loss_scaling_and_trains(cv_dir, si
         runtime.set_precision(cfg.mixed_precision)
         cfg = cfg.replace(global_batch_size=8, scaled_lr=cfg.lr)
         model = tiny_experiment.init_model(cfg)
-        runner.compile_model(model, cfg)
+        models.compile_model(model, cfg)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
         assert conv.compute_dtype == "float16" and model.output.dtype == "float32"

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow.inputs import augment
+from tpuflow.inputs import augment, ondevice
 from tpuflow.inputs.augment import N_TRANSFORMS, apply_tta, rotate
 
 # Exact transforms 0..5 as NumPy operations on the (H, W) axes of an (..., H, W, C) array.
@@ -188,12 +188,12 @@ def test_device_augment_equals_the_host_transform_of_each_example():
     for shape in [(10, 24, 24, 3), (10, 3, 17, 17, 1), (10, 366, 366, 1)]:
         x = rng.uniform(0, 255, shape).astype(np.float32)
         t = rng.permutation(N_TRANSFORMS).astype(np.int32)
-        got = np.asarray(augment.device_augment(tf.constant(x), tf.constant(t)))
+        got = np.asarray(ondevice.device_augment(tf.constant(x), tf.constant(t)))
         want = np.stack([apply_tta(tf.constant(e), int(i)).numpy() for e, i in zip(x, t)])
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=str(shape))
     with pytest.raises(ValueError, match="square"):
-        augment.device_augment(tf.zeros([1, 8, 9, 1]), tf.zeros([1], tf.int32))
+        ondevice.device_augment(tf.zeros([1, 8, 9, 1]), tf.zeros([1], tf.int32))
 
 
 @pytest.mark.parametrize("tta_index", range(N_TRANSFORMS))

@@ -79,7 +79,7 @@ def test_tpu_asked_for_but_not_seen_by_jax_fails_naming_backend_and_devices(cv_d
 DATA_PARALLEL_CHECK = r"""
 import numpy as np, keras, tensorflow as tf
 import tiny_experiment
-from tpuflow.inputs import augment, pipeline, records; from tpuflow.training import experiment, hosts, runtime
+from tpuflow.inputs import ondevice, pipeline, records; from tpuflow.training import experiment, hosts, runtime
 
 assert keras.backend.backend() == "jax"
 try:
@@ -108,7 +108,7 @@ assert distribution.device_mesh.devices.size == 2
 # Exactly once, in record order: a weight-free model whose output identifies the example.
 inp = keras.Input((16, 16, 1))
 probe = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))
-predictor = augment.tta_model(probe, ["orig", "flip_lr", "rot90"])  # views on the device
+predictor = ondevice.tta_model(probe, ["orig", "flip_lr", "rot90"])  # views on the device
 parse = lambda s: tiny_experiment.parse_example(s, cfg)
 files = records.record_files({rec!r}, [0])
 ids = records.read_ids(files)

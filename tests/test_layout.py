@@ -182,6 +182,33 @@ def test_tensorflow_free_stages_and_jax_stay_so():
     assert MAY_IMPORT["storage"] == {ROOT} and MAY_IMPORT[ROOT] == set()
 
 
+# Modules that load no TensorFlow when imported (nor any tpuflow module that does): the model, its
+# configuration and the device-side augmentation and TTA build where only JAX is installed
+# (benchmarks/device_check.py on a GPU machine); the jobs and the parsers import it when they run.
+TF_FREE_MODULES = ("tpuflow.inputs.ondevice", "tpuflow.training.models", "tpuflow.training.experiment")
+
+
+def test_model_code_loads_no_tensorflow_at_import():
+    """Module-level imports only, followed through tpuflow's own modules."""
+    seen, bad, todo = set(), [], [(m, m) for m in TF_FREE_MODULES]
+    while todo:
+        module, chain = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for imported, lazy, typing_only, line in _imports(MODULES[module]):
+            if lazy or typing_only:
+                continue
+            if imported.split(".")[0] == "tensorflow":
+                bad.append(f"{os.path.relpath(MODULES[module], LIB)}:{line}: {chain} imports tensorflow")
+            targets = [imported] if imported in MODULES else [m for m in MODULES if imported.startswith(m + ".")]
+            todo.extend((t, f"{chain} -> {t}") for t in targets if t != module)
+            parent = imported.rsplit(".", 1)[0]  # importing tpuflow.x.y runs tpuflow.x's __init__ first
+            if parent in MODULES and parent != module:
+                todo.append((parent, f"{chain} -> {parent}"))
+    assert not bad, "\n".join(bad)
+
+
 def test_no_import_cycles_between_modules():
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for module, imported, _, _ in _edges(with_typing_only=False):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tpuflow.inputs import mixup, pipeline, records
+from tpuflow.inputs import mixup, ondevice, pipeline, records
 from tpuflow.training import experiment
 
 BATCH = 8
@@ -16,7 +16,7 @@ def _batches(tfrec_dir, cfg, parse, mix=None, n=3, block=None):
     ds = pipeline.train_dataset(files, parse, BATCH, shuffle_buffer=64, seed=5)
     if mix:  # drawn on the host, blended by the device's function
         ds = mixup.mix_dataset(ds, seed=9, block=block, **mix).map(
-            lambda x, y: (mixup.device_blend(x["image"], x, block), y))
+            lambda x, y: (ondevice.device_blend(x["image"], x, block), y))
     return [(x.numpy().astype(np.float64), y.numpy().astype(np.float64)) for x, y in ds.take(n)]
 
 

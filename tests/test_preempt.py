@@ -19,7 +19,7 @@ from test_backends import _free_port
 from test_views_run import store_dir  # noqa: F401 (fixture)
 from tpuflow import cli, storage
 from tpuflow.results import run_record
-from tpuflow.training import config, experiment, resume, runner
+from tpuflow.training import config, experiment, models, resume
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -240,7 +240,7 @@ def test_minutes_interval_backs_up_within_the_epoch(tmp_path):
     cfg = experiment.make_config(output_dir=str(tmp_path), dim=8, task="regression", backup_every_minutes=1)
     cfg = cfg.replace(global_batch_size=4, scaled_lr=cfg.lr)
     model = tiny_experiment.init_model(cfg)
-    runner.compile_model(model, cfg)
+    models.compile_model(model, cfg)
     model.fit(np.ones((8, 8, 8, 1), np.float32), np.ones(8, np.float32), batch_size=4, epochs=1, verbose=0)
     backup = resume.FoldBackup(cfg, 0, {}, "none", devices="here")
     backup.set_model(model)

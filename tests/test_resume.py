@@ -19,7 +19,7 @@ import keras
 import tiny_experiment
 from tpuflow.inputs import records
 from tpuflow.results import run_record
-from tpuflow.training import experiment, resume, runner
+from tpuflow.training import experiment, models, resume, runner
 
 HERE = os.path.dirname(__file__)
 EPOCHS = 6
@@ -139,7 +139,7 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
 
     def fold_setup():
         model = tiny_experiment.init_model(cfg)
-        runner.compile_model(model, cfg)
+        models.compile_model(model, cfg)
         runner.FreshStart(model)
         checkpoint = runner.BestCheckpoint(cfg.output_dir, 0, "val_rmse_rounded")
         reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_rmse_rounded", patience=3)

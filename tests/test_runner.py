@@ -111,7 +111,7 @@ import sys
 import numpy as np, keras, tensorflow as tf
 sys.path.insert(0, {here!r})
 import tiny_experiment
-from tpuflow.inputs import augment, pipeline, records; from tpuflow.training import experiment, hosts, runtime
+from tpuflow.inputs import ondevice, pipeline, records; from tpuflow.training import experiment, hosts, runtime
 
 strategy = runtime.get_strategy(None, cpu_replicas=2)
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
@@ -132,7 +132,7 @@ assert cfg.global_batch_size == 6, cfg.global_batch_size
 with strategy.scope():
     inp = keras.Input((16, 16, 1))
     probe = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))
-    predictor = augment.tta_model(probe, ["orig", "flip_lr", "rot90"])  # views on the device
+    predictor = ondevice.tta_model(probe, ["orig", "flip_lr", "rot90"])  # views on the device
 parse = lambda s: tiny_experiment.parse_example(s, cfg)
 files = records.record_files({rec!r}, [0])
 ids = records.read_ids(files)

@@ -1,4 +1,4 @@
-"""Training augmentation on the accelerator (`augment.train_model`): one real training step under
+"""Training augmentation on the accelerator (`ondevice.train_model`): one real training step under
 the TensorFlow and JAX backends (JAX in a subprocess: Keras fixes its backend per process) with
 aug_prob=1 and cutmix, from real records; the step trains the real model's weights through its
 optimizer, the callbacks see the real model, and the compiled device transforms equal the host's."""
@@ -14,7 +14,7 @@ CHECK = r"""
 import numpy as np
 import keras
 import tensorflow as tf
-from tpuflow.inputs import augment, mixup, pipeline, records; from tpuflow.training import experiment
+from tpuflow.inputs import augment, mixup, ondevice, pipeline, records; from tpuflow.training import experiment
 
 
 class Seen(keras.callbacks.Callback):
@@ -31,7 +31,7 @@ def check(single_dir):
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x)))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse",
                   metrics=[keras.metrics.RootMeanSquaredError(name="rmse")], jit_compile=True)
-    trainer = augment.train_model(model, True, "cutmix")
+    trainer = ondevice.train_model(model, True, "cutmix")
     assert trainer.optimizer is model.optimizer and trainer.jit_compile
     assert [id(v) for v in trainer.trainable_variables] == [id(v) for v in model.trainable_variables]
     files = records.record_files(single_dir, [0, 1])
@@ -42,8 +42,8 @@ def check(single_dir):
     assert batch["transform"].numpy().min() >= 1  # aug_prob=1: every example transformed
     before = [np.array(w) for w in model.get_weights()]
     seen = Seen()
-    history = augment.fit(trainer, model, ds, callbacks=[seen], epochs=1, steps_per_epoch=1, verbose=0,
-                           shuffle=False)
+    history = ondevice.fit(trainer, model, ds, callbacks=[seen], epochs=1, steps_per_epoch=1, verbose=0,
+                            shuffle=False)
     assert seen.model_seen is model and np.isfinite(seen.logs["loss"]) and "rmse" in seen.logs
     assert history is model.history and len(history.history["loss"]) == 1
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1
@@ -53,7 +53,7 @@ def check(single_dir):
     feed.jit_compile = True
     fed = feed.predict({k: v.numpy() for k, v in batch.items()}, verbose=0, batch_size=8)
     host = np.stack([augment.apply_tta(e, int(t)).numpy() for e, t in zip(batch["image"], batch["transform"])])
-    want = np.asarray(mixup.device_blend(tf.constant(host), batch))
+    want = np.asarray(ondevice.device_blend(tf.constant(host), batch))
     np.testing.assert_allclose(fed, want, atol=1e-3, rtol=0)
     print("OK", keras.backend.backend())
 """
@@ -83,22 +83,22 @@ SHARDED = r"""
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tpuflow.inputs import augment, mixup
+from tpuflow.inputs import ondevice
 
 assert len(jax.devices()) == 2, jax.devices()
 by_example = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
 transform = np.array([6, 7, 8, 9], np.int32)  # the 45-degree gathers, one per example
 for shape in ((4, 16, 16, 3), (4, 2, 16, 16, 3)):
     images = np.random.default_rng(0).random(shape, dtype=np.float32)
-    step = jax.jit(augment.device_augment).lower(jax.device_put(images, by_example),
+    step = jax.jit(ondevice.device_augment).lower(jax.device_put(images, by_example),
                                                  jax.device_put(transform, by_example)).compile()
     hlo = step.as_text()
     assert "gather(" in hlo and "all-gather" not in hlo, [l for l in hlo.splitlines() if "all-gather" in l]
     got = step(jax.device_put(images, by_example), jax.device_put(transform, by_example))
-    np.testing.assert_allclose(np.asarray(got), np.asarray(augment.device_augment(images, transform)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ondevice.device_augment(images, transform)), atol=1e-6)
 # Mixup's partners, drawn within each device's 2 examples, are gathered there too.
 mix = {"partner": np.array([1, 0, 0, 1], np.int32), "lam": np.full(4, 0.25, np.float32)}
-blend = lambda x, m: mixup.device_blend(x, m, 2)
+blend = lambda x, m: ondevice.device_blend(x, m, 2)
 placed = [jax.device_put(v, by_example) for v in (images, mix)]
 step = jax.jit(blend).lower(*placed).compile()
 assert "all-gather" not in step.as_text(), [l for l in step.as_text().splitlines() if "all-gather" in l]

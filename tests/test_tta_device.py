@@ -1,4 +1,4 @@
-"""TTA views made on the accelerator (`augment.tta_model`): each example is read and decoded once,
+"""TTA views made on the accelerator (`ondevice.tta_model`): each example is read and decoded once,
 its ten views are made by the compiled predictor, and the predictions equal those of the ten
 host-made passes (`pipeline.predict_dataset(..., tta_index=t)`) for prebuilt records and views
 alike, under the TensorFlow and JAX backends (Keras fixes its backend per process: JAX in a
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jax_env
-from tpuflow.inputs import augment
+from tpuflow.inputs import augment, ondevice
 from tpuflow.prep import builder, frames, store
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,7 +24,7 @@ CHECK = r"""
 import os, sys
 import numpy as np
 import keras
-from tpuflow.inputs import augment, pipeline, records, views; from tpuflow.prep import frames, shard_names, store; from tpuflow.training import hosts
+from tpuflow.inputs import augment, ondevice, pipeline, records, views; from tpuflow.prep import frames, shard_names, store; from tpuflow.training import hosts
 
 def check(root, kind, source, dim=16):
     spec = frames.DatasetSpec.parse(kind)
@@ -53,7 +53,7 @@ def check(root, kind, source, dim=16):
         n = len(records.read_ids(files))
         dataset = lambda t=0: pipeline.predict_dataset(files, parse, batch_of[0], n, t)
     batch = batch_of[0] = next(b for b in (7, 6, 5, 4) if n % b)  # not dividing the split: padding is trimmed
-    one = hosts.predict(augment.tta_model(model, names), dataset(), batch)
+    one = hosts.predict(ondevice.tta_model(model, names), dataset(), batch)
     assert len(one) == -(-n // batch) * batch * len(names), one.shape
     one = one[: n * len(names)].reshape(n, len(names), 2)
     for t in range(len(names)):
@@ -106,6 +106,6 @@ def test_device_views_equal_the_host_transforms_pixel_for_pixel():
         x = rng.uniform(0, 255, shape).astype(np.float32)
         for name in augment.VIEWS:
             want = np.stack([augment.apply_view(tf.constant(e), name).numpy() for e in x])
-            got = np.asarray(augment.device_view(tf.constant(x), name))
+            got = np.asarray(ondevice.device_view(tf.constant(x), name))
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"{name} {shape}")

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tiny_experiment
 from tpuflow.ensemble import data as ensemble_data
-from tpuflow.inputs import augment
+from tpuflow.inputs import augment, ondevice
 from tpuflow.results import run_record, scoring
 from tpuflow.training import experiment
 
@@ -20,14 +20,14 @@ def _view(x, name):
 
 def test_d4_views_are_the_eight_symmetries_of_the_square():
     x = np.random.default_rng(0).random((5, 5, 2)).astype(np.float32)
-    views = {name: _view(x, name) for name in augment.D4_VIEWS}
+    views = {name: _view(x, name) for name in ondevice.D4_VIEWS}
     np.testing.assert_array_equal(views["transpose"], np.transpose(x, (1, 0, 2)))
     np.testing.assert_array_equal(views["transverse"], np.rot90(np.transpose(x, (1, 0, 2)), 2))
     np.testing.assert_array_equal(views["rot90"], np.rot90(x))
     flat = [v.tobytes() for v in views.values()]
     assert len(set(flat)) == 8  # all distinct
-    for a in augment.D4_VIEWS:  # closed under composition: a group
-        for b in augment.D4_VIEWS:
+    for a in ondevice.D4_VIEWS:  # closed under composition: a group
+        for b in ondevice.D4_VIEWS:
             assert _view(views[a], b).tobytes() in flat
 
 
@@ -41,25 +41,25 @@ def test_views_apply_to_every_frame_of_a_sequence_and_keep_shapes():
 
 def test_ref_views_are_the_reference_indices():
     x = np.random.default_rng(2).random((8, 8, 1)).astype(np.float32)
-    for t, name in enumerate(augment.tta_views("ref")):
+    for t, name in enumerate(ondevice.tta_views("ref")):
         np.testing.assert_array_equal(_view(x, name), augment.apply_tta(tf.constant(x), t).numpy())
 
 
 def test_tta_sets_and_their_errors():
-    assert augment.tta_views("ref") == augment.REFERENCE_VIEWS
-    assert augment.tta_views("d4", 9) == augment.D4_VIEWS  # a larger number: the whole set
-    assert augment.tta_views("d4", 2) == ("orig", "flip_lr", "flip_ud")
-    assert augment.tta_views("orig, transpose,rot180") == ("orig", "transpose", "rot180")
+    assert ondevice.tta_views("ref") == augment.REFERENCE_VIEWS
+    assert ondevice.tta_views("d4", 9) == ondevice.D4_VIEWS  # a larger number: the whole set
+    assert ondevice.tta_views("d4", 2) == ("orig", "flip_lr", "flip_ud")
+    assert ondevice.tta_views("orig, transpose,rot180") == ("orig", "transpose", "rot180")
     with pytest.raises(ValueError, match=r"--tta='orig,spin': unknown view\(s\) \['spin'\]"):
-        augment.tta_views("orig,spin")
+        ondevice.tta_views("orig,spin")
     with pytest.raises(ValueError, match="first view must be 'orig'"):
-        augment.tta_views("rot90,orig")
+        ondevice.tta_views("rot90,orig")
     with pytest.raises(ValueError, match="listed twice"):
-        augment.tta_views("orig,rot90,rot90")
+        ondevice.tta_views("orig,rot90,rot90")
     with pytest.raises(ValueError, match="non-square|square image"):
         augment.apply_view(tf.zeros((4, 6, 1)), "transpose")
     cfg = experiment.make_config(tta="d4")
-    assert cfg.tta_views == list(augment.D4_VIEWS) and cfg.tta_number == 7
+    assert cfg.tta_views == list(ondevice.D4_VIEWS) and cfg.tta_number == 7
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def d4_run(cv_dir, single_dir, tmp_path_factory):
 def test_run_records_the_view_of_every_tta_index(d4_run):
     out, result = d4_run
     views = json.load(open(out / "preds" / "tta_views.json"))["views"]
-    assert views == list(augment.D4_VIEWS)
+    assert views == list(ondevice.D4_VIEWS)
     assert sorted(os.listdir(out / "preds")).count("y_pred_val_fold_0_tta_7.npy") == 1
     assert not os.path.exists(out / "preds" / "y_pred_val_fold_0_tta_8.npy")
     assert list(result["scores"].columns) == [f"tta_{t}" for t in range(8)] + ["tta_mean", "baseline"]
@@ -109,8 +109,8 @@ def test_ensemble_names_say_the_view_and_refuse_unnamed_indices(d4_run, cv_dir, 
 def test_a_run_that_predicted_fewer_views_keeps_its_whole_set(tmp_path):
     """A --quick or --tta_number=3 run records the set it took its views from, so a later run in
     that dir without --tta gets as many views of that set as it asks for, not only those."""
-    scoring.record_views(str(tmp_path / "preds"), ["orig"], augment.D4_VIEWS)
+    scoring.record_views(str(tmp_path / "preds"), ["orig"], ondevice.D4_VIEWS)
     cfg = experiment.make_config(output_dir=str(tmp_path), tta_number=9)
-    assert cfg.tta_views == list(augment.D4_VIEWS) and cfg.tta_number == 7
+    assert cfg.tta_views == list(ondevice.D4_VIEWS) and cfg.tta_number == 7
     cfg = experiment.make_config(output_dir=str(tmp_path), tta_number=2)
     assert cfg.tta_views == ["orig", "flip_lr", "flip_ud"]

@@ -24,7 +24,7 @@ from tpuflow import cli  # noqa: E402
 
 cli.quiet_native_logs()  # before TensorFlow loads
 
-from tpuflow.inputs import augment  # noqa: E402
+from tpuflow.inputs import ondevice  # noqa: E402
 from tpuflow.training import export  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run dir with config.json, record.json and model-best-f<k>-*.weights.h5",
@@ -44,7 +44,7 @@ def main(argv):
     except ValueError:
         raise app.UsageError(f"--folds={','.join(FLAGS.folds)}: expected fold numbers") from None
     try:
-        views = list(augment.tta_views(FLAGS.views)) if FLAGS.views else None
+        views = list(ondevice.tta_views(FLAGS.views)) if FLAGS.views else None
     except ValueError as err:
         raise app.UsageError(f"--views={FLAGS.views}: {str(err).split(': ', 1)[-1]}") from None
     info = export.export_run(FLAGS.run_dir, FLAGS.export_dir, folds, views, FLAGS.experiment_py)

@@ -15,7 +15,7 @@ same box) on every frame. Unmixed examples keep lam = 1.
 
 The draws (partners, lam, boxes) and the mixed targets are made on the host by a `tf.data` map
 after `batch(drop_remainder=True)` (static shapes; stateless, seeded per batch from `seed`); the
-images are blended on the accelerator (`device_blend`, inside `augment.train_model`), after the
+images are blended on the accelerator (`ondevice.device_blend`, inside `ondevice.train_model`), after the
 training augmentation, so that a partner is mixed in as it was augmented: the order
 augment-then-mix of the host pipeline this replaced, at the cost of one elementwise blend per
 batch on the device. Whatever Keras backend trains, the same map and blend apply.
@@ -23,10 +23,8 @@ batch on the device. Whatever Keras backend trains, the same map and blend apply
 from __future__ import annotations
 
 import tensorflow as tf
-from keras import ops
 
-MODES = ("mixup", "cutmix")
-
+from tpuflow.inputs.ondevice import MIXUP_MODES, check_mixup
 
 def _beta(shape, alpha: float, seed) -> tf.Tensor:
     """Beta(alpha, alpha) draws from two stateless Gamma draws."""
@@ -50,15 +48,6 @@ def _boxes(lam: tf.Tensor, height: int, width: int, seed) -> tf.Tensor:
     return tf.stack([top, bottom, left, right], axis=1)
 
 
-def _box_mask(boxes, height: int, width: int):
-    """(B, H, W) float mask on the device: 0 inside each box, 1 outside."""
-    rows = ops.arange(height, dtype="float32")[None, :, None]
-    cols = ops.arange(width, dtype="float32")[None, None, :]
-    top, bottom, left, right = (boxes[:, i, None, None] for i in range(4))
-    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
-    return 1.0 - ops.cast(inside, "float32")
-
-
 def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: float,
              mode: str = "mixup", block: int | None = None) -> tuple[dict, tf.Tensor]:
     """A batch's mixing, drawn on the host: the inputs the device blends with ({"partner": each
@@ -67,8 +56,8 @@ def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: f
     left, right) in pixels}) and the mixed targets. `x_spec` is the images' spec, (B, H, W, C) or
     (B, T, H, W, C); `y` (B,) or (B, K); `seed` a shape-[2] integer tensor; B must be static
     (drop_remainder=True) and a multiple of `block`."""
-    if mode not in MODES:
-        raise ValueError(f"mixup mode {mode!r}: expected one of {MODES}")
+    if mode not in MIXUP_MODES:
+        raise ValueError(f"mixup mode {mode!r}: expected one of {MIXUP_MODES}")
     batch = x_spec.shape[0]
     if batch is None:
         raise ValueError("mixup needs a static batch size (batch with drop_remainder=True)")
@@ -92,41 +81,17 @@ def draw_mix(x_spec: tf.TensorSpec, y: tf.Tensor, seed, *, alpha: float, prob: f
     return mix, lam_y * y + (1.0 - lam_y) * tf.gather(y, partner)
 
 
-def device_blend(images, inputs: dict, block: int | None = None):
-    """The images of a batch mixed as `draw_mix` drew (`inputs` holds its keys), with
-    `keras.ops` (on the accelerator, after the training augmentation): mixup lam * x + (1 - lam)
-    * x_partner, cutmix the partner's pixels inside the box; every frame of a sequence alike.
-    `block`: `draw_mix`'s (None: the whole batch). A TensorFlow replica's step sees one block; a
-    JAX step sees the global batch, each device's block gathered on its own (no copy between
-    devices)."""
-    shape = tuple(images.shape)
-    block = block or shape[0]
-    if shape[0] == block:
-        partners = ops.take(images, inputs["partner"], axis=0)
-    else:
-        blocks = ops.reshape(images, (-1, block) + shape[1:])
-        offsets = ops.reshape(inputs["partner"], (-1, block))
-        partners = ops.reshape(ops.vectorized_map(lambda pair: ops.take(pair[0], pair[1], axis=0),
-                                                  (blocks, offsets)), shape)
-    if "box" in inputs:
-        keep = _box_mask(inputs["box"], shape[-3], shape[-2])
-        keep = ops.reshape(keep, (-1,) + (1,) * (len(shape) - 4) + (shape[-3], shape[-2], 1))
-    else:
-        keep = ops.reshape(inputs["lam"], (-1,) + (1,) * (len(shape) - 1))
-    return keep * images + (1.0 - keep) * partners
-
-
 def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "mixup",
                 seed: int | None = None, block: int | None = None, start: int = 0,
                 host: int = 0) -> tf.data.Dataset:
     """Draws the mixing of every (inputs, y) batch of `ds` with a fresh stateless seed per batch:
     the inputs become a dict ({"image"[, "transform"]} plus `draw_mix`'s keys) that
-    `augment.train_model` blends on the device; the targets are mixed here. `block`: the examples
+    `ondevice.train_model` blends on the device; the targets are mixed here. `block`: the examples
     one device trains on per step (partners are drawn among them; None: the whole batch). `start`:
     the batches already trained on, whose draws are skipped (a resumed stream draws as the
     uninterrupted one does). `host`: this host's index, folded into every draw (hosts mix their
     shares of a global batch independently)."""
-    check(alpha, prob, mode)
+    check_mixup(alpha, prob, mode)
     seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(start)
     if host:
         seeds = seeds.map(lambda s: tf.random.experimental.stateless_fold_in(s, host))
@@ -138,16 +103,6 @@ def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "
         return {**x, **mix}, y
 
     return tf.data.Dataset.zip((ds, seeds)).map(mixed, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def check(alpha: float, prob: float, mode: str) -> None:
-    """Clear errors naming the flag, before any work."""
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"--mixup_prob={prob}: must be within [0, 1]")
-    if alpha <= 0:
-        raise ValueError(f"--mixup_alpha={alpha}: must be > 0")
-    if mode not in MODES:
-        raise ValueError(f"--mixup_mode={mode!r}: expected one of {MODES}")
 
 
 def maybe_mix(ds: tf.data.Dataset, cfg, seed: int | None = None, block: int | None = None,

@@ -3,7 +3,7 @@
 Training order (fixed): read shards interleaved, one record from each in turn -> [cache] ->
 shuffle the serialized records -> repeat -> parse (uint8 pixels) -> batch (drop_remainder=True,
 static shapes for TPU) -> [draw each example's augmentation] -> float32 -> prefetch. The
-augmentation itself runs on the accelerator (`augment.train_model`), like prediction's TTA.
+augmentation itself runs on the accelerator (`ondevice.train_model`), like prediction's TTA.
 The builder writes each fold's records in a shuffled order over many shards, so interleaving
 them mixes storms before the buffer does; the buffer holds encoded records (tens of KB each),
 not decoded images (a 366 px 24-frame example is 12.9 MB as float32), and pixels stay uint8
@@ -12,7 +12,7 @@ Prediction order: read shards sequentially -> parse -> float32 -> [TTA transform
 whole number of global batches -> batch(drop_remainder=True) -> prefetch; the caller trims the
 padding, so every example is predicted exactly once, in record order (the order
 `records.read_ids` returns). Runs predict every TTA view in one pass: each example is read and
-decoded once and `augment.tta_model` makes its views on the accelerator.
+decoded once and `ondevice.tta_model` makes its views on the accelerator.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-from tpuflow.inputs import augment
+from tpuflow.inputs import augment, ondevice
 
 AUTOTUNE = tf.data.AUTOTUNE
 ParseFn = Callable[[tf.Tensor], tuple]
@@ -40,7 +40,7 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
                   seed: int | None = None) -> tf.data.Dataset:
     """Endless, shuffled batches of (inputs, target) for `model.fit`; with `aug_prob` > 0 the
     inputs are {"image", "transform"}: each example's transform index, drawn here, applied on the
-    device (`augment.train_model`). `seed` also seeds the draws.
+    device (`ondevice.train_model`). `seed` also seeds the draws.
 
     The buffer holds at most `shuffle_buffer` records and about `SHUFFLE_BYTES` of them (a
     24-frame 366 px record is ~0.8 MB): records are written in a shuffled order, so a smaller
@@ -57,7 +57,7 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
     ds = ds.map(parse_fn, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
     ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (to_float(x), y))
     if aug_prob > 0:  # a transform index per example, from a seed per batch (random without `seed`)
-        augment.check_prob(aug_prob)  # named before any work
+        ondevice.check_prob(aug_prob)  # named before any work
         draws = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip((ds, draws)).map(
             lambda xy, s: (with_transform(xy[0], augment.draw(aug_prob, [batch_size], seed=s)), xy[1]))
@@ -66,7 +66,7 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
 
 def with_transform(x, transform):
     """Training inputs {"image", "transform"} that carry each example's transform index, which the
-    device applies (`augment.train_model`); `x` itself when there is none (`transform` is ())."""
+    device applies (`ondevice.train_model`); `x` itself when there is none (`transform` is ())."""
     return {"image": x, "transform": transform} if isinstance(transform, tf.Tensor) else x
 
 

@@ -180,7 +180,7 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
     `--quick` rules (for the settings in none of `asked`, the flags given), run dir, TTA views and
     verbosity; frozen. Devices, dataset and labels are resolved later (`resolve`)."""
     from tpuflow import storage  # noqa: PLC0415 (imported when a run is configured, not for --help)
-    from tpuflow.inputs import augment  # noqa: PLC0415
+    from tpuflow.inputs import ondevice  # noqa: PLC0415
     from tpuflow.results import scoring  # noqa: PLC0415
     v = {k: new_value(k, x) for k, x in values.items()}
     v["jobs"] = parse_jobs(v["job"])
@@ -206,7 +206,7 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
     # TTA index t -> view name: the first tta_number + 1 views of the set; without --tta, the set
     # the predictions dir was made with (whatever number of its views a run predicted).
     recorded = scoring.read_view_set(v["data_preds_dir"])
-    v["tta_set"] = list(augment.tta_views(v["tta"] or (",".join(recorded) if recorded else "ref")))
+    v["tta_set"] = list(ondevice.tta_views(v["tta"] or (",".join(recorded) if recorded else "ref")))
     v["tta_views"] = v["tta_set"][: v["tta_number"] + 1]
     v["tta_number"] = len(v["tta_views"]) - 1
     return Config(v)

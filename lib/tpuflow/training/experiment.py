@@ -218,9 +218,10 @@ HELP_GROUPS = {
 SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
 cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
+# What a model and its configuration need loads no TensorFlow (a run.py's `init_model` builds on a
+# machine with JAX alone: `benchmarks/device_check.py`); the jobs and the parsers load it when used.
+from tpuflow.inputs import ondevice  # noqa: E402
 from tpuflow.results import run_record  # noqa: E402
-from tpuflow.training import hosts, resume, runner, runtime  # noqa: E402
-from tpuflow.inputs.parsers import parse_by_kind, parse_image_example, parse_sequence_example, target  # noqa: E402,F401 (for run.py)
 
 Config = config.Config
 # Defaults of every experiment run from a run.py (library calls keep the flags' own defaults).
@@ -234,6 +235,16 @@ KIND_DEFAULTS = {
     "sequence": {"data_tfrec_dir": "../../data/data-tfrec-sequence-frames012-step002", "batch_size": 32},
 }
 _RUN_DIR = re.compile(r"^run-\d{8}-\d{4}-")
+_PARSERS = ("parse_by_kind", "parse_image_example", "parse_sequence_example", "target")
+
+
+def __getattr__(name: str):
+    """`experiment.parse_by_kind` and the other parsers of `tpuflow.inputs.parsers`, for run.py
+    files, imported (with TensorFlow) when first used."""
+    if name in _PARSERS:
+        from tpuflow.inputs import parsers  # noqa: PLC0415 (TensorFlow)
+        return getattr(parsers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_config(**overrides) -> Config:
@@ -246,6 +257,8 @@ def make_config(**overrides) -> Config:
     values.update(overrides)
     asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
     check_flags(Config(values))  # as given, before anything is derived from them
+    ondevice.check_mixup(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
+    ondevice.check_prob(values["aug_prob"])
     return config.build(values, asked)
 
 
@@ -350,6 +363,8 @@ def main(init_model: Callable, parse_example: Callable | None = None, **defaults
             raise cli.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
         if not FLAGS["verbosity"].present:  # status lines are printed once, not logged as well
             absl_logging.set_verbosity(absl_logging.ERROR)
+        from tpuflow.inputs.parsers import parse_by_kind  # noqa: PLC0415 (TensorFlow)
+        from tpuflow.training import resume  # noqa: PLC0415 (TensorFlow)
         try:
             run(make_config(), init_model, parse_example or parse_by_kind)
         except resume.Preempted as err:  # not an error: the same command resumes
@@ -367,6 +382,7 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
     interrupted after it started leaves its record marked `failed`; one stopped by SIGTERM or
     SIGINT (`resume.NOTICE`: training backs up first) `preempted`, and raises `resume.Preempted`.
     """
+    from tpuflow.training import hosts, resume, runner, runtime  # noqa: PLC0415 (TensorFlow)
     if cfg.distributed and backend.chosen == "jax":
         runtime.start_hosts()  # before the lock: which host this is decides the run dir
         host = hosts.process_info()[0]

@@ -1,4 +1,6 @@
-"""Backbones from `keras.applications` by name, each with its own preprocessing, and output heads.
+"""Backbones from `keras.applications` by name, each with its own preprocessing, output heads, and the
+loss and optimizer a model trains with (`compile_model`). No TensorFlow: a model builds and compiles
+under Keras on JAX alone (`benchmarks/device_check.py`).
 
 A registry is used because a flag (`--backbone`) picks the model by name.
 """
@@ -275,3 +277,25 @@ def head(features, task: str, n_classes: int = 0):
     if task == "classification":
         return layers.Dense(n_classes, activation="softmax", dtype="float32", name="wind_speed_probs")(features)
     raise ValueError(f"--task={task!r}: expected 'regression' or 'classification'")
+
+
+def compile_model(model: keras.Model, cfg) -> None:
+    """Loss and optimizer from the task flags (loss scaling is automatic under mixed_float16: Keras
+    wraps the optimizer in a LossScaleOptimizer), at the LR scaled for the global batch.
+
+    `--bn_momentum` lowers BatchNorm momentum model-wide: backbones default to 0.99, whose moving
+    statistics need many hundred steps to settle, so short runs from scratch validate badly.
+    `--steps_per_execution` is the run's (`config.steps_per_execution`); unresolved (0, auto), 1.
+    """
+    if cfg.bn_momentum is not None:
+        for layer in model._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
+    if cfg.task == "classification":
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics = ["accuracy"]
+    else:
+        loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
+    jit = {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]
+    model.compile(optimizer=keras.optimizers.Adam(cfg.scaled_lr), loss=loss, metrics=metrics,
+                  steps_per_execution=cfg.steps_per_execution or 1, jit_compile=jit)

@@ -24,7 +24,7 @@ import tensorflow as tf
 from keras import layers
 
 from tpuflow import storage
-from tpuflow.inputs import augment, records
+from tpuflow.inputs import augment, ondevice, records
 from tpuflow.results import run_record
 from tpuflow.training import curves, models, runtime, tensorboard
 
@@ -68,8 +68,8 @@ def random_view(image: tf.Tensor, min_scale: float = 0.3) -> tf.Tensor:
     side = tf.cast(tf.sqrt(tf.random.uniform([], min_scale, 1.0)) * dim, tf.int32)
     crop = tf.image.random_crop(image, tf.stack([side, side, 1]))
     view = tf.ensure_shape(tf.image.resize(crop, [dim, dim]), image.shape)
-    which = tf.random.uniform([], 0, len(augment.D4_VIEWS), dtype=tf.int32)
-    view = tf.switch_case(which, [lambda n=n: augment.apply_view(view, n) for n in augment.D4_VIEWS])
+    which = tf.random.uniform([], 0, len(ondevice.D4_VIEWS), dtype=tf.int32)
+    view = tf.switch_case(which, [lambda n=n: augment.apply_view(view, n) for n in ondevice.D4_VIEWS])
     mean = tf.reduce_mean(view)
     view = (view - mean) * tf.random.uniform([], 0.6, 1.4) + mean + tf.random.uniform([], -40.0, 40.0)
     return tf.clip_by_value(view, 0.0, 255.0)

@@ -12,7 +12,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tpuflow import backend, cli, storage
-from tpuflow.inputs import augment, mixup, pipeline, records, views
+from tpuflow.inputs import mixup, ondevice, pipeline, records, views
 from tpuflow.prep import split, store
 from tpuflow.results import checkpoint_names, prediction_names, run_record, scoring
 from tpuflow.storage import tables
@@ -211,28 +211,6 @@ class FreshStart:
             variable.assign(value)
 
 
-def compile_model(model: keras.Model, cfg) -> None:
-    """Loss and optimizer from the task flags (loss scaling is automatic under mixed_float16: Keras
-    wraps the optimizer in a LossScaleOptimizer), at the LR scaled for the global batch.
-
-    `--bn_momentum` lowers BatchNorm momentum model-wide: backbones default to 0.99, whose moving
-    statistics need many hundred steps to settle, so short runs from scratch validate badly.
-    `--steps_per_execution` is the run's (`config.steps_per_execution`); unresolved (0, auto), 1.
-    """
-    if cfg.bn_momentum is not None:
-        for layer in model._flatten_layers():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = cfg.bn_momentum
-    if cfg.task == "classification":
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-        metrics = ["accuracy"]
-    else:
-        loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
-    jit = {"auto": "auto", "true": True, "false": False}[cfg.jit_compile]
-    model.compile(optimizer=keras.optimizers.Adam(cfg.scaled_lr), loss=loss, metrics=metrics,
-                  steps_per_execution=cfg.steps_per_execution or 1, jit_compile=jit)
-
-
 def epoch_steps(cfg, manifest: dict, fold: int) -> int:
     """Training steps per epoch of `fold`: --steps_per_epoch, else a pass over the other folds."""
     train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
@@ -253,7 +231,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                devices: str = "") -> keras.callbacks.History:
     """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
     the model; returns the fit History (of the epochs run now, after any resumed ones). `trainer`
-    (`augment.train_model`, default `model`) is what `fit` runs: `model` behind the training
+    (`ondevice.train_model`, default `model`) is what `fit` runs: `model` behind the training
     augmentation made on the accelerator; the callbacks see `model`. `block`: the examples one
     device trains on per step, among which mixup draws partners (None: the whole batch).
     `devices`: where it trains (`placement_name`), which a backup within an epoch must match.
@@ -317,10 +295,10 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
         segments.append((initial_epoch + bool(initial_step), 0))
     history = None
     for epoch, step in segments:
-        ran = augment.fit(trainer or model, model, train_dataset(epoch, step),
-                          epochs=epoch + 1 if step else cfg.n_epochs, initial_epoch=epoch,
-                          steps_per_epoch=steps - step, callbacks=callbacks, verbose=cfg.verbose,
-                          shuffle=False)  # shuffling: the pipeline's job
+        ran = ondevice.fit(trainer or model, model, train_dataset(epoch, step),
+                            epochs=epoch + 1 if step else cfg.n_epochs, initial_epoch=epoch,
+                            steps_per_epoch=steps - step, callbacks=callbacks, verbose=cfg.verbose,
+                            shuffle=False)  # shuffling: the pipeline's job
         history = ran if history is None else _joined(history, ran)
     if checkpoint.path is None:  # no epoch gave a finite score: nothing worth keeping
         raise ValueError(f"fold {fold}: training diverged: {monitor} was NaN or infinite after every one of "
@@ -345,7 +323,7 @@ def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str
     """Writes val (this fold) or test predictions for TTA 0..tta_number, with their ids; the view
     of each TTA index is recorded first (`tta_views.json`). All views come from one pass: each
     example is read and decoded once, in batches of `batch` examples, and `predictor`
-    (`augment.tta_model`) makes its views on the accelerator. Validation rows are written in the
+    (`ondevice.tta_model`) makes its views on the accelerator. Validation rows are written in the
     order of the fold's rows in train_cv.csv (`scoring.csv_order`), test rows in the records' order:
     submission_format.csv's."""
     if cfg.view:
@@ -537,13 +515,13 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         keras.utils.set_random_seed(cfg.seed)
         with placement.scope():
             model = build_model(cfg, init_model)
-            compile_model(model, cfg)
+            models.compile_model(model, cfg)
             fresh = FreshStart(model)  # builds the optimizer's variables: inside the scope
-            predictor = augment.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
+            predictor = ondevice.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
             block = cfg.global_batch_size // placement.replicas  # one device's examples per step
             trains = "train" in jobs
-            trainer = augment.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
-                                          cfg.mixup_mode if trains and cfg.mixup_prob else None, block=block)
+            trainer = ondevice.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
+                                           cfg.mixup_mode if trains and cfg.mixup_prob else None, block=block)
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)

@@ -3,9 +3,9 @@
 not own, and its analyses say what the run needs and costs there.
 
 For each target the plan builds what a run builds under the JAX backend (`runner.run_jobs`): the
-experiment's model, compiled as `runner.compile_model` under the precision `--mixed_precision`
-means on a TPU, the trainer with the device augmentation and mixup (`augment.train_model`) and
-the one-pass TTA predictor (`augment.tta_model`); `keras.distribution.DataParallel` over the
+experiment's model, compiled as `models.compile_model` under the precision `--mixed_precision`
+means on a TPU, the trainer with the device augmentation and mixup (`ondevice.train_model`) and
+the one-pass TTA predictor (`ondevice.tta_model`); `keras.distribution.DataParallel` over the
 target's (abstract) devices gives the variables' and the batches' layouts. Keras' stateless
 steps (`train_step`, `predict_step`) are jitted with those shardings, lowered from shapes alone
 (no example is read, no weight downloaded) and compiled ahead of time. From the compiled
@@ -28,9 +28,9 @@ from typing import Callable
 import keras
 
 from tpuflow import cli
-from tpuflow.inputs import augment, records, views
+from tpuflow.inputs import ondevice, records, views
 from tpuflow.prep import store
-from tpuflow.training import config, runner, runtime
+from tpuflow.training import config, models, runner, runtime
 
 GIB = 1 << 30
 
@@ -134,18 +134,18 @@ class Steps:
         keras.utils.set_random_seed(cfg.seed)
         self.cfg = cfg
         self.model = runner.build_model(cfg.replace(weights=None), init_model)  # weights: no effect on cost
-        runner.compile_model(self.model, cfg)
+        models.compile_model(self.model, cfg)
         self.mix = cfg.mixup_mode if cfg.mixup_prob else None
         self.aug = cfg.aug_prob > 0
-        self.predictor = augment.tta_model(self.model, cfg.tta_views)
+        self.predictor = ondevice.tta_model(self.model, cfg.tta_views)
         self.input_shape = tuple(self.model.inputs[0].shape[1:])
         self.trainers: dict[int | None, keras.Model] = {}
 
     def trainer(self, block: int) -> keras.Model:
-        """`augment.train_model` for one device's `block` of examples (mixup draws partners in it)."""
+        """`ondevice.train_model` for one device's `block` of examples (mixup draws partners in it)."""
         key = block if self.mix else None  # only mixup's trainer depends on it
         if key not in self.trainers:
-            self.trainers[key] = augment.train_model(self.model, self.aug, self.mix, block=block)
+            self.trainers[key] = ondevice.train_model(self.model, self.aug, self.mix, block=block)
         return self.trainers[key]
 
     def train_batch(self, batch: int):
