@@ -1,6 +1,7 @@
 """Usage: python benchmarks/bench_scale.py [--scales=0.125,1] [--quick] [--work_dir=/work/scale_data]
-    [--kinds=single,stacked:s5,sequence:n24:s1] [--cores=1] [--batch_size=16] [--input_batches=8]
-    [--repeats=3] [--cache_cap_mib=2048] [--plan_json=PATH] [--rates_json=PATH] [--nokeep_data]
+    [--kinds=single,stacked:s5,sequence:n24:s1] [--cores=1] [--batch_size=8] [--input_batches=4]
+    [--repeats=2] [--cache_cap_mib=256] [--plan_json=PATH] [--rates_json=PATH] [--results_json=PATH]
+    [--nokeep_data]
 
 The host side at the competition's scale: synthetic storms of its size (scale 1: 450 storms with
 training frames and 180 test-only ones, 20-400 frames each: ~70k training + ~44k test frames of
@@ -50,14 +51,16 @@ flags.DEFINE_string("work_dir", "/work/scale_data", "Where the data is written (
 flags.DEFINE_list("kinds", ["single", "stacked:s5", "sequence:n24:s1"], "Views whose input rate is measured")
 flags.DEFINE_integer("cores", 1, "Cores the view processes are pinned to (rates are per core)")
 flags.DEFINE_integer("dim", 366, "Model input size (examples are resized to it)")
-flags.DEFINE_integer("batch_size", 16, "Batch size of the timed pipelines")
-flags.DEFINE_integer("input_batches", 8, "Timed batches per pipeline (after one warm-up batch)")
-flags.DEFINE_integer("repeats", 3, "Timings per pipeline (the median is printed)")
+flags.DEFINE_integer("batch_size", 8, "Batch size of the timed pipelines")
+flags.DEFINE_integer("input_batches", 4, "Timed batches per pipeline (after one warm-up batch)")
+flags.DEFINE_integer("repeats", 2, "Timings per pipeline (the median is printed)")
 flags.DEFINE_float("aug_prob", 0.5, "Training augmentation probability (its draw is part of the input)")
-flags.DEFINE_integer("cache_cap_mib", 2048, "Largest decoded-frame cache measured when auto declines it")
+flags.DEFINE_integer("cache_cap_mib", 256, "Largest decoded-frame cache built (it costs a decode per frame)")
 flags.DEFINE_string("plan_json", None, "tools/tpu_plan.py --json output: cores each target needs")
 flags.DEFINE_string("rates_json", None, "Write the per-core view rates here (tools/tpu_plan.py --host_rates)")
 flags.DEFINE_bool("keep_data", True, "Keep the synthetic frames for the next run (stores are always removed)")
+flags.DEFINE_string("results_json", None, "Keep each scale's results here; a scale measured with the same "
+                    "settings is read back instead of measured again (a long run in parts)")
 flags.DEFINE_string("child", None, "Internal: run one stage (json) and print its result as json")
 
 FULL = {"n_storms": 450, "n_test_only_storms": 180, "min_frames": 20, "max_frames": 400, "size": 366}
@@ -94,7 +97,7 @@ def run_stage(job: dict) -> dict:
     """Runs one stage in a child process; its result, `wall_s` and `tree_peak` (bytes) added."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, f"--child={json.dumps(job)}"], stdout=subprocess.PIPE,
-                            text=True, env={"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     peak, done = [0], threading.Event()
 
     def sample():
@@ -318,6 +321,12 @@ def print_plan(plan_path: str, rates: dict) -> None:
     print_table(("target", "view", "global batch", "est step s", "needs ex/s", "one core gives ex/s", "cores"), rows)
 
 
+def write_json(path: str, payload) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -331,9 +340,22 @@ def main(argv):
     os.makedirs(FLAGS.work_dir, exist_ok=True)
     host = f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
     print(f"host: {host}, load average {os.getloadavg()[0]:.2f} at start (others' work slows every figure)")
+    settings = {name: FLAGS[name].value for name in ("quick", "kinds", "cores", "dim", "batch_size", "input_batches",
+                                                      "repeats", "aug_prob", "cache_cap_mib")}
+    saved = {}
+    if FLAGS.results_json and os.path.exists(FLAGS.results_json):
+        with open(FLAGS.results_json) as f:
+            saved = json.load(f)
     results = []
     for scale in sorted(float(s) for s in FLAGS.scales):
-        r = run_scale(scale)
+        if saved.get(str(scale), {}).get("settings") == settings:
+            r = saved[str(scale)]["result"]
+            print(f"scale {scale}: measured before, read from {FLAGS.results_json}")
+        else:
+            r = run_scale(scale)
+            if FLAGS.results_json:
+                saved[str(scale)] = {"settings": settings, "result": r}
+                write_json(FLAGS.results_json, saved)
         results.append(r)
         share = (r["n_train"] + r["n_test"]) / sum(COMPETITION)
         print(f"\nscale {scale}: {r['n_train']} training + {r['n_test']} test frames ({share:.0%} of the competition's "
@@ -347,10 +369,7 @@ def main(argv):
         payload = {"cores": FLAGS.cores, "host": host, "rates": rates, "frames": results[-1]["frames"],
                    "decoded_rates": {name[len("view "):]: s["decoded"] / s["cores"]
                                      for name, s in results[-1]["stages"].items() if "decoded" in s}}
-        tmp = FLAGS.rates_json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, FLAGS.rates_json)
+        write_json(FLAGS.rates_json, payload)
         print(f"rates per core -> {FLAGS.rates_json}")
     if FLAGS.plan_json:
         print_plan(FLAGS.plan_json, rates)
