@@ -26,7 +26,7 @@ process and its children (sampled from here, every 0.1 s):
 With two scales, a second table gives each stage's time and memory growth ratios against the data's
 (frames) ratio: a stage that grows faster than its data is a defect. `--plan_json` (what
 `tools/tpu_plan.py --json` writes: per target `target`, `global_batch`, `est_step_s`,
-`input_ex_per_s_needed` and the experiment's view or kind) adds, per target, the input rate it needs
+`input_ex_per_s_needed` and the experiment's view: `input_spec`) adds, per target, the input rate it needs
 beside one core's here: the host cores each TPU needs. The synthetic frames stay in `--work_dir` for
 the next run (`--nokeep_data` removes them); stores are always removed. Timings depend on the
 machine's load (printed).
@@ -310,13 +310,14 @@ def print_plan(plan_path: str, rates: dict) -> None:
         plans = json.load(f)
     rows = []
     for p in plans if isinstance(plans, list) else plans.get("targets", []):
-        view = str(p.get("view") or p.get("spec") or p.get("dataset_kind") or p.get("kind") or "")
+        view = str(next((p[k] for k in ("input_spec", "view", "spec", "dataset_kind", "kind") if p.get(k)), ""))
         kind = view.split(":")[0]
         measured = view if view in rates else next((k for k in rates if k.split(":")[0] == kind), None)
-        need = float(p["input_ex_per_s_needed"])
-        cores = f"{math.ceil(need / rates[measured])}" if measured else "(kind not measured)"
-        rows.append((p["target"], view or "?", str(p.get("global_batch", "")), f"{float(p.get('est_step_s', 0)):.3f}",
-                     f"{need:,.0f}", f"{rates[measured]:.1f} ({measured})" if measured else "-", cores))
+        need = p.get("input_ex_per_s_needed")
+        cores = ("(no plan: " + str(p.get("error", "no input rate")).splitlines()[0][:60] + ")" if not need else
+                 str(math.ceil(float(need) / rates[measured])) if measured else "(kind not measured)")
+        rows.append((p["target"], view or "?", str(p.get("global_batch", "")), f"{float(p.get('est_step_s') or 0):.3f}",
+                     f"{float(need or 0):,.0f}", f"{rates[measured]:.1f} ({measured})" if measured else "-", cores))
     print(f"host cores each TPU target needs ({plan_path}; cached view rates, per core, on this host):")
     print_table(("target", "view", "global batch", "est step s", "needs ex/s", "one core gives ex/s", "cores"), rows)
 
