@@ -18,8 +18,8 @@ def test_quick_run_writes_rates_and_sizes_hosts_for_a_plan(tmp_path):
     rates_path = tmp_path / "rates.json"
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench_scale.py"), "--quick", "--scales=1", "--kinds=single",
-         "--repeats=1", "--input_batches=1", "--min_seconds=0", "--batch_size=4", "--dim=32", f"--work_dir={tmp_path / 'data'}",
-         f"--rates_json={rates_path}", f"--plan_json={plan}", "--nokeep_data"],
+         "--repeats=1", "--input_batches=1", "--min_seconds=0", "--batch_size=4", "--dim=32",
+         f"--work_dir={tmp_path / 'data'}", f"--rates_json={rates_path}", f"--plan_json={plan}", "--nokeep_data"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")})
     assert out.returncode == 0, out.stderr[-3000:]
     rates = json.loads(rates_path.read_text())
