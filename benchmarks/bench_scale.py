@@ -338,6 +338,19 @@ def main(argv):
     if FLAGS.child:
         print(RESULT + json.dumps(_child(json.loads(FLAGS.child))), flush=True)
         return
+    from tpuflow.prep import frames  # no TensorFlow: the stages import what they need
+
+    for kind in FLAGS.kinds:
+        try:
+            frames.DatasetSpec.parse(kind)
+        except ValueError as err:
+            raise app.UsageError(f"--kinds: {kind!r}: {err}") from None
+    try:
+        scales = sorted(float(s) for s in FLAGS.scales)
+    except ValueError:
+        raise app.UsageError(f"--scales={','.join(FLAGS.scales)}: expected fractions such as 0.125,1") from None
+    if not scales or min(scales) <= 0:
+        raise app.UsageError(f"--scales={','.join(FLAGS.scales)}: expected fractions above 0")
     if FLAGS.plan_json and not os.path.isfile(FLAGS.plan_json):
         raise app.UsageError(f"--plan_json={FLAGS.plan_json}: no such file")
     if FLAGS.cores < 1 or FLAGS.cores > len(os.sched_getaffinity(0)):
@@ -352,7 +365,7 @@ def main(argv):
         with open(FLAGS.results_json) as f:
             saved = json.load(f)
     results = []
-    for scale in sorted(float(s) for s in FLAGS.scales):
+    for scale in scales:
         if saved.get(str(scale), {}).get("settings") == settings:
             r = saved[str(scale)]["result"]
             print(f"scale {scale}: measured before, read from {FLAGS.results_json}")
