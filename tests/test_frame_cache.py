@@ -89,7 +89,7 @@ def test_frames_of_differing_sizes_or_long_mean_runs_are_not_cached():
 @pytest.mark.parametrize("sums", [False, True])
 def test_building_the_cache_holds_it_once(sums):
     """Building adds the cache's bytes and little more (benchmarks/bench_scale.py): a slice
-    assignment per batch had copied the whole cache once, doubling the peak."""
+    assignment per batch had copied the whole cache every time (quadratic time, twice the peak)."""
     import io
 
     import tensorflow as tf

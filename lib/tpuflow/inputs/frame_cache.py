@@ -127,7 +127,7 @@ def build(encoded: np.ndarray, decode, shape: tuple[int, int, int], sums: bool,
         if sums:  # running sums wrap modulo 2**16 (NumPy's uint16 arithmetic), exact differences
             batch = running + np.cumsum(batch, axis=0, dtype=np.uint16)
             running = batch[-1]
-        # rows scattered in place: a slice assignment copied the whole cache once (twice its bytes)
+        # rows scattered in place: a slice assignment copied the whole cache at every batch (quadratic)
         values.scatter_update(tf.IndexedSlices(batch, tf.range(row, row + len(batch))))
         row += len(batch)
     cache = FrameCache(values, sums, time.perf_counter() - started)
