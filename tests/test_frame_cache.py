@@ -85,3 +85,28 @@ def test_frames_of_differing_sizes_or_long_mean_runs_are_not_cached():
     assert frame_cache.use_cache("auto", same, False, 1, "--view=single") == (2, 24, 24)
     assert frame_cache.use_cache("auto", same, True, 300, "--view=mean:s300", said.append) is None
     assert "257" in said[-1]
+
+
+@pytest.mark.parametrize("sums", [False, True])
+def test_building_the_cache_holds_it_once(sums):
+    """Building adds the cache's bytes and little more (benchmarks/bench_scale.py): a slice
+    assignment per batch had copied the whole cache every time (quadratic time, twice the peak)."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from tpuflow.training.throughput import PeakMemory
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((366, 366), 3, np.uint8), mode="L").save(buf, format="JPEG")
+    n = 1200 // (1 + sums)  # ~150 MiB of cache: far above the allocator's noise
+    encoded = np.empty(n, dtype=object)
+    encoded[:] = [buf.getvalue()] * n
+    decode = lambda e: tf.io.decode_jpeg(e, channels=1)[..., 0]  # noqa: E731
+    frame_cache.build(encoded[:64], decode, (64 + sums, 366, 366), sums, log=lambda m: None)  # starts TF's runtime
+    with PeakMemory() as memory:
+        cache = frame_cache.build(encoded, decode, (n + sums, 366, 366), sums, log=lambda m: None)
+    assert memory.peak < 1.3 * cache.nbytes, f"{memory.peak / 2**20:.0f} MiB for {cache.nbytes / 2**20:.0f} MiB"
+    last = cache.run_sums(tf.constant([0]), tf.constant([n])) if sums else cache.frames(tf.constant([n - 1]))
+    assert int(tf.reduce_max(last)) == (3 * n) % 2**16 if sums else 3

@@ -208,3 +208,23 @@ def test_store_build_refuses_a_damaged_frame_and_leaves_no_shard(cv_dir, tmp_pat
         store.build_store(str(data), str(tmp_path / "out"), shards=3, workers=2, log=lambda m: None)
     out = tmp_path / "out" / shard_names.STORE_DIR
     assert not out.exists() or not [n for n in os.listdir(out) if "tfrecord" in n or n == "manifest.json"]
+
+
+def test_a_view_holds_the_encoded_frames_once():
+    """Reading without the decoded-frame cache, a view holds the store's encoded frames once more
+    (one CPU variable): not twice, as a lookup table of them did (benchmarks/bench_scale.py)."""
+    from tpuflow.training.throughput import PeakMemory
+
+    n, size = 40_000, 4_000  # ~150 MiB of "frames": far above the allocator's noise
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"image_id": [f"s{i // 100:03d}_{i % 100:03d}" for i in range(n)],
+                          "storm_id": [f"s{i // 100:03d}" for i in range(n)], "split": "train",
+                          "fold_id": 0, "csv_row": np.arange(n), "label": 50, "label_le": 0, "height": 366,
+                          "width": 366})
+    encoded = np.empty(n, dtype=object)
+    encoded[:] = [rng.bytes(size) for _ in range(n)]
+    view = views.View(store.FrameStore("mem", {}, table, encoded), frames.DatasetSpec.parse("single"),
+                      frame_cache="off")
+    with PeakMemory() as memory:
+        view._ready()  # what the map functions capture: here, the encoded frames
+    assert memory.peak < 1.3 * n * size, f"{memory.peak / 2**20:.0f} MiB for {n * size / 2**20:.0f} MiB of frames"

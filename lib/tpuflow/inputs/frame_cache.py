@@ -26,7 +26,6 @@ import tensorflow as tf
 
 MODES = ("auto", "memory", "off")
 RAM_FRACTION = 0.5  # `auto` builds the cache when it needs at most this share of available memory
-BUILD_PEAK = 2  # while the variable is made, the zeros it starts from exist beside it
 MAX_MEAN_RUN = 257  # 257 * 255 < 2**16: a run's sum is exact modulo 2**16
 BUILD_BATCH = 64  # frames decoded per assignment while building
 
@@ -78,10 +77,9 @@ def use_cache(mode: str, table, sums: bool, longest_run: int, what: str,
         reason = f"its mean runs of {longest_run} frames exceed the {MAX_MEAN_RUN} the cache sums exactly"
     else:
         need, free = cache_bytes(shape, sums), available_bytes()
-        if mode == "memory" and BUILD_PEAK * need > free:
-            raise ValueError(f"--frame_cache=memory: {what} needs {describe(shape, sums)}, twice that while "
-                             f"it is made, more than the {free / 2**20:.0f} MiB available; use "
-                             "--frame_cache=off (decode as read)")
+        if mode == "memory" and need > free:
+            raise ValueError(f"--frame_cache=memory: {what} needs {describe(shape, sums)}, more than the "
+                             f"{free / 2**20:.0f} MiB available; use --frame_cache=off (decode as read)")
         if mode == "auto" and need > RAM_FRACTION * free:
             reason = (f"it needs {describe(shape, sums)}, more than {RAM_FRACTION:.0%} of the "
                       f"{free / 2**20:.0f} MiB available")
@@ -129,7 +127,8 @@ def build(encoded: np.ndarray, decode, shape: tuple[int, int, int], sums: bool,
         if sums:  # running sums wrap modulo 2**16 (NumPy's uint16 arithmetic), exact differences
             batch = running + np.cumsum(batch, axis=0, dtype=np.uint16)
             running = batch[-1]
-        values[row:row + len(batch)].assign(batch)
+        # rows scattered in place: a slice assignment copied the whole cache at every batch (quadratic)
+        values.scatter_update(tf.IndexedSlices(batch, tf.range(row, row + len(batch))))
         row += len(batch)
     cache = FrameCache(values, sums, time.perf_counter() - started)
     log(f"{what}: decoded-frame cache built in {cache.build_s:.1f} s")

@@ -109,10 +109,10 @@ class View:
 
     def _ready(self) -> None:
         """Makes, eagerly, what the map functions capture: the per-example tensors and either the
-        decoded-frame cache or the table of encoded frames."""
+        decoded-frame cache or the encoded frames."""
         self._tensors  # noqa: B018
         if self.cache is None:
-            self._frame_table  # noqa: B018
+            self._encoded  # noqa: B018
 
     @functools.cached_property
     def cache(self) -> frame_cache_lib.FrameCache | None:
@@ -130,11 +130,13 @@ class View:
         return self.store.decoded[key]
 
     @functools.cached_property
-    def _frame_table(self) -> tf.lookup.StaticHashTable:
-        """Store row -> encoded frame, as a TensorFlow lookup table (no Python in the read path)."""
-        keys = tf.range(len(self.store.frames), dtype=tf.int64)
-        values = tf.constant(list(self.store.frames), dtype=tf.string)
-        return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=b"")
+    def _encoded(self) -> tf.Variable:
+        """Store row -> encoded frame: the frames as one string variable on the host CPU, read by row
+        in tf.data's threads (no Python in the read path). A variable, as the decoded-frame cache is,
+        so that the map functions capture a handle rather than the frames; it holds them once (a
+        lookup table held its keys and a second copy of the frames: benchmarks/bench_scale.py)."""
+        with tf.device("/CPU:0"):
+            return tf.Variable(tf.constant(list(self.store.frames), dtype=tf.string), trainable=False)
 
     @functools.cached_property
     def _tensors(self) -> dict:
@@ -162,7 +164,7 @@ class View:
                 slots = self.cache.frames(starts[:1] if self.spec.kind == "single" else starts)
         elif self.spec.kind == "mean":  # slot c: the mean of frames [starts[c], stops[c]), one run
             low = tf.reduce_min(starts)
-            decoded = tf.map_fn(self._decode, self._frame_table.lookup(tf.range(low, tf.reduce_max(stops))),
+            decoded = tf.map_fn(self._decode, self._encoded.sparse_read(tf.range(low, tf.reduce_max(stops))),
                                 fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
             sums = tf.concat([tf.zeros_like(decoded[:1], tf.int32),
                               tf.cumsum(tf.cast(decoded, tf.int32), axis=0)], axis=0)
@@ -171,10 +173,10 @@ class View:
             slots = (2 * total + n) // (2 * n) if self.rounding == "round" else total // n
             slots = tf.cast(slots, tf.uint8)
         elif self.spec.kind == "single":  # one frame: no loop
-            slots = self._decode(self._frame_table.lookup(starts[0]))[None]
+            slots = self._decode(self._encoded.sparse_read(starts[0]))[None]
         else:
             used, slot_of = tf.unique(starts)
-            decoded = tf.map_fn(self._decode, self._frame_table.lookup(used),
+            decoded = tf.map_fn(self._decode, self._encoded.sparse_read(used),
                                 fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
             slots = tf.gather(decoded, slot_of)  # (depth, H, W)
         image = slots[..., None] if self.spec.kind == "sequence" else tf.transpose(slots, [1, 2, 0])
@@ -184,7 +186,7 @@ class View:
     def first_example(self, fold: int) -> dict:
         """The first assembled example of a fold, eagerly (the runner's parse check): decoded as
         read, so that checking a run's input never waits for the decoded-frame cache."""
-        self._tensors, self._frame_table  # noqa: B018
+        self._tensors, self._encoded  # noqa: B018
         return self.assemble(tf.constant(self.split_rows(fold)[0], tf.int64), cached=False)
 
     # --- datasets ----------------------------------------------------------------------------
