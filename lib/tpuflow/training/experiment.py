@@ -272,13 +272,13 @@ def architecture_of(run_dir: str) -> str | None:
 def check_flags(cfg: Config) -> None:
     """Flag values that cannot work fail here, naming the flag, before anything is loaded: every
     numeric flag against its range in `FLAG_RANGES`."""
+    for name in ("backup_every_steps", "backup_every_minutes"):  # 0 is off; below 1 (not 0) is a typo
+        if getattr(cfg, name) and getattr(cfg, name) < 1:
+            raise cli.UsageError(f"--{name}={getattr(cfg, name)!r}: a backup interval must be >= 1 (0: off)")
     for name, (interval, why) in FLAG_RANGES.items():
         value = getattr(cfg, name)
         if value is not None and not in_range(value, interval):
             raise cli.UsageError(f"--{name}={value!r}: must be {range_text(interval)}" + (f" ({why})" if why else ""))
-    if 0 < cfg.backup_every_minutes < 1:
-        raise cli.UsageError(f"--backup_every_minutes={cfg.backup_every_minutes!r}: a backup interval must be >= 1 "
-                             "(0: off)")
     if cfg.output_dir and not storage.is_gcs(cfg.output_dir) and os.path.exists(cfg.output_dir) \
             and not os.path.isdir(cfg.output_dir):
         raise cli.UsageError(f"--output_dir={cfg.output_dir}: is a file, not a directory")
