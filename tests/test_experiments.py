@@ -89,7 +89,8 @@ def test_experiment_runs_every_job_quickly(run_py, backend, cv_dir, kind_dirs, t
 def test_sequence_model_on_single_frames_fails_at_once_naming_both(cv_dir, single_dir, tmp_path):
     lstm = next(p for p in RUN_FILES if p.endswith("cnn-lstm/run.py"))
     proc = subprocess.run([sys.executable, lstm, "--quick", f"--data_dir={cv_dir}",
-                           f"--data_tfrec_dir={single_dir}", f"--output_dir={tmp_path}/out"],
+                           f"--data_tfrec_dir={single_dir}", f"--output_dir={tmp_path}/out",
+                           "--weights=None"],  # the kind mismatch, not the (offline) ImageNet download
                           capture_output=True, text=True, env=ENV)
     assert proc.returncode != 0
     assert (f"reads 'sequence' records (--dataset_kind), but --data_tfrec_dir={single_dir} holds "
