@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jax_env
+import view_tolerance
 from tpuflow.inputs import augment, ondevice
 from tpuflow.prep import builder, frames, store
 
@@ -88,24 +89,48 @@ def test_device_views_predict_what_ten_host_passes_predict(built, kind, source):
     _check()(built, kind, source)
 
 
+# The views and the training transforms move pixels without a gather over the image: a TPU runs a
+# per-pixel gather one element at a time (the 45-degree views were once 0.67 s per example on v3-8).
+NO_IMAGE_GATHER = r"""
+import jax, jax.extend, jax.numpy as jnp
+def gathers(jaxpr):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "gather":
+            yield eqn.invars[0].aval.size
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from gathers(sub)
+x = jnp.zeros((2, 3, 16, 16, 1))
+for name, fn in (("views", lambda x: ondevice.TTAViews(ondevice.VIEWS)(x)),
+                 ("augment", lambda x: ondevice.device_augment(x, jnp.array([7, 9])))):
+    sizes = list(gathers(jax.make_jaxpr(fn)(x).jaxpr))
+    assert all(size <= 3 * ondevice.N_TRANSFORMS for size in sizes), (name, sizes)
+    print("OK no image gather", name)
+"""
+
+
 def test_device_views_under_jax(built):
-    script = CHECK + f"ATOL, RTOL = {ATOL}, {RTOL}\n" + "".join(f"check({built!r}, {k!r}, {s!r})\n" for k, s in JAX)
+    script = (CHECK + f"ATOL, RTOL = {ATOL}, {RTOL}\n" + "".join(f"check({built!r}, {k!r}, {s!r})\n" for k, s in JAX)
+              + NO_IMAGE_GATHER)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join(
         [os.path.join(os.path.dirname(HERE), "lib"), HERE, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=jax_env.env(env, "jax"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("OK jax") == len(JAX), proc.stdout
+    assert proc.stdout.count("OK no image gather") == 2, proc.stdout
 
 
 def test_device_views_equal_the_host_transforms_pixel_for_pixel():
-    """Every named view, images and sequences, square 366 px and odd sizes: within 1e-4 of 0..255."""
+    """Every named view, images and sequences, square 366 px and odd sizes, and the 45-degree ones
+    of non-square images: within float rounding (`view_tolerance`) of 0..255."""
     import tensorflow as tf
     rng = np.random.default_rng(0)
-    for shape in [(2, 24, 24, 3), (1, 3, 17, 17, 1), (1, 366, 366, 1)]:
+    for shape in [(2, 24, 24, 3), (1, 3, 17, 17, 1), (1, 366, 366, 1), (2, 20, 31, 2), (1, 2, 9, 14, 1)]:
         x = rng.uniform(0, 255, shape).astype(np.float32)
-        for name in augment.VIEWS:
+        height, width = shape[-3:-1]
+        for name in augment.VIEWS if height == width else [n for n in augment.VIEWS if "crop" in n]:
             want = np.stack([augment.apply_view(tf.constant(e), name).numpy() for e in x])
             got = np.asarray(ondevice.device_view(tf.constant(x), name))
             assert got.shape == want.shape
-            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"{name} {shape}")
+            np.testing.assert_allclose(got, want, atol=view_tolerance.atol(name, height, width), rtol=0,
+                                       err_msg=f"{name} {shape}")

@@ -4,12 +4,14 @@ JAX where TensorFlow is not installed (a GPU or TPU host with `jax` alone;
 `benchmarks/device_check.py`).
 
 The views and transforms are those of `tpuflow.inputs.augment` (the host's, in TensorFlow, by TTA
-index and by name: see its docstring), made here as gathers with fixed indices and weights that
-XLA compiles under the TensorFlow and JAX backends: quarter turns, flips and transposes as
-reversals and a transpose; the 45-degree views as four bilinear taps per pixel (the host
-rotation's sampling), then its central crop resized back. `tests/test_tta_device.py` and
-`tests/test_augment.py` check them against the host transforms. The constants both sides share
-(view names, sets, angles) live here, so that neither side needs the other's framework.
+index and by name: see its docstring), made here from fixed NumPy constants that XLA compiles
+under the TensorFlow and JAX backends, with no gather over the image (a TPU runs a per-pixel
+gather one element at a time): quarter turns, flips and transposes as reversals and a transpose;
+the 45-degree views as matmuls with bilinear weight matrices, read off along diagonals with pads
+and reshapes, then the central crop resized back by two more matmuls (`_diagonal_tables`).
+`tests/test_tta_device.py` and `tests/test_augment.py` check them against the host transforms.
+The constants both sides share (view names, sets, angles) live here, so that neither side
+needs the other's framework.
 """
 
 from __future__ import annotations
@@ -112,30 +114,12 @@ def _device_stages(name: str, height: int, width: int) -> tuple:
     A view that moves whole pixels is a symmetry of the square: ("d4", transpose, flip rows, flip
     columns), found by moving an image of pixel indices as the host transform does
     (`_PIXEL_MOVES`) and matching it (so reversals and a transpose, not gathers). A 45-degree
-    view: ("taps", 4 source pixels and bilinear weights per output pixel: `augment.rotate`'s
-    sampling, points outside weighted 0) then ("crop_resize", crop offsets and sizes, and for each
-    output row and column `tf.image.resize`'s two source lines and weight)."""
+    view: ("diagonal", ...) of `_diagonal_tables`."""
     degrees = _diagonal_degrees(name)
     if degrees is None:
         index = np.arange(height * width, dtype=np.int32).reshape(height, width)
-        return (_symmetry(_PIXEL_MOVES[name](index), index, name),)
-    top, left = (int((n - n * CROP_FRACTION) / 2) for n in (height, width))  # `tf.image.central_crop`'s rule
-    p = np.float32(rotation_params(degrees, np.float32((width - 1) / 2), np.float32((height - 1) / 2)))
-    y, x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
-    in_x = (p[0] * x + p[1] * y + p[2]).reshape(-1)  # float32, as the host op computes it
-    in_y = (p[3] * x + p[4] * y + p[5]).reshape(-1)
-    x0, y0 = np.floor(in_x), np.floor(in_y)
-    fx, fy = in_x - x0, in_y - y0
-    idx, weights = [], []
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            yy, xx = (y0 + dy).astype(np.int64), (x0 + dx).astype(np.int64)
-            inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-            idx.append(np.where(inside, yy * width + xx, 0))
-            weights.append(np.where(inside, wy * wx, 0.0))
-    taps = ("taps", np.stack(idx, 1).astype(np.int32), np.stack(weights, 1).astype(np.float32))
-    crop = (height - 2 * top, width - 2 * left)
-    return taps, ("crop_resize", top, left, crop, _resize_lines(crop[0], height), _resize_lines(crop[1], width))
+        return _symmetry(_PIXEL_MOVES[name](index), index, name)
+    return _diagonal_tables(degrees, height, width)
 
 
 def _symmetry(moved: np.ndarray, index: np.ndarray, name: str) -> tuple:
@@ -150,6 +134,59 @@ def _symmetry(moved: np.ndarray, index: np.ndarray, name: str) -> tuple:
     raise ValueError(f"view {name!r} moves pixels in a way no symmetry of the square does")
 
 
+def _diagonal_tables(degrees: float, height: int, width: int) -> tuple:
+    """A rotation by a diagonal angle, its central crop and the crop's resize back, as matrices:
+    the host's sampling (`augment.rotate`: bilinear, points outside weighted 0; then
+    `tf.image.central_crop` and `tf.image.resize`) without a per-pixel gather, which a TPU runs
+    slowly (one per pixel) and XLA compiles slowly.
+
+    At 45 degrees (and 135, 225, 315) the source row of output pixel (i, j) depends on i + j
+    alone and its source column on j - i alone (or the other way round), so bilinear sampling is
+    separable in those coordinates: S[p, q] = sum over r, c of Wp[p, r] X[r, c] Wq[q, c], two
+    matmuls, with p = a + b and q = b - a (+ h - 1) for crop pixel (a, b). The crop is then read
+    off S's diagonals with pads and reshapes (`_diagonal_view`); the resize is two more matmuls.
+    Returns ("diagonal", transpose (X = the image's transpose: the source row follows q), Wp
+    (Q, lines), Wq (Q, lines) with q reversed, crop (h, w), rows (height, h), columns (width, w)),
+    Q = h + w - 1."""
+    top, left = (int((n - n * CROP_FRACTION) / 2) for n in (height, width))  # `tf.image.central_crop`'s rule
+    h, w = height - 2 * top, width - 2 * left
+    p = np.float32(rotation_params(degrees, np.float32((width - 1) / 2), np.float32((height - 1) / 2)))
+    cos, sin, shift_x, shift_y = (np.float64(v) for v in (p[0], p[3], p[2], p[5]))
+    span = np.arange(h + w - 1, dtype=np.float64)
+    u = top + left + span  # i + j along p
+    v = left - top + span - (h - 1)  # j - i along q
+    # in_x = cos * x - sin * y + shift_x and in_y = sin * x + cos * y + shift_y, x = (u + v) / 2, y = (u - v) / 2
+    transpose = cos != sin  # 45, 225: the row follows u, the column v; 135, 315: the other way round
+    if transpose:
+        along_p, along_q = _bilinear_lines(cos * u + shift_x, width), _bilinear_lines(sin * v + shift_y, height)
+    else:
+        along_p, along_q = _bilinear_lines(cos * u + shift_y, height), _bilinear_lines(cos * v + shift_x, width)
+    rows, cols = (_line_matrix(*_resize_lines(n_in, n_out), n_in) for n_in, n_out in ((h, height), (w, width)))
+    return "diagonal", transpose, along_p, along_q[::-1].copy(), (h, w), rows, cols
+
+
+def _bilinear_lines(coords: np.ndarray, n: int) -> np.ndarray:
+    """(len(coords), n) float32: bilinear weights of the n source lines at each coordinate (in
+    float32, as the host computes it); lines outside get no weight."""
+    coords = coords.astype(np.float32)
+    low = np.floor(coords)
+    frac = coords - low
+    matrix = np.zeros((len(coords), n), np.float32)
+    for line, weight in ((low, 1 - frac), (low + 1, frac)):
+        inside = (line >= 0) & (line < n)
+        matrix[np.flatnonzero(inside), line[inside].astype(np.int64)] += weight[inside]
+    return matrix
+
+
+def _line_matrix(low: np.ndarray, high: np.ndarray, weight: np.ndarray, n_in: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of `_resize_lines`' two lines and weights."""
+    matrix = np.zeros((len(low), n_in), np.float32)
+    rows = np.arange(len(low))
+    np.add.at(matrix, (rows, low), 1 - weight)
+    np.add.at(matrix, (rows, high), weight)
+    return matrix
+
+
 def _resize_lines(n_in: int, n_out: int) -> tuple:
     """`tf.image.resize` (bilinear, half-pixel centres): for each output line, its two source
     lines and the second one's weight."""
@@ -160,32 +197,55 @@ def _resize_lines(n_in: int, n_out: int) -> tuple:
     return low, high, (centre - floor).astype(np.float32)
 
 
+def _diagonal_view(images, stages: tuple):
+    """`_diagonal_tables`' view of (B, H, W, D) float images: four matmuls, pads, reshapes and
+    static slices (no gather), so the batch dimension stays where it is sharded."""
+    _, transpose, along_p, along_q, (h, w), rows, cols = stages
+    depth, lines = images.shape[-1], len(along_p)
+    source = ops.swapaxes(images, 1, 2) if transpose else images
+    s = ops.einsum("pr,brcd->bpcd", ops.convert_to_tensor(along_p), source)
+    s = ops.einsum("bpcd,qc->bdpq", s, ops.convert_to_tensor(along_q))  # (B, D, Q, Q), q reversed
+    # Row p shifted right by p (pad each row by Q, flatten, drop the tail, rows one longer):
+    # crop pixel (a, b) then sits in row a + b, column w - 1 + 2a.
+    s = ops.reshape(ops.pad(s, ((0, 0), (0, 0), (0, 0), (0, lines))), (-1, depth, 2 * lines * lines))
+    s = ops.reshape(s[..., : lines * (2 * lines - 1)], (-1, depth, lines, 2 * lines - 1))
+    s = ops.reshape(s[..., w - 1: w - 1 + 2 * h], (-1, depth, lines, h, 2))[..., 0]  # (B, D, a + b, a)
+    # Row a shifted left by a: flatten, pad, rows one longer: crop pixel (a, b) at (a, b).
+    s = ops.pad(ops.reshape(ops.swapaxes(s, 2, 3), (-1, depth, h * lines)), ((0, 0), (0, 0), (0, h)))
+    crop = ops.reshape(s, (-1, depth, h, lines + 1))[..., :w]
+    out = ops.einsum("ia,bdaw->bdiw", ops.convert_to_tensor(rows), crop)
+    return ops.einsum("bdiw,jw->bijd", out, ops.convert_to_tensor(cols))
+
+
+def _frames_as_depth(images):
+    """(B, H, W, C) as is; (B, N, H, W, C) as (B, H, W, N * C) (every frame moves alike)."""
+    if len(images.shape) == 4:
+        return images
+    _, frames, height, width, channels = images.shape
+    return ops.reshape(ops.transpose(images, (0, 2, 3, 1, 4)), (-1, height, width, frames * channels))
+
+
+def _depth_as_frames(images, shape: tuple):
+    if len(shape) == 4:
+        return images
+    _, frames, height, width, channels = shape
+    return ops.transpose(ops.reshape(images, (-1, height, width, frames, channels)), (0, 3, 1, 2, 4))
+
+
 def device_view(images, name: str):
     """The view `name` of a float batch (B, H, W, C) or (B, N, H, W, C) (static H, W, C), with
     `keras.ops` only (compiles with XLA under either backend): within float rounding of
     `apply_view` on each example."""
-    *_, height, width, channels = images.shape
+    *_, height, width, _ = images.shape
     if name == "orig":
         return images
     stages = _device_stages(name, height, width)
-    if stages[0][0] == "d4":
-        _, transpose, flip_rows, flip_cols = stages[0]
+    if stages[0] == "d4":
+        _, transpose, flip_rows, flip_cols = stages
         images = ops.swapaxes(images, -3, -2) if transpose else images
         images = ops.flip(images, axis=-3) if flip_rows else images
         return ops.flip(images, axis=-2) if flip_cols else images
-    # Pixels first, (H * W, batch, C): every gather takes whole rows along the leading axis,
-    # which XLA does fast.
-    pixels = ops.transpose(ops.reshape(images, (-1, height * width, channels)), (1, 0, 2))
-    (_, idx, weights), (_, top, left, (h, w), (r0, r1, rw), (c0, c1, cw)) = stages
-    taken = ops.reshape(ops.take(pixels, idx.reshape(-1), axis=0), (height * width, 4, -1, channels))
-    image = ops.reshape(ops.sum(taken * weights[:, :, None, None], axis=1), (height, width, -1, channels))
-    image = image[top:top + h, left:left + w]  # (h, w, batch, C)
-    for low, high, weight in ((r0, r1, rw), (c0, c1, cw)):  # resize the rows, then the columns
-        weight = weight[:, None, None, None]
-        image = ops.take(image, low, axis=0) * (1 - weight) + ops.take(image, high, axis=0) * weight
-        image = ops.transpose(image, (1, 0, 2, 3))  # the other spatial axis first
-    flat = ops.reshape(ops.transpose(image, (2, 0, 1, 3)), (-1, height * width, channels))  # (batch, H * W, C)
-    return ops.reshape(flat, (-1, *images.shape[1:]))
+    return _depth_as_frames(_diagonal_view(_frames_as_depth(images), stages), tuple(images.shape))
 
 
 class TTAViews(keras.layers.Layer):
@@ -210,8 +270,8 @@ class TTAViews(keras.layers.Layer):
 def tta_model(model: keras.Model, views) -> keras.Model:
     """`model` behind `TTAViews`: one batch of B examples in, the predictions of their
     B * len(views) views out (example-major); shares `model`'s weights and its XLA setting
-    (`jit_compile`: the views are gathers XLA fuses; uncompiled on a CPU they are slower than
-    the host transforms). Build it where `model` was built (inside its distribution scope)."""
+    (`jit_compile`: uncompiled on a CPU the views are slower than the host transforms). Build
+    it where `model` was built (inside its distribution scope)."""
     inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]), dtype="float32")
     predictor = keras.Model(inputs, model(TTAViews(views)(inputs)), name=f"{model.name}_tta")
     predictor.jit_compile = model.jit_compile
@@ -222,24 +282,17 @@ def tta_model(model: keras.Model, views) -> keras.Model:
 
 @functools.lru_cache(maxsize=16)
 def _train_stages(height: int, width: int) -> tuple:
-    """Per-transform constants of :func:`device_augment` for (height, width) images: (10, 3) d4 flags
-    (transpose, flip rows, flip columns; transforms 1..5, the rest identity), and for the four
-    45-degree transforms 6..9 the bilinear taps of `_device_stages` kept for the crop's pixels only
-    (source pixel indices (4, h * w * 4), weights (4, h * w, 4)), the crop size and the resize lines
-    they share (the crop and the resize do not depend on the angle)."""
+    """Constants of :func:`device_augment` for square (height, width) images: the (10, 3) d4 flags
+    (transpose, flip rows, flip columns) each transform applies after its base image (the image
+    for 0..5; its 45-degree view for 6..9, which then turns by 0, 1, 2, 3 quarters: 135 degrees
+    is 45 then 90), and the 45-degree view's `_diagonal_tables`."""
     if height != width:
         raise ValueError(f"--aug_prob: the training augmentation (quarter turns) needs square images; got "
                          f"{height}x{width} (use --aug_prob=0)")
     flags = np.zeros((N_TRANSFORMS, 3), bool)
-    for t in range(1, 6):
-        flags[t] = _device_stages(REFERENCE_VIEWS[t], height, width)[0][1:]
-    idx, weights = [], []
-    for t in range(6, N_TRANSFORMS):
-        (_, taps, tap_weights), (_, top, left, (h, w), rows, cols) = _device_stages(REFERENCE_VIEWS[t], height, width)
-        crop = (np.arange(top, top + h)[:, None] * width + np.arange(left, left + w)).reshape(-1)
-        idx.append(taps[crop].reshape(-1))
-        weights.append(tap_weights[crop])
-    return flags, np.stack(idx), np.stack(weights), (h, w), rows, cols
+    for t, turn in [(t, t) for t in range(1, 6)] + [(7, 3), (8, 4), (9, 5)]:
+        flags[t] = _device_stages(REFERENCE_VIEWS[turn], height, width)[1:]
+    return flags, _device_stages(REFERENCE_VIEWS[6], height, width)
 
 
 def device_augment(images, transform):
@@ -247,41 +300,23 @@ def device_augment(images, transform):
     TTA transform `transform` (B,) int (0: unchanged), every frame alike; `keras.ops` only, so
     XLA compiles it under either backend. Within float rounding of `apply_tta` on each example.
 
-    Static shapes mean every example pays for both kinds of move: the symmetries of the square
-    are three per-example selects (transpose, flip rows, flip columns); the 45-degree ones one
-    gather of 4 taps per pixel of the crop, from per-example rows of four precomputed tap tables,
-    then the crop's resize (two line gathers), kept where the transform is 6..9."""
+    Static shapes mean every example pays for the 45-degree view (`_diagonal_view`: matmuls),
+    kept where the transform is 6..9, then for three per-example selects (transpose, flip rows,
+    flip columns) that make the quarter turns and flips."""
     shape = tuple(images.shape)
-    batch, (height, width, channels) = shape[0], shape[-3:]
-    flags, idx, weights, (h, w), (r0, r1, rw), (c0, c1, cw) = _train_stages(height, width)
+    height, width = shape[-3:-1]
+    flags, diagonal = _train_stages(height, width)
     transform = ops.cast(transform, "int32")
 
     def per_example(mask):  # (B,) bool -> broadcastable over an example
         return ops.reshape(mask, (-1,) + (1,) * (len(shape) - 1))
 
+    turned = _depth_as_frames(_diagonal_view(_frames_as_depth(images), diagonal), shape)
+    moved = ops.where(per_example(transform >= 6), turned, images)
     flag = ops.take(ops.convert_to_tensor(flags), transform, axis=0)  # (B, 3)
-    moved = ops.where(per_example(flag[:, 0]), ops.swapaxes(images, -3, -2), images)
+    moved = ops.where(per_example(flag[:, 0]), ops.swapaxes(moved, -3, -2), moved)
     moved = ops.where(per_example(flag[:, 1]), ops.flip(moved, axis=-3), moved)
-    moved = ops.where(per_example(flag[:, 2]), ops.flip(moved, axis=-2), moved)
-    # 45 degrees: pixels (B, H * W, frames * C), each example gathering its taps from its own
-    # pixels. The batch stays a dimension of the gather (vmap: a batched gather; pfor: batch_dims)
-    # so that, with the batch sharded over devices, XLA keeps each gather on its device; one flat
-    # gather over the whole batch with offset indices made it all-gather every pixel first.
-    frames_last = images if len(shape) == 4 else ops.transpose(images, (0, 2, 3, 1, 4))
-    depth = channels * (1 if len(shape) == 4 else shape[1])
-    pixels = ops.reshape(frames_last, (batch, height * width, depth))
-    angle = ops.clip(transform - 6, 0, 3)
-    taps = ops.take(ops.convert_to_tensor(idx), angle, axis=0)  # (B, h * w * 4)
-    taken = ops.vectorized_map(lambda example: ops.take(example[0], example[1], axis=0), (pixels, taps))
-    taken = ops.reshape(taken, (batch, h * w, 4, depth))
-    tap_weights = ops.take(ops.convert_to_tensor(weights), angle, axis=0)[..., None]  # (B, h * w, 4, 1)
-    image = ops.reshape(ops.sum(taken * tap_weights, axis=2), (batch, h, w, depth))
-    for axis, low, high, weight in ((1, r0, r1, rw), (2, c0, c1, cw)):  # resize the rows, then the columns
-        weight = ops.reshape(weight, (-1, 1, 1) if axis == 1 else (-1, 1))
-        image = ops.take(image, low, axis=axis) * (1 - weight) + ops.take(image, high, axis=axis) * weight
-    if len(shape) == 5:
-        image = ops.transpose(ops.reshape(image, (batch, height, width, shape[1], channels)), (0, 3, 1, 2, 4))
-    return ops.where(per_example(transform >= 6), ops.reshape(image, shape), moved)
+    return ops.where(per_example(flag[:, 2]), ops.flip(moved, axis=-2), moved)
 
 
 def _box_mask(boxes, height: int, width: int):
