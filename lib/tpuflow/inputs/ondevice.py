@@ -232,20 +232,38 @@ def _depth_as_frames(images, shape: tuple):
     return ops.transpose(ops.reshape(images, (-1, height, width, frames, channels)), (0, 3, 1, 2, 4))
 
 
-def device_view(images, name: str):
-    """The view `name` of a float batch (B, H, W, C) or (B, N, H, W, C) (static H, W, C), with
-    `keras.ops` only (compiles with XLA under either backend): within float rounding of
-    `apply_view` on each example."""
+_DIAGONAL_TURNS = {"rot135_crop": "rot90", "rot225_crop": "rot180", "rot315_crop": "rot270"}
+"""A square image's 45-degree views beyond the first as that one turned by a quarter turn (the
+rotation about the centre, the central crop and its resize all commute with quarter turns)."""
+
+
+def _move(images, stages: tuple):
+    """A ("d4", transpose, flip rows, flip columns) move of (..., H, W, C) images."""
+    _, transpose, flip_rows, flip_cols = stages
+    images = ops.swapaxes(images, -3, -2) if transpose else images
+    images = ops.flip(images, axis=-3) if flip_rows else images
+    return ops.flip(images, axis=-2) if flip_cols else images
+
+
+def device_views(images, names) -> list:
+    """The views `names` of a float batch (B, H, W, C) or (B, N, H, W, C) (static H, W, C), with
+    `keras.ops` only (compiles with XLA under either backend): each within float rounding of
+    `apply_view` on each example. A square image's 45-degree view is made once, the other
+    diagonal views turn it."""
     *_, height, width, _ = images.shape
-    if name == "orig":
-        return images
-    stages = _device_stages(name, height, width)
-    if stages[0] == "d4":
-        _, transpose, flip_rows, flip_cols = stages
-        images = ops.swapaxes(images, -3, -2) if transpose else images
-        images = ops.flip(images, axis=-3) if flip_rows else images
-        return ops.flip(images, axis=-2) if flip_cols else images
-    return _depth_as_frames(_diagonal_view(_frames_as_depth(images), stages), tuple(images.shape))
+    made = {"orig": images}
+
+    def view(name):
+        if name not in made:
+            if height == width and name in _DIAGONAL_TURNS:
+                made[name] = _move(view("rot45_crop"), _device_stages(_DIAGONAL_TURNS[name], height, width))
+            else:
+                stages = _device_stages(name, height, width)
+                made[name] = _move(images, stages) if stages[0] == "d4" else _depth_as_frames(
+                    _diagonal_view(_frames_as_depth(images), stages), tuple(images.shape))
+        return made[name]
+
+    return [view(name) for name in names]
 
 
 class TTAViews(keras.layers.Layer):
@@ -260,7 +278,7 @@ class TTAViews(keras.layers.Layer):
                 raise ValueError(f"unknown view {name!r}; expected one of {VIEWS}")
 
     def call(self, images):
-        views = ops.stack([device_view(images, name) for name in self.views], axis=1)
+        views = ops.stack(device_views(images, self.views), axis=1)
         return ops.reshape(views, (-1, *images.shape[1:]))
 
     def compute_output_shape(self, input_shape):
@@ -290,8 +308,9 @@ def _train_stages(height: int, width: int) -> tuple:
         raise ValueError(f"--aug_prob: the training augmentation (quarter turns) needs square images; got "
                          f"{height}x{width} (use --aug_prob=0)")
     flags = np.zeros((N_TRANSFORMS, 3), bool)
-    for t, turn in [(t, t) for t in range(1, 6)] + [(7, 3), (8, 4), (9, 5)]:
-        flags[t] = _device_stages(REFERENCE_VIEWS[turn], height, width)[1:]
+    for t in range(1, N_TRANSFORMS):
+        turn = REFERENCE_VIEWS[t] if t < 6 else _DIAGONAL_TURNS.get(REFERENCE_VIEWS[t])
+        flags[t] = _device_stages(turn, height, width)[1:] if turn else False
     return flags, _device_stages(REFERENCE_VIEWS[6], height, width)
 
 
