@@ -242,7 +242,7 @@ def test_minutes_interval_backs_up_within_the_epoch(tmp_path):
     model = tiny_experiment.init_model(cfg)
     models.compile_model(model, cfg)
     model.fit(np.ones((8, 8, 8, 1), np.float32), np.ones(8, np.float32), batch_size=4, epochs=1, verbose=0)
-    backup = resume.FoldBackup(cfg, 0, {}, "none", devices="here")
+    backup = resume.FoldBackup(cfg, 0, {}, devices="here")
     backup.set_model(model)
     backup.set_params({"steps": 10})
     backup.on_train_batch_end(2)  # 3 steps in well under a minute: no backup yet
