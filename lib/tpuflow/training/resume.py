@@ -512,7 +512,7 @@ def orbax_load(path: str, model: keras.Model, metrics: bool = False) -> list | N
     checkpointer = orbax_checkpointer()
     with _local_tree(path) as local:
         saved = checkpointer.metadata(local).item_metadata.tree
-        now = {"weights": model.weights, "optimizer": model.optimizer.variables if model.optimizer else []}
+        now = {"weights": model.weights, "optimizer": model.optimizer.variables if getattr(model, "optimizer", None) else []}
         now = {group: variables for group, variables in now.items() if group in saved}
         for group, variables in now.items():
             _check_shapes(variables, saved[group], group)
