@@ -120,7 +120,9 @@ class PreemptionNotice:
     (`training` set by `FoldBackup`) a signal only raises the flag `requested`: the step under way
     finishes, `FoldBackup` writes a backup and raises `Preempted`. Outside training, or on a second
     signal, `Preempted` is raised at once (every output is written atomically: nothing is left
-    half-written)."""
+    half-written) - but on one of several hosts, where a host stopping alone would leave the others
+    waiting in a collective: there the flag is honoured by every host together at the next `check`
+    (each prediction batch, each fold's start and end) or training step."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -143,8 +145,15 @@ class PreemptionNotice:
         if first:
             _say(f"{self.requested} received: " + ("finishing the step, backing up, then stopping"
                                                     if self.training else "stopping"), warning=True)
-        if not self.training or not first:
+        if not first or not (self.training or hosts.process_info()[1] > 1):
             raise Preempted(f"{self.requested}: stopped outside training; re-run the same command to resume")
+
+    def check(self) -> None:
+        """Outside training: stops every host alike if any has had the notice (a collective: call
+        it at the same point on every host; one host: as the notice itself)."""
+        if not self.training and hosts.agree(self.requested)[0]:
+            raise Preempted(f"{self.requested or 'another host'}: stopped outside training; re-run the same "
+                            "command to resume")
 
 
 NOTICE = PreemptionNotice()

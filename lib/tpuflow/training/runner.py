@@ -366,7 +366,7 @@ def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str
         ds = view_of(cfg).predict_dataset(rows, parse, batch)
     else:
         ds = pipeline.predict_dataset(files, parse, batch, len(ids))
-    pred = hosts.predict(predictor, ds, batch)[:len(ids) * n_tta]
+    pred = hosts.predict(predictor, ds, batch, resume.NOTICE.check)[:len(ids) * n_tta]
     pred = pred.reshape(len(ids), n_tta, *pred.shape[1:])
     if split_name == "val":
         order = scoring.csv_order(read_train_cv(cfg), fold, ids)
@@ -555,6 +555,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         fold_labels = read_fold_labels(cfg, manifest) if "train" in jobs else {}
         for fold in folds(cfg):
             check_lock()  # another run took this run dir over (our heartbeat failed): stop writing
+            resume.NOTICE.check()  # a notice outside training: every host stops here together
             progress = resume.FoldProgress(cfg, fold, bool(fold_checkpoints(cfg.output_dir, fold)))
             todo = progress.todo(jobs)  # re-running after a kill skips what a fold already finished
             if not todo:
@@ -576,6 +577,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
                     progress.mark(split_name)
                     timings[f"{split_name}_fold_{fold}"] = time.time() - start
             record.fold_done(fold, history, best_checkpoint(cfg.output_dir, fold), timings)
+            resume.NOTICE.check()
     if "score" in jobs:
         result["scores"] = score(cfg, suffix)
     if "subm" in jobs:
