@@ -521,7 +521,8 @@ def orbax_load(path: str, model: keras.Model, metrics: bool = False) -> list | N
     checkpointer = orbax_checkpointer()
     with _local_tree(path) as local:
         saved = checkpointer.metadata(local).item_metadata.tree
-        now = {"weights": model.weights, "optimizer": model.optimizer.variables if getattr(model, "optimizer", None) else []}
+        optimizer = getattr(model, "optimizer", None)  # none: a model only predicting
+        now = {"weights": model.weights, "optimizer": optimizer.variables if optimizer else []}
         now = {group: variables for group, variables in now.items() if group in saved}
         for group, variables in now.items():
             _check_shapes(variables, saved[group], group)

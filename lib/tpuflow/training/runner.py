@@ -58,8 +58,8 @@ def best_checkpoint(output_dir: str, fold: int) -> str:
     """The one best checkpoint of a fold; an error if there is none or several."""
     found = fold_checkpoints(output_dir, fold)
     if len(found) != 1:
-        raise FileNotFoundError(f"{output_dir}: expected one {checkpoint_names.GLOB.format(fold=fold)}.weights.h5 (or .orbax), "
-                                f"found {len(found)} (train fold {fold} first)")
+        raise FileNotFoundError(f"{output_dir}: expected one {checkpoint_names.GLOB.format(fold=fold)}.weights.h5 "
+                                f"(or .orbax), found {len(found)} (train fold {fold} first)")
     return found[0]
 
 
