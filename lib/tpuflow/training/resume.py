@@ -466,9 +466,9 @@ def orbax_writes(directory: str) -> bool:
 class OrbaxWriter:
     """Asynchronous Orbax saves to a local or `gs://` directory; `wait` returns once every save
     made is complete where it belongs. Locally Orbax writes a temporary directory and renames it
-    when complete; a `gs://` one is written to a local staging dir and uploaded by `wait`
-    (Orbax's own Cloud Storage writer cannot be pointed at another endpoint, such as the emulator
-    the tests use), the caller writing what names it (a state record) after `wait`."""
+    when complete; a `gs://` one is written to a local staging dir and uploaded by `wait` through
+    `tpuflow.storage` (verified uploads, the emulator in the tests), the caller writing what names
+    it (a state record) after `wait`."""
 
     def __init__(self):
         self.checkpointer = orbax_checkpointer()
