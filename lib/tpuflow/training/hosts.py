@@ -10,7 +10,8 @@ gathered so that every example is predicted exactly once, in record order, on ev
   prediction; only training is split by file.)
 
 - Run dir: host 0 writes the run dir, host k its own copy under it (`host_dir`); Orbax backups
-  are written by all hosts together into host 0's (`shared_dir`), so no host keeps its own.
+  and best checkpoints are written by all hosts together into host 0's (`shared_dir`), so no
+  host keeps its own.
 - Decisions within a step loop (back up now? stop for a preemption notice?) are taken on every
   host alike (`agree`): a collective save or a host stopping alone would leave the others waiting.
   So is a preemption notice outside training (`resume.PreemptionNotice.check`, before each
