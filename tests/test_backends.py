@@ -18,7 +18,7 @@ import jax_env
 import tiny_experiment
 from tpuflow import backend
 from tpuflow.inputs import records
-from tpuflow.training import experiment, hosts, runner
+from tpuflow.training import experiment, export, hosts, runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "tiny_experiment.py")
@@ -160,6 +160,23 @@ def test_checkpoint_trained_under_one_backend_predicts_the_same_under_the_other(
         np.testing.assert_allclose(np.load(preds / name), np.load(out / "preds" / name), rtol=1e-4, atol=1e-3)
     assert sorted(np.load(preds / "ids_val_fold_0.npy").tolist()) == sorted(records.read_ids(
         records.record_files(single_dir, [0])).tolist())
+
+
+def test_jax_best_checkpoint_is_orbax_and_exports_under_tensorflow(trained, single_dir, tmp_path):
+    """Under JAX the best checkpoint is an Orbax directory; `tools/export_model.py` (TensorFlow)
+    converts it on load into a SavedModel serving the JAX run's predictions."""
+    from test_export import _serve  # noqa: PLC0415
+    jax_run, tf_run = trained["jax"], trained["tensorflow"]
+    assert [p.name for p in jax_run.glob("model-best-f0-*")][0].endswith(".orbax")
+    assert [p.name for p in tf_run.glob("model-best-f0-*")][0].endswith(".weights.h5")
+    info = export.export_run(str(jax_run), str(tmp_path / "serving"), views=["orig"], run_py=TINY)
+    assert info["checkpoints"] == [str(runner.best_checkpoint(str(jax_run), 0))]
+    files = records.record_files(single_dir, [0])
+    served = _serve(tmp_path / "serving", files, tmp_path / "served.npy")
+    order = {i: n for n, i in enumerate(np.load(jax_run / "preds" / "ids_val_fold_0.npy").tolist())}
+    predicted = np.load(jax_run / "preds" / "y_pred_val_fold_0_tta_0.npy")[:, 0]
+    expected = predicted[[order[i] for i in records.read_ids(files).tolist()]]
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-3)
 
 
 def test_checkpoint_of_another_model_is_named_with_both_shapes_and_nothing_is_overwritten(

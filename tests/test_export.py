@@ -79,7 +79,7 @@ def test_export_of_an_untrained_fold_fails_naming_it_and_keeps_an_earlier_export
     export.export_run(str(trained_run), str(export_dir), folds=[0], views=["orig"],
                       run_py=os.path.join(HERE, "tiny_experiment.py"))
     before = sorted(os.listdir(export_dir))
-    with pytest.raises(FileNotFoundError, match=r"model-best-f3-e\*.weights.h5, found 0"):
+    with pytest.raises(FileNotFoundError, match=r"model-best-f3-e\*.weights.h5 \(or .orbax\), found 0"):
         export.export_run(str(trained_run), str(export_dir), folds=[3], run_py=os.path.join(HERE, "tiny_experiment.py"))
     assert sorted(os.listdir(export_dir)) == before
 

@@ -55,7 +55,10 @@ def test_prediction_names_round_trip_and_refuse_foreign_names():
 def test_checkpoint_and_backup_names_round_trip():
     path = "gs://b/run/" + checkpoint_names.name(2, 7, 10.12345)
     assert checkpoint_names.parse(path) == (2, 7, 10.1235)
-    assert path.endswith(checkpoint_names.GLOB.format(fold=2).replace("*", "007-10.1235"))
+    assert path.endswith(checkpoint_names.GLOB.format(fold=2).replace("*", "007-10.1235.weights.h5"))
+    orbax = checkpoint_names.name(2, 7, 10.12345, "orbax")
+    assert checkpoint_names.parse(orbax) == (2, 7, 10.1235) and checkpoint_names.is_orbax(orbax)
+    assert orbax == "model-best-f2-e007-10.1235.orbax"
     with pytest.raises(ValueError, match="model-best-f0.weights.h5: not a best-checkpoint name"):
         checkpoint_names.parse("run/model-best-f0.weights.h5")
     directory = checkpoint_names.backup_dir("gs://b/run", 1)

@@ -164,14 +164,16 @@ def test_damaged_or_foreign_backup_within_the_epoch_falls_back_to_the_epoch_boun
 
 def test_run_dir_on_cloud_storage_resumes_mid_epoch_to_the_same_predictions(interrupted, gcs_emulator, cv_dir,
                                                                             store_dir):  # noqa: F811
+    """Under JAX Orbax writes through a local staging dir, uploaded before the state record names it."""
     backend, _, reference, *_ = interrupted
-    if backend != "tensorflow":
-        pytest.skip("one backend is enough (the bucket is written by the same storage code)")
     out = gcs_emulator.create_bucket() + "/runs/run-preempt"
     _, (_, term, killed), _ = _preempted_then_killed_then_finished(cv_dir, store_dir, out, backend)
     assert term["steps_done"] > 0 and killed["steps_done"] > 0
+    assert term["format"] == {"tensorflow": "h5", "jax": "orbax"}[backend]
     _same_predictions(out, reference)
     assert not storage.exists(storage.join(out, "run.lock"))
+    best = storage.glob(storage.join(out, "model-best-f0-*"))
+    assert len(best) == 1 and best[0].endswith({"tensorflow": ".weights.h5", "jax": ".orbax"}[backend])
 
 
 @pytest.mark.parametrize("flag,value", [("backup_every_steps", -3), ("backup_every_minutes", 0.5)])
@@ -200,7 +202,7 @@ def test_steps_per_execution_default_by_device_bounded_by_epoch_and_backup():
 def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_dir, single_dir, tmp_path):
     """Two hosts on 127.0.0.1 (as in test_backends): one SIGTERMed mid-epoch, both back up into
     one Orbax backup in host 0's run dir (host 1 keeps no weights of its own) and stop; re-run,
-    both resume at that step."""
+    both resume at that step, and stop together when the other host is SIGTERMed while predicting."""
     out = tmp_path / "run"
 
     def start():
@@ -226,14 +228,23 @@ def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_di
     assert states[0]["stem"] == states[1]["stem"] and states[0]["steps_done"] > 0 and states[0]["format"] == "orbax"
     assert os.path.isdir(out / "backup" / "fold_0" / (states[0]["stem"] + ".orbax"))
     assert sorted(os.listdir(out / "host_1" / "backup" / "fold_0")) == ["state.json"]  # no weights of its own
-    procs = start()
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert not list(out.glob("host_1/model-best-*"))  # and no best checkpoint of its own
+    procs = start()  # resumes; host 1 is SIGTERMed once predicting (outside training): both stop there
+    seen = []
+    for line in procs[1].stdout:
+        seen.append(line)
+        if "Fold 0: predicting val" in line:
+            procs[1].send_signal(signal.SIGTERM)
+            break
+    logs = [procs[0].communicate(timeout=300)[0], "".join(seen) + procs[1].communicate(timeout=300)[0]]
+    assert [p.returncode for p in procs] == [cli.PREEMPTED_EXIT] * 2, logs[0][-2000:] + logs[1][-2000:]
     resumed = f"Resuming fold 0 at epoch {states[0]['epochs_done'] + 1}, step {states[0]['steps_done']} "
     assert resumed in logs[0] and resumed in logs[1], [line for log in logs for line in log.splitlines()
                                                       if "backup" in line or "Resuming" in line]
-    name = "preds/y_pred_val_fold_0_tta_0.npy"
-    np.testing.assert_array_equal(np.load(out / name), np.load(out / "host_1" / name))
+    assert "preempted: another host: stopped outside training" in logs[0]
+    assert run_record.read_record(str(out))["invocations"][-1]["status"] == "preempted"
+    assert len(list(out.glob("model-best-f0-*.orbax"))) == 1  # the fold's training is kept: a re-run predicts
+    assert json.load(open(out / "backup" / "fold_0" / resume.DONE))["done"] == ["train"]
 
 
 def test_minutes_interval_backs_up_within_the_epoch(tmp_path):
@@ -242,7 +253,7 @@ def test_minutes_interval_backs_up_within_the_epoch(tmp_path):
     model = tiny_experiment.init_model(cfg)
     models.compile_model(model, cfg)
     model.fit(np.ones((8, 8, 8, 1), np.float32), np.ones(8, np.float32), batch_size=4, epochs=1, verbose=0)
-    backup = resume.FoldBackup(cfg, 0, {}, "none", devices="here")
+    backup = resume.FoldBackup(cfg, 0, {}, devices="here")
     backup.set_model(model)
     backup.set_params({"steps": 10})
     backup.on_train_batch_end(2)  # 3 steps in well under a minute: no backup yet

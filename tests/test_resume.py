@@ -144,8 +144,7 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
         checkpoint = runner.BestCheckpoint(cfg.output_dir, 0, "val_rmse_rounded")
         reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_rmse_rounded", patience=3)
         backup = resume.FoldBackup(cfg, 0, {"checkpoint": (checkpoint, ("best", "path")),
-                                            "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))},
-                                   runner.CHECKPOINT_GLOB.format(fold=0))
+                                            "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))})
         for callback in (checkpoint, reduce_lr, backup):
             callback.set_model(model)
         return model, checkpoint, reduce_lr, backup

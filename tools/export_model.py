@@ -27,8 +27,8 @@ cli.quiet_native_logs()  # before TensorFlow loads
 from tpuflow.inputs import ondevice  # noqa: E402
 from tpuflow.training import export  # noqa: E402
 
-flags.DEFINE_string("run_dir", None, "Run dir with config.json, record.json and model-best-f<k>-*.weights.h5",
-                    required=True)
+flags.DEFINE_string("run_dir", None, "Run dir with config.json, record.json and model-best-f<k>-*.weights.h5 "
+                    "(or .orbax: trained under JAX)", required=True)
 flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (replaced if it exists)", required=True)
 flags.DEFINE_list("folds", None, "Folds to export (default: every fold of the run)")
 flags.DEFINE_string("views", None, "TTA views averaged inside the model: ref, d4 or names joined by ',' (default: the run's)")

@@ -10,15 +10,18 @@ gathered so that every example is predicted exactly once, in record order, on ev
   prediction; only training is split by file.)
 
 - Run dir: host 0 writes the run dir, host k its own copy under it (`host_dir`); Orbax backups
-  are written by all hosts together into host 0's (`shared_dir`), so no host keeps its own.
+  and best checkpoints are written by all hosts together into host 0's (`shared_dir`), so no
+  host keeps its own.
 - Decisions within a step loop (back up now? stop for a preemption notice?) are taken on every
   host alike (`agree`): a collective save or a host stopping alone would leave the others waiting.
+  So is a preemption notice outside training (`resume.PreemptionNotice.check`, before each
+  prediction batch and at each fold's start and end).
 
 With one process (one host, any number of devices) all of this is the identity.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import posixpath
 
@@ -82,15 +85,19 @@ def host_slices(dataset, global_batch: int, index: int, count: int):
     return dataset.rebatch(host_batch(global_batch, count)).shard(count, index)
 
 
-def predict(model: keras.Model, dataset, global_batch: int) -> np.ndarray:
+def predict(model: keras.Model, dataset, global_batch: int, check: Callable[[], None] = lambda: None) -> np.ndarray:
     """`model.predict` over a dataset of global batches: one host predicts as Keras does; on
     several, each predicts its slice of every global batch and the slices are gathered from all
     hosts (NumPy, record order, the same on every host). Keras' own `predict` cannot return
-    outputs that span other hosts' devices."""
+    outputs that span other hosts' devices. `check` is called before each batch on several hosts
+    (the preemption notice, agreed by all: `resume.NOTICE.check`)."""
     index, count = process_info()
     if count == 1:
         return np.asarray(model.predict(dataset, verbose=0))
     from jax.experimental import multihost_utils  # noqa: PLC0415
-    outputs = [np.asarray(multihost_utils.process_allgather(np.asarray(model.predict_on_batch(batch)), tiled=True))
-               for batch in host_slices(dataset, global_batch, index, count).as_numpy_iterator()]
+    outputs = []
+    for batch in host_slices(dataset, global_batch, index, count).as_numpy_iterator():
+        check()
+        outputs.append(np.asarray(multihost_utils.process_allgather(np.asarray(model.predict_on_batch(batch)),
+                                                                    tiled=True)))
     return np.concatenate(outputs)

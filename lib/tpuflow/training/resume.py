@@ -22,12 +22,17 @@ it restores weights and the epoch but neither the optimizer state nor other call
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 import posixpath
+import shutil
 import signal
+import tempfile
 import threading
 import time
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -115,7 +120,9 @@ class PreemptionNotice:
     (`training` set by `FoldBackup`) a signal only raises the flag `requested`: the step under way
     finishes, `FoldBackup` writes a backup and raises `Preempted`. Outside training, or on a second
     signal, `Preempted` is raised at once (every output is written atomically: nothing is left
-    half-written)."""
+    half-written) - but on one of several hosts, where a host stopping alone would leave the others
+    waiting in a collective: there the flag is honoured by every host together at the next `check`
+    (each prediction batch, each fold's start and end) or training step."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -138,8 +145,15 @@ class PreemptionNotice:
         if first:
             _say(f"{self.requested} received: " + ("finishing the step, backing up, then stopping"
                                                     if self.training else "stopping"), warning=True)
-        if not self.training or not first:
+        if not first or not (self.training or hosts.process_info()[1] > 1):
             raise Preempted(f"{self.requested}: stopped outside training; re-run the same command to resume")
+
+    def check(self) -> None:
+        """Outside training: stops every host alike if any has had the notice (a collective: call
+        it at the same point on every host; one host: as the notice itself)."""
+        if not self.training and hosts.agree(self.requested)[0]:
+            raise Preempted(f"{self.requested or 'another host'}: stopped outside training; re-run the same "
+                            "command to resume")
 
 
 NOTICE = PreemptionNotice()
@@ -152,8 +166,8 @@ class FoldBackup(keras.callbacks.Callback):
 
     `tracked` maps a name to (callback, attribute names) whose values are saved and put back at
     train begin (after the callbacks' own `on_train_begin` resets): put this callback last. A
-    tracked "checkpoint" has a `path` attribute: the fold's best checkpoint, matched by
-    `checkpoint_glob` (relative to the output dir). `trainer`: the model `fit` runs (its state is
+    tracked "checkpoint" has a `path` attribute: the fold's best checkpoint (`best_checkpoints`),
+    and a `wait` method (its asynchronous save complete: the state names only finished ones). `trainer`: the model `fit` runs (its state is
     synchronised before a backup within the epoch under JAX; its metrics are saved with it, so a
     resumed epoch logs the loss of the whole epoch). `devices`: where the run trains (a backup
     within an epoch resumes exactly only there; elsewhere the fold resumes at the epoch boundary).
@@ -163,9 +177,9 @@ class FoldBackup(keras.callbacks.Callback):
     """
 
     def __init__(self, cfg, fold: int, tracked: dict[str, tuple[keras.callbacks.Callback, tuple[str, ...]]],
-                 checkpoint_glob: str, trainer: keras.Model | None = None, devices: str = ""):
+                 trainer: keras.Model | None = None, devices: str = ""):
         super().__init__()
-        self.cfg, self.fold, self.tracked, self.checkpoint_glob = cfg, fold, tracked, checkpoint_glob
+        self.cfg, self.fold, self.tracked = cfg, fold, tracked
         self.trainer, self.devices = trainer, devices
         self.dir = checkpoint_names.backup_dir(cfg.output_dir, fold)
         self.fingerprint, self.accepted = fingerprint(cfg), config.fingerprints(cfg)
@@ -177,7 +191,7 @@ class FoldBackup(keras.callbacks.Callback):
         self._metrics: list | None = None  # a resumed epoch's metric sums so far
         self._since, self._last, self._epoch = 0, time.monotonic(), 0
         self._uncommitted: tuple[dict, dict] | None = None  # a backup made, its state not yet written
-        self.orbax = orbax_checkpointer() if keras.backend.backend() == "jax" and not storage.is_gcs(self.dir) else None
+        self.orbax = OrbaxWriter() if orbax_writes(self.dir) else None
         self.array_dir = checkpoint_names.backup_dir(hosts.shared_dir(cfg.output_dir), fold)
         self._stop = False  # the preemption notice, agreed by every host
 
@@ -276,17 +290,17 @@ class FoldBackup(keras.callbacks.Callback):
         backup (the old one possibly deleted already): keep the recorded one if it is there (and
         drop the newer one, whose epoch is redone), else the newer one.
         """
-        found = sorted(storage.glob(storage.join(self.cfg.output_dir, self.checkpoint_glob)))
+        found = best_checkpoints(self.cfg.output_dir, self.fold)
         if recorded is None:  # no epoch had ended: any checkpoint is of an epoch redone
             for other in found:
-                storage.remove(other)
+                remove_checkpoint(other)
             return None
         if not found:
-            raise FileNotFoundError(f"no {self.checkpoint_glob} in {self.cfg.output_dir}")
+            raise FileNotFoundError(f"no {checkpoint_names.GLOB.format(fold=self.fold)} in {self.cfg.output_dir}")
         keep = recorded if recorded in found else found[-1]
         for other in found:
             if other != keep:
-                storage.remove(other)
+                remove_checkpoint(other)
         return keep
 
     def on_train_begin(self, logs=None):
@@ -366,7 +380,7 @@ class FoldBackup(keras.callbacks.Callback):
         if self.orbax:
             arrays = {"weights": self.model.weights, "optimizer": self.model.optimizer.variables,
                       "metrics": trainer.metrics_variables if steps else []}
-            self.orbax.save(paths["orbax"], {k: [v.value for v in vs] for k, vs in arrays.items()}, force=True)
+            self.orbax.save(paths["orbax"], {k: [v.value for v in vs] for k, vs in arrays.items()})
         else:
             storage.save_weights(self.model, paths["weights"])
             _write_arrays(paths["optimizer"], self.model.optimizer.variables)
@@ -383,7 +397,9 @@ class FoldBackup(keras.callbacks.Callback):
         if self._uncommitted is None:
             return
         if self.orbax:
-            self.orbax.wait_until_finished()
+            self.orbax.wait()
+        if "checkpoint" in self.tracked:  # the state may name only a finished best checkpoint
+            self.tracked["checkpoint"][0].wait()
         entry, callbacks = self._uncommitted
         boundary = self.boundary if entry["steps_done"] else None
         storage.write_json(storage.join(self.dir, STATE), {
@@ -440,25 +456,112 @@ def orbax_checkpointer():
     return require_orbax().StandardCheckpointer()
 
 
-def orbax_load(path: str, model: keras.Model, metrics: bool) -> list | None:
-    """Weights and optimizer state of an Orbax backup into `model` (under either backend, laid out
-    as `model`'s variables are now: another device count reads it too); returns the metric sums
-    (`metrics`: a backup within an epoch)."""
+def orbax_writes(directory: str) -> bool:
+    """Whether a fold's arrays go through Orbax: under JAX, but for a `gs://` run dir of a multi-host
+    run (Orbax writes it through a local staging dir, which only one host can upload whole: there
+    the `.weights.h5` files of each host are written)."""
+    return keras.backend.backend() == "jax" and (not storage.is_gcs(directory) or hosts.process_info()[1] == 1)
+
+
+class OrbaxWriter:
+    """Asynchronous Orbax saves to a local or `gs://` directory; `wait` returns once every save
+    made is complete where it belongs. Locally Orbax writes a temporary directory and renames it
+    when complete; a `gs://` one is written to a local staging dir and uploaded by `wait` through
+    `tpuflow.storage` (verified uploads, the emulator in the tests), the caller writing what names
+    it (a state record) after `wait`."""
+
+    def __init__(self):
+        self.checkpointer = orbax_checkpointer()
+        self._uploads: list[tuple[str, str]] = []  # (staging dir, gs:// destination)
+
+    def save(self, path: str, tree) -> None:
+        if storage.is_gcs(path):
+            staging = tempfile.mkdtemp(prefix="tpuflow-orbax-")
+            self._uploads.append((staging, path))
+            path = os.path.join(staging, posixpath.basename(path))
+        self.checkpointer.save(path, tree, force=True)
+
+    def wait(self) -> None:
+        self.checkpointer.wait_until_finished()
+        while self._uploads:
+            staging, path = self._uploads.pop(0)
+            try:
+                storage.remove(path)  # a half-uploaded one (a kill) under the same name
+                local = os.path.join(staging, posixpath.basename(path))
+                for relative in storage.list_files(local):
+                    storage.upload_file(os.path.join(local, relative), storage.join(path, relative))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _local_tree(path: str) -> Iterator[str]:
+    """A local directory holding the tree `path` (itself, or a downloaded copy of a `gs://` one)."""
+    if not storage.is_gcs(path):
+        yield path
+        return
+    staging = tempfile.mkdtemp(prefix="tpuflow-orbax-")
+    try:
+        local = os.path.join(staging, posixpath.basename(path))
+        for relative, info in storage.list_files(path).items():
+            os.makedirs(os.path.dirname(os.path.join(local, relative)), exist_ok=True)
+            storage.download_file(storage.join(path, relative), os.path.join(local, relative), info)
+        yield local
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def orbax_load(path: str, model: keras.Model, metrics: bool = False) -> list | None:
+    """The arrays of an Orbax backup or best checkpoint (local or `gs://`) into `model`: its
+    weights, and the optimizer state if saved (under either backend, laid out as `model`'s
+    variables are now: another device count reads it too); returns the metric sums (`metrics`: a
+    backup within an epoch). Arrays of another model: a ValueError naming the first that differs."""
     import jax  # noqa: PLC0415 (Orbax reads into JAX arrays, whichever backend trains)
     host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     checkpointer = orbax_checkpointer()
-    saved = checkpointer.metadata(path).item_metadata.tree
-    now = {"weights": model.weights, "optimizer": model.optimizer.variables}
+    with _local_tree(path) as local:
+        saved = checkpointer.metadata(local).item_metadata.tree
+        optimizer = getattr(model, "optimizer", None)  # none: a model only predicting
+        now = {"weights": model.weights, "optimizer": optimizer.variables if optimizer else []}
+        now = {group: variables for group, variables in now.items() if group in saved}
+        for group, variables in now.items():
+            _check_shapes(variables, saved[group], group)
 
-    def target(group: str):  # each array laid out as the variable it goes to is (else on the host)
-        layouts = [getattr(v.value, "sharding", host) for v in now.get(group, [])]
-        return [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layouts[i] if i < len(layouts) else host)
-                for i, a in enumerate(saved[group])]
+        def target(group: str):  # each array laid out as the variable it goes to is (else on the host)
+            layouts = [getattr(v.value, "sharding", host) for v in now.get(group, [])]
+            return [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layouts[i] if i < len(layouts) else host)
+                    for i, a in enumerate(saved[group])]
 
-    restored = checkpointer.restore(path, {group: target(group) for group in saved})
+        restored = checkpointer.restore(local, {group: target(group) for group in saved})
     for group, variables in now.items():
         _assign(variables, [np.asarray(a) for a in restored[group]], f"{path} ({group})")
     return [np.asarray(a) for a in restored["metrics"]] if metrics else None
+
+
+def _check_shapes(variables, saved, group: str) -> None:
+    if len(variables) != len(saved):
+        raise ValueError(f"does not fit this model: it holds {len(saved)} {group} arrays, the model has "
+                         f"{len(variables)}")
+    for variable, array in zip(variables, saved):
+        if tuple(variable.shape) != tuple(array.shape):
+            raise ValueError(f"saved from a model of another shape: {variable.path} is {tuple(variable.shape)} "
+                             f"in this model but {tuple(array.shape)} in the checkpoint")
+
+
+def best_checkpoints(output_dir: str, fold: int | str) -> list[str]:
+    """A fold's best checkpoints (`checkpoint_names.find`): in this host's run dir (`.weights.h5`),
+    else in host 0's (Orbax, written there by all hosts together)."""
+    for directory in dict.fromkeys([output_dir, hosts.shared_dir(output_dir)]):
+        found = checkpoint_names.find(directory, fold)
+        if found:
+            return found
+    return []
+
+
+def remove_checkpoint(path: str) -> None:
+    """Removes a best checkpoint; one in host 0's run dir that all hosts wrote (Orbax) only by host 0."""
+    if not checkpoint_names.is_orbax(path) or hosts.process_info()[0] == 0:
+        storage.remove(path)
 
 
 def _entry(state: dict) -> dict:

@@ -18,16 +18,20 @@ from tpuflow.results import checkpoint_names, prediction_names, run_record, scor
 from tpuflow.storage import tables
 from tpuflow.training import config, curves, hosts, models, resume, runtime, tensorboard
 
-CHECKPOINT_GLOB = checkpoint_names.GLOB
-
-
-def fold_checkpoints(output_dir: str, fold: int) -> list[str]:
-    return storage.glob(storage.join(output_dir, CHECKPOINT_GLOB.format(fold=fold)))
+fold_checkpoints = resume.best_checkpoints
 
 
 def load_weights(model: keras.Model, path: str) -> None:
-    """Loads a checkpoint from a local or `gs://` path (h5py needs a local file), saved under
-    either backend. A checkpoint of another model is an error naming the file and both shapes."""
+    """Loads a best checkpoint from a local or `gs://` path (h5py needs a local file) under either
+    backend, whichever wrote it: Keras' `.weights.h5` (TensorFlow) or an Orbax directory (JAX),
+    read into NumPy and assigned (so a fold trained under one backend predicts under the other:
+    converted on load). A checkpoint of another model is an error naming the file and both shapes."""
+    if checkpoint_names.is_orbax(path):
+        try:
+            resume.orbax_load(path, model)
+        except ValueError as err:
+            raise CheckpointMismatch(f"{path}: {err}") from err
+        return
     with storage.local_copy(path) as local:
         try:
             model.load_weights(local)
@@ -54,8 +58,8 @@ def best_checkpoint(output_dir: str, fold: int) -> str:
     """The one best checkpoint of a fold; an error if there is none or several."""
     found = fold_checkpoints(output_dir, fold)
     if len(found) != 1:
-        raise FileNotFoundError(f"{output_dir}: expected one {CHECKPOINT_GLOB.format(fold=fold)}, "
-                                f"found {len(found)} (train fold {fold} first)")
+        raise FileNotFoundError(f"{output_dir}: expected one {checkpoint_names.GLOB.format(fold=fold)}.weights.h5 "
+                                f"(or .orbax), found {len(found)} (train fold {fold} first)")
     return found[0]
 
 
@@ -85,26 +89,49 @@ class FoldScore(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves weights when the monitored value improves, keeping only the best file of the fold;
-    its name holds the validation score (`score`: the epoch-log key of `--metric`'s)."""
+    """Saves weights when the monitored value improves, keeping only the best checkpoint of the
+    fold; its name holds the validation score (`score`: the epoch-log key of `--metric`'s).
+
+    TensorFlow: Keras' `.weights.h5`, written at once. JAX: an Orbax directory, written in the
+    background by all hosts together into host 0's run dir (`resume.OrbaxWriter`); `wait` (at the
+    next backup's record and at train end) returns once it is complete, and only then is the
+    previous best removed: there is always one complete best checkpoint."""
 
     def __init__(self, output_dir: str, fold: int, monitor: str, score: str = config.score_key("rmse_rounded")):
         super().__init__()
         self.output_dir, self.fold, self.monitor, self.score = output_dir, fold, monitor, score
         self.best = np.inf
         self.path = None
+        self.orbax = resume.OrbaxWriter() if resume.orbax_writes(output_dir) else None
 
     def on_epoch_end(self, epoch, logs=None):
         value = logs[self.monitor]
         if not np.isfinite(value) or value >= self.best:  # a diverged (NaN) epoch is no improvement
             return
         self.best = value
-        path = storage.join(self.output_dir, checkpoint_names.name(self.fold, epoch + 1, logs[self.score]))
-        storage.save_weights(self.model, path)
+        name = checkpoint_names.name(self.fold, epoch + 1, logs[self.score], "orbax" if self.orbax else "h5")
+        if self.orbax:
+            self.wait()  # the one before, complete (and its predecessor gone)
+            self.path = storage.join(hosts.shared_dir(self.output_dir), name)
+            self.orbax.save(self.path, {"weights": [v.value for v in self.model.weights]})
+            return
+        self.path = storage.join(self.output_dir, name)
+        storage.save_weights(self.model, self.path)
+        self._remove_others()
+
+    def wait(self) -> None:
+        """Returns once the last checkpoint is complete; then the older ones are removed."""
+        if self.orbax and self.path:
+            self.orbax.wait()
+            self._remove_others()
+
+    def on_train_end(self, logs=None):
+        self.wait()
+
+    def _remove_others(self) -> None:
         for old in fold_checkpoints(self.output_dir, self.fold):
-            if old != path:
-                storage.remove(old)
-        self.path = path
+            if old != self.path:
+                resume.remove_checkpoint(old)
 
 
 def check_inputs(cfg, jobs: set[str]) -> dict:
@@ -133,8 +160,9 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
                 records.record_files(cfg.data_tfrec_dir, None)
         scoring.check_views(cfg.data_preds_dir, cfg.tta_views)
         if "train" not in jobs:
-            for k in folds(cfg):
-                best_checkpoint(cfg.output_dir, k)
+            found = [best_checkpoint(cfg.output_dir, k) for k in folds(cfg)]
+            if any(checkpoint_names.is_orbax(p) for p in found):
+                resume.require_orbax()  # read under either backend
     if "train" in jobs and keras.backend.backend() == "jax":
         resume.require_orbax()
     if jobs & {"val", "score"}:  # validation rows are written in its order
@@ -255,8 +283,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                                                   patience=cfg.lr_patience, verbose=int(cfg.verbose > 0))
     tracked = {"checkpoint": (checkpoint, ("best", "path")),
                "reduce_lr": (reduce_lr, ("wait", "best", "cooldown_counter"))}
-    backup = resume.FoldBackup(cfg, fold, tracked, CHECKPOINT_GLOB.format(fold=fold), trainer=trainer or model,
-                               devices=devices)
+    backup = resume.FoldBackup(cfg, fold, tracked, trainer=trainer or model, devices=devices)
     initial_epoch, initial_step = backup.restore(model)
     callbacks = [
         FoldScore(val_ds, labels, labels_le, unique_labels, cfg),  # first: fills val_* logs
@@ -339,7 +366,7 @@ def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str
         ds = view_of(cfg).predict_dataset(rows, parse, batch)
     else:
         ds = pipeline.predict_dataset(files, parse, batch, len(ids))
-    pred = hosts.predict(predictor, ds, batch)[:len(ids) * n_tta]
+    pred = hosts.predict(predictor, ds, batch, resume.NOTICE.check)[:len(ids) * n_tta]
     pred = pred.reshape(len(ids), n_tta, *pred.shape[1:])
     if split_name == "val":
         order = scoring.csv_order(read_train_cv(cfg), fold, ids)
@@ -362,8 +389,7 @@ def subset_suffix(cfg, previous_cv_folds: list[int] | None) -> str:
 def trained_folds(output_dir: str) -> list[int]:
     """The folds of a run dir that were trained, completely (a best checkpoint) or in part (an
     epoch backup)."""
-    checkpoints = storage.glob(storage.join(output_dir, CHECKPOINT_GLOB.format(fold="*")))
-    found = {checkpoint_names.parse(p).fold for p in checkpoints}
+    found = {checkpoint_names.parse(p).fold for p in fold_checkpoints(output_dir, "*")}
     for state in storage.glob(storage.join(output_dir, "backup", "fold_*", resume.STATE)):
         found.add(int(state.rsplit("/", 2)[-2].split("_")[-1]))
     return sorted(found)
@@ -529,6 +555,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         fold_labels = read_fold_labels(cfg, manifest) if "train" in jobs else {}
         for fold in folds(cfg):
             check_lock()  # another run took this run dir over (our heartbeat failed): stop writing
+            resume.NOTICE.check()  # a notice outside training: every host stops here together
             progress = resume.FoldProgress(cfg, fold, bool(fold_checkpoints(cfg.output_dir, fold)))
             todo = progress.todo(jobs)  # re-running after a kill skips what a fold already finished
             if not todo:
@@ -550,6 +577,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
                     progress.mark(split_name)
                     timings[f"{split_name}_fold_{fold}"] = time.time() - start
             record.fold_done(fold, history, best_checkpoint(cfg.output_dir, fold), timings)
+            resume.NOTICE.check()
     if "score" in jobs:
         result["scores"] = score(cfg, suffix)
     if "subm" in jobs:
