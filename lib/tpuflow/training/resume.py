@@ -169,8 +169,9 @@ class FoldBackup(keras.callbacks.Callback):
     tracked "checkpoint" has a `path` attribute: the fold's best checkpoint (`best_checkpoints`),
     and a `wait` method (its asynchronous save complete: the state names only finished ones).
     `trainer`: the model `fit` runs (its state is synchronised before a backup within the epoch
-    under JAX; its metrics are saved with it, so a resumed epoch logs the loss of the whole epoch). `devices`: where the run trains (a backup
-    within an epoch resumes exactly only there; elsewhere the fold resumes at the epoch boundary).
+    under JAX; its metrics are saved with it, so a resumed epoch logs the loss of the whole epoch).
+    `devices`: where the run trains (a backup within an epoch resumes exactly only there; elsewhere
+    the fold resumes at the epoch boundary).
 
     A backup within an epoch keeps the last epoch-boundary backup beside it (`boundary` in the
     state): the fallback when it cannot be used (damaged, or made on another device count).
