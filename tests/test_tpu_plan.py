@@ -169,6 +169,31 @@ def test_a_target_libtpu_cannot_describe_says_so_in_one_line(tmp_path, kind_dirs
     assert "\n" not in entries[0]["error"]
 
 
+@pytest.mark.parametrize("absent", ["libtpu", "jax"])
+def test_a_missing_compiler_names_the_extra_to_install(tmp_path, absent):
+    """The plan and the doctor's preflight where `absent` cannot be imported: a `sitecustomize`
+    ahead on the path puts None in `sys.modules` for it, as Python does for a blocked module, so
+    `import` fails and `importlib.util.find_spec` returns None (libtpu or jax installed or not)."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(f"import sys\nsys.modules[{absent!r}] = None\n")
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(blocker), os.path.join(ROOT, "lib")])}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    missing = " and ".join(m for m in ("jax", "libtpu") if m == absent or importlib.util.find_spec(m) is None)
+    line = f"tpu_plan.py: error: {missing} not installed: the plan needs JAX's TPU compiler; pip install '.[tpu-aot]'"
+    done = subprocess.run([sys.executable, TOOL, f"--experiment={TINY}", "--target=v5e-4", f"--json={cwd / 'p.json'}"],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert [ln for ln in done.stderr.splitlines() if "error" in ln] == [line + " (jax[tpu])"]
+    doctor = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "doctor.py"), f"--experiment={TINY}",
+                             "--target=v5e-4"], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr[-2000:]
+    assert f"[FAIL] tpu plan: tools/tpu_plan.py failed (exit 1): {line}" in doctor.stdout
+    assert "VERDICT: NOT READY (1 problem(s))" in doctor.stdout
+    assert list(cwd.iterdir()) == []  # nothing written
+
+
 def test_importing_tpuflow_where_libtpu_is_installed_starts_nothing():
     """No TPU's signs: the backend is TensorFlow and JAX is never imported (libtpu not started,
     its lock file not taken), however libtpu got installed."""

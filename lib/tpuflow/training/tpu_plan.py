@@ -18,7 +18,6 @@ bound: no input stall, no host overhead, perfect overlap).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Callable
 
 import keras
 
-from tpuflow import cli
+from tpuflow import backend, cli
 from tpuflow.inputs import ondevice, records, views
 from tpuflow.prep import store
 from tpuflow.training import config, models, runner, runtime
@@ -86,10 +85,9 @@ def parse_targets(text: str) -> list[Target]:
 
 def require_compiler() -> None:
     """JAX with libtpu must be installed (the compiler); else one line naming the extra."""
-    missing = [m for m in ("jax", "libtpu") if importlib.util.find_spec(m) is None]
+    missing = backend.tpu_compiler_missing()
     if missing:
-        raise PlanError(f"{' and '.join(missing)} not installed: the plan needs JAX's TPU compiler; "
-                        "pip install '.[tpu-aot]' (jax[tpu])")
+        raise PlanError(missing)
 
 
 def target_devices(target: Target) -> list:
