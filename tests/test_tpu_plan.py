@@ -153,6 +153,47 @@ def test_a_layer_the_target_cannot_compile_is_named(tmp_path, kind_dirs, cv_dir)
                                  "functional/my_eigen: ") and "'eig'" in e["error"], e["error"]
 
 
+NO_TPU_LOWERING = """
+import jax
+from tpuflow.training import experiment, models
+import keras
+
+jax.config.update("jax_enable_x64", True)  # int64 stays int64: XLA:TPU cannot rewrite an s64 matmul
+
+
+class IntGram(keras.layers.Layer):
+    def call(self, x):
+        q = keras.ops.cast(x[:, :4, :4, 0] * 255, "int64")
+        return keras.ops.cast(keras.ops.matmul(q, q), "float32")[:, 0, :]
+
+
+def init_model(cfg):
+    frame = keras.Input((cfg.dim, cfg.dim, 1))
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(frame), IntGram(name="my_gram")(frame)])
+    return keras.Model(frame, models.head(x, cfg.task, cfg.n_classes))
+
+
+if __name__ == "__main__":
+    experiment.main(init_model, dataset_kind="single", weights=None)
+"""
+
+
+@needs_compiler
+def test_an_op_the_tpu_compiler_cannot_lower_is_named_by_its_layer(tmp_path, kind_dirs, cv_dir):
+    """JAX lowers the s64 matmul; the TPU compiler refuses it, naming the HLO with its op_name
+    metadata, from which the layer is named (the path the eig test above does not take)."""
+    run_py = tmp_path / "gram" / "run.py"
+    run_py.parent.mkdir()
+    run_py.write_text(NO_TPU_LOWERING)
+    done, entries = plan(tmp_path, f"--experiment={run_py}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=16", "--target=v5e-4")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (e,) = entries
+    assert e["error"].startswith("--target=v5e-4: the training step does not compile for v5e:2x2: "
+                                 "functional/my_gram/dot_general: UNIMPLEMENTED: "), e["error"]
+    assert "\n" not in e["error"]
+
+
 def test_an_unknown_target_is_named_with_the_known_ones(tmp_path):
     done, _ = plan(tmp_path, f"--experiment={TINY}", "--target=v5e-8,v9-1")
     assert done.returncode == 2 and "Traceback" not in done.stderr

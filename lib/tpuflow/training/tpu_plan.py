@@ -193,14 +193,13 @@ def _compile(step, state, data, what: str, target: Target):
 
 
 def _failing_layer(jitted, state, data, text: str) -> str:
-    """'<layer path>: ' of the op an XLA error names: by its op_name metadata, or for a primitive
-    without a TPU lowering, by the name stack of its first equation in the traced program."""
+    """'<layer path>: ' of the op an XLA error names: by its op_name metadata (an HLO the TPU
+    compiler cannot lower, e.g. `jit(train_step)/jvp(functional)/my_layer/dot_general`), or for
+    a primitive without a TPU lowering, by the name stack of its first equation in the traced
+    program; the transformations' wrappers dropped (`functional/my_layer/dot_general`)."""
     found = re.search(r'op_name="([^"]+)"', text)
-    if found:
-        return re.sub(r"^jit\([^)]*\)/", "", found.group(1)) + ": "
-    primitive = re.search(r"primitive '([^']+)'", text)
-    if not primitive:
-        return ""
+    name = re.sub(r"^jit\([^)]*\)/", "", found.group(1)) if found else None
+    primitive = None if found else re.search(r"primitive '([^']+)'", text)
 
     def find(jaxpr):
         for eqn in jaxpr.eqns:
@@ -213,10 +212,11 @@ def _failing_layer(jitted, state, data, text: str) -> str:
                     if name is not None:
                         return name
         return None
-    try:
-        name = find(jitted.trace(state, data).jaxpr.jaxpr)
-    except Exception:  # naming the layer is a courtesy: the error itself is what matters
-        name = None
+    if primitive:
+        try:
+            name = find(jitted.trace(state, data).jaxpr.jaxpr)
+        except Exception:  # naming the layer is a courtesy: the error itself is what matters
+            name = None
     while name and re.search(r"\b\w+\(([^()]*)\)", name):  # jvp(functional)/layer -> functional/layer
         name = re.sub(r"\b\w+\(([^()]*)\)", r"\1", name)
     return f"{name}: " if name else ""
