@@ -210,23 +210,37 @@ def test_a_target_libtpu_cannot_describe_says_so_in_one_line(tmp_path, kind_dirs
     assert "\n" not in entries[0]["error"]
 
 
-@pytest.mark.parametrize("absent", ["libtpu", "jax"])
-def test_a_missing_compiler_names_the_extra_to_install(tmp_path, absent):
-    """The plan and the doctor's preflight where `absent` cannot be imported: a `sitecustomize`
-    ahead on the path puts None in `sys.modules` for it, as Python does for a blocked module, so
-    `import` fails and `importlib.util.find_spec` returns None (libtpu or jax installed or not)."""
+def _without(tmp_path, absent: str) -> tuple[dict, str]:
+    """(environment where `absent` cannot be imported, the line naming the extra): a
+    `sitecustomize` ahead on the path puts None in `sys.modules` for it, as Python does for a
+    blocked module, so `import` fails and `importlib.util.find_spec` returns None (whether it is
+    installed here or not)."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(f"import sys\nsys.modules[{absent!r}] = None\n")
-    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(blocker), os.path.join(ROOT, "lib")])}
+    missing = " and ".join(m for m in ("jax", "libtpu") if m == absent or importlib.util.find_spec(m) is None)
+    return ({**_env(), "PYTHONPATH": os.pathsep.join([str(blocker), os.path.join(ROOT, "lib")])},
+            f"tpu_plan.py: error: {missing} not installed: the plan needs JAX's TPU compiler; pip install '.[tpu-aot]'")
+
+
+@pytest.mark.parametrize("absent", ["libtpu", "jax"])
+def test_a_missing_compiler_names_the_extra_to_install(tmp_path, absent):
+    env, line = _without(tmp_path, absent)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    missing = " and ".join(m for m in ("jax", "libtpu") if m == absent or importlib.util.find_spec(m) is None)
-    line = f"tpu_plan.py: error: {missing} not installed: the plan needs JAX's TPU compiler; pip install '.[tpu-aot]'"
     done = subprocess.run([sys.executable, TOOL, f"--experiment={TINY}", "--target=v5e-4", f"--json={cwd / 'p.json'}"],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert [ln for ln in done.stderr.splitlines() if "error" in ln] == [line + " (jax[tpu])"]
+    assert list(cwd.iterdir()) == []  # nothing written
+
+
+def test_the_doctors_preflight_without_the_compiler_names_the_extra(tmp_path):
+    """The doctor reports the plan's own line (checked without jax; without libtpu it is the
+    same path: the plan above says which is missing)."""
+    env, line = _without(tmp_path, "jax")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     doctor = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "doctor.py"), f"--experiment={TINY}",
                              "--target=v5e-4"], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
     assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr[-2000:]

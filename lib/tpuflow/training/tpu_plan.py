@@ -326,9 +326,11 @@ class TargetPlan:
     def largest_fitting(self, global_batch: int) -> tuple[int, dict | None]:
         """The largest global batch below `global_batch` (which does not fit), a multiple of the
         devices, whose steps fit, found by compiling, to within 1/32: (0, None) if one example per
-        device does not. From 1 per device the batch grows eightfold while it fits; then a
-        bisection, whose first probe aims at the chip's HBM from the last two fits (memory grows
-        about linearly with the batch)."""
+        device does not. From 1 per device the batch grows eightfold while it fits; then each
+        probe aims at 31/32 of the chip's HBM from the last two fits (memory grows about linearly
+        with the batch; aiming at all of it overshoots, the runtime keeps some), or 1/32 above
+        the last fit where that is already the aim, or bisects once an aim failed. A real model's
+        compile takes minutes: near-linear memory is settled two probes after the growth."""
         r, hbm = self.replicas, self.target.hbm_bytes_per_chip
         low, high, best, aim = 0, global_batch // r, None, None  # per device: low fits, high does not
         growing = True
@@ -349,7 +351,7 @@ class TargetPlan:
                 continue
             if best is not None and plan["hbm_needed_bytes"] > best["hbm_needed_bytes"]:
                 grows = (plan["hbm_needed_bytes"] - best["hbm_needed_bytes"]) / (guess - low)
-                aim = guess + int((hbm - plan["hbm_needed_bytes"]) // grows)
+                aim = guess + max(int((hbm * 31 // 32 - plan["hbm_needed_bytes"]) // grows), guess // 32, 1)
             low, best = guess, plan
         return low * r, best
 
