@@ -47,11 +47,14 @@ def plan(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, list[dict]
 
 @needs_compiler
 def test_a_small_model_fits_v5e_and_v3_with_one_gradient_all_reduce(tmp_path, kind_dirs, cv_dir):
+    """And a target libtpu cannot describe (v5e-1) is one line for that target, the others planned."""
     done, entries = plan(tmp_path, f"--experiment={TINY}", f"--data_dir={cv_dir}",
                          f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=64",
-                         "--target=v5e-4,v3-8")
-    assert done.returncode == 0, done.stderr[-2000:]
+                         "--target=v5e-1,v5e-4,v3-8")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     by_name = {e["target"]: e for e in entries}
+    assert by_name["v5e-1"]["error"].startswith("--target=v5e-1: libtpu cannot describe topology v5e:1x1 (")
+    assert "\n" not in by_name["v5e-1"]["error"]
     v5e, v3 = by_name["v5e-4"], by_name["v3-8"]
     assert (v5e["chips"], v5e["devices"], v3["chips"], v3["devices"]) == (4, 4, 4, 8)  # a v3 chip: 2 cores
     for e in (v5e, v3):
@@ -153,6 +156,47 @@ def test_a_layer_the_target_cannot_compile_is_named(tmp_path, kind_dirs, cv_dir)
                                  "functional/my_eigen: ") and "'eig'" in e["error"], e["error"]
 
 
+NO_TPU_LOWERING = """
+import jax
+from tpuflow.training import experiment, models
+import keras
+
+jax.config.update("jax_enable_x64", True)  # int64 stays int64: XLA:TPU cannot rewrite an s64 matmul
+
+
+class IntGram(keras.layers.Layer):
+    def call(self, x):
+        q = keras.ops.cast(x[:, :4, :4, 0] * 255, "int64")
+        return keras.ops.cast(keras.ops.matmul(q, q), "float32")[:, 0, :]
+
+
+def init_model(cfg):
+    frame = keras.Input((cfg.dim, cfg.dim, 1))
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(frame), IntGram(name="my_gram")(frame)])
+    return keras.Model(frame, models.head(x, cfg.task, cfg.n_classes))
+
+
+if __name__ == "__main__":
+    experiment.main(init_model, dataset_kind="single", weights=None)
+"""
+
+
+@needs_compiler
+def test_an_op_the_tpu_compiler_cannot_lower_is_named_by_its_layer(tmp_path, kind_dirs, cv_dir):
+    """JAX lowers the s64 matmul; the TPU compiler refuses it, naming the HLO with its op_name
+    metadata, from which the layer is named (the path the eig test above does not take)."""
+    run_py = tmp_path / "gram" / "run.py"
+    run_py.parent.mkdir()
+    run_py.write_text(NO_TPU_LOWERING)
+    done, entries = plan(tmp_path, f"--experiment={run_py}", f"--data_dir={cv_dir}",
+                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--batch_size=16", "--target=v5e-4")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (e,) = entries
+    assert e["error"].startswith("--target=v5e-4: the training step does not compile for v5e:2x2: "
+                                 "functional/my_gram/dot_general: UNIMPLEMENTED: "), e["error"]
+    assert "\n" not in e["error"]
+
+
 def test_an_unknown_target_is_named_with_the_known_ones(tmp_path):
     done, _ = plan(tmp_path, f"--experiment={TINY}", "--target=v5e-8,v9-1")
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -160,13 +204,43 @@ def test_an_unknown_target_is_named_with_the_known_ones(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_compiler
-def test_a_target_libtpu_cannot_describe_says_so_in_one_line(tmp_path, kind_dirs, cv_dir):
-    done, entries = plan(tmp_path, f"--experiment={TINY}", f"--data_dir={cv_dir}",
-                         f"--data_tfrec_dir={kind_dirs['single']}", "--dim=16", "--target=v5e-1")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert entries[0]["error"].startswith("--target=v5e-1: libtpu cannot describe topology v5e:1x1 (")
-    assert "\n" not in entries[0]["error"]
+def _without(tmp_path, absent: str) -> tuple[dict, str]:
+    """(environment where `absent` cannot be imported, the line naming the extra): a
+    `sitecustomize` ahead on the path puts None in `sys.modules` for it, as Python does for a
+    blocked module, so `import` fails and `importlib.util.find_spec` returns None (whether it is
+    installed here or not)."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(f"import sys\nsys.modules[{absent!r}] = None\n")
+    missing = " and ".join(m for m in ("jax", "libtpu") if m == absent or importlib.util.find_spec(m) is None)
+    return ({**_env(), "PYTHONPATH": os.pathsep.join([str(blocker), os.path.join(ROOT, "lib")])},
+            f"tpu_plan.py: error: {missing} not installed: the plan needs JAX's TPU compiler; pip install '.[tpu-aot]'")
+
+
+@pytest.mark.parametrize("absent", ["libtpu", "jax"])
+def test_a_missing_compiler_names_the_extra_to_install(tmp_path, absent):
+    env, line = _without(tmp_path, absent)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    done = subprocess.run([sys.executable, TOOL, f"--experiment={TINY}", "--target=v5e-4", f"--json={cwd / 'p.json'}"],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert [ln for ln in done.stderr.splitlines() if "error" in ln] == [line + " (jax[tpu])"]
+    assert list(cwd.iterdir()) == []  # nothing written
+
+
+def test_the_doctors_preflight_without_the_compiler_names_the_extra(tmp_path):
+    """The doctor reports the plan's own line (checked without jax; without libtpu it is the
+    same path: the plan above says which is missing)."""
+    env, line = _without(tmp_path, "jax")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    doctor = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "doctor.py"), f"--experiment={TINY}",
+                             "--target=v5e-4"], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr[-2000:]
+    assert f"[FAIL] tpu plan: tools/tpu_plan.py failed (exit 1): {line}" in doctor.stdout
+    assert "VERDICT: NOT READY (1 problem(s))" in doctor.stdout
+    assert list(cwd.iterdir()) == []  # nothing written
 
 
 def test_importing_tpuflow_where_libtpu_is_installed_starts_nothing():

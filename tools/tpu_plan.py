@@ -29,7 +29,13 @@ if next((a.split("=", 1)[1] for a in reversed(sys.argv[1:]) if a.startswith("--b
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from tpuflow import cli, storage  # noqa: E402
+import importlib.util  # noqa: E402
+
+from tpuflow import backend, cli, storage  # noqa: E402
+
+if importlib.util.find_spec("jax") is None:  # Keras' JAX backend cannot load: what to install, not a traceback
+    sys.exit(f"tpu_plan.py: error: {backend.tpu_compiler_missing()}")
+
 from tpuflow.training import experiment, tpu_plan  # noqa: E402 (first: picks Keras' backend)
 
 from absl import flags  # noqa: E402,I001

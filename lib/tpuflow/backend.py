@@ -81,6 +81,14 @@ def jax_sees_tpu() -> bool:
         return False
 
 
+def tpu_compiler_missing() -> str | None:
+    """What to install for JAX's TPU compiler (jax and libtpu: the `tpu-aot` extra), in one line;
+    None when both are there."""
+    missing = [m for m in ("jax", "libtpu") if importlib.util.find_spec(m) is None]
+    return (f"{' and '.join(missing)} not installed: the plan needs JAX's TPU compiler; "
+            "pip install '.[tpu-aot]' (jax[tpu])") if missing else None
+
+
 def resolve(argv: list[str], environ: dict) -> tuple[str, str]:
     """(backend, reason) from the flag, the environment and the machine; BackendError if unknown."""
     flag = flag_value(argv)

@@ -18,7 +18,6 @@ bound: no input stall, no host overhead, perfect overlap).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Callable
 
 import keras
 
-from tpuflow import cli
+from tpuflow import backend, cli
 from tpuflow.inputs import ondevice, records, views
 from tpuflow.prep import store
 from tpuflow.training import config, models, runner, runtime
@@ -86,10 +85,9 @@ def parse_targets(text: str) -> list[Target]:
 
 def require_compiler() -> None:
     """JAX with libtpu must be installed (the compiler); else one line naming the extra."""
-    missing = [m for m in ("jax", "libtpu") if importlib.util.find_spec(m) is None]
+    missing = backend.tpu_compiler_missing()
     if missing:
-        raise PlanError(f"{' and '.join(missing)} not installed: the plan needs JAX's TPU compiler; "
-                        "pip install '.[tpu-aot]' (jax[tpu])")
+        raise PlanError(missing)
 
 
 def target_devices(target: Target) -> list:
@@ -195,14 +193,13 @@ def _compile(step, state, data, what: str, target: Target):
 
 
 def _failing_layer(jitted, state, data, text: str) -> str:
-    """'<layer path>: ' of the op an XLA error names: by its op_name metadata, or for a primitive
-    without a TPU lowering, by the name stack of its first equation in the traced program."""
+    """'<layer path>: ' of the op an XLA error names: by its op_name metadata (an HLO the TPU
+    compiler cannot lower, e.g. `jit(train_step)/jvp(functional)/my_layer/dot_general`), or for
+    a primitive without a TPU lowering, by the name stack of its first equation in the traced
+    program; the transformations' wrappers dropped (`functional/my_layer/dot_general`)."""
     found = re.search(r'op_name="([^"]+)"', text)
-    if found:
-        return re.sub(r"^jit\([^)]*\)/", "", found.group(1)) + ": "
-    primitive = re.search(r"primitive '([^']+)'", text)
-    if not primitive:
-        return ""
+    name = re.sub(r"^jit\([^)]*\)/", "", found.group(1)) if found else None
+    primitive = None if found else re.search(r"primitive '([^']+)'", text)
 
     def find(jaxpr):
         for eqn in jaxpr.eqns:
@@ -215,10 +212,11 @@ def _failing_layer(jitted, state, data, text: str) -> str:
                     if name is not None:
                         return name
         return None
-    try:
-        name = find(jitted.trace(state, data).jaxpr.jaxpr)
-    except Exception:  # naming the layer is a courtesy: the error itself is what matters
-        name = None
+    if primitive:
+        try:
+            name = find(jitted.trace(state, data).jaxpr.jaxpr)
+        except Exception:  # naming the layer is a courtesy: the error itself is what matters
+            name = None
     while name and re.search(r"\b\w+\(([^()]*)\)", name):  # jvp(functional)/layer -> functional/layer
         name = re.sub(r"\b\w+\(([^()]*)\)", r"\1", name)
     return f"{name}: " if name else ""
@@ -328,9 +326,11 @@ class TargetPlan:
     def largest_fitting(self, global_batch: int) -> tuple[int, dict | None]:
         """The largest global batch below `global_batch` (which does not fit), a multiple of the
         devices, whose steps fit, found by compiling, to within 1/32: (0, None) if one example per
-        device does not. From 1 per device the batch grows eightfold while it fits; then a
-        bisection, whose first probe aims at the chip's HBM from the last two fits (memory grows
-        about linearly with the batch)."""
+        device does not. From 1 per device the batch grows eightfold while it fits; then each
+        probe aims at 31/32 of the chip's HBM from the last two fits (memory grows about linearly
+        with the batch; aiming at all of it overshoots, the runtime keeps some), or 1/32 above
+        the last fit where that is already the aim, or bisects once an aim failed. A real model's
+        compile takes minutes: near-linear memory is settled two probes after the growth."""
         r, hbm = self.replicas, self.target.hbm_bytes_per_chip
         low, high, best, aim = 0, global_batch // r, None, None  # per device: low fits, high does not
         growing = True
@@ -351,7 +351,7 @@ class TargetPlan:
                 continue
             if best is not None and plan["hbm_needed_bytes"] > best["hbm_needed_bytes"]:
                 grows = (plan["hbm_needed_bytes"] - best["hbm_needed_bytes"]) / (guess - low)
-                aim = guess + int((hbm - plan["hbm_needed_bytes"]) // grows)
+                aim = guess + max(int((hbm * 31 // 32 - plan["hbm_needed_bytes"]) // grows), guess // 32, 1)
             low, best = guess, plan
         return low * r, best
 
