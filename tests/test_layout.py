@@ -115,13 +115,13 @@ def _imports(path: str) -> list[tuple[str, bool, bool, int]]:
     return found
 
 
-def _edges(with_typing_only: bool = True):
-    """(importer, imported, inside a function, where) of every import; those under
-    `if TYPE_CHECKING:` count for the stage rules (a type is a dependency too), not for cycles."""
+def _edges():
+    """(importer, imported, inside a function, where) of every import; those inside functions and
+    under `if TYPE_CHECKING:` count for the stage rules and for cycles (a type is a dependency too:
+    two modules that need each other's names belong together, or what they share lower down)."""
     for module, path in MODULES.items():
-        for imported, lazy, typing_only, line in _imports(path):
-            if with_typing_only or not typing_only:
-                yield module, imported, lazy, f"{os.path.relpath(path, os.path.dirname(LIB))}:{line}"
+        for imported, lazy, _, line in _imports(path):
+            yield module, imported, lazy, f"{os.path.relpath(path, os.path.dirname(LIB))}:{line}"
 
 
 def test_every_module_belongs_to_a_stage():
@@ -211,7 +211,7 @@ def test_model_code_loads_no_tensorflow_at_import():
 
 def test_no_import_cycles_between_modules():
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
-    for module, imported, _, _ in _edges(with_typing_only=False):
+    for module, imported, _, _ in _edges():
         if imported in MODULES and imported != module and not module.startswith(imported + "."):
             graph[module].add(imported)
     state: dict[str, int] = {}
@@ -233,14 +233,21 @@ def test_no_import_cycles_between_modules():
             visit(m)
 
 
-def test_imports_for_type_checkers_only_make_no_cycle(tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", [
+    "from tpuflow.prep.a import X\n",
+    "def f():\n    from tpuflow.prep import a\n",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tpuflow.prep.a import X\n",
+])
+def test_an_import_cycle_is_caught(tmp_path, monkeypatch, source):
+    """At module level, inside a function or for type checkers only (as `build_encode` and
+    `build_write` once took `build_plan.DatasetPlan` from the planner that imports them)."""
     a, b = tmp_path / "a.py", tmp_path / "b.py"
     a.write_text("from tpuflow.prep import b\n")
-    b.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tpuflow.prep.a import X\n")
+    b.write_text("from tpuflow.prep import recordio\n")
     monkeypatch.setitem(MODULES, "tpuflow.prep.a", str(a))
     monkeypatch.setitem(MODULES, "tpuflow.prep.b", str(b))
     test_no_import_cycles_between_modules()
-    b.write_text("from tpuflow.prep.a import X\n")
+    b.write_text(source)
     with pytest.raises(pytest.fail.Exception, match="import cycle: tpuflow.prep.a -> tpuflow.prep.b -> tpuflow.prep.a"):
         test_no_import_cycles_between_modules()
 

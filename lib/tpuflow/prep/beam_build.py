@@ -60,7 +60,7 @@ class BeamJob:
     shards: dict  # (out_dir, shard name) -> (first example, stop, sha256 a repair must match)
 
     @property
-    def active(self) -> list[build_plan.DatasetPlan]:
+    def active(self) -> list[build_encode.DatasetPlan]:
         return (self.build.active if self.build else []) + \
             ([self.store.plan] if self.store and self.store.plan.todo else [])
 
@@ -382,7 +382,7 @@ def _state(result) -> str:
         return PipelineState.UNKNOWN
 
 
-def _clean_up(plans: Sequence[build_plan.DatasetPlan]) -> None:
+def _clean_up(plans: Sequence[build_encode.DatasetPlan]) -> None:
     """After a failed pipeline: the shards of datasets without a manifest (a repaired dataset
     keeps its shards: each was checked against its manifest before it was renamed)."""
     for plan in plans:

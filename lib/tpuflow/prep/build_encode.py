@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,9 +24,6 @@ from PIL import Image
 
 from tpuflow import storage
 from tpuflow.prep import frames, recordio
-
-if TYPE_CHECKING:
-    from tpuflow.prep.build_plan import DatasetPlan
 
 ENCODINGS = ("jpeg", "png")
 MEAN_ROUNDINGS = ("round", "truncate")
@@ -165,6 +162,19 @@ class Chunk:
     rows: dict  # position -> (prefix, example index, features without `image`)
     wanted: dict  # spec -> list of positions in [start, stop)
     storm_length: int
+
+
+@dataclasses.dataclass
+class DatasetPlan:
+    """One spec's output: its directory, key, and the shards still to write (all on a fresh
+    build; the missing or damaged ones when resuming from a manifest). Made by
+    `build_plan.plan_dataset`; it lives here, the lowest of the build modules, so that the
+    encoding and writing sides take it without importing the planner."""
+    spec: frames.DatasetSpec
+    out_dir: str
+    key: dict
+    old: dict | None  # the matching manifest being repaired, if any
+    todo: set[str]
 
 
 def chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan],

@@ -134,17 +134,6 @@ def build_key(spec: frames.DatasetSpec, encoding: str, quality: int, shards_per_
             "shards_per_fold": shards_per_fold, "order_seed": order_seed, "sources": sources}
 
 
-@dataclasses.dataclass
-class DatasetPlan:
-    """One spec's output: its directory, key, and the shards still to write (all on a fresh
-    build; the missing or damaged ones when resuming from a manifest)."""
-    spec: frames.DatasetSpec
-    out_dir: str
-    key: dict
-    old: dict | None  # the matching manifest being repaired, if any
-    todo: set[str]
-
-
 def _remove_temporaries(out_dir: str) -> None:
     """Deletes the `.tmp-*` files a killed build left (partial shards, record spills)."""
     if not storage.is_gcs(out_dir) and os.path.isdir(out_dir):
@@ -166,7 +155,7 @@ def _same_but_sources(old_key: dict | None, key: dict) -> bool:
 
 
 def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shards: Sequence[str],
-                 overwrite: bool, log: Callable[[str], None]) -> DatasetPlan:
+                 overwrite: bool, log: Callable[[str], None]) -> build_encode.DatasetPlan:
     """Decides what to write for one dataset, clearing what cannot be kept.
 
     - a manifest with the same key: shards whose sha256 checks out are kept, the others redone;
@@ -214,7 +203,7 @@ def plan_dataset(spec: frames.DatasetSpec, out_dir: str, key: dict, shards: Sequ
         name = os.path.basename(path)
         if old is None or name not in shards:
             storage.remove(path)
-    return DatasetPlan(spec, out_dir, key, old, todo)
+    return build_encode.DatasetPlan(spec, out_dir, key, old, todo)
 
 
 def check_frames_exist(table: pd.DataFrame) -> None:
@@ -316,7 +305,7 @@ class BuildPlan:
     record order), the shards of every prefix and, per dataset, the shards still to write. The
     local pass and the Beam pipeline both execute one, so they write the same bytes."""
     table: pd.DataFrame
-    plans: list[DatasetPlan]
+    plans: list[build_encode.DatasetPlan]
     counts: dict[str, int]  # examples per shard prefix (`fold.<k>`, `test`)
     n_shards: dict[str, int]
     n_folds: int
@@ -330,7 +319,7 @@ class BuildPlan:
         self._todo = {p.spec: p.todo for p in self.plans}
 
     @property
-    def active(self) -> list[DatasetPlan]:
+    def active(self) -> list[build_encode.DatasetPlan]:
         return [p for p in self.plans if p.todo]
 
     def shard_bounds(self, prefix: str) -> list[tuple[int, int]]:
@@ -344,7 +333,7 @@ class BuildPlan:
     def wants(self, spec: frames.DatasetSpec, prefix: str, index: int) -> bool:
         return self.shard_name(prefix, index) in self._todo[spec]
 
-    def manifest(self, plan: DatasetPlan, image_size: list, sha256: dict) -> dict:
+    def manifest(self, plan: build_encode.DatasetPlan, image_size: list, sha256: dict) -> dict:
         return build_write.manifest(plan, self.encoding, self.n_folds, image_size, self.counts, self.n_shards,
                                     sha256)
 

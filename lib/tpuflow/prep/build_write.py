@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from tpuflow import __version__, storage
 from tpuflow.prep import build_encode, recordio, shard_names
-
-if TYPE_CHECKING:
-    from tpuflow.prep.build_plan import DatasetPlan
 
 
 def write_shard(path: str, records: Iterable[bytes], expected: str | None = None) -> str:
@@ -47,7 +44,7 @@ class ShardWriter:
     sha256 (else the sources changed since).
     """
 
-    def __init__(self, plan: DatasetPlan, prefix: str, count: int, n_shards: int):
+    def __init__(self, plan: build_encode.DatasetPlan, prefix: str, count: int, n_shards: int):
         self.plan = plan
         self.prefix = prefix
         self.bounds = recordio.shard_bounds(count, n_shards)
@@ -101,7 +98,7 @@ class ShardWriter:
             self._where = {}
 
 
-def manifest(plan: DatasetPlan, encoding: str, n_folds: int, image_size: list, counts: dict,
+def manifest(plan: build_encode.DatasetPlan, encoding: str, n_folds: int, image_size: list, counts: dict,
              n_shards: dict, sha256: dict) -> dict:
     spec = plan.spec
     shards = {}

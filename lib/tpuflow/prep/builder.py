@@ -69,7 +69,7 @@ def _computed(tasks: Iterator[tuple[build_encode.ChunkTask, build_encode.Chunk]]
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_pass(build: build_plan.BuildPlan, plans: Sequence[build_plan.DatasetPlan], writers: dict,
+def _write_pass(build: build_plan.BuildPlan, plans: Sequence[build_encode.DatasetPlan], writers: dict,
                 image_size: list | None, workers: int, log: Callable[[str], None]) -> list[int]:
     """Computes every wanted example and hands it to its writer; returns the frame size."""
     size = build_encode.FrameSize(image_size)
@@ -137,7 +137,7 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
     return [manifests[id(p)] for p in build.plans]
 
 
-def _clean_up(plans: Sequence[build_plan.DatasetPlan], writers) -> None:
+def _clean_up(plans: Sequence[build_encode.DatasetPlan], writers) -> None:
     """After a failed pass: drops open shards, and the finished shards of datasets that have no
     manifest (a repaired dataset keeps its repaired shards: they match its manifest)."""
     for writer in writers:

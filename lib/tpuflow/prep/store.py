@@ -56,7 +56,7 @@ class StorePlan:
     and time order: row i is record i), the shards and their row ranges, and which are still to
     write. The local build and the Beam pipeline (`tpuflow.prep.beam_build`) both execute one."""
     table: pd.DataFrame
-    plan: build_plan.DatasetPlan
+    plan: build_encode.DatasetPlan
     names: list[str]
     bounds: list[tuple[int, int]]
     counts: dict[str, int]
