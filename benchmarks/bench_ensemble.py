@@ -30,6 +30,7 @@ from absl import app, flags  # noqa: E402
 
 from tpuflow import ensemble  # noqa: E402
 from tpuflow.ensemble import data as ensemble_data  # noqa: E402
+from tpuflow.ensemble.methods import pairwise  # noqa: E402
 from tpuflow.results import prediction_names  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -149,17 +150,17 @@ def main(argv: list[str]) -> None:
         print(f"inputs: {m} predictions x {n} rows ({inputs.val.dtype}), test {inputs.test.shape[1]} rows; "
               f"load {t_load:.2f}s wall, {c_load:.2f}s CPU (in-process, warm page cache)")
         problem = ensemble.Problem(inputs.val, inputs.y, inputs.fold_slices, ensemble.METRICS["rmse_raw"])
-        t_sums, _, order = best_of(lambda: ensemble.sort_order(problem, ensemble.METRICS["rmse_rounded"]), 1)
+        t_sums, _, order = best_of(lambda: pairwise.sort_order(problem, ensemble.METRICS["rmse_rounded"]), 1)
         t_moments, _, _ = best_of(problem.moments, 1)
-        t_fast, c_fast, (cs, _, _) = best_of(lambda: ensemble._pairwise_rmse(problem, order), FLAGS.repeats)
+        t_fast, c_fast, (cs, _, _) = best_of(lambda: pairwise._pairwise_rmse(problem, order), FLAGS.repeats)
         print(f"pairwise search, vectorised: {1e3 * t_fast:.1f} ms wall, {1e3 * c_fast:.1f} ms CPU (best of "
               f"{FLAGS.repeats}); {int(np.sum(cs != 1))} of {m - 1} steps kept. Shared with the report and the "
               f"nested fits, made once: input scores for the sort {t_sums:.2f}s, per-fold p.p and p.y {t_moments:.2f}s")
         if FLAGS.loop:
             t_loop, c_loop, cs_loop = best_of(lambda: plain_loop(inputs.val, inputs.y, order), 1)
-            fit = ensemble.pairwise(problem, ensemble.METRICS["rmse_rounded"])
+            fit = pairwise.fit(problem, ensemble.METRICS["rmse_rounded"])
             same_cs = np.array_equal(cs_loop, cs) and np.array_equal(fit.cs, cs)
-            same_w = np.array_equal(ensemble.pairwise_weights(order, cs_loop, m), fit.weights)
+            same_w = np.array_equal(pairwise.pairwise_weights(order, cs_loop, m), fit.weights)
             sub_loop, sub_fast = plain_apply(inputs.test, order, cs_loop), fit.apply(inputs.test)
             same_sub = np.array_equal(sub_loop, sub_fast) and np.array_equal(np.rint(sub_loop), np.rint(sub_fast))
             print(f"pairwise search, plain loop: {t_loop:.2f} s wall, {c_loop:.2f} s CPU; ratio loop/vectorised = "

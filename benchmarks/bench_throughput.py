@@ -9,7 +9,7 @@ Is the input pipeline or the model the bottleneck? For each dataset kind, on thi
 - model: training examples/s of the model an experiment of the kind trains (`models.image_model`,
   the backbone on each image; for sequences `models.sequence_transformer_model`, cnn-trans: the
   backbone on every frame in one batch, then a Transformer encoder) behind the training
-  augmentation, which runs in the step (`ondevice.train_model`), fed from one in-memory batch,
+  augmentation, which runs in the step (`loop.train_model`), fed from one in-memory batch,
   so no input work is counted;
 - their ratio: input/model > 1 means the accelerator (or CPU) running the model is the limit
   (model-bound); < 1 means it waits for data (input-bound: cache, fewer augmentations, more hosts);
@@ -30,9 +30,9 @@ from __future__ import annotations
 import os
 import tempfile
 
-from tpuflow.inputs import ondevice, pipeline, records  # first: --backend
+from tpuflow.inputs import pipeline, records  # first: --backend
 from tpuflow.prep import builder, frames, split, synthetic
-from tpuflow.training import models, runtime
+from tpuflow.training import loop, models, runtime
 from tpuflow.training.throughput import PeakMemory, input_rate, kind_config, kind_parser, model_rate
 
 import keras  # noqa: E402,I001 (after tpuflow, which picks Keras' backend)
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
             with placement.scope():
                 model = build_model(spec, FLAGS.dim, FLAGS.backbone)
                 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-                model = ondevice.train_model(model, FLAGS.aug_prob > 0)  # the step includes the device augmentation
+                model = loop.train_model(model, FLAGS.aug_prob > 0)  # the step includes the device augmentation
             one_batch = next(iter(ds))
             step_rate = model_rate(model, one_batch, FLAGS.model_steps, batch)
             ratio = data_rate / step_rate

@@ -7,7 +7,7 @@ For each zoo experiment (`experiments/*/run.py`, its model from its own `init_mo
 configuration, compiled as training compiles it) at the reference's sizes, in float32 and
 mixed_bfloat16, on random NumPy batches put on the device once (no input pipeline):
 
-- the real training step (`ondevice.train_model`: the device augmentation, and mixup where the
+- the real training step (`loop.train_model`: the device augmentation, and mixup where the
   experiment mixes, inside the step Keras compiles): examples/s, the step's FLOPs (from XLA's cost
   analysis of that step, before optimisation) and the model FLOP utilisation against the chip's
   peak (`PEAKS`);
@@ -35,7 +35,7 @@ import sys
 import time
 
 from tpuflow import cli
-from tpuflow.training import config, experiment, models  # first: tpuflow picks Keras' backend
+from tpuflow.training import config, experiment, loop, models  # first: tpuflow picks Keras' backend
 from tpuflow.inputs import ondevice
 
 import keras  # noqa: E402,I001
@@ -212,7 +212,7 @@ def measure(run_py_path: str, precision: str) -> dict:
         keras.backend.clear_session()
         built["model"] = model = run_py.init_model(run_cfg)
         models.compile_model(model, run_cfg)
-        trainer = ondevice.train_model(model, aug, mix)
+        trainer = loop.train_model(model, aug, mix)
         x, y = inputs(model, batch)
         compile_s, step_s = _timed(lambda: trainer.train_on_batch(x, y), steps)
         state = tuple(_specs(vs) for vs in (trainer.trainable_variables, trainer.non_trainable_variables,

@@ -16,6 +16,7 @@ import pytest
 from ensemble_fixtures import random_models, write_data, write_model
 from tpuflow import ensemble
 from tpuflow.ensemble import data as ensemble_data, report as ensemble_report
+from tpuflow.ensemble.methods import pairwise
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RMSE, RMSE_ROUNDED = ensemble.METRICS["rmse_raw"], ensemble.METRICS["rmse_rounded"]
@@ -49,7 +50,7 @@ Y = np.array([10.0, 20.0, 30.0, 40.0])
 
 
 def test_pairwise_averages_two_opposite_errors():
-    fit = ensemble.pairwise(problem([Y + 1, Y - 1], Y), RMSE_ROUNDED)
+    fit = pairwise.fit(problem([Y + 1, Y - 1], Y), RMSE_ROUNDED)
     assert fit.order.tolist() == [0, 1] and fit.cs.tolist() == [0.5]
     np.testing.assert_array_equal(fit.weights, [0.5, 0.5])
     np.testing.assert_array_equal(fit.fit_pred, Y)
@@ -60,11 +61,11 @@ def test_pairwise_extrapolates_to_the_grid_end_and_drops_a_useless_input():
     # floating-point arange keeps it), so p gets weight -0.11 and r becomes y + 0.89. The third
     # input's error differs from r's by +-3, orthogonally to r's error: its best c is exactly 1,
     # so it is dropped.
-    assert len(ensemble.GRID) == 112 and ensemble.GRID[-1] == pytest.approx(1.11)
+    assert len(pairwise.GRID) == 112 and pairwise.GRID[-1] == pytest.approx(1.11)
     useless = Y + 0.89 + np.array([3.0, -3.0, 3.0, -3.0])
-    fit = ensemble.pairwise(problem([Y + 1, Y + 2, useless], Y), RMSE_ROUNDED)
+    fit = pairwise.fit(problem([Y + 1, Y + 2, useless], Y), RMSE_ROUNDED)
     assert fit.order.tolist() == [0, 1, 2]
-    assert fit.cs[0] == ensemble.GRID[-1] and fit.cs[1] == 1.0
+    assert fit.cs[0] == pairwise.GRID[-1] and fit.cs[1] == 1.0
     np.testing.assert_allclose(fit.weights, [1.11, -0.11, 0.0], atol=1e-12)
     np.testing.assert_allclose(fit.fit_pred, Y + 0.89, atol=1e-12)
 
@@ -81,7 +82,8 @@ def test_weight_methods_find_the_hand_checked_mix(method):
 
 
 def test_forward_bagged_averages_runs_on_subsets():
-    fit = ensemble.forward(problem([Y + e for e in ERRORS3], Y), bags=4, bag_fraction=2 / 3, seed=1)
+    fit = ensemble.fit(problem([Y + e for e in ERRORS3], Y), "forward",
+                       params=ensemble.Params(bags=4, bag_fraction=2 / 3, seed=1))
     assert len(fit.trace) == 4 and fit.trace_x == "bags averaged"
     np.testing.assert_allclose(fit.weights.sum(), 1.0)
     assert (fit.weights >= 0).all()
@@ -114,15 +116,15 @@ def test_pairwise_equals_the_plain_loop_on_random_data_with_ties():
     rng = np.random.default_rng(0)
     for val, y in _tie_cases(rng):
         prob = problem(val, y, n_folds=min(3, len(y)))
-        order = ensemble.sort_order(prob, RMSE_ROUNDED)
+        order = pairwise.sort_order(prob, RMSE_ROUNDED)
         cs_ref, r_ref = reference_loop(val, y, order)
-        fit = ensemble.pairwise(prob, RMSE_ROUNDED)
+        fit = pairwise.fit(prob, RMSE_ROUNDED)
         np.testing.assert_array_equal(fit.cs, cs_ref)
         np.testing.assert_array_equal(fit.fit_pred, r_ref)
         np.testing.assert_array_equal(fit.apply(val), r_ref)  # the replay on other rows
-        np.testing.assert_array_equal(fit.weights, ensemble.pairwise_weights(order, cs_ref, len(val)))
+        np.testing.assert_array_equal(fit.weights, pairwise.pairwise_weights(order, cs_ref, len(val)))
         # The library's own plain loop (used for other metrics) agrees too.
-        np.testing.assert_array_equal(ensemble._pairwise_loop(prob, order)[0], cs_ref)
+        np.testing.assert_array_equal(pairwise._pairwise_loop(prob, order)[0], cs_ref)
 
 
 def test_pairwise_equals_the_loop_on_a_subset_of_folds():
@@ -133,9 +135,9 @@ def test_pairwise_equals_the_loop_on_a_subset_of_folds():
     for f in range(4):
         sub = prob.without_fold(f)
         rows = np.concatenate([np.arange(s.start, s.stop) for s in sub.segments])
-        order = ensemble.sort_order(sub, RMSE_ROUNDED)
+        order = pairwise.sort_order(sub, RMSE_ROUNDED)
         cs_ref, r_ref = reference_loop(val[:, rows], y[rows], order)
-        fit = ensemble.pairwise(sub, RMSE_ROUNDED)
+        fit = pairwise.fit(sub, RMSE_ROUNDED)
         np.testing.assert_array_equal(fit.cs, cs_ref)
         np.testing.assert_array_equal(fit.fit_pred, r_ref)
 
@@ -165,6 +167,17 @@ def test_every_method_is_never_worse_than_the_best_single_input(method, metric):
     best_single = min(prob.loss(prob.row(i)) for i in range(prob.m))
     assert prob.loss(fit.fit_pred) <= best_single + 1e-12
     np.testing.assert_allclose(fit.fit_pred, fit.apply(prob.val), rtol=1e-12, atol=1e-12)
+
+
+def test_every_method_module_is_registered_and_an_unknown_name_is_refused_naming_the_flag():
+    folder = os.path.dirname(pairwise.__file__)
+    modules = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py")
+    assert sorted(ensemble.METHODS) == modules
+    assert ensemble.METHODS[0] == "pairwise"  # the reference, `--method`'s default
+    assert [ensemble.method(name).RANKS for name in ensemble.METHODS] == [True, False, False, False]
+    with pytest.raises(ValueError, match=r"^--method=nope: unknown method; use one of \['pairwise', 'forward', "
+                                         r"'backward', 'optimize'\]$"):
+        ensemble.fit(_values_problem(RMSE), "nope")
 
 
 @pytest.mark.parametrize("method", list(ensemble.METHODS))

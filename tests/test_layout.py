@@ -183,9 +183,10 @@ def test_tensorflow_free_stages_and_jax_stay_so():
 
 
 # Modules that load no TensorFlow when imported (nor any tpuflow module that does): the model, its
-# configuration and the device-side augmentation and TTA build where only JAX is installed
-# (benchmarks/device_check.py on a GPU machine); the jobs and the parsers import it when they run.
-TF_FREE_MODULES = ("tpuflow.inputs.ondevice", "tpuflow.training.models", "tpuflow.training.experiment")
+# configuration, the training step and the device-side augmentation and TTA build where only JAX is
+# installed (benchmarks/device_check.py on a GPU machine); the jobs and the parsers import it when they run.
+TF_FREE_MODULES = ("tpuflow.inputs.ondevice", "tpuflow.training.loop", "tpuflow.training.models",
+                   "tpuflow.training.experiment")
 
 
 def test_model_code_loads_no_tensorflow_at_import():

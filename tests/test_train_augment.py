@@ -1,4 +1,4 @@
-"""Training augmentation on the accelerator (`ondevice.train_model`): one real training step under
+"""Training augmentation on the accelerator (`loop.train_model`): one real training step under
 the TensorFlow and JAX backends (JAX in a subprocess: Keras fixes its backend per process) with
 aug_prob=1 and cutmix, from real records; the step trains the real model's weights through its
 optimizer, the callbacks see the real model, and the compiled device transforms equal the host's."""
@@ -14,7 +14,7 @@ CHECK = r"""
 import numpy as np
 import keras
 import tensorflow as tf
-from tpuflow.inputs import augment, mixup, ondevice, pipeline, records; from tpuflow.training import experiment
+from tpuflow.inputs import augment, mixup, ondevice, pipeline, records; from tpuflow.training import experiment, loop
 
 
 class Seen(keras.callbacks.Callback):
@@ -31,7 +31,7 @@ def check(single_dir):
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x)))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse",
                   metrics=[keras.metrics.RootMeanSquaredError(name="rmse")], jit_compile=True)
-    trainer = ondevice.train_model(model, True, "cutmix")
+    trainer = loop.train_model(model, True, "cutmix")
     assert trainer.optimizer is model.optimizer and trainer.jit_compile
     assert [id(v) for v in trainer.trainable_variables] == [id(v) for v in model.trainable_variables]
     files = records.record_files(single_dir, [0, 1])
@@ -42,7 +42,7 @@ def check(single_dir):
     assert batch["transform"].numpy().min() >= 1  # aug_prob=1: every example transformed
     before = [np.array(w) for w in model.get_weights()]
     seen = Seen()
-    history = ondevice.fit(trainer, model, ds, callbacks=[seen], epochs=1, steps_per_epoch=1, verbose=0,
+    history = loop.fit(trainer, model, ds, callbacks=[seen], epochs=1, steps_per_epoch=1, verbose=0,
                             shuffle=False)
     assert seen.model_seen is model and np.isfinite(seen.logs["loss"]) and "rmse" in seen.logs
     assert history is model.history and len(history.history["loss"]) == 1

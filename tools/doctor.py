@@ -27,7 +27,7 @@ import urllib.request
 
 from tpuflow import backend, cli, storage
 from tpuflow.inputs import frame_cache, records
-from tpuflow.training import config, experiment, models, runner, runtime  # first: picks Keras' backend
+from tpuflow.training import config, experiment, loop, models, runner, runtime  # first: picks Keras' backend
 
 from absl import app, flags  # noqa: E402,I001
 
@@ -116,7 +116,7 @@ def check_placement(report: Report, cfg):
 
 def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
     """Input pipeline vs model step rate on this machine, for this experiment and dataset."""
-    from tpuflow.inputs import ondevice, pipeline  # noqa: PLC0415
+    from tpuflow.inputs import pipeline  # noqa: PLC0415
     from tpuflow.training.throughput import input_rate, model_rate  # noqa: PLC0415
     n_folds = int(manifest["n_folds"])
     files = records.record_files(cfg.data_tfrec_dir, [k for k in range(n_folds) if k != cfg.initial_fold])
@@ -127,7 +127,7 @@ def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
     with placement.scope():  # the step rate does not depend on the weights' values
         model = run_py.init_model(cfg.replace(weights=None))
         models.compile_model(model, cfg)
-        trainer = ondevice.train_model(model, cfg.aug_prob > 0)  # a step includes the device augmentation
+        trainer = loop.train_model(model, cfg.aug_prob > 0)  # a step includes the device augmentation
     steps = model_rate(trainer, next(iter(ds)), FLAGS.model_steps, cfg.global_batch_size)
     verdict = ("model-bound: the devices are the limit" if data >= steps else
                "input-bound: the devices wait for data (--use_cache, fewer augmentations, more host CPUs)")

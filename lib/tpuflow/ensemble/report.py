@@ -47,8 +47,7 @@ def run(inputs: Inputs, method: str, metric: str, sort_metric: str | None = None
         timings: dict[str, float] | None = None) -> Run:
     """Fits `method` on every out-of-fold row, estimates it nested (fit on k-1 folds, score the
     held-out one, per fold) and blends the test predictions. Names are checked before any work."""
-    if method not in ensemble.METHODS:
-        raise ValueError(f"--method={method}: unknown method; use one of {list(ensemble.METHODS)}")
+    ranks = ensemble.method(method).RANKS
     fit_metric = ensemble.get_metric(metric, inputs.kind, "--metric")
     rank = (ensemble.get_metric(sort_metric, inputs.kind, "--sort_metric") if sort_metric
             else default_sort_metric(fit_metric))
@@ -74,7 +73,7 @@ def run(inputs: Inputs, method: str, metric: str, sort_metric: str | None = None
     test_pred = result.apply(inputs.test)
     timings["apply_test"] = time.perf_counter() - tic
     scores = _scores(inputs, kind_metrics, single, result, held)
-    return Run(inputs, method, fit_metric, rank if method == "pairwise" else None, params, result, held,
+    return Run(inputs, method, fit_metric, rank if ranks else None, params, result, held,
                test_pred, single, scores, timings)
 
 

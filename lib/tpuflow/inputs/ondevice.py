@@ -90,6 +90,14 @@ def check_prob(prob: float) -> None:
         raise ValueError(f"--aug_prob={prob!r}: must be within [0, 1]")
 
 
+def check_square(height: int, width: int) -> None:
+    """The training augmentation turns images by quarter turns: a non-square one is an error naming
+    the flag."""
+    if height != width:
+        raise ValueError(f"--aug_prob: the training augmentation (quarter turns) needs square images; got "
+                         f"{height}x{width} (use --aug_prob=0)")
+
+
 def check_mixup(alpha: float, prob: float, mode: str) -> None:
     """Mixup settings that cannot work: clear errors naming the flag, before any work."""
     if not 0.0 <= prob <= 1.0:
@@ -304,9 +312,7 @@ def _train_stages(height: int, width: int) -> tuple:
     (transpose, flip rows, flip columns) each transform applies after its base image (the image
     for 0..5; its 45-degree view for 6..9, which then turns by 0, 1, 2, 3 quarters: 135 degrees
     is 45 then 90), and the 45-degree view's `_diagonal_tables`."""
-    if height != width:
-        raise ValueError(f"--aug_prob: the training augmentation (quarter turns) needs square images; got "
-                         f"{height}x{width} (use --aug_prob=0)")
+    check_square(height, width)
     flags = np.zeros((N_TRANSFORMS, 3), bool)
     for t in range(1, N_TRANSFORMS):
         turn = REFERENCE_VIEWS[t] if t < 6 else _DIAGONAL_TURNS.get(REFERENCE_VIEWS[t])
@@ -392,56 +398,3 @@ class TrainAugment(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape["image"]
-
-
-def train_model(model: keras.Model, aug: bool, mix: str | None = None, block: int | None = None) -> keras.Model:
-    """The model `fit` trains: `model` itself when training batches are plain images, else (with
-    augmentation `aug`, or mixup mode `mix`: the datasets' inputs are then the dicts
-    `TrainAugment` takes; `block`: mixup's, see `mixup.draw_mix`) `model` behind `TrainAugment`,
-    sharing its weights and its optimizer and compiled like it (loss, metrics, XLA setting), so
-    that checkpoints, backups and predictions stay `model`'s (see :func:`fit`). Build it where
-    `model` was built (inside its distribution scope), after compiling `model`. Images the
-    augmentation cannot turn (not square) are refused here, before any training."""
-    if not aug and not mix:
-        return model
-    if aug:
-        _train_stages(*model.inputs[0].shape[-3:-1])  # refuses a non-square image, naming the flag
-    specs = {"image": (tuple(model.inputs[0].shape[1:]), "float32")}
-    if aug:
-        specs["transform"] = ((), "int32")
-    if mix:
-        specs.update(partner=((), "int32"), lam=((), "float32"))
-        if mix == "cutmix":
-            specs["box"] = ((4,), "float32")
-    inputs = {key: keras.Input(shape=shape, dtype=dtype, name=key) for key, (shape, dtype) in specs.items()}
-    trainer = keras.Model(inputs, model(TrainAugment(block)(inputs)), name=f"{model.name}_train")
-    config = keras.saving.deserialize_keras_object(model.get_compile_config())
-    trainer.compile(**{**config, "optimizer": model.optimizer})
-    return trainer
-
-
-class _StopWith(keras.callbacks.Callback):
-    """Passes a callback's `model.stop_training` on to the trainer that `fit` runs."""
-
-    def __init__(self, trainer):
-        super().__init__()
-        self.trainer = trainer
-
-    def on_epoch_end(self, epoch, logs=None):  # no batch hook: that would make JAX's fit wait on every step
-        self.trainer.stop_training = self.trainer.stop_training or self.model.stop_training
-
-
-def fit(trainer: keras.Model, model: keras.Model, dataset, *, callbacks, epochs: int, steps_per_epoch: int,
-        verbose, **kwargs) -> keras.callbacks.History:
-    """`trainer.fit` (a :func:`train_model`) with `callbacks` seeing `model`: they save, back up
-    and score the real model (the same weights and optimizer), and their History is returned."""
-    if trainer is model:
-        return model.fit(dataset, callbacks=callbacks, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                         verbose=verbose, **kwargs)
-    model.stop_training, trainer.history = False, None  # the History is `model`'s (fit returns its own)
-    pinned = keras.callbacks.CallbackList([*callbacks, _StopWith(trainer)], add_history=True,
-                                          add_progbar=verbose != 0, verbose=verbose, epochs=epochs,
-                                          steps=steps_per_epoch, model=model)
-    trainer.fit(dataset, callbacks=pinned, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
-                **kwargs)
-    return model.history

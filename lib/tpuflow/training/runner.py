@@ -16,7 +16,7 @@ from tpuflow.inputs import mixup, ondevice, pipeline, records, views
 from tpuflow.prep import split, store
 from tpuflow.results import checkpoint_names, prediction_names, run_record, scoring
 from tpuflow.storage import tables
-from tpuflow.training import config, curves, hosts, models, resume, runtime, tensorboard
+from tpuflow.training import config, curves, hosts, loop, models, resume, runtime, tensorboard
 
 fold_checkpoints = resume.best_checkpoints
 
@@ -259,7 +259,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
                devices: str = "") -> keras.callbacks.History:
     """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
     the model; returns the fit History (of the epochs run now, after any resumed ones). `trainer`
-    (`ondevice.train_model`, default `model`) is what `fit` runs: `model` behind the training
+    (`loop.train_model`, default `model`) is what `fit` runs: `model` behind the training
     augmentation made on the accelerator; the callbacks see `model`. `block`: the examples one
     device trains on per step, among which mixup draws partners (None: the whole batch).
     `devices`: where it trains (`placement_name`), which a backup within an epoch must match.
@@ -322,7 +322,7 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
         segments.append((initial_epoch + bool(initial_step), 0))
     history = None
     for epoch, step in segments:
-        ran = ondevice.fit(trainer or model, model, train_dataset(epoch, step),
+        ran = loop.fit(trainer or model, model, train_dataset(epoch, step),
                             epochs=epoch + 1 if step else cfg.n_epochs, initial_epoch=epoch,
                             steps_per_epoch=steps - step, callbacks=callbacks, verbose=cfg.verbose,
                             shuffle=False)  # shuffling: the pipeline's job
@@ -546,7 +546,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             predictor = ondevice.tta_model(model, cfg.tta_views)  # TTA views made on the accelerator
             block = cfg.global_batch_size // placement.replicas  # one device's examples per step
             trains = "train" in jobs
-            trainer = ondevice.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
+            trainer = loop.train_model(model, trains and cfg.aug_prob > 0,  # training augmentation, ditto
                                            cfg.mixup_mode if trains and cfg.mixup_prob else None, block=block)
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas

@@ -4,7 +4,7 @@ not own, and its analyses say what the run needs and costs there.
 
 For each target the plan builds what a run builds under the JAX backend (`runner.run_jobs`): the
 experiment's model, compiled as `models.compile_model` under the precision `--mixed_precision`
-means on a TPU, the trainer with the device augmentation and mixup (`ondevice.train_model`) and
+means on a TPU, the trainer with the device augmentation and mixup (`loop.train_model`) and
 the one-pass TTA predictor (`ondevice.tta_model`); `keras.distribution.DataParallel` over the
 target's (abstract) devices gives the variables' and the batches' layouts. Keras' stateless
 steps (`train_step`, `predict_step`) are jitted with those shardings, lowered from shapes alone
@@ -29,7 +29,7 @@ import keras
 from tpuflow import backend, cli
 from tpuflow.inputs import ondevice, records, views
 from tpuflow.prep import store
-from tpuflow.training import config, models, runner, runtime
+from tpuflow.training import config, loop, models, runner, runtime
 
 GIB = 1 << 30
 
@@ -140,10 +140,10 @@ class Steps:
         self.trainers: dict[int | None, keras.Model] = {}
 
     def trainer(self, block: int) -> keras.Model:
-        """`ondevice.train_model` for one device's `block` of examples (mixup draws partners in it)."""
+        """`loop.train_model` for one device's `block` of examples (mixup draws partners in it)."""
         key = block if self.mix else None  # only mixup's trainer depends on it
         if key not in self.trainers:
-            self.trainers[key] = ondevice.train_model(self.model, self.aug, self.mix, block=block)
+            self.trainers[key] = loop.train_model(self.model, self.aug, self.mix, block=block)
         return self.trainers[key]
 
     def train_batch(self, batch: int):
