@@ -12,7 +12,7 @@ same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
   (`View.train_dataset`), as training runs them: read, decode, assemble, resize to `--dim`,
   draw each example's augmentation (a transform index), batch; with each pipeline's peak
   resident memory above what the process held before it was made. The augmentation itself runs
-  on the accelerator, in the compiled training step (`loop.train_model`), so it is not part of
+  on the accelerator, in the compiled training step (`training.loop.train_model`), so it is not part of
   the input rate: its own cost per example is printed apart, measured on this machine's CPU
   compiled by XLA (on an accelerator it is one more gather-and-select kernel of the step). Views read
   through the decoded-frame cache (`--frame_cache`, `tpuflow.inputs.frame_cache`): its build time is

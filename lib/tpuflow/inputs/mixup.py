@@ -15,7 +15,7 @@ same box) on every frame. Unmixed examples keep lam = 1.
 
 The draws (partners, lam, boxes) and the mixed targets are made on the host by a `tf.data` map
 after `batch(drop_remainder=True)` (static shapes; stateless, seeded per batch from `seed`); the
-images are blended on the accelerator (`ondevice.device_blend`, inside `loop.train_model`), after the
+images are blended on the accelerator (`ondevice.device_blend`, inside `training.loop.train_model`), after the
 training augmentation, so that a partner is mixed in as it was augmented: the order
 augment-then-mix of the host pipeline this replaced, at the cost of one elementwise blend per
 batch on the device. Whatever Keras backend trains, the same map and blend apply.
@@ -86,7 +86,7 @@ def mix_dataset(ds: tf.data.Dataset, *, alpha: float, prob: float, mode: str = "
                 host: int = 0) -> tf.data.Dataset:
     """Draws the mixing of every (inputs, y) batch of `ds` with a fresh stateless seed per batch:
     the inputs become a dict ({"image"[, "transform"]} plus `draw_mix`'s keys) that
-    `loop.train_model` blends on the device; the targets are mixed here. `block`: the examples
+    `training.loop.train_model` blends on the device; the targets are mixed here. `block`: the examples
     one device trains on per step (partners are drawn among them; None: the whole batch). `start`:
     the batches already trained on, whose draws are skipped (a resumed stream draws as the
     uninterrupted one does). `host`: this host's index, folded into every draw (hosts mix their

@@ -3,7 +3,7 @@
 Training order (fixed): read shards interleaved, one record from each in turn -> [cache] ->
 shuffle the serialized records -> repeat -> parse (uint8 pixels) -> batch (drop_remainder=True,
 static shapes for TPU) -> [draw each example's augmentation] -> float32 -> prefetch. The
-augmentation itself runs on the accelerator (`loop.train_model`), like prediction's TTA.
+augmentation itself runs on the accelerator (`training.loop.train_model`), like prediction's TTA.
 The builder writes each fold's records in a shuffled order over many shards, so interleaving
 them mixes storms before the buffer does; the buffer holds encoded records (tens of KB each),
 not decoded images (a 366 px 24-frame example is 12.9 MB as float32), and pixels stay uint8
@@ -40,7 +40,7 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
                   seed: int | None = None) -> tf.data.Dataset:
     """Endless, shuffled batches of (inputs, target) for `model.fit`; with `aug_prob` > 0 the
     inputs are {"image", "transform"}: each example's transform index, drawn here, applied on the
-    device (`loop.train_model`). `seed` also seeds the draws.
+    device (`training.loop.train_model`). `seed` also seeds the draws.
 
     The buffer holds at most `shuffle_buffer` records and about `SHUFFLE_BYTES` of them (a
     24-frame 366 px record is ~0.8 MB): records are written in a shuffled order, so a smaller
@@ -66,7 +66,7 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
 
 def with_transform(x, transform):
     """Training inputs {"image", "transform"} that carry each example's transform index, which the
-    device applies (`loop.train_model`); `x` itself when there is none (`transform` is ())."""
+    device applies (`training.loop.train_model`); `x` itself when there is none (`transform` is ())."""
     return {"image": x, "transform": transform} if isinstance(transform, tf.Tensor) else x
 
 

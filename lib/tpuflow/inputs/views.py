@@ -212,7 +212,7 @@ class View:
         """Endless batches of (inputs, target) for `model.fit`: `train_order`'s examples,
         assembled, parsed, batched (`batch_size`: this host's share of the global batch), float32;
         with `aug_prob` > 0 the inputs are {"image", "transform"}: each example's transform index,
-        drawn from its seed (seeded by position), applied on the device (`loop.train_model`).
+        drawn from its seed (seeded by position), applied on the device (`training.loop.train_model`).
         Host memory: the store, plus the examples in flight (no shuffle buffer: the order needs
         none)."""
         self._ready()
