@@ -65,12 +65,12 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         where = f"DatasetSpec(kind={self.kind!r}, n_frames={self.n_frames!r}, step={self.step!r})"
-        if self.kind not in KINDS:
-            raise ValueError(f"{where}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        rules = kinds.REGISTRY.get(self.kind)
+        if rules is None:
+            raise ValueError(f"{where}: unknown kind {self.kind!r}; expected one of {tuple(kinds.REGISTRY)}")
         step = _as_int(self.step, "step", where)
         if step < 1:
             raise ValueError(f"{where}: step must be >= 1")
-        rules = kinds.get(self.kind)
         fixed = rules.fixed_depth
         if fixed is None:
             if self.n_frames is None:
