@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow.inputs import records
-from tpuflow.prep import build_encode, build_plan, build_write, builder, frames, recordio, shard_names
+from tpuflow.inputs import parsers, records
+from tpuflow.prep import build_encode, build_plan, build_write, builder, frames, kinds, recordio, shard_names
+from tpuflow.training import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = frames.parse_specs(["single", "stacked:s2", "mean:s3", "sequence:n6:s2"])
@@ -389,3 +390,36 @@ def test_inspect_records_verifies_and_draws_a_contact_sheet(built, tmp_path):
     out = subprocess.run([sys.executable, tool, f"--tfrec_dir={directory}"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 1 and "fold.4.tfrecord-00001-of-00002: damaged" in out.stdout
+
+
+class _Pair(kinds.base.Kind):
+    """A kind written for the test below: frames t-s and t, each one as its source bytes."""
+    name = "pair"
+    fixed_depth = 2
+    image_per_slot = True
+    slot_label = "step"
+
+
+def test_a_new_kind_is_one_module_registered(cv_dir, tmp_path, monkeypatch):
+    """What a new kind module declares is all the builder and the parsers need (`tpuflow.prep.kinds`)."""
+    monkeypatch.setitem(kinds.REGISTRY, "pair", _Pair())
+    spec = frames.DatasetSpec.parse("pair:s2")
+    assert (spec.to_string(), spec.history_span, spec.images_per_example, spec.channels) == ("pair:s2", 2, 2, 1)
+    builder.build_datasets(cv_dir, str(tmp_path), [spec], shards_per_fold=1, workers=1, log=lambda _: None)
+    table = build_plan.load_frame_table(cv_dir)
+    storm_paths = {s: g["image_path"].tolist() for s, g in table.groupby("storm_id")}
+    positions = dict(zip(table["image_id"], zip(table["storm_id"], table[frames.POSITION_COLUMN])))
+    files = records.record_files(str(tmp_path / spec.name), None)
+    seen = 0
+    for path in files:
+        with open(path, "rb") as f:
+            for record in recordio.read_records(f, path):
+                feature = tf.train.Example.FromString(record).features.feature
+                storm, t = positions[feature["image_id"].bytes_list.value[0].decode()]
+                expected = [open(storm_paths[storm][max(t - 2, 0)], "rb").read(), open(storm_paths[storm][t], "rb").read()]
+                assert list(feature["image"].bytes_list.value) == expected
+                seen += 1
+    assert seen == int((table["split"] == "test").sum())
+    cfg = config.Config({"dataset_kind": "pair", "n_frames": 2, "dim": DIM, "invert": False, "task": "regression"})
+    image, _ = next(iter(tf.data.TFRecordDataset(files).map(lambda s: parsers.parse_by_kind(s, cfg))))
+    assert image.shape == (2, DIM, DIM, 1)

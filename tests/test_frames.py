@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpuflow.prep import frames
+from tpuflow.prep import frames, kinds
 from tpuflow.prep.frames import DatasetSpec, explain, frame_indices, mean_ranges, order_storm_frames
 
 
@@ -188,10 +188,12 @@ def test_storm_indices_and_errors():
 def test_random_specs_never_use_future_or_negative_positions():
     rng = np.random.default_rng(0)
     for _ in range(300):
-        kind = frames.KINDS[rng.integers(len(frames.KINDS))]
-        step = 1 if kind == "single" else int(rng.integers(1, 15))
-        n = int(rng.integers(1, 30)) if kind == "sequence" else None
+        kind = frames.KINDS[rng.integers(len(frames.KINDS))]  # every registered kind
+        rules = kinds.REGISTRY[kind]
+        step = int(rng.integers(1, 15)) if rules.uses_history else 1
+        n = int(rng.integers(1, 30)) if rules.fixed_depth is None else None
         spec = DatasetSpec(kind, n, step)
+        assert DatasetSpec.parse(spec.to_string()) == spec
         length = int(rng.integers(1, 60))
         starts, stops = frames.storm_ranges(spec, length)
         assert starts.shape == stops.shape == (length, spec.depth)
@@ -204,7 +206,7 @@ def test_random_specs_never_use_future_or_negative_positions():
             assert min(flat) >= 0 and max(flat) <= t
             assert t - min(flat) <= spec.history_span
             assert t in slots[-1]
-            if kind != "mean":
+            if not rules.averages:
                 assert slots[-1] == [t]
             # Slots run oldest first and mean runs are contiguous.
             assert flat == sorted(flat)

@@ -170,6 +170,21 @@ def test_stages_import_only_their_third_party_packages():
     assert used == listed, f"lazy imports no longer there, drop them: {listed - used}"
 
 
+KINDS = f"{ROOT}.prep.kinds"  # the dataset kinds: one module each, registered in the package
+
+
+def test_a_dataset_kind_is_one_module_over_the_base():
+    """A kind module imports no other part of tpuflow but `kinds.base`, so that adding a kind is one
+    new module (plus its line in the registry, the one module that imports the kinds)."""
+    kind_modules = [m for m in MODULES if m.startswith(KINDS + ".") and m != f"{KINDS}.base"]
+    assert kind_modules, "no dataset kind modules found"
+    for module in kind_modules:
+        ours = {i for i, _, _, _ in _imports(MODULES[module]) if i.startswith(ROOT)}
+        assert ours == {f"{KINDS}.base"}, f"{module} imports {sorted(ours)}; a kind may import only {KINDS}.base"
+    importers = {m for m, i, _, _ in _edges() if i in kind_modules}
+    assert importers == {KINDS}, f"kind modules are imported by {sorted(importers)}; ask the registry instead"
+
+
 def test_tensorflow_free_stages_and_jax_stay_so():
     """The rules above, stated as what they promise (a guard against loosening the tables)."""
     for stage in TF_FREE:
@@ -303,7 +318,8 @@ def test_readme_layout_lists_every_stage_and_module():
     rows = _readme_rows()
     assert sorted(rows) == sorted([ROOT, *PACKAGES]), f"README's layout table has rows {sorted(rows)}"
     for stage, cells in rows.items():
-        modules = {os.path.basename(path)[:-3] for m, path in MODULES.items()
+        package = ROOT if stage == ROOT else f"{ROOT}.{stage}"  # names below it: `frames`, `kinds.mean`
+        modules = {"__init__" if m == package else m.removeprefix(package + ".") for m, path in MODULES.items()
                    if stage_of(m) == stage and (not path.endswith("__init__.py") or _holds_code(path))}
         listed = set(cells[2])
         assert listed == modules, (f"README's layout row for {stage}: add {sorted(modules - listed)}, "

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tpuflow import __version__, storage
-from tpuflow.prep import build_encode, build_plan, frames, recordio, shard_names
+from tpuflow.prep import build_encode, build_plan, frames, kinds, recordio, shard_names
 
 
 def spec_from_dir_name(tfrec_dir: str) -> frames.DatasetSpec:
@@ -93,7 +93,7 @@ def _check_file(path: str, spec: frames.DatasetSpec) -> tuple[int, list[int] | N
         labels.append(parsed["label"].numpy())
         count += len(batch)
     if first is not None:
-        channels = spec.channels if spec.kind != "sequence" else 1
+        channels = spec.channels
         image = tf.io.decode_image(first, expand_animations=False)
         if image.shape[-1] != channels:
             raise ValueError(f"{path}: images have {image.shape[-1]} channel(s); a {spec} record's "
@@ -157,10 +157,10 @@ def check_spec_content(table, spec: frames.DatasetSpec, samples: list[tuple[str,
     if not samples:
         return
     # other steps: up to 16 for a 3-slot image; a sequence's slots cost more, so only nearby ones
-    steps = range(1, (2 * spec.step + 2 if spec.kind == "sequence" else max(2 * spec.step, 16)) + 1)
-    kinds = ("stacked", "mean") if spec.kind in ("stacked", "mean") else (spec.kind,)
-    candidates = [spec] + [frames.DatasetSpec(k, n_frames=spec.n_frames if k == "sequence" else None, step=s)
-                           for k in kinds for s in (steps if k != "single" else (1,))]
+    steps = range(1, (2 * spec.step + 2 if spec.rules.image_per_slot else max(2 * spec.step, 16)) + 1)
+    rivals = [kinds.REGISTRY[k] for k in spec.rules.look_alike or (spec.kind,)]
+    candidates = [spec] + [frames.DatasetSpec(k.name, n_frames=spec.n_frames if k.fixed_depth is None else None, step=s)
+                           for k in rivals for s in (steps if k.uses_history else (1,))]
     storms = {sid: g.sort_values(frames.POSITION_COLUMN) for sid, g in table.groupby("storm_id")}
     rows = table.set_index("image_id")
     decoded: dict[str, np.ndarray] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tpuflow.inputs import records
-from tpuflow.prep import frames
+from tpuflow.prep import kinds
 
 
 def target(example: dict, cfg):
@@ -34,11 +34,12 @@ def parse_sequence_example(serialized, cfg, pack3: bool = False):
 
 
 def parse_by_kind(serialized, cfg):
-    """The parser of `cfg.dataset_kind`: one image of 1 (`single`) or 3 channels (`stacked`,
-    `mean`), or the (n, dim, dim, 1) frames of a `sequence`."""
-    if cfg.dataset_kind == "sequence":
+    """The parser of `cfg.dataset_kind`: one image of its slots as channels (1 for `single`, 3 for
+    `stacked`, `mean`), or the (n, dim, dim, 1) frames of a kind with an image per slot (`sequence`)."""
+    if cfg.dataset_kind not in kinds.REGISTRY:
+        raise ValueError(f"--dataset_kind={cfg.dataset_kind}: the experiment passes no parse_example, so the "
+                         f"records' kind must be given (one of {', '.join(kinds.NAMES)})")
+    rules = kinds.REGISTRY[cfg.dataset_kind]
+    if rules.image_per_slot:
         return parse_sequence_example(serialized, cfg)
-    if cfg.dataset_kind in frames.KINDS:
-        return parse_image_example(serialized, cfg, channels=1 if cfg.dataset_kind == "single" else 3)
-    raise ValueError(f"--dataset_kind={cfg.dataset_kind}: the experiment passes no parse_example, so the "
-                     f"records' kind must be given (one of {', '.join(frames.KINDS)})")
+    return parse_image_example(serialized, cfg, channels=rules.channels(rules.fixed_depth or cfg.n_frames))

@@ -55,7 +55,7 @@ class View:
         if frame_cache not in frame_cache_lib.MODES:  # before any long work
             raise ValueError(f"--frame_cache={frame_cache!r}: expected one of {', '.join(frame_cache_lib.MODES)}")
         table = frame_store.table
-        if spec.kind != "single":  # slots of one example must share a size to be stacked
+        if spec.rules.uses_history:  # slots of one example must share a size to be stacked
             sizes = table.groupby("storm_id", sort=False)[["height", "width"]].nunique()
             mixed = sizes[(sizes > 1).any(axis=1)].index.tolist()
             if mixed:
@@ -118,7 +118,7 @@ class View:
     def cache(self) -> frame_cache_lib.FrameCache | None:
         """The store's decoded-frame cache for this view's decoding (`tpuflow.inputs.frame_cache`; shared by
         the views of one loaded store that decode alike), or None when `frame_cache` says not to."""
-        sums = self.spec.kind == "mean"
+        sums = self.spec.rules.averages
         longest = int((self.stops - self.starts).max()) if len(self.starts) else 0
         what = f"--view={self.spec}"
         shape = frame_cache_lib.use_cache(self.frame_cache, self.store.table, sums, longest, what)
@@ -153,7 +153,7 @@ class View:
         t = self._tensors
         starts, stops = t["starts"][row], t["stops"][row]
         if cached and self.cache is not None:  # decoded once per process: slots are gathers
-            if self.spec.kind == "mean":
+            if self.spec.rules.averages:
                 # floor((2 sum + n) / 2n) in float32, much faster than integer division and exact:
                 # 2 sum + n < 2**18 is a float32 integer, and a quotient not whole is >= 1/2n from one
                 total = tf.cast(self.cache.run_sums(starts, stops), tf.float32)
@@ -161,8 +161,8 @@ class View:
                 slots = tf.floor((2 * total + n) / (2 * n) if self.rounding == "round" else total / n)
                 slots = tf.cast(slots, tf.uint8)
             else:
-                slots = self.cache.frames(starts[:1] if self.spec.kind == "single" else starts)
-        elif self.spec.kind == "mean":  # slot c: the mean of frames [starts[c], stops[c]), one run
+                slots = self.cache.frames(starts)
+        elif self.spec.rules.averages:  # slot c: the mean of frames [starts[c], stops[c]), one run
             low = tf.reduce_min(starts)
             decoded = tf.map_fn(self._decode, self._encoded.sparse_read(tf.range(low, tf.reduce_max(stops))),
                                 fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
@@ -172,14 +172,14 @@ class View:
             n = tf.reshape(tf.cast(stops - starts, tf.int32), [-1, 1, 1])
             slots = (2 * total + n) // (2 * n) if self.rounding == "round" else total // n
             slots = tf.cast(slots, tf.uint8)
-        elif self.spec.kind == "single":  # one frame: no loop
+        elif self.spec.depth == 1:  # one frame: no loop
             slots = self._decode(self._encoded.sparse_read(starts[0]))[None]
         else:
             used, slot_of = tf.unique(starts)
             decoded = tf.map_fn(self._decode, self._encoded.sparse_read(used),
                                 fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
             slots = tf.gather(decoded, slot_of)  # (depth, H, W)
-        image = slots[..., None] if self.spec.kind == "sequence" else tf.transpose(slots, [1, 2, 0])
+        image = slots[..., None] if self.spec.rules.image_per_slot else tf.transpose(slots, [1, 2, 0])
         return {"image_id": t["image_id"][row], "image": image, "label": t["label"][row],
                 "label_le": t["label_le"][row]}
 

@@ -4,11 +4,12 @@
   to write): the work units of the local pass (`tpuflow.prep.builder`) and of Beam
   (`tpuflow.prep.beam_build`);
 - `run_chunk`, in a worker, reads and decodes each frame of a chunk once (the decode also
-  validates frames stored as they are) and encodes the `stacked`/`mean` images of every spec:
+  validates frames stored as they are) and encodes the images of every spec whose kind computes
+  them (`stacked`/`mean`, each kind's `pixels` in `tpuflow.prep.kinds`):
   JPEG with RGB channels and no subsampling (the channels are different frames; see
   `encode_image`) or PNG (lossless);
 - `RecordAssembler`, in the parent, takes the chunk results in storm order and assembles the
-  records (`single`/`sequence` records hold the source JPEG bytes: no re-encoding, bit-exact).
+  records (the other kinds', `single`/`sequence`, hold the source JPEG bytes: no re-encoding, bit-exact).
 
 No TensorFlow: records are serialised by `tpuflow.prep.recordio`.
 """
@@ -27,7 +28,6 @@ from tpuflow.prep import frames, recordio
 
 ENCODINGS = ("jpeg", "png")
 MEAN_ROUNDINGS = ("round", "truncate")
-PIXEL_KINDS = ("stacked", "mean")  # kinds whose images are computed (the others copy bytes)
 
 
 def decode_frame(data: bytes, path: str) -> np.ndarray:
@@ -69,24 +69,6 @@ def encode_image(pixels: np.ndarray, encoding: str, quality: int) -> bytes:
     else:
         image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def mean_image(cumsum: np.ndarray, starts: np.ndarray, stops: np.ndarray,
-               rounding: str = "round") -> np.ndarray:
-    """(H, W, 3) uint8 channel means of the frame runs [starts[c], stops[c]), rounded half up
-    (`round`) or truncated (`truncate`, the reference's `np.uint8(mean)`: 0.5 level darker on
-    average, a bias the model learns but does not need).
-
-    `cumsum[i]` is the sum of the first i frames, kept modulo 2**16 (or 2**32): a difference of
-    two entries is still the exact sum of a run as long as that sum fits the type, which holds
-    for runs of up to 257 frames (2**16 > 257 * 255). That keeps the sums at 2 bytes a pixel.
-    """
-    out = np.empty((*cumsum.shape[1:], 3), np.uint8)
-    for c in range(3):  # one channel at a time, in uint32: 5x faster than one int64 expression
-        n = int(stops[c] - starts[c])
-        sums = (cumsum[stops[c]] - cumsum[starts[c]]).astype(np.uint32)
-        out[..., c] = (2 * sums + n) // (2 * n) if rounding == "round" else sums // n
-    return out
 
 
 def _size(shape) -> str:
@@ -135,23 +117,19 @@ def run_chunk(task: ChunkTask) -> ChunkResult:
                              f"{_size(frame.shape)} differs from {_size(shape)} of "
                              f"{task.paths[task.start - lo]}")
     images = {}
-    steps = [spec.step for spec, _ in task.images if spec.kind == "mean"]
+    steps = [spec.step for spec, _ in task.images if spec.rules.averages]
     if steps:  # running sums of the chunk's frames: every mean is one subtraction
         dtype = np.uint16 if max(steps) <= 257 else np.uint32
         cumsum = np.zeros((task.stop - pixel_from + 1, *shape), dtype)
         np.cumsum(np.stack([decoded[i] for i in range(pixel_from, task.stop)]), axis=0,
                   dtype=dtype, out=cumsum[1:])
+    else:
+        cumsum = None
     for spec, positions in task.images:
         starts, stops = frames.storm_ranges(spec, task.stop)
-        out = []
-        for t in positions:
-            if spec.kind == "stacked":
-                pixels = np.stack([decoded[i] for i in starts[t]], axis=-1)
-            else:
-                pixels = mean_image(cumsum, starts[t] - pixel_from, stops[t] - pixel_from,
-                                    task.mean_rounding)
-            out.append(encode_image(pixels, task.encoding, task.quality))
-        images[spec] = out
+        images[spec] = [encode_image(spec.rules.pixels(decoded, cumsum, starts[t], stops[t], pixel_from,
+                                                       task.mean_rounding), task.encoding, task.quality)
+                        for t in positions]
     return ChunkResult(data[task.raw_from - lo:], shape, images)
 
 
@@ -183,7 +161,7 @@ def chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan],
                 mean_rounding: str = "round") -> Iterator[tuple[ChunkTask, Chunk]]:
     """The chunks to compute, in storm and time order, skipping chunks with nothing to write
     (`wants(spec, prefix, example index)` says whether an example's shard is to be written)."""
-    copy_specs = [p.spec for p in plans if p.spec.kind not in PIXEL_KINDS]
+    copy_specs = [p.spec for p in plans if not p.spec.rules.computes_pixels]
     raw_span = max([s.history_span for s in copy_specs], default=0)
     for storm_id, storm in table.groupby("storm_id", sort=True):
         paths = storm["image_path"].tolist()
@@ -200,7 +178,7 @@ def chunk_tasks(table: pd.DataFrame, plans: Sequence[DatasetPlan],
             if not wanted:
                 previous_done = False
                 continue
-            images = tuple((s, tuple(ts)) for s, ts in wanted.items() if s.kind in PIXEL_KINDS)
+            images = tuple((s, tuple(ts)) for s, ts in wanted.items() if s.rules.computes_pixels)
             pixel_from = min([start] + [int(frames.storm_ranges(s, t + 1)[0][t].min())
                                         for s, ts in images for t in ts[:1]])
             if not copy_specs:
@@ -234,7 +212,7 @@ class RecordAssembler:
     """
 
     def __init__(self, plans: Sequence[DatasetPlan]):
-        self.copy_span = max([p.spec.history_span for p in plans if p.spec.kind not in PIXEL_KINDS],
+        self.copy_span = max([p.spec.history_span for p in plans if not p.spec.rules.computes_pixels],
                              default=0)
         self.storm_id = None
         self.raw: dict[int, bytes] = {}
@@ -249,17 +227,13 @@ class RecordAssembler:
         raw = self.raw
         raw.update(zip(range(task.raw_from, task.stop), result.raw))
         for spec, positions in chunk.wanted.items():
-            if spec.kind == "sequence" and spec not in self.indices:
+            copies = not spec.rules.computes_pixels
+            if copies and spec not in self.indices:
                 self.indices[spec] = frames.storm_indices(spec, chunk.storm_length)
             encoded = iter(result.images.get(spec, ()))
             for t in positions:
                 prefix, index, features = chunk.rows[t]
-                if spec.kind == "single":
-                    images = [raw[t]]
-                elif spec.kind == "sequence":
-                    images = [raw[i] for i in self.indices[spec][t]]
-                else:
-                    images = [next(encoded)]
+                images = [raw[i] for i in self.indices[spec][t]] if copies else [next(encoded)]
                 yield spec, prefix, index, recordio.encode_example({**features, "image": images})
         for i in [i for i in raw if i < task.stop - self.copy_span]:
             del raw[i]

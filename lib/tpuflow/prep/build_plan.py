@@ -35,10 +35,6 @@ BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner") 
 # An example spanning this many times the longest storm's frames is mostly copies of a storm's
 # first frame in every storm: a typo (`sequence:n2400` for `n24`), refused before any work.
 TYPO_SPAN = 8
-# An example's bytes per source frame's, at least: `single` holds the frame's bytes, `sequence`
-# n frames' (`n`), `stacked`/`mean` three channels, each coded like a frame at quality 95 (3.8-5.9x
-# for 366 px synthetic frames, more for the competition's small JPEGs).
-FRAME_MULTIPLE = {"single": 1, "stacked": 3, "mean": 3}
 
 
 def _read_split_csv(data_dir: str, name: str, image_dir: str,
@@ -126,11 +122,11 @@ def build_key(spec: frames.DatasetSpec, encoding: str, quality: int, shards_per_
               sources: dict[str, str], order_seed: int = 0, mean_rounding: str = "round") -> dict:
     """What decides a dataset's bytes: a manifest with an equal key describes the same dataset.
     `sources` holds the CSVs' hashes and `frames`, the digest of every frame (`frames_digest`)."""
-    pixels = spec.kind in build_encode.PIXEL_KINDS
+    pixels = spec.rules.computes_pixels
     return {"format": BUILD_FORMAT, "spec": spec.to_string(),
             "encoding": encoding if pixels else "source",
             "quality": quality if pixels and encoding == "jpeg" else None,
-            "mean_rounding": mean_rounding if spec.kind == "mean" else None,
+            "mean_rounding": mean_rounding if spec.rules.averages else None,
             "shards_per_fold": shards_per_fold, "order_seed": order_seed, "sources": sources}
 
 
@@ -273,8 +269,9 @@ def check_output_size(table: pd.DataFrame, specs: Sequence[frames.DatasetSpec], 
     if storage.is_gcs(out_root) or not todo:
         return
     frame_bytes = float(frame_sizes(table).sum())
-    estimates = {s.to_string(): frame_bytes * (s.depth if s.kind == "sequence" else FRAME_MULTIPLE[s.kind])
-                 for s in todo}
+    # an example's bytes are at least its slots' frames': the source bytes, or a channel coded like a
+    # frame at quality 95 (3.8-5.9x for 366 px synthetic frames, more for the competition's small JPEGs)
+    estimates = {s.to_string(): frame_bytes * s.depth for s in todo}
     largest_share = table["prefix"].value_counts().max() / len(table)  # one (spec, prefix) spill
     check_fits(out_root, estimates, max(estimates.values()) * largest_share)
 

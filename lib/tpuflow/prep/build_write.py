@@ -14,7 +14,7 @@ import tempfile
 from typing import Iterable, Iterator
 
 from tpuflow import __version__, storage
-from tpuflow.prep import build_encode, recordio, shard_names
+from tpuflow.prep import recordio, shard_names
 
 
 def write_shard(path: str, records: Iterable[bytes], expected: str | None = None) -> str:
@@ -105,7 +105,7 @@ def manifest(plan: build_encode.DatasetPlan, encoding: str, n_folds: int, image_
     for prefix, n in n_shards.items():
         for i, (a, b) in enumerate(recordio.shard_bounds(counts[prefix], n)):
             shards[shard_names.shard_name(prefix, i, n)] = b - a
-    pixels = spec.kind in build_encode.PIXEL_KINDS
+    pixels = spec.rules.computes_pixels
     return {
         "build": plan.key, "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.n_frames,
         "step": spec.step, "channels": spec.channels, "images_per_example": spec.images_per_example,

@@ -1,8 +1,9 @@
-"""Which source frames make each example: the four dataset kinds, as pure Python/NumPy.
+"""Which source frames make each example: the dataset kinds' rules, as pure Python/NumPy.
 
 Kept apart from serialisation (no TensorFlow here) so the TFRecord builder, the `--explain`
 option of `data_prep/create_tfrecords.py` and the tests all share one definition of the rules
-(README, "Dataset kinds"), for the current frame at position t and step s:
+(README, "Dataset kinds"; each kind's module in `tpuflow.prep.kinds` holds its rule), for the
+current frame at position t and step s:
 
 - `single`:   the frame itself (1 slot);
 - `stacked`:  frames [t-2s, t-s, t] (3 slots);
@@ -28,12 +29,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from tpuflow.prep import shard_names
+from tpuflow.prep import kinds, shard_names
 
-KINDS = ("single", "stacked", "mean", "sequence")
-
-# Frame slots per example for the kinds whose count is fixed by the rule itself.
-_FIXED_DEPTH = {"single": 1, "stacked": 3, "mean": 3}
+KINDS = kinds.NAMES
 
 # Name of the per-storm 0-based position column added by `order_storm_frames`.
 POSITION_COLUMN = "frame_pos"
@@ -67,28 +65,34 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         where = f"DatasetSpec(kind={self.kind!r}, n_frames={self.n_frames!r}, step={self.step!r})"
-        if self.kind not in KINDS:
-            raise ValueError(f"{where}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        rules = kinds.REGISTRY.get(self.kind)
+        if rules is None:
+            raise ValueError(f"{where}: unknown kind {self.kind!r}; expected one of {tuple(kinds.REGISTRY)}")
         step = _as_int(self.step, "step", where)
         if step < 1:
             raise ValueError(f"{where}: step must be >= 1")
-        if self.kind == "sequence":
+        fixed = rules.fixed_depth
+        if fixed is None:
             if self.n_frames is None:
-                raise ValueError(f"{where}: kind 'sequence' needs n_frames")
+                raise ValueError(f"{where}: kind {self.kind!r} needs n_frames")
             n = _as_int(self.n_frames, "n_frames", where)
             if n < 1:
                 raise ValueError(f"{where}: n_frames must be >= 1")
         else:
-            fixed = _FIXED_DEPTH[self.kind]
             n = fixed if self.n_frames is None else _as_int(self.n_frames, "n_frames", where)
             if n != fixed:
                 raise ValueError(f"{where}: kind {self.kind!r} always has n_frames={fixed}")
-        if self.kind == "single" and step != 1:
-            raise ValueError(f"{where}: kind 'single' uses no history; step must be 1")
+        if not rules.uses_history and step != 1:
+            raise ValueError(f"{where}: kind {self.kind!r} uses no history; step must be 1")
         # Normalise (frozen dataclass: set through object) so DatasetSpec('stacked', step=5)
         # equals DatasetSpec('stacked', 3, 5).
         object.__setattr__(self, "n_frames", n)
         object.__setattr__(self, "step", step)
+
+    @property
+    def rules(self) -> kinds.base.Kind:
+        """The kind's rules and facts (`tpuflow.prep.kinds`)."""
+        return kinds.REGISTRY[self.kind]
 
     @property
     def depth(self) -> int:
@@ -98,19 +102,17 @@ class DatasetSpec:
     @property
     def channels(self) -> int:
         """Channels of each encoded image: a `sequence` frame is one grayscale image per slot."""
-        return 1 if self.kind == "sequence" else self.depth
+        return self.rules.channels(self.depth)
 
     @property
     def images_per_example(self) -> int:
         """Encoded images in an example's `image` bytes list: n for `sequence`, else 1."""
-        return self.depth if self.kind == "sequence" else 1
+        return self.rules.images_per_example(self.depth)
 
     @property
     def history_span(self) -> int:
         """How far back (in positions) the oldest frame used can be: frames to keep when streaming."""
-        s = self.step
-        return {"single": 0, "stacked": 2 * s, "mean": 3 * s - 1,
-                "sequence": (self.depth - 1) * s}[self.kind]
+        return self.rules.history_span(self.depth, self.step)
 
     @property
     def name(self) -> str:
@@ -119,11 +121,7 @@ class DatasetSpec:
 
     def to_string(self) -> str:
         """Compact form read back by `parse`: `single`, `stacked:s5`, `sequence:n24:s1`."""
-        if self.kind == "single":
-            return "single"
-        if self.kind == "sequence":
-            return f"sequence:n{self.depth}:s{self.step}"
-        return f"{self.kind}:s{self.step}"
+        return self.rules.to_string(self.depth, self.step)
 
     def __str__(self) -> str:
         return self.to_string()
@@ -186,16 +184,7 @@ def frame_indices(spec: DatasetSpec, t: int) -> list[list[int]]:
     This is the plain, one-example statement of the rules; `storm_ranges` is its vectorised twin.
     """
     t = _check_position(t, "frame_indices")
-    s = spec.step
-    if spec.kind == "mean":
-        slots = []
-        for c in range(3):
-            lo, hi = t - (3 - c) * s + 1, t - (2 - c) * s
-            run = [i for i in range(lo, hi + 1) if i >= 0]
-            slots.append(run or [0])  # a run wholly before the first frame: the first frame
-    else:
-        d = spec.depth
-        slots = [[max(t - (d - 1 - k) * s, 0)] for k in range(d)]
+    slots = spec.rules.runs(t, spec.depth, spec.step)
     assert all(0 <= i <= t for run in slots for i in run), (spec, t, slots)
     return slots
 
@@ -218,23 +207,13 @@ def storm_ranges(spec: DatasetSpec, n_frames_in_storm: int) -> tuple[np.ndarray,
     n = _as_int(n_frames_in_storm, "n_frames_in_storm", "storm_ranges")
     if n < 0:
         raise ValueError(f"n_frames_in_storm must be >= 0, got {n}")
-    t = np.arange(n, dtype=np.int64)[:, None]
-    s = spec.step
-    if spec.kind == "mean":
-        c = np.arange(3, dtype=np.int64)[None, :]
-        lo = t - (3 - c) * s + 1
-        hi = t - (2 - c) * s  # inclusive
-        # A run ending before 0 (hi < 0) also starts before 0, so it becomes [0, 1).
-        return np.maximum(lo, 0), np.maximum(hi + 1, 1)
-    k = np.arange(spec.depth, dtype=np.int64)[None, :]
-    starts = np.maximum(t - (spec.depth - 1 - k) * s, 0)
-    return starts, starts + 1
+    return spec.rules.ranges(np.arange(n, dtype=np.int64)[:, None], spec.depth, spec.step)
 
 
 def storm_indices(spec: DatasetSpec, n_frames_in_storm: int) -> np.ndarray:
     """Source position of every slot for every t: int64 array (T, depth); not for `mean`."""
-    if spec.kind == "mean":
-        raise ValueError(f"{spec}: 'mean' slots average runs of frames; use mean_ranges")
+    if spec.rules.averages:
+        raise ValueError(f"{spec}: {spec.kind!r} slots average runs of frames; use mean_ranges")
     return storm_ranges(spec, n_frames_in_storm)[0]
 
 
@@ -276,7 +255,7 @@ def order_storm_frames(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _slot_source(spec: DatasetSpec, ids: Sequence[str], run: list[int]) -> str:
-    if spec.kind == "mean" and len(run) > 1:
+    if spec.rules.averages and len(run) > 1:
         return f"mean({ids[run[0]]}..{ids[run[-1]]})"
     return ids[run[0]]
 
@@ -293,7 +272,7 @@ def explain(spec: DatasetSpec, storm_frame_ids: Sequence[str], t: int) -> str:
     t = _check_position(t, "explain")
     if t >= len(storm_frame_ids):
         raise ValueError(f"explain: position {t} is past the storm's {len(storm_frame_ids)} frames")
-    label = "step" if spec.kind == "sequence" else "ch"
+    label = spec.rules.slot_label
     sources = [_slot_source(spec, storm_frame_ids, run) for run in frame_indices(spec, t)]
     parts = []
     first = 0

@@ -29,7 +29,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from tpuflow import backend, cli, storage
-from tpuflow.prep import frames
+from tpuflow.prep import kinds
 from tpuflow.storage import lock
 from tpuflow.training import config
 
@@ -75,7 +75,7 @@ flags.DEFINE_string("view", None, "Read --data_tfrec_dir as a frame store (creat
 flags.DEFINE_enum("frame_cache", "auto", ["auto", "memory", "off"], "With --view: decode each store frame once "
                   "into host memory (store rows x H x W bytes; a mean view: twice that); auto: when it fits in "
                   "half the available memory, memory: always, off: decode every slot as it is read")
-flags.DEFINE_enum("dataset_kind", None, frames.KINDS,
+flags.DEFINE_enum("dataset_kind", None, kinds.NAMES,
                   "Record kind the experiment reads; checked against the dataset manifest (None: any)")
 flags.DEFINE_string("architecture", None, "Architecture name for the experiment record and leaderboard")
 flags.DEFINE_enum("task", "regression", TASKS, "Regression on wind speed or classification over its values")
@@ -226,14 +226,9 @@ from tpuflow.results import run_record  # noqa: E402
 Config = config.Config
 # Defaults of every experiment run from a run.py (library calls keep the flags' own defaults).
 EXPERIMENT_DEFAULTS = {"weights": "imagenet"}
-# Defaults by --dataset_kind: the records a run.py reads unless it says otherwise, and a batch
-# that fits one accelerator's memory at 366 px (sequences: 12 frames an example).
-KIND_DEFAULTS = {
-    "single": {"data_tfrec_dir": "../../data/data-tfrec-single-frames001-step001", "batch_size": 128},
-    "stacked": {"data_tfrec_dir": "../../data/data-tfrec-stacked-frames003-step002", "batch_size": 128},
-    "mean": {"data_tfrec_dir": "../../data/data-tfrec-mean-frames003-step002", "batch_size": 128},
-    "sequence": {"data_tfrec_dir": "../../data/data-tfrec-sequence-frames012-step002", "batch_size": 32},
-}
+# Defaults by --dataset_kind (each kind's `defaults`): the records a run.py reads unless it says
+# otherwise, and a batch that fits one accelerator's memory at 366 px.
+KIND_DEFAULTS = {name: kind.defaults for name, kind in kinds.REGISTRY.items()}
 _RUN_DIR = re.compile(r"^run-\d{8}-\d{4}-")
 _PARSERS = ("parse_by_kind", "parse_image_example", "parse_sequence_example", "target")
 

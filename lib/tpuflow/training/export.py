@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tpuflow import storage
 from tpuflow.inputs import augment, records
+from tpuflow.prep import kinds
 from tpuflow.results import run_record
 from tpuflow.storage import sync
 from tpuflow.training import config, runner
@@ -57,9 +58,10 @@ def load_run(run_dir: str, run_py: str | None = None) -> tuple[config.Config, ty
     return cfg, module, record
 
 
-def _decode(frames: tf.Tensor, cfg, kind: str, input_shape: tuple, n_frames: int) -> tf.Tensor:
-    """Encoded frames -> the model's input batch, as the runner's parsers make it."""
-    if kind != "sequence":
+def _decode(frames: tf.Tensor, cfg, per_slot: bool, input_shape: tuple, n_frames: int) -> tf.Tensor:
+    """Encoded frames (an image each, or `per_slot`: n_frames images each) -> the model's input
+    batch, as the runner's parsers make it."""
+    if not per_slot:
         channels = input_shape[-1]
         one = lambda e: records.decode_image(e, channels, cfg.dim)  # noqa: E731
         images = tf.map_fn(one, frames, fn_output_signature=tf.TensorSpec(input_shape, tf.uint8))
@@ -97,6 +99,7 @@ def export_run(run_dir: str, export_dir: str, folds: list[int] | None = None, vi
             raise ValueError(f"--views: unknown view {name!r}; expected names from {augment.VIEWS}")
     checkpoints = [runner.best_checkpoint(run_dir, k) for k in folds]  # fails now if one is missing
     kind, n_frames = record["dataset"]["kind"], int(record["dataset"]["n_frames"])
+    per_slot = kinds.get(kind).image_per_slot
     labels = None
     if cfg.task == "classification":
         labels = runner.load_unique_labels(cfg.data_dir, required=True).astype(np.float32)
@@ -107,10 +110,10 @@ def export_run(run_dir: str, export_dir: str, folds: list[int] | None = None, vi
         runner.load_weights(model, path)
         fold_models.append(model)
     input_shape = tuple(fold_models[0].inputs[0].shape[1:])
-    signature = tf.TensorSpec([None] if kind != "sequence" else [None, n_frames], tf.string, name="frames")
+    signature = tf.TensorSpec([None, n_frames] if per_slot else [None], tf.string, name="frames")
 
     def serve(frames):
-        x = _decode(frames, cfg, kind, input_shape, n_frames)
+        x = _decode(frames, cfg, per_slot, input_shape, n_frames)
         values = []
         for model in fold_models:
             for name in views:
