@@ -14,7 +14,7 @@ import tempfile
 from typing import Iterable, Iterator
 
 from tpuflow import __version__, storage
-from tpuflow.prep import recordio, shard_names
+from tpuflow.prep import build_encode, recordio, shard_names
 
 
 def write_shard(path: str, records: Iterable[bytes], expected: str | None = None) -> str:
