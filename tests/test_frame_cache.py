@@ -107,6 +107,8 @@ def test_building_the_cache_holds_it_once(sums):
     frame_cache.build(encoded[:64], decode, (64 + sums, 366, 366), sums, log=lambda m: None)  # starts TF's runtime
     with PeakMemory() as memory:
         cache = frame_cache.build(encoded, decode, (n + sums, 366, 366), sums, log=lambda m: None)
-    assert memory.peak < 1.3 * cache.nbytes, f"{memory.peak / 2**20:.0f} MiB for {cache.nbytes / 2**20:.0f} MiB"
+    # The defect doubled the peak; decode batches in flight add 1.1-1.45x of the cache, more when
+    # the machine is loaded (CI beside TPU compiles: 1.36x and 1.43x).
+    assert memory.peak < 1.6 * cache.nbytes, f"{memory.peak / 2**20:.0f} MiB for {cache.nbytes / 2**20:.0f} MiB"
     last = cache.run_sums(tf.constant([0]), tf.constant([n])) if sums else cache.frames(tf.constant([n - 1]))
     assert int(tf.reduce_max(last)) == (3 * n) % 2**16 if sums else 3
