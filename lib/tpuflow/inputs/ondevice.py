@@ -146,7 +146,7 @@ def _diagonal_tables(degrees: float, height: int, width: int) -> tuple:
     """A rotation by a diagonal angle, its central crop and the crop's resize back, as matrices:
     the host's sampling (`augment.rotate`: bilinear, points outside weighted 0; then
     `tf.image.central_crop` and `tf.image.resize`) without a per-pixel gather, which a TPU runs
-    slowly (one per pixel) and XLA compiles slowly.
+    one element at a time.
 
     At 45 degrees (and 135, 225, 315) the source row of output pixel (i, j) depends on i + j
     alone and its source column on j - i alone (or the other way round), so bilinear sampling is
