@@ -122,25 +122,32 @@ def test_a_sequence_model_with_cutmix_and_tta_from_a_frame_store_view(tmp_path, 
     assert e["host_cores_needed"] == -(-e["input_ex_per_s_needed"] // 100)
 
 
-NO_TPU_KERNEL = """
+def one_layer_run_py(layer: str, name: str, preamble: str = "") -> str:
+    """A run.py whose model is a pooled frame beside one custom layer `layer` (its class source),
+    named `name`: a model a TPU target cannot compile, for the error-naming tests."""
+    cls = layer.split("class ", 1)[1].split("(", 1)[0]
+    return f"""
 from tpuflow.training import experiment, models
 import keras
-
-
-class Eigen(keras.layers.Layer):  # a nonsymmetric eigendecomposition: CPU only in JAX
-    def call(self, x):
-        return keras.ops.real(keras.ops.eig(x[:, :4, :4, 0])[0])
-
+{preamble}
+{layer}
 
 def init_model(cfg):
     frame = keras.Input((cfg.dim, cfg.dim, 1))
-    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(frame), Eigen(name="my_eigen")(frame)])
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(frame), {cls}(name="{name}")(frame)])
     return keras.Model(frame, models.head(x, cfg.task, cfg.n_classes))
 
 
 if __name__ == "__main__":
     experiment.main(init_model, dataset_kind="single", weights=None)
 """
+
+
+NO_TPU_KERNEL = one_layer_run_py("""
+class Eigen(keras.layers.Layer):  # a nonsymmetric eigendecomposition: CPU only in JAX
+    def call(self, x):
+        return keras.ops.real(keras.ops.eig(x[:, :4, :4, 0])[0])
+""", "my_eigen")
 
 
 @needs_compiler
@@ -156,29 +163,14 @@ def test_a_layer_the_target_cannot_compile_is_named(tmp_path, kind_dirs, cv_dir)
                                  "functional/my_eigen: ") and "'eig'" in e["error"], e["error"]
 
 
-NO_TPU_LOWERING = """
-import jax
-from tpuflow.training import experiment, models
-import keras
-
-jax.config.update("jax_enable_x64", True)  # int64 stays int64: XLA:TPU cannot rewrite an s64 matmul
-
-
+NO_TPU_LOWERING = one_layer_run_py("""
 class IntGram(keras.layers.Layer):
     def call(self, x):
         q = keras.ops.cast(x[:, :4, :4, 0] * 255, "int64")
         return keras.ops.cast(keras.ops.matmul(q, q), "float32")[:, 0, :]
-
-
-def init_model(cfg):
-    frame = keras.Input((cfg.dim, cfg.dim, 1))
-    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(frame), IntGram(name="my_gram")(frame)])
-    return keras.Model(frame, models.head(x, cfg.task, cfg.n_classes))
-
-
-if __name__ == "__main__":
-    experiment.main(init_model, dataset_kind="single", weights=None)
-"""
+""", "my_gram", preamble="""import jax
+jax.config.update("jax_enable_x64", True)  # int64 stays int64: XLA:TPU cannot rewrite an s64 matmul
+""")
 
 
 @needs_compiler
