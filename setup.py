@@ -35,7 +35,7 @@ setup(
         "test": [TF, JAX, ORBAX, "pytest", "pytest-xdist", "gcp-storage-emulator", "mitmproxy>=11"],
         # Backups under the JAX backend (asynchronous, multi-host): every JAX install below wants it.
         "orbax": [ORBAX],
-        # Documented, not installed here (see README):
+        # Documented, not installed here (see docs/backends.md, "Installing elsewhere"):
         # TPU VM (Kaggle, Cloud TPU v4/v5e/v6e, TPU7x): Keras on JAX owns the TPU, TF only feeds tf.data.
         "tpu": ["jax[tpu]>=0.5", "tensorflow-cpu>=2.18,<2.22", ORBAX],
         # Legacy TPUStrategy (TPU v2-v5 with a TF/libtpu pairing; tensorflow-tpu stops at 2.20).

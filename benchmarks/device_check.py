@@ -44,7 +44,7 @@ from absl import flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The reference's sizes (README, issue 21): single images EfficientNet-B7 at batch 192, sequences
+# The reference's sizes (docs/backends.md, issue 21): single images EfficientNet-B7 at batch 192, sequences
 # EfficientNet-B3 over 24 frames at batch 64, 366 px; its TTA pass predicted batches of 128 images
 # (`tta_batch` examples x 10 views here). `--tiny`: the same code at sizes a CPU runs in seconds.
 REFERENCE = {"image": dict(backbone="EfficientNetB7", batch=192), "sequence": dict(backbone="EfficientNetB3", batch=64),

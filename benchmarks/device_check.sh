@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-call accelerator check (benchmarks/device_check.py), on a machine with JAX and NumPy but no
-# TensorFlow and no Keras: installs the wheels carried in .whl/ (README, "Checking a GPU in one call")
+# TensorFlow and no Keras: installs the wheels carried in .whl/ (docs/backends.md, "Checking a GPU in one call")
 # into /tmp/site, then runs the check under Keras on JAX. Arguments go to device_check.py.
 # Usage, from the repository root: bash benchmarks/device_check.sh [--plan_json=...] [--max_seconds=300]
 set -euo pipefail

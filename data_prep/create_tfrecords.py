@@ -15,7 +15,7 @@ source frame once, as its original bytes, from which experiments read any kind w
 builds nothing.
 
 `--runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner` builds the same datasets, byte for
-byte, on Apache Beam (`pip install tpuflow[beam]`; README, "Building on Apache Beam"); flags this
+byte, on Apache Beam (`pip install tpuflow[beam]`; docs/data.md, "Building on Apache Beam"); flags this
 script does not define are Beam's pipeline options, e.g.
     python data_prep/create_tfrecords.py --runner=DataflowRunner --data_dir=gs://b/raw \
         --out_dir=gs://b/records --spec_file=data_prep/reference_specs.txt \

@@ -1,6 +1,6 @@
 """CNN on the current frame alone (1 channel): regression of wind speed on a keras.applications backbone.
 
-Usage (README, "Experiments"):
+Usage (README, "Adding an experiment"):
     python run.py --tpu_ip_or_name=node-1
 """
 from tpuflow.training import experiment, models

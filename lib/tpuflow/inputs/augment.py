@@ -1,7 +1,8 @@
 """Test-time augmentation (TTA) transforms on the host (TensorFlow), and the training augmentation's
 draws; the accelerator makes the same transforms (`tpuflow.inputs.ondevice`).
 
-The reference solution's ten TTA transforms, by index ``t`` (README, "Experiments"):
+The reference solution's ten TTA transforms, by index ``t`` (docs/backends.md, "Augmentation and TTA
+views on the accelerator"):
 
 ====  ==========================================================
 t     transform

@@ -25,7 +25,7 @@ takes them; so neither the job graph nor a worker holds the whole table, whateve
 frames (the manifest step of the frame store reads it once). Each shard's records meet in one
 worker's memory to be sorted (e.g. ~260 MB for a `sequence:n96` shard of the competition's data
 at 16 shards per fold). The DirectRunner also holds every record of the build in the launching
-process while it groups them (README, "Building on Apache Beam")."""
+process while it groups them (docs/data.md, "Building on Apache Beam")."""
 from __future__ import annotations
 
 import contextlib

@@ -2,7 +2,7 @@
 
 Kept apart from serialisation (no TensorFlow here) so the TFRecord builder, the `--explain`
 option of `data_prep/create_tfrecords.py` and the tests all share one definition of the rules
-(README, "Dataset kinds"; each kind's module in `tpuflow.prep.kinds` holds its rule), for the
+(README, "The flow"; each kind's module in `tpuflow.prep.kinds` holds its rule), for the
 current frame at position t and step s:
 
 - `single`:   the frame itself (1 slot);
