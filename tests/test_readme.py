@@ -198,3 +198,20 @@ def test_documented_commands_name_real_scripts_and_their_flags():
                 assert name in known, f"{where}: {command!r}: {script} knows no flag --{name}"
         checked += 1
     assert checked > 30, checked
+
+
+def _anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", text, flags=re.S), re.M)}
+
+
+def test_links_between_the_readme_and_docs_resolve():
+    pages = ["README.md"] + [f"docs/{p}" for p in sorted(os.listdir(os.path.join(ROOT, "docs")))]
+    for page in pages:
+        text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?(?:#([\w-]+))?\)", text):
+            path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target)) if target else os.path.join(ROOT, page)
+            assert os.path.isfile(path), f"{page}: link to missing {target}"
+            if anchor:
+                assert anchor in _anchors(open(path, encoding="utf-8").read()), f"{page}: no heading #{anchor} in {target or page}"
