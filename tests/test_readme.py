@@ -27,7 +27,6 @@ from tpuflow.training import experiment
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SECTION = "## The first hour"
-NOT_RUN = "<!-- not run by the tests: "
 # Appended to a command by its script, so that it runs in seconds on the tiny demo data.
 SHRINK = {
     "run.py": ["--quick", "--n_folds=2", "--dim=32", "--weights=None", "--backbone=MobileNetV3Small"],  # offline, fast
@@ -63,8 +62,8 @@ def docs_blocks(page: str) -> list[tuple[str, str | None, list[str]]]:
     """A docs page's code blocks: (language, why it is not run or None, commands)."""
     text = open(os.path.join(ROOT, "docs", page), encoding="utf-8").read()
     blocks = []
-    for m in re.finditer(r"(?:^|\n)(?:(<!-- not run by the tests: (.+?) -->)\n)?```(\w*)\n(.*?)```", text, re.S):
-        blocks.append((m.group(3), m.group(2), _block_commands(m.group(4))))
+    for m in re.finditer(r"(?:^|\n)(?:<!-- not run by the tests: ([^\n]+?) -->\n)?```(\w*)\n(.*?)```", text, re.S):
+        blocks.append((m.group(2), m.group(1), _block_commands(m.group(3))))
     return blocks
 
 
