@@ -302,5 +302,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    experiment.apply_tool_defaults(sys.argv[1:])
-    cli.run_main(main)  # the verdict's exit status passes through
+    experiment.run_tool(main, ["experiment", "input_batches", "model_steps", "target"])  # the verdict's exit status passes through

@@ -8,7 +8,8 @@ defaults in which it differs from the library's and calls `main`:
 
     experiment.main(init_model, dataset_kind="sequence", batch_size=64)
 
-The records are parsed by the parser of `--dataset_kind` (`parse_by_kind`) unless the experiment
+`--help` is answered by `main` (the flags by section, with the experiment's defaults). The
+records are parsed by the parser of `--dataset_kind` (`parse_by_kind`) unless the experiment
 passes its own `parse_example(serialized, cfg) -> (inputs, target)`. Defaults a run.py need not
 state: those of its kind (`KIND_DEFAULTS`: the dataset dir, the batch), ImageNet weights
 (`EXPERIMENT_DEFAULTS`) and `--architecture`, the run dir's name after `run-<date>-<time>-`.
@@ -226,9 +227,9 @@ def apply_tool_defaults(argv: list[str]) -> None:
 
 
 def main(init_model: Callable, parse_example: Callable | None = None, **defaults) -> None:
-    """Entry point of a `run.py`: applies its flag defaults (`apply_defaults`), parses argv and
-    runs the jobs; records are parsed by `parse_by_kind` unless the experiment passes
-    `parse_example`."""
+    """Entry point of a `run.py`: applies its flag defaults (`apply_defaults`), answers `--help`,
+    checks the backend, parses argv and runs the jobs; records are parsed by `parse_by_kind`
+    unless the experiment passes `parse_example`."""
     apply_defaults(defaults, os.path.dirname(os.path.abspath(sys.argv[0])))
 
     def _main(argv):
@@ -244,7 +245,25 @@ def main(init_model: Callable, parse_example: Callable | None = None, **defaults
             print(f"{os.path.basename(sys.argv[0])}: preempted: {err}", file=sys.stderr, flush=True)
             sys.exit(cli.PREEMPTED_EXIT)
 
-    cli.run_main(_main, translate=reference_argv)
+    _run_main(_main, HELP_GROUPS, translate=reference_argv)
+
+
+def run_tool(main: Callable, own_flags: list[str]) -> None:
+    """Entry point of a tool that takes a run.py's flags besides its own (`--experiment=`: that
+    run.py's defaults, `apply_tool_defaults`); its --help lists both."""
+    apply_tool_defaults(sys.argv[1:])
+    _run_main(main, {**HELP_GROUPS, os.path.basename(sys.argv[0]): own_flags})
+
+
+def _run_main(main: Callable, help_groups: dict, translate: Callable | None = None) -> None:
+    """`cli.run_main`, after a bad --backend or KERAS_BACKEND was named in one line (unless
+    --help is asked for)."""
+    if not cli.help_requested():
+        try:
+            backend.require()
+        except backend.BackendError as err:
+            raise SystemExit(f"ERROR: {err}") from None
+    cli.run_main(main, translate=translate, help_groups=help_groups)
 
 
 def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
