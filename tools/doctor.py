@@ -25,7 +25,7 @@ import sys
 import tempfile
 import urllib.request
 
-from tpuflow import backend, cli, storage
+from tpuflow import backend, storage
 from tpuflow.inputs import frame_cache, records
 from tpuflow.training import config, experiment, loop, models, runner, runtime  # first: picks Keras' backend
 

@@ -253,18 +253,12 @@ def setting_names(section_types=SECTION_TYPES) -> list[str]:
     return [f.name for s in section_types for f in dataclasses.fields(s)]
 
 
-def section_of() -> dict[str, str]:
-    """Setting -> its section's name."""
-    return {f.name: s.NAME for s in SECTION_TYPES for f in dataclasses.fields(s)}
-
-
 def result_fields() -> list[str]:
     """The settings that change what a fold's training produces, sorted."""
     return sorted(setting_names([s for s in SECTION_TYPES if s.RESULTS]))
 
 
-SECTIONS = {s.NAME: tuple(setting_names([s])) for s in SECTION_TYPES}
-RESULT_SECTIONS = tuple(s.NAME for s in SECTION_TYPES if s.RESULTS)
+SECTIONS = {s.NAME: tuple(setting_names([s])) for s in SECTION_TYPES}  # section -> its settings
 DERIVED = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["derived"])
 PLACED = ("global_batch_size", "scaled_lr", "precision")  # the derived settings the devices decide
 # What a prediction may change from the training's settings: its batch (memory) and the devices.
@@ -285,11 +279,10 @@ def flag_fields(section_types=SECTION_TYPES) -> list[dataclasses.Field]:
     return [f for s in section_types for f in dataclasses.fields(s) if not f.metadata["derived"]]
 
 
-def define_flags(section_types=SECTION_TYPES, flag_values=None) -> list[str]:
+def define_flags(section_types=SECTION_TYPES) -> list[str]:
     """Defines an absl flag for each setting of the sections that is not derived (its type from the
     annotation, an enum where it has choices); returns their names."""
     from absl import flags  # noqa: PLC0415
-    flag_values = flag_values or flags.FLAGS
     define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
               str: flags.DEFINE_string}
     for section in section_types:
@@ -297,11 +290,10 @@ def define_flags(section_types=SECTION_TYPES, flag_values=None) -> list[str]:
         for f in flag_fields([section]):
             meta, kind = f.metadata, _flag_type(hints[f.name])
             default = None if meta["required"] else f.default
-            kw = {"flag_values": flag_values, "required": meta["required"]}
             if meta["choices"]:
-                flags.DEFINE_enum(f.name, default, list(meta["choices"]), meta["help"], **kw)
+                flags.DEFINE_enum(f.name, default, list(meta["choices"]), meta["help"], required=meta["required"])
             else:
-                define[kind](f.name, default, meta["help"], **kw)
+                define[kind](f.name, default, meta["help"], required=meta["required"])
     return [f.name for f in flag_fields(section_types)]
 
 
