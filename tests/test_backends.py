@@ -54,7 +54,7 @@ def test_unknown_backend_is_named_with_the_choices(argv, environ, named):
         backend.resolve(argv, environ)
 
 
-def test_unknown_backend_fails_before_keras_loads(tmp_path):
+def test_unknown_backend_fails_in_one_line_before_any_work(tmp_path):
     started = time.time()
     proc = _run([TINY, "--backend=torch", f"--output_dir={tmp_path}"])
     assert proc.returncode != 0

@@ -420,6 +420,6 @@ def test_a_new_kind_is_one_module_registered(cv_dir, tmp_path, monkeypatch):
                 assert list(feature["image"].bytes_list.value) == expected
                 seen += 1
     assert seen == int((table["split"] == "test").sum())
-    cfg = config.Config({"dataset_kind": "pair", "n_frames": 2, "dim": DIM, "invert": False, "task": "regression"})
+    cfg = config.Config(dataset_kind="pair", n_frames=2, dim=DIM)
     image, _ = next(iter(tf.data.TFRecordDataset(files).map(lambda s: parsers.parse_by_kind(s, cfg))))
     assert image.shape == (2, DIM, DIM, 1)

@@ -1,6 +1,7 @@
 """The run configuration: frozen once built, every flag in one section, the fingerprint from the
 result sections (runtime settings never invalidate a backup), old spellings and old runs still read,
 and config.json / record.json holding exactly the configuration a run used."""
+import dataclasses
 import hashlib
 import json
 
@@ -26,7 +27,7 @@ def _resolved(**kw):
 
 def test_the_configuration_is_frozen_and_replace_makes_a_changed_copy():
     cfg = experiment.make_config()
-    with pytest.raises(config.FrozenConfigError, match="frozen: cannot set 'dim'"):
+    with pytest.raises(config.FrozenConfigError, match="cannot assign to field 'dim'"):
         cfg.dim = 8
     with pytest.raises(config.FrozenConfigError):
         del cfg.lr
@@ -42,9 +43,22 @@ def test_every_flag_and_derived_setting_is_in_exactly_one_section():
     assert set(names) == set(experiment.OUR_FLAGS) | set(config.DERIVED)
 
 
-def test_a_setting_in_no_section_is_an_error():
-    with pytest.raises(ValueError, match=r"\['prefetch'\] belong to no section"):
-        config.Config({**experiment.make_config().to_dict(), "prefetch": 4})
+def test_the_configuration_declares_nothing_itself_and_knows_no_other_setting():
+    assert [f.name for f in dataclasses.fields(config.Config)] == config.setting_names()
+    with pytest.raises(TypeError, match="prefetch"):
+        config.Config(**{**experiment.make_config().to_dict(), "prefetch": 4})
+
+
+def test_flags_help_groups_and_ranges_come_from_the_sections():
+    hints = {n: experiment.FLAGS[n] for n in experiment.OUR_FLAGS}
+    assert hints["dim"].flag_type() == "int" and hints["dim"].default == 366 and hints["dim"].help.startswith("Image")
+    assert hints["bn_momentum"].flag_type() == "float" and hints["metric"].flag_type() == "string enum"
+    assert hints["resume"].flag_type() == "bool" and hints["view"].flag_type() == "string"
+    grouped = {title.split()[0]: names for title, names in experiment.HELP_GROUPS.items()}
+    assert grouped["data"][:4] == ["data_dir", "data_tfrec_dir", "view", "dataset_kind"]
+    assert "frame_cache" in grouped["runtime"]
+    assert sorted(n for names in grouped.values() for n in names) == experiment.OUR_FLAGS
+    assert experiment.FLAG_RANGES["n_folds"] == ("[1, inf)", "folds to run, from --initial_fold")
 
 
 def test_runtime_settings_leave_the_fingerprint_alone_and_result_settings_change_it():
@@ -59,12 +73,24 @@ def test_runtime_settings_leave_the_fingerprint_alone_and_result_settings_change
 
 def test_a_new_runtime_setting_keeps_the_fingerprint_and_a_new_result_setting_changes_it(monkeypatch):
     before = config.fingerprint(_resolved())
-    monkeypatch.setitem(config.SECTIONS, "runtime", (*config.SECTIONS["runtime"], "prefetch"))
-    cfg = config.Config({**_resolved().to_dict(), "prefetch": 8})
-    assert config.fingerprint(cfg) == before
-    monkeypatch.setitem(config.SECTIONS, "training", (*config.SECTIONS["training"], "warmup_epochs"))
-    cfg = config.Config({**cfg.to_dict(), "warmup_epochs": 2})
-    assert config.fingerprint(cfg) != before
+
+    @dataclasses.dataclass(frozen=True)
+    class Runtime(config.Runtime):
+        prefetch: int = config.setting(2, "Batches prefetched")
+
+    @dataclasses.dataclass(frozen=True)
+    class Training(config.Training):
+        warmup_epochs: int = config.setting(0, "Epochs of linear LR warm-up")
+
+    def with_sections(**sections):
+        types = [sections.get(s.NAME, s) for s in config.SECTION_TYPES]
+        monkeypatch.setattr(config, "SECTION_TYPES", tuple(types))
+        extended = dataclasses.dataclass(frozen=True)(type("Config", tuple(reversed(types)), {}))
+        return extended(**_resolved().to_dict(), **{f.name: f.default for s in sections.values()
+                                                    for f in dataclasses.fields(s) if f.name not in config.Config.__dataclass_fields__})
+
+    assert config.fingerprint(with_sections(runtime=Runtime)) == before
+    assert config.fingerprint(with_sections(runtime=Runtime, training=Training)) != before
 
 
 def test_backups_of_runs_made_before_the_sections_and_the_renames_still_match():
@@ -81,7 +107,7 @@ def test_backups_of_runs_made_before_the_sections_and_the_renames_still_match():
 def test_backups_of_runs_made_between_the_metric_and_the_monitor_renames_still_match():
     for metric in config.METRICS:
         cfg = _resolved(metric=metric)
-        between = config.Config({**cfg.to_dict(), "monitor": "val_rmse"})  # new --metric, old --monitor
+        between = cfg.replace(monitor="val_rmse")  # new --metric, old --monitor
         assert config.fingerprint(between) in config.fingerprints(cfg)
         assert config.fingerprint(cfg.replace(monitor="val_loss")) not in config.fingerprints(cfg)
 

@@ -3,6 +3,8 @@ buffer, decoded batches after it, serialized records in the cache), and a run.py
 default data paths resolve against its folder, as `experiment.main` resolves them."""
 import importlib.util
 import os
+import subprocess
+import sys
 
 import tensorflow as tf
 
@@ -54,3 +56,17 @@ def test_a_run_pys_relative_default_paths_resolve_against_its_folder():
     finally:
         for name, value in saved.items():
             doctor.FLAGS.set_default(name, value)
+
+
+def test_help_lists_the_doctors_flags_beside_the_experiments_by_section(tmp_path):
+    """The doctor takes a run.py's flags (declared once, in the configuration's sections) and its own."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "lib"), HERE])}
+    run_py = os.path.join(ROOT, "experiments", "run-20261121-1330-cnn-lstm", "run.py")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "doctor.py"), f"--experiment={run_py}",
+                           "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.index("\nmodel (") < out.index("--dim  (default: 366)") < out.index("\ntraining (")
+    assert "--dataset_kind  (default: 'sequence')" in out  # the experiment's default
+    assert out.index("\ndoctor.py:\n") < out.index("--experiment  (") < out.index("--model_steps  (default: 3)")
+    assert list(tmp_path.iterdir()) == []

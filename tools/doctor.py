@@ -25,7 +25,7 @@ import sys
 import tempfile
 import urllib.request
 
-from tpuflow import backend, cli, storage
+from tpuflow import backend, storage
 from tpuflow.inputs import frame_cache, records
 from tpuflow.training import config, experiment, loop, models, runner, runtime  # first: picks Keras' backend
 
@@ -302,5 +302,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    experiment.apply_tool_defaults(sys.argv[1:])
-    cli.run_main(main)  # the verdict's exit status passes through
+    experiment.run_tool(main, ["experiment", "input_batches", "model_steps", "target"])  # the verdict's exit status passes through

@@ -81,5 +81,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    experiment.apply_tool_defaults(sys.argv[1:])
-    cli.run_main(main)
+    experiment.run_tool(main, ["experiment", "target", "json", "host_rates"])

@@ -10,4 +10,4 @@ from tpuflow import backend as _backend  # noqa: E402
 
 __version__ = "0.1.0"
 
-_backend.apply()  # before anything imports Keras: `--backend` / KERAS_BACKEND pick its backend
+_backend.choose_before_keras()  # `--backend` / KERAS_BACKEND pick Keras' backend when it is first imported

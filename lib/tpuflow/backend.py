@@ -1,8 +1,9 @@
 """Which Keras backend runs (JAX or TensorFlow), decided before Keras is imported.
 
 Keras fixes its backend when it is first imported, from the `KERAS_BACKEND` environment
-variable, so the choice is made when `tpuflow` itself is imported (`run.py` files import tpuflow
-before Keras). Order of precedence:
+variable, so the choice is made then: importing `tpuflow` only arms `choose_before_keras`, which
+chooses (`apply`) when Keras or TensorFlow is first imported (`run.py` files import tpuflow before
+Keras); importing tpuflow itself probes nothing. Order of precedence:
 
 1. `--backend=jax|tensorflow` on the command line (`auto`, the default, defers to what follows);
 2. the `KERAS_BACKEND` environment variable;
@@ -18,6 +19,7 @@ import.
 from __future__ import annotations
 
 import glob
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -133,3 +135,25 @@ def require() -> str:
                            f"could select {chosen} ({reason}): import tpuflow before keras, or set "
                            f"KERAS_BACKEND={chosen}")
     return chosen
+
+
+class _BeforeKeras(importlib.abc.MetaPathFinder):
+    """Chooses the backend when Keras or TensorFlow is first imported (and drops TensorFlow's C++
+    start-up logs from then on, `cli.quiet_native_logs`), then steps aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in ("keras", "tensorflow") and self in sys.meta_path:
+            sys.meta_path.remove(self)
+            from tpuflow import cli  # noqa: PLC0415
+            cli.quiet_native_logs()
+            apply()
+        return None  # the usual finders import it
+
+
+def choose_before_keras() -> None:
+    """Arms the choice (see the module doc); with Keras already imported, chooses now, so that
+    `require` can name the mismatch."""
+    if "keras" in sys.modules:
+        apply()
+    elif not any(isinstance(f, _BeforeKeras) for f in sys.meta_path):
+        sys.meta_path.insert(0, _BeforeKeras())

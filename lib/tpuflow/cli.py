@@ -4,13 +4,12 @@
   disk) print as one line naming the culprit: exit status 2 for usage errors (`UsageError`: a
   flag's value or combination), 1 for everything else the user can fix (data and I/O: ValueError,
   OSError). Anything else is a bug and keeps its traceback; `--debug` shows tracebacks always.
-- `run.py --help` lists the experiment's own flags by group, without loading TensorFlow.
+- `run.py --help` lists the experiment's own flags by group (`run_main`).
 - `Progress` reports long loops: a redrawn line on a terminal, a few plain lines in a log.
 - `quiet_native_logs` drops TensorFlow's C++ start-up logs (oneDNN, CUDA probing, CPU features).
 """
 from __future__ import annotations
 
-import ast
 import atexit
 import faulthandler
 import os
@@ -51,10 +50,18 @@ def user_message(err: BaseException) -> str | None:
     return " ".join(text.split()) or type(err).__name__
 
 
-def run_main(main: Callable[[list[str]], None], translate: Callable[[list[str]], list[str]] | None = None) -> None:
+def run_main(main: Callable[[list[str]], None], translate: Callable[[list[str]], list[str]] | None = None,
+             help_groups: dict[str, Sequence[str]] | None = None) -> None:
     """`absl.app.run(main)`, with user errors printed as one line on stderr (see the module doc).
     `translate`: rewrites the command line before absl parses it (another tool's flag names); a
-    UsageError there is one line too."""
+    UsageError there is one line too. `help_groups`: `--help` lists these flags by group (and
+    --debug) with the script's doc, rather than absl's list."""
+    if help_groups is not None and help_requested():
+        script = sys.modules.get("__main__")
+        names = [n for group in help_groups.values() for n in group] + ["debug"]
+        print(f"usage: python {os.path.basename(sys.argv[0])} [--flag=value ...]\n")
+        print(format_help(help_groups, names, getattr(script, "__doc__", None) or ""))
+        sys.exit(0)
     if translate is not None:
         try:
             sys.argv = translate(sys.argv)
@@ -93,49 +100,9 @@ def help_requested(argv: Sequence[str] | None = None) -> bool:
     return any(a in ("--help", "-h", "-?", "--helpshort") for a in argv)
 
 
-def script_defaults(path: str) -> dict:
-    """Flag defaults an experiment script passes to `experiment.main`, read from its source (so
-    `--help` shows them without running the script's imports): keyword arguments of the call, and
-    `**NAME` where NAME is a module-level `dict(...)` or `{...}` literal. Non-literal values are
-    left out."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError):
-        return {}
-    literals: dict[str, dict] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            literals[node.targets[0].id] = _literal_dict(node.value)
-    found = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "main":
-            for kw in node.keywords:
-                if kw.arg is None and isinstance(kw.value, ast.Name):
-                    found.update(literals.get(kw.value.id, {}))
-                elif kw.arg is not None:
-                    found.update(_literal_dict(ast.Dict([ast.Constant(kw.arg)], [kw.value])))
-    return found
-
-
-def _literal_dict(node) -> dict:
-    if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "dict" and not node.args:
-        pairs = [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
-    elif isinstance(node, ast.Dict):
-        pairs = [(k.value, v) for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)]
-    else:
-        return {}
-    out = {}
-    for key, value in pairs:
-        try:
-            out[key] = ast.literal_eval(value)
-        except ValueError:
-            pass
-    return out
-
-
-def format_help(groups: dict[str, Sequence[str]], names: Sequence[str], defaults: dict, doc: str) -> str:
-    """Flag help grouped: `groups` maps a title to flag names; flags in no group come last."""
+def format_help(groups: dict[str, Sequence[str]], names: Sequence[str], doc: str) -> str:
+    """Flag help grouped: `groups` maps a title to flag names; flags in no group come last. The
+    defaults shown are the flags' as set now (a run.py's included)."""
     fl = flags.FLAGS
     lines = [doc.strip(), ""] if doc else []
     for title, group in [*groups.items(), ("other", [n for n in names if not any(n in g for g in groups.values())])]:
@@ -145,7 +112,7 @@ def format_help(groups: dict[str, Sequence[str]], names: Sequence[str], defaults
         lines.append(f"{title}:")
         for name in group:
             flag = fl[name]
-            default = defaults.get(name, flag.default)
+            default = flag.default
             shown = "--" + name if flag.flag_type() != "bool" else f"--[no]{name}"
             lines.append(f"  {shown}  (default: {default!r})")
             lines.append(f"      {flag.help}")
@@ -158,24 +125,6 @@ def script_relative(paths: dict, script_dir: str) -> dict:
     """The relative local paths of `paths` ({flag: default}), resolved against `script_dir`."""
     return {name: os.path.normpath(os.path.join(script_dir, value)) for name, value in paths.items()
             if isinstance(value, str) and value and not value.startswith("gs://") and not os.path.isabs(value)}
-
-
-def answer_help(groups: dict[str, Sequence[str]], names: Sequence[str], relative: Sequence[str] = ()) -> None:
-    """If the command line asks for --help, prints the grouped flags of the running script (with
-    the defaults it sets; those of `relative` resolved against its folder) and exits; call it
-    before importing TensorFlow."""
-    if not help_requested():
-        return
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None) or sys.argv[0]
-    here = os.path.dirname(os.path.abspath(path))
-    defaults = script_defaults(path)
-    defaults.setdefault("output_dir", here)
-    defaults.update(script_relative({n: defaults.get(n, flags.FLAGS[n].default) for n in relative}, here))
-    doc = (getattr(main, "__doc__", None) or "").strip()
-    print(f"usage: python {os.path.basename(path)} [--flag=value ...]\n")
-    print(format_help(groups, list(names) + ["debug"], defaults, doc))
-    sys.exit(0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,14 +12,19 @@ steps, each in one place here:
 Each step returns a new frozen `Config`: setting an attribute is an error, `replace` makes a
 changed copy. `config.json` and `record.json` hold the resolved object.
 
-The sections say what a setting does. Those in `RESULT_SECTIONS` change what a fold's training
-produces: their values make the fingerprint that a resumed fold must match (`fingerprint`). The
-others say where and how fast a run goes and which part of it runs now: changing them never
-invalidates a backup. Every flag must belong to exactly one section (a new flag that does not is
-an error), so a new flag cannot slip into or out of the fingerprint unnoticed.
+Every setting is declared once, as a typed field of a section (`Data`, `Model`, ... below) with
+its default and help, for a flag its choices or range, or marked derived (set by `build` or
+`resolve`, never a flag). From these come the absl flags (`define_flags`), `--help`'s groups
+(`help_groups`), the range checks (`flag_ranges`), config.json (`Config.to_dict`) and the
+fingerprint. The sections say what a setting does. Those marked RESULTS change what a fold's
+training produces: their values make the fingerprint that a resumed fold must match
+(`fingerprint`). The others say where and how fast a run goes and which part of it runs now:
+changing them never invalidates a backup. `Config` is every section together and declares
+nothing itself, so a new setting cannot slip into or out of the fingerprint unnoticed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -27,42 +32,183 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any
+import typing
+from typing import Any, Sequence
 
-SECTIONS: dict[str, tuple[str, ...]] = {
-    # What a fold's training produces (fingerprinted).
-    "data": ("data_dir", "data_tfrec_dir", "view", "dataset_kind", "n_frames", "invert", "aug_prob",
-             "buffer_size", "use_cache"),
-    "model": ("architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing",
-              "bn_momentum"),
-    "training": ("quick", "n_epochs", "steps_per_epoch", "batch_size", "batch_size_per_replica",
-                 "global_batch_size", "lr", "lr_scaling", "base_batch_size", "scaled_lr", "lr_patience",
-                 "lr_factor", "monitor", "metric", "mixup_prob", "mixup_alpha", "mixup_mode", "seed",
-                 "mixed_precision", "precision"),
-    # Where and how fast it runs (not fingerprinted: backups cross backends and device counts).
-    "runtime": ("backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s",
-                "cpu_replicas", "steps_per_execution", "jit_compile", "verbose", "frame_cache",
-                "backup_every_steps", "backup_every_minutes"),
-    # Which part of the run this invocation does, and where its outputs go (not fingerprinted).
-    "jobs": ("job", "jobs", "resume", "overwrite", "n_folds", "initial_fold", "tta", "tta_number", "tta_set",
-             "tta_views"),
-    "outputs": ("output_dir", "experiment_id", "data_preds_dir"),
-}
-RESULT_SECTIONS = ("data", "model", "training")
-# Set by `build` or `resolve`, not by a flag (None until resolved).
-DERIVED = ("jobs", "experiment_id", "tta_set", "tta_views", "n_frames", "global_batch_size",
-           "scaled_lr", "precision")
-PLACED = ("global_batch_size", "scaled_lr", "precision")  # the derived settings the devices decide
-# What a prediction may change from the training's settings: its batch (memory) and the devices.
-PREDICTION_FREE = ("batch_size", "batch_size_per_replica", *PLACED)
+from tpuflow import backend as backend_choices
+from tpuflow.prep import kinds
 
 JOB_WORDS = ("train", "val", "test", "score", "subm")
-QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
-
+TASKS = ("regression", "classification")
 # The two RMSEs have two names. Old spellings of flag values are still read, with a warning.
 METRICS = ("rmse_rounded", "rmse_raw")  # run.py --metric: the competition score, or of raw predictions
 # run.py --monitor: val_score, the --metric's validation score (logged under its own name), or val_loss
 MONITORS = ("val_score", "val_loss")
+
+
+def setting(default, help: str, *, choices: Sequence[str] | None = None, interval: str | None = None,
+            why: str = "", derived: bool = False, required: bool = False):
+    """One setting of a section: its default and help (its type is the field's annotation), for a
+    flag its `choices` (an enum) or numeric `interval` (checked when a run is configured, `why`
+    said with it), or `derived`: set by `build` or `resolve`, never a flag."""
+    meta = {"help": help, "choices": choices, "interval": interval, "why": why, "derived": derived,
+            "required": required}
+    return dataclasses.field(default=default, metadata=meta) if not required else \
+        dataclasses.field(metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """What a fold trains on."""
+    NAME, RESULTS = "data", True
+    data_dir: str = setting("../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
+    data_tfrec_dir: str | None = setting(None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
+    view: str | None = setting(None, "Read --data_tfrec_dir as a frame store (create_tfrecords.py --specs=frames) "
+                               "through this view, assembled at read time: e.g. sequence:n24:s1, stacked:s5, "
+                               "mean:s10, single")
+    dataset_kind: str | None = setting(None, "Record kind the experiment reads; checked against the dataset "
+                                       "manifest (None: any)", choices=kinds.NAMES)
+    n_frames: int | None = setting(None, "Frames per example (from the dataset manifest)", derived=True)
+    invert: bool = setting(False, "Invert pixel values (255 - x)")
+    aug_prob: float = setting(0.5, "Probability that a training example gets one of the nine augmentations",
+                              interval="[0, 1]")
+    buffer_size: int = setting(2048, "Shuffle buffer: at most this many serialized records (and about 1 GB)",
+                               interval="[1, inf)", why="records")
+    use_cache: bool = setting(False, "Cache the serialized training records in memory")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """The model trained."""
+    NAME, RESULTS = "model", True
+    architecture: str | None = setting(None, "Architecture name for the experiment record and leaderboard")
+    task: str = setting("regression", "Regression on wind speed or classification over its values", choices=TASKS)
+    backbone: str = setting("EfficientNetB0", "keras.applications backbone name")
+    weights: str | None = setting(None, "Backbone weights: None, imagenet or a file path")
+    dim: int = setting(366, "Image height and width fed to the model (records are resized)", interval="[1, inf)",
+                       why="image height and width in pixels")
+    n_classes: int = setting(0, "Classes for classification (0: from unique_labels_sorted.npy)",
+                             interval="[0, inf)", why="0: from unique_labels_sorted.npy")
+    label_smoothing: float = setting(0.0, "Label smoothing for classification", interval="[0, 1)")
+    bn_momentum: float | None = setting(None, "Override every BatchNormalization momentum (e.g. 0.9: short runs "
+                                        "from scratch)", interval="[0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """How it is trained."""
+    NAME, RESULTS = "training", True
+    quick: bool = setting(False, "Smoke run in seconds: 1 epoch of 2 steps, a 64-record buffer; 1 fold, 32 px, "
+                          "no TTA, 4 examples per device and a new temporary run dir unless those flags are "
+                          "given; its CV means nothing")
+    n_epochs: int = setting(15, "Maximum epochs per fold", interval="[1, inf)")
+    steps_per_epoch: int = setting(0, "Training steps per epoch (0: training examples / batch size)",
+                                   interval="[0, inf)", why="0: one pass over the training folds")
+    batch_size: int = setting(32, "Batch size: global (all replicas together) unless --batch_size_per_replica",
+                              interval="[1, inf)")
+    batch_size_per_replica: bool = setting(False, "--batch_size is per replica: global batch = it x replicas")
+    global_batch_size: int | None = setting(None, "The batch over all replicas", derived=True)
+    lr: float = setting(1e-3, "Initial learning rate (at --base_batch_size when --lr_scaling is set)",
+                        interval="(0, inf)", why="the initial learning rate")
+    lr_scaling: str = setting("none", "Scale --lr by (global batch / --base_batch_size), or its square root",
+                              choices=("none", "linear", "sqrt"))
+    base_batch_size: int = setting(0, "Batch size --lr was tuned for (0: the per-replica batch)",
+                                   interval="[0, inf)", why="0: the per-replica batch")
+    scaled_lr: float | None = setting(None, "--lr scaled for the global batch", derived=True)
+    lr_patience: int = setting(2, "Epochs without improvement before the LR is reduced", interval="[0, inf)",
+                               why="epochs")
+    lr_factor: float = setting(0.5, "LR reduction factor on plateau", interval="(0, 1)",
+                               why="the LR is multiplied by it on a plateau")
+    monitor: str = setting("val_score", "Quantity for best checkpoint and LR reduction: val_score, the --metric's "
+                           "validation score (logged as val_rmse_rounded or val_rmse_raw), or val_loss (val_rmse: "
+                           "old name of val_score)", choices=(*MONITORS, "val_rmse"))
+    metric: str = setting("rmse_rounded", "Score: rmse_rounded, the RMSE of rounded predictions (the competition's "
+                          "score), or rmse_raw, of raw ones (rmse: old name of rmse_rounded)",
+                          choices=(*METRICS, "rmse"))
+    mixup_prob: float = setting(0.0, "Probability that a training example is mixed with another of its batch "
+                                "(0: off)", interval="[0, 1]")
+    mixup_alpha: float = setting(0.4, "Mixing weights are drawn from Beta(alpha, alpha)", interval="(0, inf)")
+    mixup_mode: str = setting("mixup", "mixup: blend whole images; cutmix: paste a box", choices=("mixup", "cutmix"))
+    seed: int = setting(33, "Seed for shuffling and initialisation", interval="[0, inf)")
+    mixed_precision: str = setting("auto", "auto (by device: mixed_bfloat16 on TPU, mixed_float16 on GPU, float32 "
+                                   "on CPU), mixed_float16, mixed_bfloat16 or None (float32 everywhere)")
+    precision: str | None = setting(None, "The precision policy --mixed_precision chose", derived=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Jobs:
+    """Which part of the run this invocation does."""
+    NAME, RESULTS = "jobs", False
+    job: str = setting("train_val_test_score_subm", "Words joined by '_' from " + ", ".join(JOB_WORDS))
+    jobs: list[str] | None = setting(None, "The job words in run order", derived=True)
+    resume: bool = setting(True, "Resume an interrupted fold from its last backup and skip completed folds "
+                           "(--noresume: start every fold afresh)")
+    overwrite: bool = setting(False, "Replace the results of a run dir whose folds were trained with other "
+                              "settings (without it such a training is refused, naming the flags that differ)")
+    n_folds: int = setting(5, "Number of folds to run, starting at --initial_fold", interval="[1, inf)",
+                           why="folds to run, from --initial_fold")
+    initial_fold: int = setting(0, "First fold to run", interval="[0, inf)")
+    tta_number: int = setting(9, "TTA views beyond the original (a number beyond the set's size: the whole set)",
+                              interval="[0, inf)", why="views beyond the original")
+    tta: str | None = setting(None, "TTA set: ref (the reference's ten views), d4 (the eight symmetries of the "
+                              "square) or view names joined by ',' starting with orig (None: the set recorded in "
+                              "the predictions dir, else ref)")
+    tta_set: list[str] | None = setting(None, "The TTA set's views", derived=True)
+    tta_views: list[str] | None = setting(None, "The TTA views predicted", derived=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how fast it runs: backups cross backends and device counts."""
+    NAME, RESULTS = "runtime", False
+    backend: str = setting("auto", "Keras backend: auto (KERAS_BACKEND if set, else JAX where JAX sees a TPU, "
+                           "else TensorFlow), jax or tensorflow; applied before Keras is imported",
+                           choices=backend_choices.CHOICES)
+    distributed: bool = setting(False, "Multi-host (JAX): keras.distribution.initialize() joins the slice's "
+                                "hosts; each host reads its share of the training shards")
+    tpu_ip_or_name: str | None = setting(None, "TPU name, grpc:// address or 'local' (TPU VM); None: GPUs or CPU")
+    tpu_fallback: bool = setting(False, "If the TPU cannot be reached, warn and run on the GPUs/CPU instead of "
+                                 "failing")
+    tpu_timeout_s: float = setting(10.0, "Seconds each TPU network step (address, metadata server, TPU API) may "
+                                   "take", interval="(0, inf)", why="seconds")
+    cpu_replicas: int = setting(1, "Split the CPU into this many logical devices (tests multi-replica code)",
+                                interval="[1, inf)", why="logical CPU devices")
+    steps_per_execution: int = setting(0, "Training steps per compiled call (0: auto, 32 on TPUs, where it hides "
+                                       "host overhead, and 1 elsewhere; never more than an epoch's or a backup "
+                                       "interval's steps)", interval="[0, inf)",
+                                       why="0: auto, 32 on TPUs and 1 elsewhere")
+    jit_compile: str = setting("auto", "XLA-compile the train step (auto: Keras decides; TPUs always compile)",
+                               choices=("auto", "true", "false"))
+    frame_cache: str = setting("auto", "With --view: decode each store frame once into host memory (store rows x "
+                               "H x W bytes; a mean view: twice that); auto: when it fits in half the available "
+                               "memory, memory: always, off: decode every slot as it is read",
+                               choices=("auto", "memory", "off"))
+    backup_every_steps: int = setting(0, "Also back a fold up within the epoch every this many steps (0: off)",
+                                      interval="[0, inf)", why="0: off")
+    backup_every_minutes: float = setting(10.0, "Also back a fold up within the epoch once this many minutes "
+                                          "passed since the last backup (0: off; --quick: off)",
+                                          interval="[0, inf)", why="0: off")
+    verbose: int | None = setting(None, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent (default: "
+                                  "1 on a terminal, 2 when output goes to a file or pipe)", interval="[0, 2]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """Where its outputs go."""
+    NAME, RESULTS = "outputs", False
+    output_dir: str | None = setting(None, "Run dir for checkpoints, predictions, scores, submission (default: "
+                                     "run.py's dir)")
+    data_preds_dir: str | None = setting(None, "Predictions dir (default: <output_dir>/preds)")
+    experiment_id: str | None = setting(None, "The run dir's name", derived=True)
+
+
+# In --help's order. Those with RESULTS change what a fold's training produces: their values make
+# the fingerprint that a resumed fold must match (`fingerprint`); the others never invalidate a backup.
+SECTION_TYPES = (Data, Model, Training, Jobs, Runtime, Outputs)
+
+
+QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones accept
+
 OLD_VALUES = {("metric", "rmse"): "rmse_rounded",
               ("monitor", "val_rmse"): "val_score"}  # val_rmse held the --metric's score, rounded or raw
 
@@ -77,66 +223,98 @@ def monitored_key(cfg) -> str:
     return score_key(cfg.metric) if cfg.monitor == "val_score" else cfg.monitor
 
 
-def section_of() -> dict[str, str]:
-    """Setting -> its section (read from SECTIONS each time: one table to edit)."""
-    return {name: section for section, names in SECTIONS.items() for name in names}
-
-
-def result_fields() -> list[str]:
-    """The settings that change what a fold's training produces, sorted."""
-    return sorted(name for s in RESULT_SECTIONS for name in SECTIONS[s])
-
-
-class FrozenConfigError(AttributeError):
-    """A setting was changed after the configuration was built (use `replace`)."""
-
-
-class Config:
-    """A run's settings, read as attributes (`cfg.dim`); frozen: `replace` makes a changed copy."""
-
-    def __init__(self, values: dict[str, Any]):
-        known = section_of()
-        unplaced = sorted(set(values) - set(known))
-        if unplaced:
-            raise ValueError(f"setting(s) {unplaced} belong to no section of tpuflow.training.config.SECTIONS: "
-                             "place each one (result-affecting or runtime) so that resume knows it")
-        object.__setattr__(self, "_values", {name: values.get(name) for name in known})
-
-    def __getattr__(self, name: str):
-        try:
-            return self.__dict__["_values"][name]
-        except KeyError:
-            raise AttributeError(f"the run configuration has no setting {name!r}") from None
-
-    def __setattr__(self, name: str, value) -> None:
-        raise FrozenConfigError(f"the run configuration is frozen: cannot set {name!r} "
-                                "(settings are resolved in tpuflow.training.config; use cfg.replace(...))")
-
-    def __delattr__(self, name: str) -> None:
-        self.__setattr__(name, None)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Config) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return f"Config({self.to_dict()!r})"
+@dataclasses.dataclass(frozen=True)
+class Config(Outputs, Runtime, Jobs, Training, Model, Data):  # fields: SECTION_TYPES in order
+    """A run's settings, typed and frozen: every field of every section, read as `cfg.dim`;
+    `replace` makes a changed copy. Declares nothing itself: a setting belongs to a section."""
 
     def replace(self, **changes) -> "Config":
-        unknown = sorted(set(changes) - set(self._values))
+        unknown = sorted(set(changes) - set(setting_names()))
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}")
-        return Config({**self._values, **changes})
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting, JSON-ready (what config.json and record.json hold)."""
-        return {k: _json_safe(v) for k, v in sorted(self._values.items())}
+        return {k: _json_safe(getattr(self, k)) for k in sorted(setting_names())}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         """A configuration read back from config.json (older files: old value spellings read as
         the new ones, settings they lack are None, settings no longer known dropped)."""
-        known = section_of()
-        return cls({k: new_value(k, v, warn=False) for k, v in values.items() if k in known})
+        return cls(**{k: new_value(k, values.get(k), warn=False) for k in setting_names()})
+
+
+FrozenConfigError = dataclasses.FrozenInstanceError  # raised by setting an attribute (use `replace`)
+
+
+def setting_names(section_types=SECTION_TYPES) -> list[str]:
+    """Every setting of the sections, in their order."""
+    return [f.name for s in section_types for f in dataclasses.fields(s)]
+
+
+def result_fields() -> list[str]:
+    """The settings that change what a fold's training produces, sorted."""
+    return sorted(setting_names([s for s in SECTION_TYPES if s.RESULTS]))
+
+
+SECTIONS = {s.NAME: tuple(setting_names([s])) for s in SECTION_TYPES}  # section -> its settings
+DERIVED = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["derived"])
+PLACED = ("global_batch_size", "scaled_lr", "precision")  # the derived settings the devices decide
+# What a prediction may change from the training's settings: its batch (memory) and the devices.
+PREDICTION_FREE = ("batch_size", "batch_size_per_replica", *PLACED)
+
+
+def shared(name: str, default=dataclasses.MISSING, help: str | None = None, required: bool = False):
+    """A run setting declared again for a tool that shares it (`tools/pretrain_simsiam.py`): the
+    same help, choices and range unless given, with the tool's own default."""
+    field = next(f for f in dataclasses.fields(Config) if f.name == name)
+    return setting(field.default if default is dataclasses.MISSING else default,
+                   help or field.metadata["help"], choices=field.metadata["choices"],
+                   interval=field.metadata["interval"], why=field.metadata["why"], required=required)
+
+
+def flag_fields(section_types=SECTION_TYPES) -> list[dataclasses.Field]:
+    """The settings that are flags (not derived), in the sections' order."""
+    return [f for s in section_types for f in dataclasses.fields(s) if not f.metadata["derived"]]
+
+
+def define_flags(section_types=SECTION_TYPES) -> list[str]:
+    """Defines an absl flag for each setting of the sections that is not derived (its type from the
+    annotation, an enum where it has choices); returns their names."""
+    from absl import flags  # noqa: PLC0415
+    define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+              str: flags.DEFINE_string}
+    for section in section_types:
+        hints = typing.get_type_hints(section)
+        for f in flag_fields([section]):
+            meta, kind = f.metadata, _flag_type(hints[f.name])
+            default = None if meta["required"] else f.default
+            if meta["choices"]:
+                flags.DEFINE_enum(f.name, default, list(meta["choices"]), meta["help"], required=meta["required"])
+            else:
+                define[kind](f.name, default, meta["help"], required=meta["required"])
+    return [f.name for f in flag_fields(section_types)]
+
+
+def _flag_type(annotation) -> type:
+    """`int | None` -> int."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def flag_ranges(section_types=SECTION_TYPES) -> dict[str, tuple[str, str]]:
+    """Numeric flag -> (interval, why): each checked when a run is configured."""
+    return {f.name: (f.metadata["interval"], f.metadata["why"]) for f in flag_fields(section_types)
+            if f.metadata["interval"]}
+
+
+def help_groups() -> dict[str, list[str]]:
+    """`run.py --help`'s groups: the sections, each with what it holds and whether a resumed fold
+    must match it."""
+    return {f"{s.NAME} ({s.__doc__.strip().rstrip('.').lower()}" +
+            ("; fingerprinted: a resumed fold must match" if s.RESULTS else "") + ")":
+            [f.name for f in flag_fields([s])] for s in SECTION_TYPES}
 
 
 def _json_safe(value):
@@ -209,7 +387,7 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
     v["tta_set"] = list(ondevice.tta_views(v["tta"] or (",".join(recorded) if recorded else "ref")))
     v["tta_views"] = v["tta_set"][: v["tta_number"] + 1]
     v["tta_number"] = len(v["tta_views"]) - 1
-    return Config(v)
+    return Config(**v)
 
 
 def run_folds(output_dir: str) -> dict[str, int]:
@@ -276,7 +454,7 @@ def steps_per_execution(cfg: Config, device_kind: str, epoch_steps: int) -> tupl
 
 def result_settings(cfg: Config) -> dict[str, Any]:
     """The settings that change what a fold's training produces."""
-    return {k: cfg._values.get(k) for k in result_fields()}
+    return {k: getattr(cfg, k) for k in result_fields()}
 
 
 def fingerprint(cfg: Config) -> str:

@@ -8,7 +8,8 @@ defaults in which it differs from the library's and calls `main`:
 
     experiment.main(init_model, dataset_kind="sequence", batch_size=64)
 
-The records are parsed by the parser of `--dataset_kind` (`parse_by_kind`) unless the experiment
+`--help` is answered by `main` (the flags by section, with the experiment's defaults). The
+records are parsed by the parser of `--dataset_kind` (`parse_by_kind`) unless the experiment
 passes its own `parse_example(serialized, cfg) -> (inputs, target)`. Defaults a run.py need not
 state: those of its kind (`KIND_DEFAULTS`: the dataset dir, the batch), ImageNet weights
 (`EXPERIMENT_DEFAULTS`) and `--architecture`, the run dir's name after `run-<date>-<time>-`.
@@ -33,125 +34,15 @@ from tpuflow.prep import kinds
 from tpuflow.storage import lock
 from tpuflow.training import config
 
-cli.quiet_native_logs()  # before anything imports TensorFlow
-try:  # a bad --backend or KERAS_BACKEND is named here, before Keras loads (and fails on it)
-    backend.require()
-except backend.BackendError as _err:
-    raise SystemExit(f"ERROR: {_err}") from None
-
 JOB_WORDS = config.JOB_WORDS
-TASKS = ("regression", "classification")
+TASKS = config.TASKS
 
 FLAGS = flags.FLAGS
-_EARLIER_FLAGS = set(FLAGS)
-flags.DEFINE_string("job", "train_val_test_score_subm", "Words joined by '_' from " + ", ".join(JOB_WORDS))
-flags.DEFINE_enum("backend", "auto", list(backend.CHOICES), "Keras backend: auto (KERAS_BACKEND if set, else JAX "
-                  "where JAX sees a TPU, else TensorFlow), jax or tensorflow; applied before Keras is imported")
-flags.DEFINE_boolean("distributed", False, "Multi-host (JAX): keras.distribution.initialize() joins the slice's "
-                     "hosts; each host reads its share of the training shards")
-flags.DEFINE_string("tpu_ip_or_name", None, "TPU name, grpc:// address or 'local' (TPU VM); None: GPUs or CPU")
-flags.DEFINE_boolean("tpu_fallback", False, "If the TPU cannot be reached, warn and run on the GPUs/CPU instead of failing")
-flags.DEFINE_float("tpu_timeout_s", 10.0, "Seconds each TPU network step (address, metadata server, TPU API) may take")
-flags.DEFINE_string("mixed_precision", "auto", "auto (by device: mixed_bfloat16 on TPU, mixed_float16 on GPU, "
-                    "float32 on CPU), mixed_float16, mixed_bfloat16 or None (float32 everywhere)")
-flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical devices (tests multi-replica code)")
-flags.DEFINE_integer("steps_per_execution", 0, "Training steps per compiled call (0: auto, 32 on TPUs, where it "
-                     "hides host overhead, and 1 elsewhere; never more than an epoch's or a backup interval's steps)")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step (auto: Keras "
-                  "decides; TPUs always compile)")
-flags.DEFINE_boolean("resume", True, "Resume an interrupted fold from its last backup and skip completed "
-                     "folds (--noresume: start every fold afresh)")
-flags.DEFINE_boolean("overwrite", False, "Replace the results of a run dir whose folds were trained with other "
-                     "settings (without it such a training is refused, naming the flags that differ)")
-flags.DEFINE_integer("backup_every_steps", 0, "Also back a fold up within the epoch every this many steps (0: off)")
-flags.DEFINE_float("backup_every_minutes", 10.0, "Also back a fold up within the epoch once this many minutes "
-                   "passed since the last backup (0: off; --quick: off)")
-flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
-flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
-flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
-flags.DEFINE_string("data_preds_dir", None, "Predictions dir (default: <output_dir>/preds)")
-flags.DEFINE_string("view", None, "Read --data_tfrec_dir as a frame store (create_tfrecords.py --specs=frames) "
-                    "through this view, assembled at read time: e.g. sequence:n24:s1, stacked:s5, mean:s10, single")
-flags.DEFINE_enum("frame_cache", "auto", ["auto", "memory", "off"], "With --view: decode each store frame once "
-                  "into host memory (store rows x H x W bytes; a mean view: twice that); auto: when it fits in "
-                  "half the available memory, memory: always, off: decode every slot as it is read")
-flags.DEFINE_enum("dataset_kind", None, kinds.NAMES,
-                  "Record kind the experiment reads; checked against the dataset manifest (None: any)")
-flags.DEFINE_string("architecture", None, "Architecture name for the experiment record and leaderboard")
-flags.DEFINE_enum("task", "regression", TASKS, "Regression on wind speed or classification over its values")
-flags.DEFINE_enum("metric", "rmse_rounded", [*config.METRICS, "rmse"], "Score: rmse_rounded, the RMSE of "
-                  "rounded predictions (the competition's score), or rmse_raw, of raw ones (rmse: old name of "
-                  "rmse_rounded)")
-flags.DEFINE_enum("monitor", "val_score", [*config.MONITORS, "val_rmse"], "Quantity for best checkpoint and LR "
-                  "reduction: val_score, the --metric's validation score (logged as val_rmse_rounded or "
-                  "val_rmse_raw), or val_loss (val_rmse: old name of val_score)")
-flags.DEFINE_integer("n_folds", 5, "Number of folds to run, starting at --initial_fold")
-flags.DEFINE_integer("initial_fold", 0, "First fold to run")
-flags.DEFINE_integer("dim", 366, "Image height and width fed to the model (records are resized)")
-flags.DEFINE_boolean("invert", False, "Invert pixel values (255 - x)")
-flags.DEFINE_integer("n_epochs", 15, "Maximum epochs per fold")
-flags.DEFINE_integer("batch_size", 32, "Batch size: global (all replicas together) unless --batch_size_per_replica")
-flags.DEFINE_boolean("batch_size_per_replica", False, "--batch_size is per replica: global batch = it x replicas")
-flags.DEFINE_float("lr", 1e-3, "Initial learning rate (at --base_batch_size when --lr_scaling is set)")
-flags.DEFINE_enum("lr_scaling", "none", ["none", "linear", "sqrt"], "Scale --lr by (global batch / "
-                  "--base_batch_size), or its square root")
-flags.DEFINE_integer("base_batch_size", 0, "Batch size --lr was tuned for (0: the per-replica batch)")
-flags.DEFINE_float("bn_momentum", None, "Override every BatchNormalization momentum (e.g. 0.9: short runs from scratch)")
-flags.DEFINE_string("backbone", "EfficientNetB0", "keras.applications backbone name")
-flags.DEFINE_string("weights", None, "Backbone weights: None, imagenet or a file path")
-flags.DEFINE_float("aug_prob", 0.5, "Probability that a training example gets one of the nine augmentations")
-flags.DEFINE_integer("tta_number", 9, "TTA views beyond the original (a number beyond the set's size: the whole set)")
-flags.DEFINE_string("tta", None, "TTA set: ref (the reference's ten views), d4 (the eight symmetries of the square) "
-                    "or view names joined by ',' starting with orig (None: the set recorded in the predictions "
-                    "dir, else ref)")
-flags.DEFINE_float("mixup_prob", 0.0, "Probability that a training example is mixed with another of its batch (0: off)")
-flags.DEFINE_float("mixup_alpha", 0.4, "Mixing weights are drawn from Beta(alpha, alpha)")
-flags.DEFINE_enum("mixup_mode", "mixup", ["mixup", "cutmix"], "mixup: blend whole images; cutmix: paste a box")
-flags.DEFINE_integer("n_classes", 0, "Classes for classification (0: from unique_labels_sorted.npy)")
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing for classification")
-flags.DEFINE_integer("buffer_size", 2048, "Shuffle buffer: at most this many serialized records (and about 1 GB)")
-flags.DEFINE_boolean("use_cache", False, "Cache the serialized training records in memory")
-flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0: training examples / batch size)")
-flags.DEFINE_integer("lr_patience", 2, "Epochs without improvement before the LR is reduced")
-flags.DEFINE_float("lr_factor", 0.5, "LR reduction factor on plateau")
-flags.DEFINE_integer("seed", 33, "Seed for shuffling and initialisation")
-flags.DEFINE_boolean("quick", False, "Smoke run in seconds: 1 epoch of 2 steps, a 64-record buffer; 1 fold, 32 px, "
-                     "no TTA, 4 examples per device and a new temporary run dir unless those flags are given; "
-                     "its CV means nothing")
-flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent "
-                     "(default: 1 on a terminal, 2 when output goes to a file or pipe)")
-
-OUR_FLAGS = sorted(set(FLAGS) - _EARLIER_FLAGS)
-
+# The run's flags, generated from the configuration's sections (`tpuflow.training.config`).
+OUR_FLAGS = sorted(config.define_flags())
 # The range of every numeric flag (None, where a flag allows it, is always accepted), checked when
 # the run is configured (`check_flags`): flag -> (interval, why).
-FLAG_RANGES = {
-    "tpu_timeout_s": ("(0, inf)", "seconds"),
-    "cpu_replicas": ("[1, inf)", "logical CPU devices"),
-    "steps_per_execution": ("[0, inf)", "0: auto, 32 on TPUs and 1 elsewhere"),
-    "backup_every_steps": ("[0, inf)", "0: off"),
-    "backup_every_minutes": ("[0, inf)", "0: off"),
-    "n_folds": ("[1, inf)", "folds to run, from --initial_fold"),
-    "initial_fold": ("[0, inf)", ""),
-    "dim": ("[1, inf)", "image height and width in pixels"),
-    "n_epochs": ("[1, inf)", ""),
-    "batch_size": ("[1, inf)", ""),
-    "lr": ("(0, inf)", "the initial learning rate"),
-    "base_batch_size": ("[0, inf)", "0: the per-replica batch"),
-    "bn_momentum": ("[0, 1]", ""),
-    "aug_prob": ("[0, 1]", ""),
-    "tta_number": ("[0, inf)", "views beyond the original"),
-    "mixup_prob": ("[0, 1]", ""),
-    "mixup_alpha": ("(0, inf)", ""),
-    "n_classes": ("[0, inf)", "0: from unique_labels_sorted.npy"),
-    "label_smoothing": ("[0, 1)", ""),
-    "buffer_size": ("[1, inf)", "records"),
-    "steps_per_epoch": ("[0, inf)", "0: one pass over the training folds"),
-    "lr_patience": ("[0, inf)", "epochs"),
-    "lr_factor": ("(0, 1)", "the LR is multiplied by it on a plateau"),
-    "seed": ("[0, inf)", ""),
-    "verbose": ("[0, 2]", ""),
-}
+FLAG_RANGES = config.flag_ranges()
 
 # The reference solution's run.py flags that tpuflow names otherwise: reference flag -> (our flag,
 # value in our terms) where it means the same here (read with a one-line note), or (None, what to
@@ -203,20 +94,8 @@ def reference_argv(argv: list[str]) -> list[str]:
     return out
 
 
-# `run.py --help`: the experiment's flags by group (flags in none are listed as "other").
-HELP_GROUPS = {
-    "data": ["data_dir", "data_tfrec_dir", "dataset_kind", "invert", "aug_prob", "buffer_size", "use_cache"],
-    "model": ["architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing", "bn_momentum"],
-    "training": ["job", "quick", "n_folds", "initial_fold", "n_epochs", "batch_size", "lr", "lr_scaling",
-                 "base_batch_size", "lr_patience", "lr_factor", "steps_per_epoch", "monitor", "metric",
-                 "tta_number", "tta", "mixup_prob", "mixup_alpha", "mixup_mode", "seed", "resume", "overwrite",
-                 "backup_every_steps", "backup_every_minutes"],
-    "hardware": ["backend", "distributed", "tpu_ip_or_name", "tpu_fallback", "tpu_timeout_s", "mixed_precision",
-                 "cpu_replicas", "batch_size_per_replica", "steps_per_execution", "jit_compile"],
-    "outputs": ["output_dir", "data_preds_dir", "verbose"],
-}
+HELP_GROUPS = config.help_groups()  # `run.py --help`: the experiment's flags by section
 SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
-cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
 # What a model and its configuration need loads no TensorFlow (a run.py's `init_model` builds on a
 # machine with JAX alone: `benchmarks/device_check.py`); the jobs and the parsers load it when used.
@@ -251,7 +130,7 @@ def make_config(**overrides) -> Config:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}")
     values.update(overrides)
     asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
-    check_flags(Config(values))  # as given, before anything is derived from them
+    check_flags(Config(**values))  # as given, before anything is derived from them
     ondevice.check_mixup(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
     ondevice.check_prob(values["aug_prob"])
     return config.build(values, asked)
@@ -348,9 +227,9 @@ def apply_tool_defaults(argv: list[str]) -> None:
 
 
 def main(init_model: Callable, parse_example: Callable | None = None, **defaults) -> None:
-    """Entry point of a `run.py`: applies its flag defaults (`apply_defaults`), parses argv and
-    runs the jobs; records are parsed by `parse_by_kind` unless the experiment passes
-    `parse_example`."""
+    """Entry point of a `run.py`: applies its flag defaults (`apply_defaults`), answers `--help`,
+    checks the backend, parses argv and runs the jobs; records are parsed by `parse_by_kind`
+    unless the experiment passes `parse_example`."""
     apply_defaults(defaults, os.path.dirname(os.path.abspath(sys.argv[0])))
 
     def _main(argv):
@@ -366,7 +245,25 @@ def main(init_model: Callable, parse_example: Callable | None = None, **defaults
             print(f"{os.path.basename(sys.argv[0])}: preempted: {err}", file=sys.stderr, flush=True)
             sys.exit(cli.PREEMPTED_EXIT)
 
-    cli.run_main(_main, translate=reference_argv)
+    _run_main(_main, HELP_GROUPS, translate=reference_argv)
+
+
+def run_tool(main: Callable, own_flags: list[str]) -> None:
+    """Entry point of a tool that takes a run.py's flags besides its own (`--experiment=`: that
+    run.py's defaults, `apply_tool_defaults`); its --help lists both."""
+    apply_tool_defaults(sys.argv[1:])
+    _run_main(main, {**HELP_GROUPS, os.path.basename(sys.argv[0]): own_flags})
+
+
+def _run_main(main: Callable, help_groups: dict, translate: Callable | None = None) -> None:
+    """`cli.run_main`, after a bad --backend or KERAS_BACKEND was named in one line (unless
+    --help is asked for)."""
+    if not cli.help_requested():
+        try:
+            backend.require()
+        except backend.BackendError as err:
+            raise SystemExit(f"ERROR: {err}") from None
+    cli.run_main(main, translate=translate, help_groups=help_groups)
 
 
 def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:

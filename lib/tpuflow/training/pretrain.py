@@ -26,7 +26,7 @@ from keras import layers
 from tpuflow import storage
 from tpuflow.inputs import augment, ondevice, records
 from tpuflow.results import run_record
-from tpuflow.training import curves, models, runtime, tensorboard
+from tpuflow.training import config, curves, models, runtime, tensorboard
 
 BACKBONE_FILE = "backbone.weights.h5"
 RECORD_FILE = "pretrain_record.json"
@@ -137,22 +137,25 @@ class SaveBackbone(keras.callbacks.Callback):
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """A pretraining run's settings, resolved once (`resolve`) and then fixed; the record holds
-    them as used. The flags of `tools/pretrain_simsiam.py` say what each means."""
-    output_dir: str
-    data_dir: str | None = None
-    data_tfrec_dir: str | None = None
-    backbone: str = "EfficientNetB0"
-    weights: str | None = None
-    dim: int = 366
-    n_epochs: int = 50
-    batch_size: int = 64
-    steps_per_epoch: int = 0
-    lr: float = 0.05
-    proj_dim: int = 512
-    pred_dim: int = 128
-    seed: int = 33
-    quick: bool = False
-    verbose: int | None = None
+    them as used. Those it shares with a run are the run's settings (`config.shared`: their help,
+    with the defaults of pretraining); `tools/pretrain_simsiam.py`'s flags are made from them."""
+    output_dir: str = config.shared("output_dir", help="Where the backbone weights, curves and record go",
+                                    required=True)
+    data_dir: str | None = config.shared("data_dir", None, "Raw data dir: every train/*.jpg and test/*.jpg frame")
+    data_tfrec_dir: str | None = config.shared("data_tfrec_dir", None, "Or a `single` record dataset (all folds "
+                                               "and test)")
+    backbone: str = config.shared("backbone")
+    weights: str | None = config.shared("weights", help="Starting backbone weights: None, imagenet or a file")
+    dim: int = config.shared("dim")
+    n_epochs: int = config.shared("n_epochs", 50, "Epochs")
+    batch_size: int = config.shared("batch_size", 64, "Batch size")
+    steps_per_epoch: int = config.shared("steps_per_epoch", help="Steps per epoch (0: frames / batch size)")
+    lr: float = config.shared("lr", 0.05, "Base learning rate at batch 256 (scaled linearly; cosine decay)")
+    proj_dim: int = config.setting(512, "Projector output width")
+    pred_dim: int = config.setting(128, "Predictor bottleneck width")
+    seed: int = config.shared("seed")
+    quick: bool = config.shared("quick", help="Quick run: 1 epoch of 2 steps (tests)")
+    verbose: int | None = config.shared("verbose")
 
     @classmethod
     def resolve(cls, **values) -> "PretrainConfig":

@@ -17,8 +17,7 @@ from tpuflow.training import config
 
 def kind_config(spec: frames.DatasetSpec, dim: int, backbone: str = "EfficientNetB0") -> config.Config:
     """The settings a regression experiment on records of `spec` runs with (no weights)."""
-    return config.Config({"dataset_kind": spec.kind, "n_frames": spec.depth, "dim": dim, "invert": False,
-                          "task": "regression", "n_classes": 0, "backbone": backbone, "weights": None})
+    return config.Config(dataset_kind=spec.kind, n_frames=spec.depth, dim=dim, backbone=backbone)
 
 
 def kind_parser(spec: frames.DatasetSpec, dim: int):
