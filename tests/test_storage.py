@@ -290,7 +290,7 @@ def test_sync_bad_input(gcs_emulator, tmp_path):
     (tmp_path / "d" / "f").write_bytes(b"x")
     with pytest.raises(ValueError, match="two local paths"):
         sync.sync(str(tmp_path / "d"), str(tmp_path / "e"))
-    with pytest.raises(ValueError, match="two gs:// paths"):
+    with pytest.raises(ValueError, match="two remote paths"):
         sync.sync(bucket + "/a", bucket + "/b")
     with pytest.raises(FileNotFoundError, match="does not exist.*nowhere"):
         sync.sync(str(tmp_path / "nowhere"), bucket + "/x")
