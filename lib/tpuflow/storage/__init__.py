@@ -28,7 +28,6 @@ project's tables read with their checks). Imports no other tpuflow package and n
 """
 from __future__ import annotations
 
-import base64
 import errno
 import hashlib
 import importlib
@@ -39,7 +38,7 @@ import os
 import numpy as np
 
 from tpuflow.storage.fs import (TMP_PREFIX, BucketNotFoundError, ChecksumMismatchError,  # noqa: F401
-                                FileInfo, FileSystem, scheme)
+                                FileInfo, FileSystem, crc32c_of, feed, local_matches, md5_of, scheme)
 from tpuflow.storage.gcs import (DEFAULT_TIMEOUT_S, client, endpoint, gcs_errors,  # noqa: F401
                                  split_gcs)
 
@@ -48,7 +47,6 @@ from tpuflow.storage.gcs import (DEFAULT_TIMEOUT_S, client, endpoint, gcs_errors
 MANIFEST = "manifest.json"
 
 SCHEMES = {"": "local", "gs": "gcs", "mem": "memory"}  # URL scheme -> module of tpuflow.storage
-_READ_BLOCK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,19 +157,16 @@ def size(path: str) -> int:
 
 
 def file_digest(path: str, digest):
-    """Feeds a file's bytes (in blocks) into `digest` (anything with `update`:
-    hashlib's, google_crc32c.Checksum) and returns it."""
+    """Feeds a file's bytes (any scheme) into `digest` (anything with `update`: hashlib's,
+    google_crc32c.Checksum) and returns it."""
     with open_read(path) as f:
-        for block in iter(lambda: f.read(_READ_BLOCK), b""):
-            digest.update(block)
-    return digest
+        return feed(f, digest)
 
 
 def file_crc32c(path: str) -> str:
-    """CRC32C of a local file, base64-encoded like Cloud Storage's `crc32c` field."""
-    import google_crc32c  # installed with google-cloud-storage
-
-    return base64.b64encode(file_digest(path, google_crc32c.Checksum()).digest()).decode("ascii")
+    """CRC32C of a file, base64-encoded like Cloud Storage's `crc32c` field."""
+    with open_read(path) as f:
+        return crc32c_of(f)
 
 
 def file_sha256(path: str) -> str:
@@ -180,22 +175,9 @@ def file_sha256(path: str) -> str:
 
 
 def file_md5(path: str) -> str:
-    """MD5 of a local file, base64-encoded like Cloud Storage's `md5Hash` field."""
-    return base64.b64encode(file_digest(path, hashlib.md5()).digest()).decode("ascii")
-
-
-def local_matches(path: str, remote: FileInfo) -> bool:
-    """True if a local file has the remote object's size and checksum (CRC32C, else MD5).
-
-    Every Cloud Storage object has a CRC32C; MD5 is the fallback for objects without one.
-    """
-    if os.path.getsize(path) != remote.size:
-        return False
-    if remote.crc32c:
-        return file_crc32c(path) == remote.crc32c
-    if remote.md5:
-        return file_md5(path) == remote.md5
-    return True  # nothing recorded to compare beyond the size
+    """MD5 of a file, base64-encoded like Cloud Storage's `md5Hash` field."""
+    with open_read(path) as f:
+        return md5_of(f)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ the versioned ones the run-dir lock is built on (`create_new`, `read_versioned`,
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fnmatch
+import hashlib
 import io
 import os
 import posixpath
@@ -23,6 +25,9 @@ import tempfile
 from typing import Iterator
 
 TMP_PREFIX = ".tmp-"  # atomic_path's temporaries: never listed as files of a tree
+_READ_BLOCK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 WILDCARD = re.compile(r"[*?\[]")
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://")
 
@@ -61,6 +66,61 @@ def glob_names(names, pattern: str) -> set[str]:
         if len(head) == len(parts) and head[-1] and all(fnmatch.fnmatchcase(h, p) for h, p in zip(head, parts)):
             found.add("/".join(head))
     return found
+
+
+def feed(f, digest):
+    """Feeds a binary file's bytes, in blocks, into `digest` (anything with `update`: hashlib's,
+    google_crc32c.Checksum) and returns it."""
+    for block in iter(lambda: f.read(_READ_BLOCK), b""):
+        digest.update(block)
+    return digest
+
+
+def crc32c_of(f) -> str:
+    """CRC32C of a binary file's bytes, base64-encoded like Cloud Storage's `crc32c` field."""
+    import google_crc32c  # installed with google-cloud-storage
+
+    return base64.b64encode(feed(f, google_crc32c.Checksum()).digest()).decode("ascii")
+
+
+def md5_of(f) -> str:
+    """MD5 of a binary file's bytes, base64-encoded like Cloud Storage's `md5Hash` field."""
+    return base64.b64encode(feed(f, hashlib.md5()).digest()).decode("ascii")
+
+
+def local_matches(path: str, remote: FileInfo) -> bool:
+    """True if a local file has the remote object's size and checksum (CRC32C, else MD5).
+
+    Every Cloud Storage object has a CRC32C; MD5 is the fallback for objects without one.
+    """
+    if os.path.getsize(path) != remote.size:
+        return False
+    if not remote.crc32c and not remote.md5:
+        return True  # nothing recorded to compare beyond the size
+    with open(path, "rb") as f:
+        return crc32c_of(f) == remote.crc32c if remote.crc32c else md5_of(f) == remote.md5
+
+
+@contextlib.contextmanager
+def atomic_local(path: str) -> Iterator[str]:
+    """A temporary file beside the local `path`, renamed into place on success, removed on error."""
+    base = os.path.basename(str(path).rstrip("/"))
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + base, dir=directory)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.filename or not err.errno:
+            raise
+        # e.g. a full disk: the bare "[Errno 28] No space left on device" names no file
+        raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class FileSystem:
@@ -133,10 +193,9 @@ class FileSystem:
         return FileInfo(posixpath.basename(dst), os.path.getsize(local))
 
     def get_file(self, src: str, local: str, expected: FileInfo | None = None) -> FileInfo:
-        from tpuflow.storage import local as local_fs
-
         data = self.read_bytes(src)
-        local_fs.FILESYSTEM.write_bytes(local, data)
+        with atomic_local(local) as tmp, open(tmp, "wb") as f:
+            f.write(data)
         return FileInfo(posixpath.basename(src), len(data))
 
     def copy_within(self, src: str, dst: str) -> None:

@@ -14,9 +14,8 @@ import os
 import threading
 from typing import Iterator
 
-from tpuflow.storage import local as local_fs
 from tpuflow.storage.fs import (WILDCARD, BucketNotFoundError, ChecksumMismatchError, FileInfo,
-                                FileSystem, glob_names)
+                                FileSystem, atomic_local, crc32c_of, glob_names, local_matches)
 
 _GS = "gs://"
 DEFAULT_TIMEOUT_S = 30.0  # how long a first request may take before Cloud Storage counts as unreachable
@@ -286,12 +285,12 @@ class GcsFileSystem(FileSystem):
         """
         from google.api_core import exceptions as gexc
 
-        from tpuflow import storage
-
         bucket, name = split_gcs(dst)
         if not os.path.isfile(local):
             raise FileNotFoundError(errno.ENOENT, "no such local file to upload", local)
-        crc32c = crc32c or storage.file_crc32c(local)
+        if not crc32c:
+            with open(local, "rb") as f:
+                crc32c = crc32c_of(f)
         blob = _bucket(bucket).blob(name)
         blob.crc32c = crc32c
         with gcs_errors(dst, "upload the object"):
@@ -313,8 +312,6 @@ class GcsFileSystem(FileSystem):
         `expected` (from a listing) pins the checksum to compare with; by default the object's
         current metadata is used. On a mismatch no file is left at `local`.
         """
-        from tpuflow import storage
-
         bucket, name = split_gcs(src)
         with gcs_errors(src, "download the object"):
             if expected is None:
@@ -322,11 +319,11 @@ class GcsFileSystem(FileSystem):
                 if blob is None:
                     raise FileNotFoundError(errno.ENOENT, "no such Cloud Storage object", src)
                 expected = FileInfo(name, int(blob.size), blob.crc32c, blob.md5_hash)
-            with local_fs.FILESYSTEM.atomic_path(local) as tmp:
+            with atomic_local(local) as tmp:
                 # Checked here, against the listing, rather than by the client, so the bytes that
                 # land are compared with exactly the checksum the skip decision used.
                 _bucket(bucket).blob(name).download_to_filename(tmp, checksum=None)
-                if not storage.local_matches(tmp, expected):
+                if not local_matches(tmp, expected):
                     raise ChecksumMismatchError(
                         errno.EIO, f"downloaded bytes do not match the object's size "
                         f"{expected.size} and CRC32C {expected.crc32c} (MD5 {expected.md5})", src)

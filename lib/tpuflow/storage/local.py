@@ -7,14 +7,10 @@ import glob as _glob
 import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 from typing import Iterator
 
-from tpuflow.storage.fs import TMP_PREFIX, FileInfo, FileSystem
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from tpuflow.storage.fs import TMP_PREFIX, FileInfo, FileSystem, atomic_local
 
 
 def _version(data: bytes) -> str:
@@ -78,25 +74,8 @@ class LocalFileSystem(FileSystem):
         with open(path, "rb") as f:
             yield f
 
-    @contextlib.contextmanager
-    def atomic_path(self, path: str) -> Iterator[str]:
-        base = os.path.basename(str(path).rstrip("/"))
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + base, dir=directory)
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        except OSError as err:
-            if err.filename or not err.errno:
-                raise
-            # e.g. a full disk: the bare "[Errno 28] No space left on device" names no file
-            raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    def atomic_path(self, path: str):
+        return atomic_local(path)
 
     @contextlib.contextmanager
     def local_copy(self, path: str) -> Iterator[str]:
