@@ -1,7 +1,7 @@
 """Our file-system layer against the well-kept libraries, on the Cloud Storage emulator: the
 figures behind `tpuflow.storage`'s choice (see its docstring).
 
-Usage: python benchmarks/bench_fs_choice.py [--ops=50] [--kib=64]
+Usage: python benchmarks/bench_fs_choice.py [--ops=50] [--kib=256]  (from the repository root, PYTHONPATH=lib)
 
 Times the same operations, --ops times each, through `tpuflow.storage` (google-cloud-storage,
 the baseline), `gcsfs` (fsspec) and `etils.epath` (on gcsfs: EPATH_USE_TF=false, since its
@@ -18,7 +18,8 @@ import tempfile
 import time
 
 os.environ.setdefault("EPATH_USE_TF", "false")
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # its bucket-type probe (gRPC) hangs on the emulator
+# gcsfs's default class probes each bucket's type over gRPC, which waits 60 s on the emulator
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from absl import app, flags  # noqa: E402
 from bench_gcs_sync import _start_emulator  # noqa: E402  (run from benchmarks/)
