@@ -13,6 +13,7 @@ single-threaded Python server: the ratios compare client overheads, not Cloud St
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import time
@@ -96,11 +97,15 @@ def main(argv: list[str]) -> None:
             base = None
             print(f"{FLAGS.ops} x each op, {FLAGS.kib} KiB objects, ms per op (ratio to tpuflow.storage)")
             for name, make in (("tpuflow.storage", _ours), ("gcsfs", _gcsfs), ("etils.epath", _epath)):
-                ops = make(f"gs://bench/{name}", data)
+                try:
+                    ops = make(f"gs://bench/{name}", data)
+                except ImportError as err:
+                    print(f"  {name:16s} not installed ({err.name}: pip install gcsfs etils)")
+                    continue
                 ms = {op: _timed(fn, FLAGS.ops) for op, fn in ops.items()}
                 base = base or ms
                 print(f"  {name:16s} " + "  ".join(f"{op} {v:6.2f} ({v / base[op]:.2f}x)" for op, v in ms.items()))
-            for name, answer in _preconditions().items():
+            for name, answer in (_preconditions() if importlib.util.find_spec("gcsfs") else {}).items():
                 print(f"  generation preconditions, {name}: {answer}")
         finally:
             proc.terminate()
