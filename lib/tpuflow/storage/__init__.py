@@ -14,10 +14,11 @@ submission where a complete one is expected. `google-cloud-storage` is imported 
 `gs://` path is first used, and TensorFlow never is: tools such as the ensemble run without it.
 
 Why our own small interface rather than `fsspec`/`gcsfs` or `etils.epath` (measured by
-`benchmarks/bench_fs_choice.py` on the emulator, 30 ops each, 256 KiB objects): the libraries'
-per-call speed is within a few milliseconds of ours either way (gcsfs: write 0.95x, read 0.62x,
-exists 1.54x, listdir 0.71x, glob 0.73x of our times), but the run-dir lock needs a replace and a
-delete at a known generation, which neither expresses (gcsfs has create-if-absent only, epath none);
+`benchmarks/bench_fs_choice.py` on the emulator, 50 ops each, 256 KiB objects): the libraries'
+per-call times are within about a millisecond of ours either way (gcsfs: write 1.07x, read 0.50x,
+our reads checking CRC32C, exists 1.47x, listdir 0.66x, glob 0.50x of our times), but the run-dir
+lock needs a replace and a delete at a known generation, which neither expresses (gcsfs has
+create-if-absent only, epath none);
 epath's `gs://` goes through TensorFlow when it is installed, which this layer must not import;
 and our CRC32C-verified transfers and resumable uploads (`sync`) are built on google-cloud-storage,
 which gcsfs would add a second HTTP and auth stack beside.
