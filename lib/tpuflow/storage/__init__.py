@@ -18,10 +18,9 @@ Why our own small interface rather than `fsspec`/`gcsfs` or `etils.epath` (measu
 per-call times are within about a millisecond of ours either way (gcsfs: write 1.07x, read 0.50x,
 our reads checking CRC32C, exists 1.47x, listdir 0.66x, glob 0.50x of our times), but the run-dir
 lock needs a replace and a delete at a known generation, which neither expresses (gcsfs has
-create-if-absent only, epath none);
-epath's `gs://` goes through TensorFlow when it is installed, which this layer must not import;
-and our CRC32C-verified transfers and resumable uploads (`sync`) are built on google-cloud-storage,
-which gcsfs would add a second HTTP and auth stack beside.
+create-if-absent only, epath none); epath's `gs://` goes through TensorFlow when it is installed,
+which this layer must not import; and our CRC32C-verified transfers and resumable uploads (`sync`)
+are built on google-cloud-storage, beside which gcsfs would add a second HTTP and auth stack.
 
 The package: these paths and file I/O, `fs` (the interface), one module per scheme, `sync`
 (directory trees to and from a remote store), `lock` (one writer per run dir) and `tables` (the
