@@ -93,8 +93,7 @@ def main(argv):
             print(line)
         return
     out_dir = FLAGS.out_dir or FLAGS.data_dir
-    if storage.is_gcs(FLAGS.data_dir):  # a dead endpoint or bad credentials: one line, in seconds
-        storage.check_reachable(FLAGS.data_dir)
+    storage.check_reachable(FLAGS.data_dir)  # a dead endpoint or bad credentials: one line, in seconds
     common = dict(workers=FLAGS.workers or None, overwrite=FLAGS.overwrite, image_dir=FLAGS.image_dir,
                   wind_speed_range=validate.parse_range(FLAGS.wind_speed_range))
     # one build per output dir: a second one would rewrite the first's shards under it

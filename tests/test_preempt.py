@@ -73,7 +73,7 @@ def _preempted_then_killed_then_finished(cv_dir, store, out, backend):
     assert proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{second[-3000:]}"
     killed = _state(out)
     snapshot = None
-    if not storage.is_gcs(out):
+    if storage.is_local(out):
         snapshot = out + "-killed"
         shutil.copytree(out, snapshot)
     third = subprocess.run(cmd, capture_output=True, text=True, env=env)

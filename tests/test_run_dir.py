@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -100,8 +101,10 @@ def test_heartbeat_keeps_the_lock_fresh_and_notices_a_takeover(tmp_path):
     assert json.load(open(path))["token"] == "someone-else"  # not ours: left alone
 
 
-def test_lock_on_cloud_storage_uses_generation_preconditions(gcs_emulator):
-    run_dir = gcs_emulator.create_bucket() + "/runs/run-x"
+@pytest.mark.parametrize("scheme", ["gs", "mem"])
+def test_lock_on_an_object_store_uses_generation_preconditions(scheme, request):
+    root = request.getfixturevalue("gcs_emulator").create_bucket() if scheme == "gs" else f"mem://{uuid.uuid4().hex}"
+    run_dir = root + "/runs/run-x"
     first = lock.RunLock(run_dir).acquire()
     with pytest.raises(lock.RunDirLocked, match=f"pid {os.getpid()} on host"):
         lock.RunLock(run_dir).acquire()

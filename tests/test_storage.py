@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -16,11 +17,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KiB = 1024
 
 
-@pytest.fixture(params=["local", "gs"])
+@pytest.fixture(params=["local", "gs", "mem"])
 def root(request, tmp_path):
-    """A fresh empty directory: a local one, or a prefix in a fresh emulator bucket."""
+    """A fresh empty directory: a local one, a prefix in a fresh emulator bucket, or one in memory."""
     if request.param == "local":
         return str(tmp_path / "root")
+    if request.param == "mem":
+        return f"mem://{uuid.uuid4().hex}/root"
     return request.getfixturevalue("gcs_emulator").create_bucket() + "/root"
 
 
@@ -101,6 +104,23 @@ def test_atomic_path_keeps_extension_for_writers_that_check_it(root):
         assert tmp.endswith("-m.npy")
         np.save(tmp, np.ones(2))  # would write tmp + ".npy" if the name did not end in .npy
     np.testing.assert_array_equal(storage.load_npy(target), np.ones(2))
+
+
+def test_copy_between_schemes_keeps_the_bytes(root, tmp_path):
+    data = os.urandom(3 * KiB)
+    storage.write_bytes(f"{root}/a.bin", data)
+    hops = [str(tmp_path / "local.bin"), f"mem://{uuid.uuid4().hex}/m.bin", f"mem://{uuid.uuid4().hex}/n.bin",
+            f"{root}/b.bin"]
+    for src, dst in zip([f"{root}/a.bin", *hops], hops):
+        storage.copy(src, dst)
+    assert [storage.read_bytes(p) for p in hops] == [data] * 4
+    assert storage.file_sha256(f"{root}/b.bin") == storage.file_sha256(hops[0])
+
+
+def test_a_path_of_an_unknown_scheme_is_one_error_naming_the_known_ones():
+    known = r"\(known: local paths, gs://, mem://\)"
+    with pytest.raises(ValueError, match=rf"'s3://b/x': no file system for s3:// paths {known}"):
+        storage.read_bytes("s3://b/x")
 
 
 def test_missing_paths_raise_naming_the_path(root):
@@ -290,13 +310,13 @@ def test_sync_bad_input(gcs_emulator, tmp_path):
     (tmp_path / "d" / "f").write_bytes(b"x")
     with pytest.raises(ValueError, match="two local paths"):
         sync.sync(str(tmp_path / "d"), str(tmp_path / "e"))
-    with pytest.raises(ValueError, match="two gs:// paths"):
+    with pytest.raises(ValueError, match="two remote paths"):
         sync.sync(bucket + "/a", bucket + "/b")
     with pytest.raises(FileNotFoundError, match="does not exist.*nowhere"):
         sync.sync(str(tmp_path / "nowhere"), bucket + "/x")
     with pytest.raises(storage.BucketNotFoundError, match="'missing-bucket'"):
         sync.sync(str(tmp_path / "d"), "gs://missing-bucket/x")
-    with pytest.raises(FileNotFoundError, match="no Cloud Storage objects.*empty"):
+    with pytest.raises(FileNotFoundError, match="no objects under this prefix.*empty"):
         sync.sync(bucket + "/empty", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 

@@ -189,8 +189,8 @@ def machine_zone(timeout_s: float = 2.0) -> str | None:
 
 def check_bucket_locations(report: Report, cfg) -> None:
     """gs:// data or outputs in another region than the machine: slow reads, egress charges."""
-    paths = {p for p in (cfg.data_dir, cfg.data_tfrec_dir, cfg.output_dir) if p and storage.is_gcs(p)}
-    if not paths:
+    buckets = {storage.bucket(p) for p in (cfg.data_dir, cfg.data_tfrec_dir, cfg.output_dir) if p} - {None}
+    if not buckets:
         report.add(SKIP, "bucket location", "data and outputs are local (no gs:// path): nothing to check")
         return
     zone = machine_zone()
@@ -198,19 +198,19 @@ def check_bucket_locations(report: Report, cfg) -> None:
         report.add(SKIP, "bucket location", "cannot check here: no GCE metadata server (not on Google Cloud)")
         return
     region = zone.rsplit("-", 1)[0].upper()
-    for bucket in sorted({storage.split_gcs(p)[0] for p in paths}):
+    for bucket in sorted(buckets):
         try:
-            location = storage.client().get_bucket(bucket).location.upper()
+            location = storage.bucket_location(bucket)
         except Exception as err:  # any client error: named, the check goes on
-            report.add(WARN, "bucket location", f"gs://{bucket}: location unknown ({type(err).__name__}: {err})")
+            report.add(WARN, "bucket location", f"{bucket}: location unknown ({type(err).__name__}: {err})")
             continue
         if location == region:
-            report.add(OK, "bucket location", f"gs://{bucket} is in {location}, this machine in {zone}")
+            report.add(OK, "bucket location", f"{bucket} is in {location}, this machine in {zone}")
         elif region.startswith(location):  # multi-region (US, EU, ASIA) holding the machine's region
-            report.add(WARN, "bucket location", f"gs://{bucket} is multi-region {location}, this machine in {zone}: "
+            report.add(WARN, "bucket location", f"{bucket} is multi-region {location}, this machine in {zone}: "
                        f"reads are free but slower than from a bucket in {region}")
         else:
-            report.add(FAIL, "bucket location", f"gs://{bucket} is in {location}, this machine in {zone}: "
+            report.add(FAIL, "bucket location", f"{bucket} is in {location}, this machine in {zone}: "
                        "cross-region reads cost money and time (copy the data to a bucket in " + region + ")")
 
 

@@ -122,9 +122,9 @@ def format_help(groups: dict[str, Sequence[str]], names: Sequence[str], doc: str
 
 
 def script_relative(paths: dict, script_dir: str) -> dict:
-    """The relative local paths of `paths` ({flag: default}), resolved against `script_dir`."""
+    """The relative local paths of `paths` ({flag: default}; a URL is none), resolved against `script_dir`."""
     return {name: os.path.normpath(os.path.join(script_dir, value)) for name, value in paths.items()
-            if isinstance(value, str) and value and not value.startswith("gs://") and not os.path.isabs(value)}
+            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value)}
 
 
 # --------------------------------------------------------------------------------------------

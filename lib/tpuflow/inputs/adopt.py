@@ -56,12 +56,7 @@ class _Hashing(io.RawIOBase):
 
 def _file_sha256(path: str) -> str:
     """sha256 of a shard, checking both CRCs of every record on the way (streamed locally)."""
-    if storage.is_gcs(path):
-        f = _Hashing(io.BytesIO(storage.read_bytes(path)))
-        for _ in recordio.read_records(f, path):
-            pass
-        return f.sha.hexdigest()
-    with open(path, "rb") as raw:
+    with storage.open_read(path) as raw:
         f = _Hashing(raw)
         for _ in recordio.read_records(f, path):
             pass

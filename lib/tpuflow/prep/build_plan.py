@@ -106,10 +106,7 @@ def frames_digest(table: pd.DataFrame, workers: int) -> str:
     """sha256 over every frame's image id, size and content hash: the part of the build key that
     makes an edited, replaced or truncated frame rebuild the datasets built from it."""
     def one(path: str) -> str:
-        if storage.is_gcs(path):
-            data = storage.read_bytes(path)
-            return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
-        return f"{os.path.getsize(path)} {storage.file_sha256(path)}"
+        return f"{storage.size(path)} {storage.file_sha256(path)}"
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib frees the GIL
         hashes = list(pool.map(one, table["image_path"]))
     digest = hashlib.sha256()
@@ -132,7 +129,7 @@ def build_key(spec: frames.DatasetSpec, encoding: str, quality: int, shards_per_
 
 def _remove_temporaries(out_dir: str) -> None:
     """Deletes the `.tmp-*` files a killed build left (partial shards, record spills)."""
-    if not storage.is_gcs(out_dir) and os.path.isdir(out_dir):
+    if storage.is_local(out_dir) and os.path.isdir(out_dir):
         for name in os.listdir(out_dir):
             if name.startswith(storage.TMP_PREFIX):
                 os.remove(os.path.join(out_dir, name))
@@ -222,7 +219,7 @@ def frame_sizes(table: pd.DataFrame) -> np.ndarray:
     """Every frame's size in bytes, from the file system (gs://: one listing per directory)."""
     listed = {}
     for directory in table["image_path"].map(os.path.dirname).unique():
-        if storage.is_gcs(directory):
+        if not storage.is_local(directory):
             listed.update({storage.join(directory, n): f.size for n, f in storage.list_files(directory).items()})
     return np.array([listed[p] if p in listed else os.path.getsize(p) for p in table["image_path"]], np.int64)
 
@@ -239,7 +236,7 @@ def check_fits(out_root: str, estimates: dict[str, float], largest_part: float) 
     """Refuses a build whose output (`estimates`: bytes per spec still to write), plus the largest
     record spill held beside it while its shards are written, exceeds the free space of the disk
     under a local `out_root`, naming the specs and the estimate (gs://: no limit known)."""
-    if storage.is_gcs(out_root) or not estimates:
+    if not storage.is_local(out_root) or not estimates:
         return
     existing = os.path.abspath(out_root)
     while not os.path.isdir(existing):
@@ -266,7 +263,7 @@ def check_output_size(table: pd.DataFrame, specs: Sequence[frames.DatasetSpec], 
                              f"more than {TYPO_SPAN}x the longest storm ({longest} frames): a typo? "
                              "Every example would be mostly copies of its storm's first frame")
     todo = [s for s in specs if not storage.exists(storage.join(out_root, s.name, shard_names.MANIFEST))]
-    if storage.is_gcs(out_root) or not todo:
+    if not storage.is_local(out_root) or not todo:
         return
     frame_bytes = float(frame_sizes(table).sum())
     # an example's bytes are at least its slots' frames': the source bytes, or a channel coded like a

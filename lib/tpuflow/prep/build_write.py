@@ -57,7 +57,7 @@ class ShardWriter:
     def write(self, index: int, record: bytes) -> None:
         """Keeps the example at `index` (any order) until `finish`."""
         if self._spill is None:
-            if storage.is_gcs(self.plan.out_dir):
+            if not storage.is_local(self.plan.out_dir):
                 self._spill = tempfile.TemporaryFile(prefix=storage.TMP_PREFIX + "order-")
             else:
                 os.makedirs(self.plan.out_dir, exist_ok=True)

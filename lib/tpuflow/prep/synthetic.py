@@ -299,7 +299,7 @@ def make_synthetic(out_dir: str, config: SyntheticConfig = SyntheticConfig(), ov
     absent/untouched or complete. An existing non-empty `out_dir` is an error unless
     `overwrite`, in which case it is replaced only once the new dataset is complete.
     """
-    if storage.is_gcs(out_dir):
+    if not storage.is_local(out_dir):
         raise ValueError(f"make_synthetic writes local directories only, got out_dir={out_dir!r}")
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

@@ -7,7 +7,6 @@ Rows are named as CSV line numbers (the header is line 1), as a text editor show
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pandas as pd
@@ -83,17 +82,12 @@ def resolve_frame_paths(image_paths: pd.Series, data_dir: str, csv_path: str) ->
     path elsewhere) is an error naming the CSV row: frames outside it would be read and packed
     into records.
     """
-    gcs = storage.is_gcs(data_dir)
-    root = data_dir.rstrip("/") if gcs else os.path.abspath(data_dir)
-    roots = [root] if gcs else [root, os.path.realpath(data_dir)]  # an absolute path may use either
+    root = storage.normpath(data_dir)
+    roots = [root, storage.realpath(data_dir)]  # an absolute path may use either
     out = []
     for row, value in enumerate(image_paths):
         path = str(value)
-        if gcs:
-            full = path if storage.is_gcs(path) else storage.join(root, path)
-            resolved = "gs://" + os.path.normpath(full[len("gs://"):])
-        else:
-            resolved = os.path.normpath(os.path.join(root, path))  # an absolute path stays itself
+        resolved = storage.normpath(storage.join(root, path))  # an absolute path stays itself
         if not any(resolved.startswith(r.rstrip("/") + "/") for r in roots):
             raise ValueError(f"{csv_path}: row {csv_row(row)}: image_path {path!r} resolves to "
                              f"{resolved}, outside the data dir {root} (frames must live inside it)")

@@ -282,7 +282,7 @@ def mark_failed(run_dir: str, error: BaseException, invocation: dict | None = No
         try:
             storage.write_json(path, record)
         except OSError:
-            if storage.is_gcs(path):
+            if not storage.is_local(path):
                 raise
             # A full disk has no room for the temporary copy: rewrite in place, in the blocks the
             # record already has (a torn write here loses only a record that said `running`).

@@ -6,16 +6,18 @@ Two `run.py` processes on one `--output_dir` (the same experiment started twice,
 first to create the lock file owns the run dir until it exits; a second fails at once with an
 error naming the owner (pid, host, start time, command).
 
-Creation is atomic: locally the lock is written under a temporary name and hard-linked into place
-(`link` fails if the name exists); on Cloud Storage it is uploaded with the precondition
-`if_generation_match=0` ("only if no such object"). A crashed or preempted owner leaves its lock
+Creation is atomic (`storage.create_new`): locally the lock is written under a temporary name and
+hard-linked into place (`link` fails if the name exists); on Cloud Storage it is uploaded with the
+precondition `if_generation_match=0` ("only if no such object"). A crashed or preempted owner leaves its lock
 behind; it is stale, and taken over by the next run (which then resumes the run dir), when
 - the owner ran on this host and its process is gone (pid not running, or reused by another
   process: the start time differs), or
 - the owner is elsewhere (another VM, a `gs://` run dir shared by several) and its heartbeat,
   rewritten every `HEARTBEAT_S` seconds, is older than `STALE_S`.
-A takeover removes exactly the stale lock it judged (Cloud Storage: a delete pinned to that
-object's generation), then creates its own as above: of two runs taking over at once, one wins.
+A takeover removes exactly the stale lock it judged (`storage.delete_at` its version; Cloud
+Storage: a delete pinned to that object's generation), then creates its own as above: of two runs
+taking over at once, one wins. The heartbeat rewrites the lock only at the version it last wrote
+(`storage.replace_at`), so a run whose lock was taken over notices.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ class RunLock:
                       "pid_start": _process_start(os.getpid()),
                       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       "command": shlex.join([os.path.basename(sys.executable), *sys.argv])[:500]}
-        self._generation = None  # of our lock object (gs://)
+        self._version = None  # of our lock file, as the storage scheme tells versions apart
         self._made_dir = False
         self._stop = threading.Event()
         self._thread = None
@@ -90,9 +92,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Takes the lock (over a stale one, saying so); RunDirLocked if a live run holds it."""
-        if storage.is_gcs(self.run_dir):  # a dead endpoint or bad credentials: one line, in seconds
-            storage.check_reachable(self.run_dir)
-        self._made_dir = not storage.is_gcs(self.run_dir) and not os.path.isdir(self.run_dir)
+        storage.check_reachable(self.run_dir)  # a dead endpoint or bad credentials: one line, in seconds
+        self._made_dir = storage.is_local(self.run_dir) and not os.path.isdir(self.run_dir)
         storage.makedirs(self.run_dir)
         for _ in range(3):  # a lock released or taken over between our attempts: try again
             if self._create():
@@ -153,87 +154,37 @@ class RunLock:
 
     def _create(self) -> bool:
         """Creates the lock file if there is none; True if we now own it."""
-        data = self._content()
-        if storage.is_gcs(self.path):
-            from google.api_core import exceptions as gexc
-            blob = self._blob()
-            with storage.gcs_errors(self.path, "create the run-dir lock"):
-                try:
-                    blob.upload_from_string(data, if_generation_match=0)
-                except gexc.PreconditionFailed:
-                    return False
-            self._generation = blob.generation
-            return True
-        tmp = f"{self.path}.{self.owner['token']}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, self.path)  # atomic: fails if the lock exists
-            return True
-        except FileExistsError:
+        version = storage.create_new(self.path, self._content())
+        if version is None:
             return False
-        finally:
-            os.remove(tmp)
+        self._version = version
+        return True
 
     def _read(self) -> dict | None:
-        """The lock's owner record (with `_generation` on gs://), None if there is no lock."""
+        """The lock's owner record (with its `_version`), None if there is no lock."""
         try:
-            if storage.is_gcs(self.path):
-                with storage.gcs_errors(self.path, "read the run-dir lock"):
-                    blob = self._blob(reload=True)
-                    if blob is None:
-                        return None
-                    generation = blob.generation  # (a download may reset the blob's metadata)
-                    data = blob.download_as_bytes(if_generation_match=generation)
-                owner = json.loads(data)
-                owner["_generation"] = generation
-                return owner
-            with open(self.path, "rb") as f:
-                return json.loads(f.read())
+            found = storage.read_versioned(self.path)
         except FileNotFoundError:
             return None
+        if found is None:
+            return None
+        data, version = found
+        try:
+            owner = json.loads(data)
         except ValueError:  # a lock we cannot read: owned by something we cannot judge alive
-            return {"pid": None, "host": "?", "heartbeat": self._mtime(), "command": "(unreadable lock file)"}
+            owner = {"pid": None, "host": "?", "heartbeat": self._mtime(), "command": "(unreadable lock file)"}
+        owner["_version"] = version
+        return owner
 
     def _mtime(self) -> float:
         try:
-            return os.path.getmtime(self.path)
+            return os.path.getmtime(self.path) if storage.is_local(self.path) else 0.0
         except OSError:
             return 0.0
 
     def _remove(self, owner: dict) -> None:
         """Removes the lock `owner` was read from, and nothing newer."""
-        if storage.is_gcs(self.path):
-            from google.api_core import exceptions as gexc
-            with storage.gcs_errors(self.path, "remove the run-dir lock"):
-                try:
-                    self._blob().delete(if_generation_match=owner["_generation"])
-                except (gexc.PreconditionFailed, gexc.NotFound):
-                    pass  # replaced or removed meanwhile: not the one we judged
-            return
-        aside = f"{self.path}.removing-{self.owner['token']}"
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        with open(aside, "rb") as f:
-            moved = f.read()
-        try:
-            same = json.loads(moved).get("token") == owner.get("token")
-        except ValueError:
-            same = "token" not in owner
-        if not same:  # another run's lock, created in between: put it back unless replaced again
-            try:
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
-        os.remove(aside)
-
-    def _blob(self, reload: bool = False):
-        bucket, name = storage.split_gcs(self.path)
-        if reload:
-            return storage.client().bucket(bucket).get_blob(name)
-        return storage.client().bucket(bucket).blob(name)
+        storage.delete_at(self.path, owner["_version"])
 
     # -- heartbeat
 
@@ -246,22 +197,11 @@ class RunLock:
 
     def _refresh(self) -> None:
         """Rewrites the lock with a new heartbeat, only while it is still ours."""
-        data = self._content()
-        if storage.is_gcs(self.path):
-            from google.api_core import exceptions as gexc
-            blob = self._blob()
-            try:
-                blob.upload_from_string(data, if_generation_match=self._generation)
-            except gexc.PreconditionFailed:
-                self._lost()
-                return
-            self._generation = blob.generation
-            return
-        current = self._read()
-        if current is None or current.get("token") != self.owner["token"]:
+        version = storage.replace_at(self.path, self._content(), self._version)
+        if version is None:
             self._lost()
             return
-        storage.write_bytes(self.path, data)
+        self._version = version
 
     def _lost(self) -> None:
         self.lost = f"{self.path}: another run took over this run dir's lock"

@@ -147,11 +147,7 @@ class ResumableUpload:
             if self._url is not None:
                 self.resumed = self.offset > 0 or self.result is not None
                 return
-        bucket, name = storage.split_gcs(self.dst)
-        blob = storage.client().bucket(bucket).blob(name)
-        blob.crc32c = self.crc32c  # the service checks the finished object against it
-        with storage.gcs_errors(self.dst, "start a resumable upload"):
-            self._url = blob.create_resumable_upload_session(size=self.size, checksum=None)
+        self._url = storage.filesystem(self.dst).resumable_session(self.dst, self.size, self.crc32c)
         self.offset = 0
         self._save_state()
 
@@ -286,7 +282,7 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
          progress: bool | None = None, retries: int = 3, resumable_threshold: int = 32 * _MiB,
          chunk_size: int = 16 * _MiB, state_dir: str = DEFAULT_STATE_DIR,
          timeout_s: float = storage.DEFAULT_TIMEOUT_S, log=None) -> SyncReport:
-    """Makes `dst` hold every file of `src`; exactly one of them must be `gs://bucket/prefix`.
+    """Makes `dst` hold every file of `src`; exactly one of them must be remote (`gs://bucket/prefix`).
 
     Files already present with the same size and checksum are skipped, so a second run copies
     nothing. Files `src` lacks are left alone at `dst` (nothing is deleted). Uploads of files of
@@ -300,38 +296,38 @@ def sync(src: str, dst: str, *, workers: int = 8, dry_run: bool = False,
     follows a symlink out of `src`: such a file is left out, with one line naming it (`log`,
     default stderr), and listed in the report's `outside`.
     """
-    if is_gcs_src := storage.is_gcs(src):
-        if storage.is_gcs(dst):
-            raise ValueError(f"one side must be a local directory, got two gs:// paths: "
+    if is_remote_src := not storage.is_local(src):
+        if not storage.is_local(dst):
+            raise ValueError(f"one side must be a local directory, got two remote paths: "
                              f"{src!r} -> {dst!r}")
-    elif not storage.is_gcs(dst):
-        raise ValueError(f"one side must be a Cloud Storage path (gs://bucket/prefix), got two "
+    elif storage.is_local(dst):
+        raise ValueError(f"one side must be a remote path (gs://bucket/prefix), got two "
                          f"local paths: {src!r} -> {dst!r}")
     if workers < 1 or retries < 1:
         raise ValueError(f"workers and retries must be >= 1, got {workers} and {retries}")
     if not timeout_s > 0:
         raise ValueError(f"--timeout_s={timeout_s}: expected a number of seconds > 0")
-    direction = "download" if is_gcs_src else "upload"
-    local_root = dst if is_gcs_src else src
-    remote_root = src if is_gcs_src else dst
-    storage.split_gcs(remote_root)  # validates the bucket part
-    if not is_gcs_src and not os.path.isdir(src):
+    direction = "download" if is_remote_src else "upload"
+    local_root = dst if is_remote_src else src
+    remote_root = src if is_remote_src else dst
+    storage.bucket(remote_root)  # validates the bucket part
+    if not is_remote_src and not os.path.isdir(src):
         raise FileNotFoundError(errno.ENOENT, "local directory to upload does not exist", src)
-    if is_gcs_src and os.path.exists(dst) and not os.path.isdir(dst):
+    if is_remote_src and os.path.exists(dst) and not os.path.isdir(dst):
         raise NotADirectoryError(errno.ENOTDIR, "download target is not a directory", dst)
     storage.check_reachable(remote_root, timeout_s)
 
     src_files = storage.list_files(src)
-    outside = [] if is_gcs_src else _outside(src, src_files)
+    outside = [] if is_remote_src else _outside(src, src_files)
     for name in outside:
         full = os.path.join(src, *name.split("/"))
         line = f"skipped {full}: a symlink to {os.path.realpath(full)}, outside --src"
         (log or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
         del src_files[name]
     dst_files = storage.list_files(dst)
-    if is_gcs_src and not src_files:
-        raise FileNotFoundError(errno.ENOENT, "no Cloud Storage objects under this prefix", src)
-    for name in src_files if is_gcs_src else ():
+    if is_remote_src and not src_files:
+        raise FileNotFoundError(errno.ENOENT, "no objects under this prefix", src)
+    for name in src_files if is_remote_src else ():
         if any(part in ("", ".", "..") for part in name.split("/")):
             raise ValueError(f"refusing to download an object whose name would land outside "
                              f"{dst!r}: {storage.join(src, name)!r}")
@@ -400,7 +396,7 @@ def _upload(local: str, remote: str, t: Transfer, threshold: int, chunk_size: in
     where it stands and goes on from there, up to `retries` times.
     """
     crc32c = storage.file_crc32c(local)  # fresh: the file may have changed since planning
-    if t.size < threshold:
+    if t.size < threshold or not storage.filesystem(remote).resumable:
         storage.upload_file(local, remote, crc32c)
         return t.size, False
     upload = ResumableUpload(local, remote, crc32c=crc32c, chunk_size=chunk_size,

@@ -153,7 +153,7 @@ def check_flags(cfg: Config) -> None:
         value = getattr(cfg, name)
         if value is not None and not in_range(value, interval):
             raise cli.UsageError(f"--{name}={value!r}: must be {range_text(interval)}" + (f" ({why})" if why else ""))
-    if cfg.output_dir and not storage.is_gcs(cfg.output_dir) and os.path.exists(cfg.output_dir) \
+    if cfg.output_dir and storage.is_local(cfg.output_dir) and os.path.exists(cfg.output_dir) \
             and not os.path.isdir(cfg.output_dir):
         raise cli.UsageError(f"--output_dir={cfg.output_dir}: is a file, not a directory")
 

@@ -142,7 +142,7 @@ def _write(archive, info: dict, export_dir: str) -> None:
       export that the new one lacks are deleted. Not atomic: a reader during the upload can see a
       mix of old and new files.
     """
-    if storage.is_gcs(export_dir):
+    if not storage.is_local(export_dir):
         with tempfile.TemporaryDirectory() as tmp:
             model = os.path.join(tmp, "model")
             archive.write_out(model, verbose=False)

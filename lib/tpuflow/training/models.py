@@ -97,9 +97,7 @@ def check_weights(weights: str | None, backbone: str, timeout_s: float = 5.0) ->
 
 
 def _head(path: str, n: int) -> bytes:
-    if storage.is_gcs(path):
-        return storage.read_bytes(path)[:n]
-    with open(path, "rb") as f:
+    with storage.open_read(path) as f:
         return f.read(n)
 
 

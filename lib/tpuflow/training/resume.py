@@ -461,7 +461,7 @@ def orbax_writes(directory: str) -> bool:
     """Whether a fold's arrays go through Orbax: under JAX, but for a `gs://` run dir of a multi-host
     run (Orbax writes it through a local staging dir, which only one host can upload whole: there
     the `.weights.h5` files of each host are written)."""
-    return keras.backend.backend() == "jax" and (not storage.is_gcs(directory) or hosts.process_info()[1] == 1)
+    return keras.backend.backend() == "jax" and (storage.is_local(directory) or hosts.process_info()[1] == 1)
 
 
 class OrbaxWriter:
@@ -476,7 +476,7 @@ class OrbaxWriter:
         self._uploads: list[tuple[str, str]] = []  # (staging dir, gs:// destination)
 
     def save(self, path: str, tree) -> None:
-        if storage.is_gcs(path):
+        if not storage.is_local(path):
             staging = tempfile.mkdtemp(prefix="tpuflow-orbax-")
             self._uploads.append((staging, path))
             path = os.path.join(staging, posixpath.basename(path))
@@ -498,7 +498,7 @@ class OrbaxWriter:
 @contextlib.contextmanager
 def _local_tree(path: str) -> Iterator[str]:
     """A local directory holding the tree `path` (itself, or a downloaded copy of a `gs://` one)."""
-    if not storage.is_gcs(path):
+    if storage.is_local(path):
         yield path
         return
     staging = tempfile.mkdtemp(prefix="tpuflow-orbax-")

@@ -34,7 +34,7 @@ class _Writer:
 
     def __init__(self, path: str):
         self.path = path
-        self.local = tempfile.mkdtemp(prefix="tb-") if storage.is_gcs(path) else path
+        self.local = path if storage.is_local(path) else tempfile.mkdtemp(prefix="tb-")
         self.writer = tf.summary.create_file_writer(self.local)
 
     def flush(self) -> None:
