@@ -64,6 +64,17 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
     return ds.prefetch(2)
 
 
+def host_files(files: Sequence[str], index: int, count: int) -> list[str]:
+    """This host's share of the training shards (every `count`-th file, from `index`)."""
+    files = list(files)
+    if count == 1:
+        return files
+    if len(files) < count:
+        raise ValueError(f"{len(files)} training record file(s) cannot be shared by {count} hosts: build the "
+                         f"records with at least {count} shards per fold (create_tfrecords.py --shards_per_fold)")
+    return files[index::count]
+
+
 def with_transform(x, transform):
     """Training inputs {"image", "transform"} that carry each example's transform index, which the
     device applies (`training.loop.train_model`); `x` itself when there is none (`transform` is ())."""

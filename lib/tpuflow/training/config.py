@@ -31,7 +31,7 @@ from typing import Any
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     # What a fold's training produces (fingerprinted).
-    "data": ("data_dir", "data_tfrec_dir", "view", "dataset_kind", "n_frames", "invert", "aug_prob",
+    "data": ("data_dir", "data_tfrec_dir", "frame_store", "assemble", "dataset_kind", "n_frames", "invert", "aug_prob",
              "buffer_size", "use_cache"),
     "model": ("architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing",
               "bn_momentum"),
@@ -65,6 +65,9 @@ METRICS = ("rmse_rounded", "rmse_raw")  # run.py --metric: the competition score
 MONITORS = ("val_score", "val_loss")
 OLD_VALUES = {("metric", "rmse"): "rmse_rounded",
               ("monitor", "val_rmse"): "val_score"}  # val_rmse held the --metric's score, rounded or raw
+# Old flag names, still read with a note: "view" now means a TTA view only. Runs before the rename
+# read a frame store as `--data_tfrec_dir=<store> --view=<spec>` (`new_names`, `old_names`).
+OLD_NAMES = {"view": "assemble"}
 
 
 def score_key(metric: str) -> str:
@@ -133,10 +136,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
-        """A configuration read back from config.json (older files: old value spellings read as
-        the new ones, settings they lack are None, settings no longer known dropped)."""
+        """A configuration read back from config.json (older files: old names and value spellings
+        read as the new ones, settings they lack are None, settings no longer known dropped)."""
         known = section_of()
-        return cls({k: new_value(k, v, warn=False) for k, v in values.items() if k in known})
+        return cls({k: new_value(k, v, warn=False) for k, v in new_names(values, warn=False).items() if k in known})
 
 
 def _json_safe(value):
@@ -155,10 +158,44 @@ def new_value(name: str, value, warn: bool = True):
     if new is None:
         return value
     if warn:
-        message = f"--{name}={value} is the old name of --{name}={new}; read as {new}"
-        logging.warning(message)
-        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        _warn(f"--{name}={value} is the old name of --{name}={new}; read as {new}")
     return new
+
+
+def _warn(message: str) -> None:
+    logging.warning(message)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def new_names(values: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """Settings under today's flag names (`OLD_NAMES`), each old one given read with a one-line
+    warning; a frame store given the old way (`--data_tfrec_dir` with `--assemble`) is read as
+    `--frame_store`. With a frame store, `data_tfrec_dir` is None: no records are read."""
+    v = dict(values)
+    for old, new in OLD_NAMES.items():
+        given = v.pop(old, None)
+        if given is not None and v.get(new) is None:
+            if warn:
+                _warn(f"--{old} is the old name of --{new}; read as --{new}={given}")
+            v[new] = given
+    if v.get("assemble") and not v.get("frame_store") and v.get("data_tfrec_dir"):
+        if warn:
+            _warn(f"--data_tfrec_dir={v['data_tfrec_dir']} with --assemble is the old spelling of "
+                  f"--frame_store; read as --frame_store={v['data_tfrec_dir']}")
+        v["frame_store"] = v["data_tfrec_dir"]
+    if v.get("frame_store"):
+        v["data_tfrec_dir"] = None
+    return v
+
+
+def old_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """Result settings as runs before `--frame_store`/`--assemble` recorded them (for their
+    fingerprints): the store in `data_tfrec_dir`, the spec in `view`."""
+    old = {k: v for k, v in settings.items() if k not in ("frame_store", "assemble")}
+    old["view"] = settings.get("assemble")
+    if settings.get("frame_store"):
+        old["data_tfrec_dir"] = settings["frame_store"]
+    return old
 
 
 def old_value(name: str, value):
@@ -285,15 +322,16 @@ def fingerprint(cfg: Config) -> str:
 
 
 def fingerprints(cfg: Config) -> set[str]:
-    """This configuration's fingerprint and the ones runs made before flag values were renamed
-    wrote for the same settings, each rename made or not (so that their backups and done records
-    still resume)."""
+    """This configuration's fingerprint and the ones runs made before flags or their values were
+    renamed wrote for the same settings, each rename made or not (so that their backups and done
+    records still resume)."""
     settings = result_settings(cfg)
     renamed = sorted({n for n, _ in OLD_VALUES} & settings.keys())
     found = set()
-    for spelled_old in itertools.product((False, True), repeat=len(renamed)):  # renamed at different times
-        old = {n: old_value(n, settings[n]) for n, is_old in zip(renamed, spelled_old) if is_old}
-        found.add(_hash({**settings, **old}))
+    for named in (settings, old_names(settings)):  # --frame_store/--assemble, or not yet
+        for spelled_old in itertools.product((False, True), repeat=len(renamed)):  # renamed at different times
+            old = {n: old_value(n, named[n]) for n, is_old in zip(renamed, spelled_old) if is_old}
+            found.add(_hash({**named, **old}))
     return found
 
 
@@ -302,5 +340,5 @@ def _hash(values: dict) -> str:
 
 
 def recorded_settings(flags: dict) -> dict:
-    """Settings as an older record.json or config.json wrote them, in today's spelling."""
-    return {k: new_value(k, v, warn=False) for k, v in flags.items()}
+    """Settings as an older record.json or config.json wrote them, in today's names and spelling."""
+    return {k: new_value(k, v, warn=False) for k, v in new_names(flags, warn=False).items()}

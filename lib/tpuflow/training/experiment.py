@@ -70,10 +70,13 @@ flags.DEFINE_string("data_dir", "../../data", "Dir with train_cv.csv, submission
 flags.DEFINE_string("data_tfrec_dir", None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
 flags.DEFINE_string("output_dir", None, "Run dir for checkpoints, predictions, scores, submission (default: run.py's dir)")
 flags.DEFINE_string("data_preds_dir", None, "Predictions dir (default: <output_dir>/preds)")
-flags.DEFINE_string("view", None, "Read --data_tfrec_dir as a frame store (create_tfrecords.py --specs=frames) "
-                    "through this view, assembled at read time: e.g. sequence:n24:s1, stacked:s5, mean:s10, single")
-flags.DEFINE_enum("frame_cache", "auto", ["auto", "memory", "off"], "With --view: decode each store frame once "
-                  "into host memory (store rows x H x W bytes; a mean view: twice that); auto: when it fits in "
+flags.DEFINE_string("frame_store", None, "Dir of a frame store (create_tfrecords.py --specs=frames) to assemble "
+                    "the examples from at read time, as --assemble says (instead of --data_tfrec_dir's records)")
+flags.DEFINE_string("assemble", None, "With --frame_store: the examples to assemble from it, in the builder's spec "
+                    "grammar: e.g. sequence:n24:s1, stacked:s5, mean:s10, single")
+flags.DEFINE_string("view", None, "Old name of --assemble (read as it, with a note)")
+flags.DEFINE_enum("frame_cache", "auto", ["auto", "memory", "off"], "With --assemble: decode each store frame once "
+                  "into host memory (store rows x H x W bytes; mean examples: twice that); auto: when it fits in "
                   "half the available memory, memory: always, off: decode every slot as it is read")
 flags.DEFINE_enum("dataset_kind", None, kinds.NAMES,
                   "Record kind the experiment reads; checked against the dataset manifest (None: any)")
@@ -205,7 +208,8 @@ def reference_argv(argv: list[str]) -> list[str]:
 
 # `run.py --help`: the experiment's flags by group (flags in none are listed as "other").
 HELP_GROUPS = {
-    "data": ["data_dir", "data_tfrec_dir", "dataset_kind", "invert", "aug_prob", "buffer_size", "use_cache"],
+    "data": ["data_dir", "data_tfrec_dir", "frame_store", "assemble", "frame_cache", "dataset_kind", "invert",
+             "aug_prob", "buffer_size", "use_cache"],
     "model": ["architecture", "task", "backbone", "weights", "dim", "n_classes", "label_smoothing", "bn_momentum"],
     "training": ["job", "quick", "n_folds", "initial_fold", "n_epochs", "batch_size", "lr", "lr_scaling",
                  "base_batch_size", "lr_patience", "lr_factor", "steps_per_epoch", "monitor", "metric",
@@ -215,7 +219,7 @@ HELP_GROUPS = {
                  "cpu_replicas", "batch_size_per_replica", "steps_per_execution", "jit_compile"],
     "outputs": ["output_dir", "data_preds_dir", "verbose"],
 }
-SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir")  # default paths relative to run.py (see main)
+SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir", "frame_store")  # default paths relative to run.py (see main)
 cli.answer_help(HELP_GROUPS, OUR_FLAGS, SCRIPT_RELATIVE)  # exits after printing: TensorFlow is never loaded for --help
 
 # What a model and its configuration need loads no TensorFlow (a run.py's `init_model` builds on a
@@ -251,6 +255,7 @@ def make_config(**overrides) -> Config:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}")
     values.update(overrides)
     asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
+    values, asked = config.new_names(values), {config.OLD_NAMES.get(n, n) for n in asked}
     check_flags(Config(values))  # as given, before anything is derived from them
     ondevice.check_mixup(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
     ondevice.check_prob(values["aug_prob"])
