@@ -174,7 +174,7 @@ def _view_stage(job: dict, PeakMemory) -> dict:
     view = assembly.Assembly(loaded, spec, frame_cache="off")
     longest = int((view.stops - view.starts).max())
     sums = spec.kind == "mean"
-    shape = frame_cache.use_cache("auto", loaded.table, sums, longest, f"--view={spec}", log=decisions.append)
+    shape = frame_cache.use_cache("auto", loaded.table, sums, longest, f"--assemble={spec}", log=decisions.append)
     out["decision"] = (f"builds the cache: {frame_cache.describe(shape, sums)}" if shape else
                        decisions[0].split("(--frame_cache=auto: ", 1)[1].split(";")[0])
     parse = throughput.kind_parser(spec, job["dim"])

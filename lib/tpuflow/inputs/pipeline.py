@@ -97,7 +97,7 @@ def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_
     """Inputs only, in record order, TTA `tta_index` applied, padded to full batches.
 
     Padding repeats the first example; predictions beyond `n_examples` must be dropped.
-    `source`, if given, replaces the records of `files` (examples assembled by a view).
+    `source`, if given, replaces the records of `files` (examples assembled from the frame store).
     """
     source = tf.data.TFRecordDataset(list(files)) if source is None else source
     ds = source.map(

@@ -226,7 +226,7 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
         v.update({k: 0 for k in ("backup_every_steps", "backup_every_minutes") if k not in asked})  # epoch ends only
         if "batch_size" not in asked:  # 4 per device, so that any number of devices divides it
             v.update(batch_size=4, batch_size_per_replica=True)
-        # unless asked for; a view decodes the few frames it reads rather than caching every one
+        # unless asked for; assembly decodes the few frames it reads rather than caching every one
         quick = {"n_folds": 1, "tta_number": 0, "dim": min(v["dim"], QUICK_DIM), "frame_cache": "off"}
         asked = asked | ({"tta_number"} if "tta" in asked else set())  # a TTA set asked for: all its views
         v.update({k: x for k, x in quick.items() if k not in asked})

@@ -137,18 +137,18 @@ class BestCheckpoint(keras.callbacks.Callback):
 def check_inputs(cfg, jobs: set[str]) -> source.RecordSource | source.FrameStoreSource | None:
     """Fails fast, before any long work, on anything missing; returns the input source (None when
     the jobs read no examples)."""
-    found = None
+    inputs = None
     if cfg.batch_size < 1:
         raise ValueError(f"--batch_size={cfg.batch_size}: must be >= 1")
     if jobs & {"train", "val", "test"}:
         models.check_weights(cfg.weights, cfg.backbone)  # the model is built for each of them
-        found = source.open_source(cfg)
-        check_dataset_kind(cfg, found)
-        total = int(found.manifest["n_folds"])
+        inputs = source.open_source(cfg)
+        check_dataset_kind(cfg, inputs)
+        total = int(inputs.manifest["n_folds"])
         if cfg.initial_fold + cfg.n_folds > total:
             raise ValueError(f"--initial_fold={cfg.initial_fold} --n_folds={cfg.n_folds}: the dataset "
-                             f"{found.name} has only {total} folds")
-        found.check(jobs)
+                             f"{inputs.name} has only {total} folds")
+        inputs.check(jobs)
         scoring.check_views(cfg.data_preds_dir, cfg.tta_views)
         if "train" not in jobs:
             found = [best_checkpoint(cfg.output_dir, k) for k in folds(cfg)]
@@ -166,7 +166,7 @@ def check_inputs(cfg, jobs: set[str]) -> source.RecordSource | source.FrameStore
         if "test" not in jobs:
             scoring.load_predictions(cfg.data_preds_dir, "test", folds(cfg), cfg.tta_number, load_unique_labels(cfg.data_dir),
                                      views=cfg.tta_views)
-    return found
+    return inputs
 
 
 def check_dataset_kind(cfg, inputs) -> None:

@@ -368,7 +368,7 @@ def _count(manifest: dict, folds) -> int:
 def plan(cfg, init_model: Callable, targets: list[Target], host_rates: dict | None = None,
          log: Callable[[str], None] = functools.partial(print, flush=True)) -> list[dict]:
     """One entry per target (see the module docstring; `error` set where the target could not be
-    planned); `host_rates`: `{"rates": {view spec: examples/s per host core}}` from
+    planned); `host_rates`: `{"rates": {example spec: examples/s per host core}}` from
     `benchmarks/bench_scale.py --rates_json`."""
     cfg, manifest = resolve_data(cfg)
     precision = runtime.precision_name(cfg.mixed_precision, "tpu")
