@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow.inputs import assembly, records
+from tpuflow import cli
+from tpuflow.inputs import assembly, records, source
 from tpuflow.prep import build_plan, builder, frames, shard_names, store
+from tpuflow.training import experiment
 
 HERE = os.path.dirname(__file__)
 REFERENCE = open(os.path.join(HERE, "..", "data_prep", "reference_specs.txt")).read().splitlines()
@@ -86,6 +88,37 @@ def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
     assert ds.element_spec.shape[1:] == want.shape[1:]  # static
     got = np.concatenate(list(ds.as_numpy_iterator()))
     np.testing.assert_array_equal(got, want)
+
+
+def test_records_and_the_store_are_one_source_to_the_runner(built, cv_dir, tmp_path):
+    """`source.open_source`: prebuilt records and the same spec assembled from the store give the
+    same manifest facts, labels, prediction inputs and training batches' shapes; a store passed as
+    records, or without its spec, is a usage error naming the flags."""
+    spec = frames.DatasetSpec.parse("sequence:n6:s1")
+    store_dir = os.path.join(built, shard_names.STORE_DIR)
+    given = dict(data_dir=cv_dir, output_dir=str(tmp_path), dim=16)
+    rec = source.open_source(experiment.make_config(data_tfrec_dir=os.path.join(built, spec.name), **given))
+    made = source.open_source(experiment.make_config(frame_store=store_dir, assemble=str(spec), **given))
+    facts = ("kind", "spec", "n_frames", "n_folds", "counts")
+    assert {k: made.manifest[k] for k in facts} == {k: rec.manifest[k] for k in facts}
+    assert made.name == f"--frame_store={store_dir} --assemble={spec}"
+    for s in (rec, made):
+        s.check({"train", "test"})
+    for fold in range(5):  # the same examples (a fold's records are in shuffled order)
+        assert sorted(zip(*rec.labels(fold))) == sorted(zip(*made.labels(fold)))
+    assert rec.ids(None).tolist() == made.ids(None).tolist()  # test: submission order, both
+    def parse(example):  # as an experiment's parse_example: records and assembled examples alike
+        ex = records.parse_sequence(example, spec.depth, 16)
+        return ex["image"], ex["label"]
+    predicted = [np.concatenate(list(s.predict_dataset(None, parse, 4).as_numpy_iterator())) for s in (rec, made)]
+    np.testing.assert_array_equal(*predicted)
+    cfg = experiment.make_config(**given).replace(global_batch_size=4)
+    batches = [s.train_dataset(cfg, [1, 2, 3, 4], parse, 4, fold=0, epoch=1, step=2, steps=5) for s in (rec, made)]
+    assert batches[0].element_spec == batches[1].element_spec
+    with pytest.raises(cli.UsageError, match=f"is a frame store: pass --frame_store={store_dir} --assemble=<spec>"):
+        source.open_source(experiment.make_config(data_tfrec_dir=store_dir, **given))
+    with pytest.raises(cli.UsageError, match="--frame_store and --assemble go together"):
+        source.open_source(experiment.make_config(frame_store=store_dir, **given))
 
 
 def test_global_shuffle_is_deterministic_and_resumable(built):
