@@ -42,7 +42,7 @@ demo: $(STAMP)
 	$(PY) experiments/run-20261121-1310-cnn-3ch-ind/run.py $(DEMO_FLAGS) \
 		--data_tfrec_dir=$(DATA)/data-tfrec-stacked-frames003-step002 --output_dir=$(RUNS)/run-20261121-1310-cnn-3ch-ind
 	$(PY) experiments/run-20261121-1330-cnn-lstm/run.py $(DEMO_FLAGS) \
-		--data_tfrec_dir=$(DATA)/data-frames --view=sequence:n6:s1 --output_dir=$(RUNS)/run-20261121-1330-cnn-lstm
+		--frame_store=$(DATA)/data-frames --assemble=sequence:n6:s1 --output_dir=$(RUNS)/run-20261121-1330-cnn-lstm
 	$(PY) tools/ensemble.py --data_dir=$(DATA) --model_dirs='$(RUNS)/run-*' --out_dir=$(DEMO)/ensemble \
 		--method=pairwise
 	$(PY) tools/leaderboard.py --runs=$(RUNS) --out_csv=$(DEMO)/experiments.csv --plot=$(DEMO)/leaderboard.png

@@ -4,7 +4,7 @@
 tf.data or Grain for reading views of the frame store? Both give a global shuffle and exact resume
 (Grain: `MapDataset.shuffle` and its iterator state; tf.data here: `index_shuffle` over example
 positions). This measures what decides between them on a TPU host: input examples/s of the same
-view (same frames assembled by `views.View`, resized to `--dim`, batched), in one run:
+view (same frames assembled by `assembly.Assembly`, resized to `--dim`, batched), in one run:
 
 - tf.data: `View.train_dataset` (decode and assembly as TensorFlow ops on tf.data's threads);
 - Grain: `MapDataset.range(N).shuffle(seed).map(assemble).batch()`, read with Grain's threads,
@@ -22,7 +22,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from tpuflow.inputs import records, views  # first: --backend
+from tpuflow.inputs import assembly, records  # first: --backend
 from tpuflow.prep import frames, shard_names, split, store, synthetic
 from tpuflow.training.throughput import input_rate
 
@@ -38,7 +38,7 @@ flags.DEFINE_integer("batches", 8, "Timed batches (after one warm-up batch)")
 flags.DEFINE_integer("threads", 2, "Grain read threads (tf.data: AUTOTUNE)")
 
 
-def grain_dataset(view: views.View, rows: np.ndarray, dim: int, batch: int, threads: int):
+def grain_dataset(view: assembly.Assembly, rows: np.ndarray, dim: int, batch: int, threads: int):
     import grain.python as grain
 
     def assemble(row):
@@ -69,7 +69,7 @@ def main(argv):
         frame_store = store.load_store(os.path.join(work, shard_names.STORE_DIR))
         for text in FLAGS.kinds:
             spec = frames.DatasetSpec.parse(text)
-            view = views.View(frame_store, spec, frame_cache="off")
+            view = assembly.Assembly(frame_store, spec, frame_cache="off")
             if spec.kind == "sequence":
                 parse = lambda ex: (records.parse_sequence(ex, spec.depth, FLAGS.dim)["image"], ex["label"])  # noqa: E731
             else:

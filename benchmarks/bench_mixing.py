@@ -11,7 +11,7 @@ read for training), records are written in two layouts and read through
 - new: the builder's layout: `build_plan.example_order` (seeded shuffle within each fold),
   `build_plan.SHARDS_PER_FOLD` shards per fold.
 
-- view: the frame store read through a view (`views.View.train_order`): a global shuffle of
+- view: the frame store read through a view (`assembly.Assembly.train_order`): a global shuffle of
   every training example, no buffer.
 
 It prints the mean and minimum number of distinct storms per batch for each, and for a fully
@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import app, flags
 from sklearn.model_selection import GroupKFold
 
-from tpuflow.inputs import pipeline, views
+from tpuflow.inputs import assembly, pipeline
 from tpuflow.prep import build_plan, frames, recordio, shard_names, store
 
 FLAGS = flags.FLAGS
@@ -90,7 +90,7 @@ def storms_per_batch(files: list[str]) -> np.ndarray:
 def view_storms_per_batch(table: pd.DataFrame) -> np.ndarray:
     """Storms per batch of a view's training order over the same frames (folds 0-3)."""
     columns = table.assign(storm_id=table["storm"].astype(str), height=1, width=1)
-    view = views.View(store.FrameStore("<synthetic>", {}, columns, np.array([], object)), frames.DatasetSpec("single"))
+    view = assembly.Assembly(store.FrameStore("<synthetic>", {}, columns, np.array([], object)), frames.DatasetSpec("single"))
     order = view.train_order(range(4), seed=0, fold=4).map(lambda row, seed: row).batch(FLAGS.batch_size)
     storm = table["storm"].to_numpy()
     return np.array([len(np.unique(storm[rows])) for rows in order.take(FLAGS.batches).as_numpy_iterator()])

@@ -160,7 +160,7 @@ def _view_stage(job: dict, PeakMemory) -> dict:
     """Store load, the `auto` cache decision, and the view's input rate (decoded and/or cached)."""
     import numpy as np
 
-    from tpuflow.inputs import frame_cache, views
+    from tpuflow.inputs import assembly, frame_cache
     from tpuflow.prep import frames, shard_names, store
     from tpuflow.training import throughput
 
@@ -177,10 +177,10 @@ def _view_stage(job: dict, PeakMemory) -> dict:
         times.append(time.perf_counter() - started)
     out.update(load_s=min(times), load_growth=memory.peak)
     decisions = []
-    view = views.View(loaded, spec, frame_cache="off")
+    view = assembly.Assembly(loaded, spec, frame_cache="off")
     longest = int((view.stops - view.starts).max())
     sums = spec.kind == "mean"
-    shape = frame_cache.use_cache("auto", loaded.table, sums, longest, f"--view={spec}", log=decisions.append)
+    shape = frame_cache.use_cache("auto", loaded.table, sums, longest, f"--assemble={spec}", log=decisions.append)
     out["decision"] = (f"builds the cache: {frame_cache.describe(shape, sums)}" if shape else
                        decisions[0].split("(--frame_cache=auto: ", 1)[1].split(";")[0])
     parse = throughput.kind_parser(spec, job["dim"])
@@ -211,7 +211,7 @@ def _view_stage(job: dict, PeakMemory) -> dict:
         loaded = store.FrameStore(loaded.dir, loaded.manifest, t.iloc[:k].reset_index(drop=True), loaded.frames[:k])
     out["cached_rows"] = k
     out["cached"], out["cached_growth"], out["cached_build_s"], out["cached_cache_bytes"] = rate(
-        views.View(loaded, spec, frame_cache="memory"))
+        assembly.Assembly(loaded, spec, frame_cache="memory"))
     return out
 
 

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from tpuflow.inputs import ondevice, pipeline, records, views  # first: --backend
+from tpuflow.inputs import assembly, ondevice, pipeline, records  # first: --backend
 from tpuflow.prep import build_plan, builder, frames, shard_names, split, store, synthetic
 from tpuflow.training.throughput import PeakMemory, kind_parser
 
@@ -102,7 +102,7 @@ def main(argv):
                 prebuilt_rates = [batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
                                                                     aug_prob=FLAGS.aug_prob, seed=0))]
             with PeakMemory() as view_memory:
-                view = views.View(store.load_store(store_dir), spec, frame_cache=FLAGS.frame_cache)
+                view = assembly.Assembly(store.load_store(store_dir), spec, frame_cache=FLAGS.frame_cache)
                 cache = view.cache  # built here, timed apart: the first epoch pays it once per process
                 view_ds = functools.partial(view.train_dataset, train_folds, parse, FLAGS.batch_size, seed=0, fold=0,
                                             aug_prob=FLAGS.aug_prob)

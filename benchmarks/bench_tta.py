@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 
-from tpuflow.inputs import augment, ondevice, pipeline, records, views  # first: --backend
+from tpuflow.inputs import assembly, augment, ondevice, pipeline, records  # first: --backend
 from tpuflow.prep import builder, frames, shard_names, split, store, synthetic
 from tpuflow.training import hosts
 
@@ -91,7 +91,7 @@ def main(argv):
             predictor = ondevice.tta_model(model, names)
             files = records.record_files(os.path.join(work, spec.name), [0, 1])
             n = len(records.read_ids(files))
-            view = views.View(frame_store, spec, frame_cache="memory")
+            view = assembly.Assembly(frame_store, spec, frame_cache="memory")
             rows = view.split_rows(0)
             sources = {"records": (n, lambda t: pipeline.predict_dataset(files, parse, FLAGS.batch_size, n, t)),
                        "view": (len(rows), lambda t: view.predict_dataset(rows, parse, FLAGS.batch_size, t))}

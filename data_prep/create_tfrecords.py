@@ -10,7 +10,8 @@ Specs: `single`, `stacked:s<step>`, `mean:s<step>`, `sequence:n<frames>:s<step>`
 and manifest.json. Each source frame is read and decoded once per storm, whatever the number of
 specs. A re-run skips datasets that are complete and rewrites only missing or damaged shards.
 `frames` (e.g. `--specs=frames`) writes the frame store `<out_dir>/data-frames/` instead: every
-source frame once, as its original bytes, from which experiments read any kind with `--view`.
+source frame once, as its original bytes, from which experiments read any kind with
+`--frame_store=DIR --assemble=SPEC`.
 `--explain` prints which source frames each channel or step of the given examples uses, and
 builds nothing.
 

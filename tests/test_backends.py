@@ -17,7 +17,7 @@ import pytest
 import jax_env
 import tiny_experiment
 from tpuflow import backend
-from tpuflow.inputs import records
+from tpuflow.inputs import pipeline, records
 from tpuflow.training import experiment, export, hosts, runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -210,12 +210,12 @@ def test_checkpoint_of_another_model_is_named_with_both_shapes_and_nothing_is_ov
 
 def test_each_host_reads_its_own_share_of_the_training_shards(single_dir):
     files = records.record_files(single_dir, [1, 2, 3, 4])  # fold 0's training files: 8 shards
-    shares = [hosts.host_files(files, i, 3) for i in range(3)]
+    shares = [pipeline.host_files(files, i, 3) for i in range(3)]
     assert sorted(sum(shares, [])) == sorted(files) and all(shares)
     ids = [records.read_ids(share).tolist() for share in shares]
     assert sorted(sum(ids, [])) == sorted(records.read_ids(files).tolist())  # each example on one host
     with pytest.raises(ValueError, match="2 training record file.s. cannot be shared by 3 hosts"):
-        hosts.host_files(files[:2], 0, 3)
+        pipeline.host_files(files[:2], 0, 3)
 
 
 def _free_port() -> int:

@@ -303,7 +303,7 @@ def test_every_kind_and_view_decodes_a_frame_alike(cv_dir, tmp_path):
     """single, stacked:s1, mean:s1 and sequence:n3:s1 all hold frames t-2, t-1, t: records and
     views must give the same pixels for them, for grayscale and colour JPEG frames alike."""
     import numpy as np
-    from tpuflow.inputs import records, views
+    from tpuflow.inputs import assembly, records
     from tpuflow.prep import builder, frames, shard_names, store
     data = _copy(cv_dir, tmp_path / "data")
     colour = _colour_storm(data)
@@ -319,7 +319,7 @@ def test_every_kind_and_view_decodes_a_frame_alike(cv_dir, tmp_path):
             images = [records.decode_image(e, spec.channels).numpy() for e in ex["image"]]
             pixels = np.concatenate(images, -1) if spec.kind == "sequence" else images[0]
             got.setdefault(ex["image_id"].numpy().decode(), {})[spec.kind] = pixels
-        view = views.View(frame_store, spec)
+        view = assembly.Assembly(frame_store, spec)
         ids, _, _ = view.labels(np.arange(len(frame_store.table)))
         for row, image_id in enumerate(ids):
             pixels = view.example_numpy(row)

@@ -40,7 +40,7 @@ def test_the_configuration_is_frozen_and_replace_makes_a_changed_copy():
 def test_every_flag_and_derived_setting_is_in_exactly_one_section():
     names = [n for names in config.SECTIONS.values() for n in names]
     assert len(names) == len(set(names)), "a setting in two sections"
-    assert set(names) == set(experiment.OUR_FLAGS) | set(config.DERIVED)
+    assert set(names) == set(experiment.OUR_FLAGS) - set(config.OLD_NAMES) | set(config.DERIVED)
 
 
 def test_the_configuration_declares_nothing_itself_and_knows_no_other_setting():
@@ -53,9 +53,11 @@ def test_flags_help_groups_and_ranges_come_from_the_sections():
     hints = {n: experiment.FLAGS[n] for n in experiment.OUR_FLAGS}
     assert hints["dim"].flag_type() == "int" and hints["dim"].default == 366 and hints["dim"].help.startswith("Image")
     assert hints["bn_momentum"].flag_type() == "float" and hints["metric"].flag_type() == "string enum"
-    assert hints["resume"].flag_type() == "bool" and hints["view"].flag_type() == "string"
+    assert hints["resume"].flag_type() == "bool" and hints["assemble"].flag_type() == "string"
+    assert hints["view"].flag_type() == "string" and hints["view"].help.startswith("Old name of --assemble")
     grouped = {title.split()[0]: names for title, names in experiment.HELP_GROUPS.items()}
-    assert grouped["data"][:4] == ["data_dir", "data_tfrec_dir", "view", "dataset_kind"]
+    assert grouped["data"][:5] == ["data_dir", "data_tfrec_dir", "frame_store", "assemble", "dataset_kind"]
+    assert grouped["data"][-1] == "view"  # an old name, listed with its section
     assert "frame_cache" in grouped["runtime"]
     assert sorted(n for names in grouped.values() for n in names) == experiment.OUR_FLAGS
     assert experiment.FLAG_RANGES["n_folds"] == ("[1, inf)", "folds to run, from --initial_fold")
@@ -97,6 +99,7 @@ def test_backups_of_runs_made_before_the_sections_and_the_renames_still_match():
     cfg = _resolved()
     # how such a run spelled the competition score and the monitor that followed it
     values = {**cfg.to_dict(), "metric": "rmse", "monitor": "val_rmse"}
+    values = {**{k: v for k, v in values.items() if k not in ("frame_store", "assemble")}, "view": None}
     old = {k: v for k, v in sorted(values.items()) if k not in OLD_NOT_FINGERPRINTED | NEWER_FLAGS}
     old_fingerprint = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert old_fingerprint in config.fingerprints(cfg)
@@ -149,6 +152,30 @@ def test_the_ensemble_tools_old_rmse_is_read_as_the_raw_rmse_with_a_warning(caps
     from tpuflow import ensemble
     assert ensemble.get_metric("rmse", "values") is ensemble.METRICS["rmse_raw"]
     assert "--metric=rmse is the old name of --metric=rmse_raw" in capsys.readouterr().err
+
+
+def test_a_frame_store_given_the_old_way_is_read_as_frame_store_and_its_runs_still_resume(tmp_path, capfd):
+    """`--data_tfrec_dir=<store> --view=<spec>` (before the frame store's own flags) is read as
+    `--frame_store=<store> --assemble=<spec>`, each with a one-line warning; a backup made then, and
+    its config.json, still match."""
+    old = experiment.make_config(data_tfrec_dir="/data/frames", view="stacked:s2", output_dir=str(tmp_path))
+    said = capfd.readouterr().err
+    assert "--view is the old name of --assemble; read as --assemble=stacked:s2" in said
+    assert "--data_tfrec_dir=/data/frames with --assemble is the old spelling of --frame_store" in said
+    new = experiment.make_config(frame_store="/data/frames", assemble="stacked:s2", output_dir=str(tmp_path))
+    assert capfd.readouterr().err == ""
+    assert old == new and (new.frame_store, new.assemble, new.data_tfrec_dir) == ("/data/frames", "stacked:s2", None)
+    cfg = new.replace(n_frames=2, precision="float32", global_batch_size=32, scaled_lr=new.lr)
+    then = {k: v for k, v in config.result_settings(cfg).items() if k not in ("frame_store", "assemble")}
+    then.update(data_tfrec_dir="/data/frames", view="stacked:s2")  # how such a run fingerprinted its settings
+    assert hashlib.sha256(json.dumps(then, sort_keys=True, default=str).encode()).hexdigest()[:16] \
+        in config.fingerprints(cfg)
+    recorded = {**{k: v for k, v in cfg.to_dict().items() if k not in ("frame_store", "assemble")},
+                "data_tfrec_dir": "/data/frames", "view": "stacked:s2"}  # its config.json
+    assert config.Config.from_dict(recorded) == cfg
+    assert config.recorded_settings(recorded)["frame_store"] == "/data/frames"
+    records = experiment.make_config(data_tfrec_dir="/data/records", output_dir=str(tmp_path))
+    assert (records.data_tfrec_dir, records.frame_store, records.assemble) == ("/data/records", None, None)
 
 
 def test_quick_reads_views_without_the_frame_cache_unless_asked(tmp_path):

@@ -113,11 +113,11 @@ def test_packed_sequence_model_refuses_frame_count_not_divisible_by_three(cv_dir
     lstm = load_experiment(next(p for p in RUN_FILES if p.endswith("cnn-lstm/run.py")))
     cfg = experiment.make_config(**{**lstm.DEFAULTS, "data_dir": cv_dir, "data_tfrec_dir": tfrec,
                                     "output_dir": str(tmp_path / "out"), "dim": 16, "weights": None})
-    manifest = runner.check_inputs(cfg, {"train"})
-    cfg = config.resolve(cfg, manifest)  # frames per example, from the manifest
+    inputs = runner.check_inputs(cfg, {"train"})
+    cfg = config.resolve(cfg, inputs.manifest)  # frames per example, from the manifest
     with pytest.raises(ValueError, match=rf"cannot read the records of --data_tfrec_dir={tfrec} "
                                          r"\(sequence:n4:s1\): pack3 needs a multiple of 3 frames"):
-        runner.check_parse(cfg, manifest, lambda s: lstm.parse_example(s, cfg))
+        runner.check_parse(cfg, inputs, lambda s: lstm.parse_example(s, cfg))
 
 
 def test_experiment_rejects_unknown_job(tmp_path):

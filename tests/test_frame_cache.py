@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tpuflow.inputs import frame_cache, records, views
+from tpuflow.inputs import assembly, frame_cache, records
 from tpuflow.prep import frames, shard_names, store
 
 # test_views compares every spec's cached views with prebuilt records; here, through the pipeline
@@ -29,8 +29,8 @@ def test_cached_and_decoded_views_give_the_same_batches(store_dir, kind):
     else:
         parse = lambda s: (records.parse_image(s, spec.channels, 24)["image"], s["label"])  # noqa: E731
     frame_store = store.load_store(store_dir)
-    off = views.View(frame_store, spec, frame_cache="off")
-    cached = views.View(frame_store, spec, frame_cache="memory")
+    off = assembly.Assembly(frame_store, spec, frame_cache="off")
+    cached = assembly.Assembly(frame_store, spec, frame_cache="memory")
     assert off.cache is None and cached.cache is not None
     n_rows = len(frame_store.table) + (spec.kind == "mean")
     assert cached.cache.nbytes == n_rows * 24 * 24 * (2 if spec.kind == "mean" else 1)
@@ -50,10 +50,10 @@ def test_cached_and_decoded_views_give_the_same_batches(store_dir, kind):
 
 def test_views_of_one_store_share_its_cache(store_dir):
     frame_store = store.load_store(store_dir)
-    a = views.View(frame_store, frames.DatasetSpec.parse("single"), frame_cache="auto")
-    b = views.View(frame_store, frames.DatasetSpec.parse("sequence:n6:s1"), frame_cache="auto")
-    c = views.View(frame_store, frames.DatasetSpec.parse("stacked:s2"), frame_cache="auto")
-    d = views.View(frame_store, frames.DatasetSpec.parse("mean:s2"), frame_cache="auto")
+    a = assembly.Assembly(frame_store, frames.DatasetSpec.parse("single"), frame_cache="auto")
+    b = assembly.Assembly(frame_store, frames.DatasetSpec.parse("sequence:n6:s1"), frame_cache="auto")
+    c = assembly.Assembly(frame_store, frames.DatasetSpec.parse("stacked:s2"), frame_cache="auto")
+    d = assembly.Assembly(frame_store, frames.DatasetSpec.parse("mean:s2"), frame_cache="auto")
     assert a.cache is b.cache is c.cache  # every kind decodes a frame alike (the accurate IDCT)
     assert d.cache is not a.cache  # mean views also keep running sums
 
@@ -64,26 +64,26 @@ def test_a_cache_that_cannot_fit_is_said_in_one_line_naming_the_flag(store_dir, 
     monkeypatch.setattr(frame_cache, "available_bytes", lambda: 1000)  # a box with 1 kB free
     said = []
     monkeypatch.setattr("builtins.print", lambda *a, **k: said.append(" ".join(map(str, a))))
-    view = views.View(frame_store, spec, frame_cache="auto")
+    view = assembly.Assembly(frame_store, spec, frame_cache="auto")
     assert view.cache is None  # reads as before: each slot decoded as it is read
     assert len(said) == 1 and "--frame_cache=auto" in said[0] and "MiB" in said[0], said
     assert view.example_numpy(view.split_rows(0)[0]).shape == (6, 24, 24, 1)
-    with pytest.raises(ValueError, match=r"--frame_cache=memory: --view=sequence:n6:s1 needs .* more than"):
-        views.View(frame_store, spec, frame_cache="memory").cache  # noqa: B018
+    with pytest.raises(ValueError, match=r"--frame_cache=memory: --assemble=sequence:n6:s1 needs .* more than"):
+        assembly.Assembly(frame_store, spec, frame_cache="memory").cache  # noqa: B018
     with pytest.raises(ValueError, match=r"--frame_cache='disk': expected one of auto, memory, off"):
-        views.View(frame_store, spec, frame_cache="disk")
+        assembly.Assembly(frame_store, spec, frame_cache="disk")
 
 
 def test_frames_of_differing_sizes_or_long_mean_runs_are_not_cached():
     table = pd.DataFrame({"height": [24, 24, 30], "width": [24, 24, 30]})
     said = []
-    assert frame_cache.use_cache("auto", table, False, 1, "--view=single", said.append) is None
+    assert frame_cache.use_cache("auto", table, False, 1, "--assemble=single", said.append) is None
     assert "differ in size" in said[0] and "--frame_cache" in said[0]
-    with pytest.raises(ValueError, match="--frame_cache=memory: --view=single cannot be cached"):
-        frame_cache.use_cache("memory", table, False, 1, "--view=single")
+    with pytest.raises(ValueError, match="--frame_cache=memory: --assemble=single cannot be cached"):
+        frame_cache.use_cache("memory", table, False, 1, "--assemble=single")
     same = table.iloc[:2]
-    assert frame_cache.use_cache("auto", same, False, 1, "--view=single") == (2, 24, 24)
-    assert frame_cache.use_cache("auto", same, True, 300, "--view=mean:s300", said.append) is None
+    assert frame_cache.use_cache("auto", same, False, 1, "--assemble=single") == (2, 24, 24)
+    assert frame_cache.use_cache("auto", same, True, 300, "--assemble=mean:s300", said.append) is None
     assert "257" in said[-1]
 
 

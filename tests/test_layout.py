@@ -5,7 +5,7 @@ Stages, in the order data flows (each may import the ones its rule lists, never 
   tpuflow (root)  `cli`, `backend`: shared by every stage
   storage         paths, file I/O, sync, the run-dir lock, tables: the bottom layer
   prep            data preparation: split, frames, records written without TensorFlow
-  inputs          the input pipeline: tf.data, parsers, views, augmentation
+  inputs          the input pipeline: tf.data, parsers, one input source, frame-store assembly, augmentation
   results         predictions, scores, the experiment record, the leaderboard (no TensorFlow)
   ensemble        weight search over saved predictions (NumPy/SciPy/pandas)
   training        configuration, the fold loop, models, runtime: may use every stage but ensemble
@@ -58,7 +58,7 @@ LAZY_THIRD_PARTY = {
     "tpuflow.training.resume": {"orbax": "backups under the JAX backend (the orbax extra)",
                                 "jax": "Orbax reads backups into JAX arrays, under either backend"},
     "tpuflow.prep.store": {"tensorflow": "parses a frame-store record with TensorFlow's protobuf "
-                                         "classes when a view reads the store (never while building)"},
+                                         "classes when assembly reads the store (never while building)"},
 }
 TF_FREE = (ROOT, "storage", "prep", "results", "ensemble")
 

@@ -152,8 +152,9 @@ def _quoted_words(text: str) -> set[str]:
 
 @functools.cache
 def _library_words() -> frozenset[str]:
-    """Every quoted word of the library, where the flags that scripts share are declared."""
-    words = set()
+    """Every quoted word of the library and every flag of a run (declared as fields of the
+    configuration's sections, old names included), the flags that scripts share."""
+    words = set(experiment.OUR_FLAGS)
     for folder, _, files in os.walk(os.path.join(ROOT, "lib", "tpuflow")):
         for f in files:
             if f.endswith(".py"):

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from tpuflow.inputs import views
+from tpuflow.inputs import assembly
 from tpuflow.prep import frames, shard_names, store
 from tpuflow.storage import sync
 
@@ -28,9 +28,9 @@ def test_store_built_on_and_synced_to_gcs_serves_the_local_views_examples(gcs_em
     synced = bucket + "/synced/" + shard_names.STORE_DIR
     sync.sync(os.path.join(str(tmp_path), shard_names.STORE_DIR), synced)
     spec = frames.DatasetSpec.parse("sequence:n3:s1")
-    want = _examples(views.View(store.load_store(os.path.join(str(tmp_path), shard_names.STORE_DIR), cv_dir), spec))
+    want = _examples(assembly.Assembly(store.load_store(os.path.join(str(tmp_path), shard_names.STORE_DIR), cv_dir), spec))
     for remote in (f"{bucket}/built/{shard_names.STORE_DIR}", synced):
-        view = views.open_view(remote, str(spec), cv_dir)  # checked against the local CSVs too
+        view = assembly.open_assembly(remote, str(spec), cv_dir)  # checked against the local CSVs too
         got = _examples(view)
         assert [g[:3] for g in got] == [w[:3] for w in want], remote
         for (image_id, *_, pixels), (_, *_, expected) in zip(got, want):

@@ -106,11 +106,11 @@ def test_an_absurd_batch_is_refused_naming_the_largest_that_fits(tmp_path, kind_
 
 
 @needs_compiler
-def test_a_sequence_model_with_cutmix_and_tta_from_a_frame_store_view(tmp_path, store_dir, cv_dir):
+def test_a_sequence_model_with_cutmix_and_tta_assembled_from_a_frame_store(tmp_path, store_dir, cv_dir):
     rates = tmp_path / "rates.json"
     rates.write_text(json.dumps({"cores": 2, "rates": {"sequence:n6:s1": 100.0}}))
     done, entries = plan(tmp_path, f"--experiment={TINY_SEQUENCE}", f"--data_dir={cv_dir}",
-                         f"--data_tfrec_dir={store_dir}", "--view=sequence:n6:s1", "--dim=16", "--batch_size=32",
+                         f"--frame_store={store_dir}", "--assemble=sequence:n6:s1", "--dim=16", "--batch_size=32",
                          "--mixup_prob=0.5", "--mixup_mode=cutmix", "--tta=d4", "--target=v5e-4",
                          f"--host_rates={rates}")
     assert done.returncode == 0, done.stderr[-2000:]

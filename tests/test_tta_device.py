@@ -25,7 +25,7 @@ CHECK = r"""
 import os, sys
 import numpy as np
 import keras
-from tpuflow.inputs import augment, ondevice, pipeline, records, views; from tpuflow.prep import frames, shard_names, store; from tpuflow.training import hosts
+from tpuflow.inputs import assembly, augment, ondevice, pipeline, records; from tpuflow.prep import frames, shard_names, store; from tpuflow.training import hosts
 
 def check(root, kind, source, dim=16):
     spec = frames.DatasetSpec.parse(kind)
@@ -45,7 +45,7 @@ def check(root, kind, source, dim=16):
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
     names, batch_of = augment.REFERENCE_VIEWS, [None]
     if source == "view":
-        view = views.View(store.load_store(os.path.join(root, shard_names.STORE_DIR)), spec, frame_cache="memory")
+        view = assembly.Assembly(store.load_store(os.path.join(root, shard_names.STORE_DIR)), spec, frame_cache="memory")
         rows = view.split_rows(1)
         n = len(rows)
         dataset = lambda t=0: view.predict_dataset(rows, parse, batch_of[0], t)

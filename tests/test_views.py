@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tpuflow.inputs import records, views
+from tpuflow import cli
+from tpuflow.inputs import assembly, records, source
 from tpuflow.prep import build_plan, builder, frames, shard_names, store
+from tpuflow.training import experiment
 
 HERE = os.path.dirname(__file__)
 REFERENCE = open(os.path.join(HERE, "..", "data_prep", "reference_specs.txt")).read().splitlines()
@@ -47,7 +49,7 @@ def _prebuilt(root, spec):
 def test_view_examples_equal_prebuilt_records(built, spec):
     """Every example of every split: same id, labels, fold membership and pixels (PNG prebuilt:
     exact for every kind, `mean` included; the view never round-trips through JPEG)."""
-    view = views.View(store.load_store(os.path.join(built, shard_names.STORE_DIR)), spec)
+    view = assembly.Assembly(store.load_store(os.path.join(built, shard_names.STORE_DIR)), spec)
     prebuilt = _prebuilt(built, spec)
     manifest = records.read_manifest(os.path.join(built, spec.name))
     seen = set()
@@ -72,7 +74,7 @@ def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
     """Through the experiments' parse functions and the prediction pipeline (resize to --dim):
     the same inputs as the prebuilt records give, with static shapes."""
     spec = frames.DatasetSpec.parse(spec)
-    view = views.open_view(os.path.join(built, shard_names.STORE_DIR), str(spec))
+    view = assembly.open_assembly(os.path.join(built, shard_names.STORE_DIR), str(spec))
     channels, dim = spec.channels if spec.kind != "sequence" else 1, 16
     if spec.kind == "sequence":
         parse = lambda s: (records.parse_sequence(s, spec.depth, dim)["image"], 0)  # noqa: E731
@@ -88,8 +90,39 @@ def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
     np.testing.assert_array_equal(got, want)
 
 
+def test_records_and_the_store_are_one_source_to_the_runner(built, cv_dir, tmp_path):
+    """`source.open_source`: prebuilt records and the same spec assembled from the store give the
+    same manifest facts, labels, prediction inputs and training batches' shapes; a store passed as
+    records, or without its spec, is a usage error naming the flags."""
+    spec = frames.DatasetSpec.parse("sequence:n6:s1")
+    store_dir = os.path.join(built, shard_names.STORE_DIR)
+    given = dict(data_dir=cv_dir, output_dir=str(tmp_path), dim=16)
+    rec = source.open_source(experiment.make_config(data_tfrec_dir=os.path.join(built, spec.name), **given))
+    made = source.open_source(experiment.make_config(frame_store=store_dir, assemble=str(spec), **given))
+    facts = ("kind", "spec", "n_frames", "n_folds", "counts")
+    assert {k: made.manifest[k] for k in facts} == {k: rec.manifest[k] for k in facts}
+    assert made.name == f"--frame_store={store_dir} --assemble={spec}"
+    for s in (rec, made):
+        s.check({"train", "test"})
+    for fold in range(5):  # the same examples (a fold's records are in shuffled order)
+        assert sorted(zip(*rec.labels(fold))) == sorted(zip(*made.labels(fold)))
+    assert rec.ids(None).tolist() == made.ids(None).tolist()  # test: submission order, both
+    def parse(example):  # as an experiment's parse_example: records and assembled examples alike
+        ex = records.parse_sequence(example, spec.depth, 16)
+        return ex["image"], ex["label"]
+    predicted = [np.concatenate(list(s.predict_dataset(None, parse, 4).as_numpy_iterator())) for s in (rec, made)]
+    np.testing.assert_array_equal(*predicted)
+    cfg = experiment.make_config(**given).replace(global_batch_size=4)
+    batches = [s.train_dataset(cfg, [1, 2, 3, 4], parse, 4, fold=0, epoch=1, step=2, steps=5) for s in (rec, made)]
+    assert batches[0].element_spec == batches[1].element_spec
+    with pytest.raises(cli.UsageError, match=f"is a frame store: pass --frame_store={store_dir} --assemble=<spec>"):
+        source.open_source(experiment.make_config(data_tfrec_dir=store_dir, **given))
+    with pytest.raises(cli.UsageError, match="--frame_store and --assemble go together"):
+        source.open_source(experiment.make_config(frame_store=store_dir, **given))
+
+
 def test_global_shuffle_is_deterministic_and_resumable(built):
-    view = views.open_view(os.path.join(built, shard_names.STORE_DIR), "stacked:s2")
+    view = assembly.open_assembly(os.path.join(built, shard_names.STORE_DIR), "stacked:s2")
     parse = lambda s: (records.parse_image(s, 3, 8)["image"], s["label"])  # noqa: E731
     rows = view.train_rows([1, 2, 3, 4])
 
@@ -119,10 +152,10 @@ def test_bad_views_and_stores_are_refused(built, cv_dir, tmp_path):
     store_dir = os.path.join(built, shard_names.STORE_DIR)
     for bad, words in [("blocked:s2", "unknown kind"), ("stacked:s0", "step must be >= 1"),
                        ("sequence:n0:s1", "n_frames must be >= 1")]:
-        with pytest.raises(ValueError, match=f"--view='{bad}'.*{words}"):
-            views.open_view(store_dir, bad)
+        with pytest.raises(ValueError, match=f"--assemble='{bad}'.*{words}"):
+            assembly.open_assembly(store_dir, bad)
     with pytest.raises(ValueError, match="not a frame store"):
-        views.open_view(os.path.join(built, frames.DatasetSpec("single").name), "single")
+        assembly.open_assembly(os.path.join(built, frames.DatasetSpec("single").name), "single")
     other = tmp_path / "other"
     shutil.copytree(cv_dir, other, ignore=shutil.ignore_patterns("data-*"))
     train = pd.read_csv(other / "train_cv.csv")
@@ -146,10 +179,10 @@ def test_mixed_frame_sizes_within_a_storm_are_named(built):
     table = s.table.copy()
     table.loc[3, "height"] += 2  # as if one frame of the first storm were another size
     odd = store.FrameStore(s.dir, s.manifest, table, s.frames)
-    views.View(odd, frames.DatasetSpec("single"))  # a single frame needs no neighbours
-    with pytest.raises(ValueError, match=f"--view=stacked:s2: .*frame sizes differ within storm "
+    assembly.Assembly(odd, frames.DatasetSpec("single"))  # a single frame needs no neighbours
+    with pytest.raises(ValueError, match=f"--assemble=stacked:s2: .*frame sizes differ within storm "
                                          f"'{table.storm_id[3]}' \\({table.image_id[3]} is"):
-        views.View(odd, frames.DatasetSpec.parse("stacked:s2"))
+        assembly.Assembly(odd, frames.DatasetSpec.parse("stacked:s2"))
 
 
 def test_store_is_the_source_frames_once_and_resumes(built, cv_dir):
@@ -177,23 +210,26 @@ def test_store_is_the_source_frames_once_and_resumes(built, cv_dir):
 
 @pytest.mark.parametrize("spec", ["stacked:s2", "sequence:n6:s1"])
 def test_inspect_exports_views_and_records_alike(built, spec, tmp_path):
-    """tools/inspect_records.py --export writes every example losslessly, the same for a view and
-    for (PNG) prebuilt records; --view draws a contact sheet from the store."""
+    """tools/inspect_records.py --export writes every example losslessly, the same assembled from the
+    store and from (PNG) prebuilt records; --assemble (old name --view, read with a warning) draws a
+    contact sheet from the store."""
     tool = os.path.join(HERE, "..", "tools", "inspect_records.py")
     env = {**os.environ, "PYTHONPATH": os.path.join(HERE, "..", "lib")}
     name = frames.DatasetSpec.parse(spec).name
+    flag = "--view" if spec.startswith("sequence") else "--assemble"  # the old name, and today's
     for args, out in [([f"--tfrec_dir={os.path.join(built, name)}"], "records"),
-                      ([f"--tfrec_dir={os.path.join(built, shard_names.STORE_DIR)}", f"--view={spec}",
-                        f"--contact_sheet={tmp_path / 'sheet.png'}"], "view")]:
+                      ([f"--tfrec_dir={os.path.join(built, shard_names.STORE_DIR)}", f"{flag}={spec}",
+                        f"--contact_sheet={tmp_path / 'sheet.png'}"], "assembled")]:
         proc = subprocess.run([sys.executable, tool, *args, f"--export={tmp_path / out}"],
                               capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("--view is the old name of --assemble" in proc.stderr) == (flag == "--view")
     files = sorted(os.listdir(tmp_path / "records"))
-    assert files == sorted(os.listdir(tmp_path / "view"))
+    assert files == sorted(os.listdir(tmp_path / "assembled"))
     assert len(files) == sum(store.read_manifest(os.path.join(built, shard_names.STORE_DIR))["counts"].values())
     for f in files:
         load = np.load if f.endswith(".npy") else (lambda p: np.asarray(Image.open(p)))
-        np.testing.assert_array_equal(load(tmp_path / "records" / f), load(tmp_path / "view" / f), err_msg=f)
+        np.testing.assert_array_equal(load(tmp_path / "records" / f), load(tmp_path / "assembled" / f), err_msg=f)
     assert Image.open(tmp_path / "sheet.png").size[0] > 0
 
 
@@ -223,7 +259,7 @@ def test_a_view_holds_the_encoded_frames_once():
                           "width": 366})
     encoded = np.empty(n, dtype=object)
     encoded[:] = [rng.bytes(size) for _ in range(n)]
-    view = views.View(store.FrameStore("mem", {}, table, encoded), frames.DatasetSpec.parse("single"),
+    view = assembly.Assembly(store.FrameStore("mem", {}, table, encoded), frames.DatasetSpec.parse("single"),
                       frame_cache="off")
     with PeakMemory() as memory:
         view._ready()  # what the map functions capture: here, the encoded frames

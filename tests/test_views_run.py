@@ -1,4 +1,4 @@
-"""Experiments on a view of the frame store: unchanged run.py files train from it under both
+"""Experiments on examples assembled from the frame store: unchanged run.py files train from it under both
 backends, and a fold killed mid-run resumes on exactly the batches it would have seen."""
 import json
 import os
@@ -31,7 +31,7 @@ def store_dir(cv_dir, tmp_path_factory):
 
 def _tiny(cv_dir, store_dir, out, *flags, backend="tensorflow"):
     cmd = [sys.executable, os.path.join(HERE, "tiny_experiment.py"), f"--data_dir={cv_dir}",
-           f"--data_tfrec_dir={store_dir}", "--view=single", f"--output_dir={out}", "--job=train_val",
+           f"--frame_store={store_dir}", "--assemble=single", f"--output_dir={out}", "--job=train_val",
            "--n_folds=1", f"--n_epochs={EPOCHS}", f"--steps_per_epoch={STEPS}", "--tta_number=1",
            "--verbose=2", f"--backend={backend}", *flags]
     return cmd, jax_env.env({**ENV, "KERAS_BACKEND": backend}, backend)
@@ -78,11 +78,11 @@ def test_killed_fold_resumes_on_the_batches_it_would_have_seen(cv_dir, store_dir
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_unchanged_experiment_trains_on_a_view(cv_dir, store_dir, tmp_path, backend):
-    """The zoo's CNN-LSTM run.py on `--view=sequence:n6:s1`, predictions for val and test."""
+    """The zoo's CNN-LSTM run.py on `--assemble=sequence:n6:s1`, predictions for val and test."""
     out = str(tmp_path / "lstm")
     run = os.path.join(ROOT, "experiments", "run-20261121-1330-cnn-lstm", "run.py")
-    cmd = [sys.executable, run, f"--data_dir={cv_dir}", f"--data_tfrec_dir={store_dir}",
-           "--view=sequence:n6:s1", f"--output_dir={out}", "--job=train_val_test", "--quick",
+    cmd = [sys.executable, run, f"--data_dir={cv_dir}", f"--frame_store={store_dir}",
+           "--assemble=sequence:n6:s1", f"--output_dir={out}", "--job=train_val_test", "--quick",
            "--n_folds=1", "--dim=32", "--backbone=MobileNetV3Small", "--weights=None", "--tta_number=1",
            f"--backend={backend}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=jax_env.env({**ENV, "KERAS_BACKEND": backend}, backend))
@@ -94,10 +94,14 @@ def test_unchanged_experiment_trains_on_a_view(cv_dir, store_dir, tmp_path, back
     assert record["dataset"]["spec"] == "sequence:n6:s1" and record["dataset"]["dir"] == store_dir
 
 
-def test_store_without_view_and_wrong_kind_are_refused(cv_dir, store_dir, tmp_path):
+def test_store_without_a_spec_and_wrong_kind_are_refused(cv_dir, store_dir, tmp_path):
     cmd, env = _tiny(cv_dir, store_dir, str(tmp_path / "x"))
-    no_view = [c for c in cmd if not c.startswith("--view")]
-    proc = subprocess.run(no_view, capture_output=True, text=True, env=env)
-    assert proc.returncode != 0 and "is a frame store: pass --view=<spec>" in proc.stderr + proc.stdout
-    proc = subprocess.run(cmd[:-1] + ["--view=stacked:s0"], capture_output=True, text=True, env=env)
-    assert proc.returncode != 0 and "--view='stacked:s0'" in proc.stderr + proc.stdout
+    as_records = [f"--data_tfrec_dir={store_dir}" if c.startswith("--frame_store") else c
+                  for c in cmd if not c.startswith("--assemble")]
+    proc = subprocess.run(as_records, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"is a frame store: pass --frame_store={store_dir} --assemble=<spec>" in proc.stderr
+    proc = subprocess.run([c for c in cmd if not c.startswith("--assemble")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "--frame_store and --assemble go together" in proc.stderr
+    proc = subprocess.run(cmd[:-1] + ["--assemble=stacked:s0"], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "--assemble='stacked:s0'" in proc.stderr + proc.stdout

@@ -26,7 +26,7 @@ import tempfile
 import urllib.request
 
 from tpuflow import backend, storage
-from tpuflow.inputs import frame_cache, records
+from tpuflow.inputs import frame_cache, records, source
 from tpuflow.training import config, experiment, loop, models, runner, runtime  # first: picks Keras' backend
 
 from absl import app, flags  # noqa: E402,I001
@@ -114,15 +114,14 @@ def check_placement(report: Report, cfg):
     return placement, cfg
 
 
-def check_rates(report: Report, cfg, run_py, placement, manifest: dict) -> None:
-    """Input pipeline vs model step rate on this machine, for this experiment and dataset."""
-    from tpuflow.inputs import pipeline  # noqa: PLC0415
+def check_rates(report: Report, cfg, run_py, placement, inputs) -> None:
+    """Input pipeline vs model step rate on this machine, for this experiment and its input source
+    (`tpuflow.inputs.source`: records or a frame store), the training pipeline the runner reads."""
     from tpuflow.training.throughput import input_rate, model_rate  # noqa: PLC0415
-    n_folds = int(manifest["n_folds"])
-    files = records.record_files(cfg.data_tfrec_dir, [k for k in range(n_folds) if k != cfg.initial_fold])
+    train_folds = [k for k in range(int(inputs.manifest["n_folds"])) if k != cfg.initial_fold]
     parse = lambda serialized: _parser(run_py)(serialized, cfg)  # noqa: E731
-    ds = pipeline.train_dataset(files, parse, cfg.global_batch_size, shuffle_buffer=min(cfg.buffer_size, 256),
-                                aug_prob=cfg.aug_prob, seed=0)
+    ds = inputs.train_dataset(cfg.replace(buffer_size=min(cfg.buffer_size, 256), mixup_prob=0.0), train_folds,
+                              parse, cfg.global_batch_size, fold=cfg.initial_fold, epoch=0, step=0, steps=1)
     data = input_rate(ds, FLAGS.input_batches, cfg.global_batch_size)
     with placement.scope():  # the step rate does not depend on the weights' values
         model = run_py.init_model(cfg.replace(weights=None))
@@ -189,7 +188,8 @@ def machine_zone(timeout_s: float = 2.0) -> str | None:
 
 def check_bucket_locations(report: Report, cfg) -> None:
     """gs:// data or outputs in another region than the machine: slow reads, egress charges."""
-    buckets = {storage.bucket(p) for p in (cfg.data_dir, cfg.data_tfrec_dir, cfg.output_dir) if p} - {None}
+    paths = (cfg.data_dir, cfg.data_tfrec_dir, cfg.frame_store, cfg.output_dir)
+    buckets = {storage.bucket(p) for p in paths if p} - {None}
     if not buckets:
         report.add(SKIP, "bucket location", "data and outputs are local (no gs:// path): nothing to check")
         return
@@ -263,30 +263,34 @@ def main(argv: list[str]) -> None:
     report.add(OK, "backend", f"{backend.chosen} ({backend.reason}), keras {_version('keras')}")
     placement, cfg = check_placement(report, cfg)
     check_tpu_stack(report, placement)
-    manifest = None
-    if not cfg.data_tfrec_dir:
-        report.add(SKIP, "dataset", "no --data_tfrec_dir: input rate and memory not checked")
+    inputs = None
+    if not (cfg.data_tfrec_dir or cfg.frame_store):
+        report.add(SKIP, "dataset", "no --data_tfrec_dir (or --frame_store): input rate and memory not checked")
     else:
         try:
-            manifest = records.read_manifest(cfg.data_tfrec_dir)
-            runner.check_dataset_kind(cfg, manifest)
-            cfg = config.resolve(cfg, manifest)
-            report.add(OK, "dataset", f"{cfg.data_tfrec_dir}: {manifest['spec']}, {manifest['n_folds']} folds")
+            inputs = source.open_source(cfg)
+            runner.check_dataset_kind(cfg, inputs)
+            cfg = config.resolve(cfg, inputs.manifest)
+            report.add(OK, "dataset", f"{inputs.name}: {inputs.manifest['spec']}, {inputs.manifest['n_folds']} folds")
         except (OSError, ValueError, KeyError) as err:
             report.add(FAIL, "dataset", f"{type(err).__name__}: {err}")
-            manifest = None
-    if manifest and run_py is None:
+            inputs = None
+    if inputs and run_py is None:
         report.add(SKIP, "input vs model", "no --experiment: pass the run.py whose model and parser to measure")
         report.add(SKIP, "host memory", "no --experiment: the decoded example size depends on its parser")
-    elif manifest:
+    elif inputs:
         if cfg.task == "classification" and not cfg.n_classes:
             cfg = config.resolve(cfg, n_labels=len(runner.load_unique_labels(cfg.data_dir, required=True)))
-        check_memory(report, cfg, run_py, manifest)
+        if cfg.data_tfrec_dir:  # the records' shuffle buffer and cache
+            check_memory(report, cfg, run_py, inputs.manifest)
+        else:
+            report.add(SKIP, "host memory", "--frame_store: the run sizes its decoded-frame cache as it starts "
+                       "(--frame_cache) and says so")
         if placement is None:
             report.add(SKIP, "input vs model", "no devices resolved (see above)")
         else:
             try:
-                check_rates(report, cfg, run_py, placement, manifest)
+                check_rates(report, cfg, run_py, placement, inputs)
             except Exception as err:  # the experiment's own failure (model, parser): named, not a traceback
                 report.add(FAIL, "input vs model", f"{type(err).__name__}: {err}")
     check_bucket_locations(report, cfg)

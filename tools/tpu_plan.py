@@ -2,7 +2,7 @@
 
 Usage:
     python tools/tpu_plan.py --experiment=experiments/<run-id> [its run.py flags: --dim,
-        --batch_size, --backbone, --data_tfrec_dir, --view, --mixup_prob, ...]
+        --batch_size, --backbone, --data_tfrec_dir (or --frame_store with --assemble), --mixup_prob, ...]
         [--target=v5e-8,v3-8] [--json=PATH] [--host_rates=PATH]
 
 Takes the same flags as the experiment's run.py (its defaults applied, resolved by the run's own
@@ -49,7 +49,7 @@ FLAGS = flags.FLAGS
 
 
 def read_host_rates(path: str | None) -> dict | None:
-    """`{"cores": N, "rates": {view spec: examples/s per core}}`; a bad file is named in one line."""
+    """`{"cores": N, "rates": {example spec: examples/s per core}}`; a bad file is named in one line."""
     if not path:
         return None
     try:
@@ -57,7 +57,7 @@ def read_host_rates(path: str | None) -> dict | None:
     except (OSError, ValueError) as err:
         raise cli.UsageError(f"--host_rates={path}: {err}") from err
     if not isinstance(rates, dict) or not isinstance(rates.get("rates"), dict):
-        raise cli.UsageError(f"--host_rates={path}: expected {{\"cores\": N, \"rates\": {{view spec: examples/s per core}}}}")
+        raise cli.UsageError(f"--host_rates={path}: expected {{\"cores\": N, \"rates\": {{example spec: examples/s per core}}}}")
     return rates
 
 

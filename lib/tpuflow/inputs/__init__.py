@@ -1,4 +1,5 @@
-"""The input pipeline: TFRecords and frame-store views -> parsed, augmented `tf.data` batches.
+"""The input pipeline: TFRecords, or examples assembled from a frame store (one `source` over both) ->
+parsed, augmented `tf.data` batches.
 
 TensorFlow (`tf.data`) and Keras preprocessing; no JAX. May import `tpuflow.prep` (record kinds
 and the TF-free record format), `tpuflow.storage` and `tpuflow.cli`; what only training knows

@@ -1,16 +1,16 @@
-"""Decoded-frame cache: every frame of a store decoded once per process, so a view's slots are copies.
+"""Decoded-frame cache: every frame of a store decoded once per process, so assembled examples' slots are copies.
 
-A view decodes as many JPEG frames per example as the prebuilt records of its kind (a
+Assembly decodes as many JPEG frames per example as the prebuilt records of its kind (a
 `sequence:n24` example: 24), and training order is a global shuffle, so frames shared by the
 examples of one batch are rare. Each frame, however, is a slot of up to n examples per epoch and
 of every epoch: decoded once into host memory, every later use is a gather (a memcpy) instead of
 a decode. The cache is one uint8 array (store rows, H, W) held by a TensorFlow variable on the
-host CPU (its gathers run in tf.data's threads, without Python); for a `mean` view it holds the
+host CPU (its gathers run in tf.data's threads, without Python); for `mean` examples it holds the
 running sums of the frames modulo 2**16 instead (uint16, twice the bytes), so a mean slot is two
 reads and a subtraction, exact for runs of up to 257 frames.
 
 Its size is stated before it is built: store rows x H x W bytes (the competition's ~115k frames
-of 366 px: ~15 GB; a `mean` view's sums: ~31 GB), which a TPU VM host holds and a small box does
+of 366 px: ~15 GB; `mean` examples' sums: ~31 GB), which a TPU VM host holds and a small box does
 not. `--frame_cache=auto` (the default) builds it when it fits in half of the memory available
 now, else reads without it and says so; `memory` always builds it (an error naming the flag if it
 exceeds the available memory); `off` decodes every slot as it is read. The cache only changes
@@ -63,7 +63,7 @@ def describe(shape, sums: bool) -> str:
 
 def use_cache(mode: str, table, sums: bool, longest_run: int, what: str,
               log=lambda m: print(m, flush=True)) -> tuple[int, int, int] | None:
-    """The cache's shape when `mode` says to build one for this view, else None (`auto` says why
+    """The cache's shape when `mode` says to build one for this assembly, else None (`auto` says why
     in one line, naming the flag); a cache `memory` cannot build is an error naming the flag."""
     if mode not in MODES:
         raise ValueError(f"--frame_cache={mode!r}: expected one of {', '.join(MODES)}")
@@ -113,8 +113,8 @@ class FrameCache:
 
 
 def build(encoded: np.ndarray, decode, shape: tuple[int, int, int], sums: bool,
-          log=lambda m: print(m, flush=True), what: str = "view") -> FrameCache:
-    """Decodes every frame of `encoded` (store order) with `decode` (the view's own, so cached
+          log=lambda m: print(m, flush=True), what: str = "assembly") -> FrameCache:
+    """Decodes every frame of `encoded` (store order) with `decode` (the assembly's own, so cached
     pixels are the ones it would decode) into a new cache of `shape`."""
     started = time.perf_counter()
     log(f"{what}: building the decoded-frame cache, {describe(shape, sums)} (--frame_cache)")

@@ -64,6 +64,17 @@ def train_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, *,
     return ds.prefetch(2)
 
 
+def host_files(files: Sequence[str], index: int, count: int) -> list[str]:
+    """This host's share of the training shards (every `count`-th file, from `index`)."""
+    files = list(files)
+    if count == 1:
+        return files
+    if len(files) < count:
+        raise ValueError(f"{len(files)} training record file(s) cannot be shared by {count} hosts: build the "
+                         f"records with at least {count} shards per fold (create_tfrecords.py --shards_per_fold)")
+    return files[index::count]
+
+
 def with_transform(x, transform):
     """Training inputs {"image", "transform"} that carry each example's transform index, which the
     device applies (`training.loop.train_model`); `x` itself when there is none (`transform` is ())."""
@@ -86,7 +97,7 @@ def predict_dataset(files: Sequence[str], parse_fn: ParseFn, batch_size: int, n_
     """Inputs only, in record order, TTA `tta_index` applied, padded to full batches.
 
     Padding repeats the first example; predictions beyond `n_examples` must be dropped.
-    `source`, if given, replaces the records of `files` (examples assembled by a view).
+    `source`, if given, replaces the records of `files` (examples assembled from the frame store).
     """
     source = tf.data.TFRecordDataset(list(files)) if source is None else source
     ds = source.map(

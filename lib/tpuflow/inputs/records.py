@@ -67,8 +67,8 @@ def decode_image(encoded: tf.Tensor, channels: int, dim: int | None = None) -> t
     rounded to whole levels; a frame already dim x dim is unchanged).
 
     JPEGs with the accurate integer IDCT (`JPEG_DCT`), as the builder decodes the frames it
-    computes `stacked`/`mean` images from (`tpuflow.prep.build_encode.decode_frame`) and views
-    decode the frame store, so every kind reads a frame the same way (TensorFlow's default, the
+    computes `stacked`/`mean` images from (`tpuflow.prep.build_encode.decode_frame`) and assembly
+    decodes the frame store, so every kind reads a frame the same way (TensorFlow's default, the
     fast IDCT, is off by a level here and there).
 
     Pixels stay uint8 (a quarter of float32's bytes) until the pipeline has batched them
@@ -94,12 +94,12 @@ def parse_image(serialized: tf.Tensor, channels: int, dim: int | None = None,
                 invert: bool = False) -> dict:
     """Record with one encoded image -> {image_id, image (H, W, C) uint8, label, label_le}.
 
-    `serialized` may also be an example assembled by a view (`tpuflow.inputs.views`): a dict whose
+    `serialized` may also be an example assembled from the frame store (`tpuflow.inputs.assembly`): a dict whose
     `image` is already decoded; it is resized the same way.
 
     `invert` maps x -> 255 - x (cold cloud tops bright or dark, as the backbone prefers).
     """
-    if isinstance(serialized, dict):  # an example a view assembled from the frame store
+    if isinstance(serialized, dict):  # an example assembled from the frame store
         ex = dict(serialized)
         image = tf.ensure_shape(ex["image"], [None, None, channels])
         image = image if dim is None else resize(image, dim)
@@ -111,13 +111,13 @@ def parse_image(serialized: tf.Tensor, channels: int, dim: int | None = None,
 
 
 def parse_sequence(serialized, n_frames: int, dim: int, pack3: bool = False, invert: bool = False) -> dict:
-    """`sequence` record of n encoded frames (or an example a view assembled from the frame store)
+    """`sequence` record of n encoded frames (or an example assembled from the frame store)
     -> uint8 image (n, dim, dim, 1), or (n/3, dim, dim, 3) with `pack3` (three consecutive frames
     as the channels of one image, for 2D backbones over time).
 
     Frames are decoded with a fixed count (`n_frames`) so the shape is static for TPUs.
     """
-    if isinstance(serialized, dict):  # an example a view assembled from the frame store
+    if isinstance(serialized, dict):  # an example assembled from the frame store
         ex = dict(serialized)
         frames = resize(tf.ensure_shape(ex["image"], [n_frames, None, None, 1]), dim)
         ex["image"] = arrange_frames(frames, n_frames, dim, pack3=pack3, invert=invert)

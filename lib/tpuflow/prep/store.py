@@ -1,4 +1,4 @@
-"""The frame store: every source frame written once, as its original bytes, with what any view needs.
+"""The frame store: every source frame written once, as its original bytes, with what assembling any kind needs.
 
 `create_tfrecords.py --specs=frames` writes `<out_dir>/data-frames/`: `frames.tfrecord-*` shards
 of one record per frame of train_cv.csv and test_cv.csv, in storm and time order, holding the
@@ -38,7 +38,7 @@ def is_store(manifest: dict) -> bool:
 
 
 def frame_features(row, size: tuple[int, int], data: bytes) -> dict:
-    """One frame's record: the builder's example features plus what a view needs to place it."""
+    """One frame's record: the builder's example features plus what assembly needs to place it."""
     return {**build_encode.example_features(row), "image": [data], "split": row.split,
             "frame_pos": int(row.frame_pos), "csv_row": int(row.csv_row),
             "height": int(size[0]), "width": int(size[1])}

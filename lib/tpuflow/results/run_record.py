@@ -176,7 +176,7 @@ class RunRecord:
             "error": None, "started": _now(), "updated": _now(),
             "description": module_doc.strip().split("\n")[0],
             "jobs": list(cfg.jobs), "flags": cfg.to_dict(),
-            "dataset": dataset_info(cfg.data_tfrec_dir, manifest) if manifest else None,
+            "dataset": dataset_info(cfg.frame_store or cfg.data_tfrec_dir, manifest) if manifest else None,
             "model": None, "cv": None, "folds": {}, "timings": {}, "runtime": None,
             "versions": dict(versions), "git": git_info(run_py),
             "run_py": {"path": os.path.abspath(run_py), "source": storage.read_text(run_py)},

@@ -63,9 +63,11 @@ class Data:
     NAME, RESULTS = "data", True
     data_dir: str = setting("../../data", "Dir with train_cv.csv, submission_format.csv, unique_labels_sorted.npy")
     data_tfrec_dir: str | None = setting(None, "Dir of the TFRecord dataset (fold.<k>.tfrecord-*, test.tfrecord-*)")
-    view: str | None = setting(None, "Read --data_tfrec_dir as a frame store (create_tfrecords.py --specs=frames) "
-                               "through this view, assembled at read time: e.g. sequence:n24:s1, stacked:s5, "
-                               "mean:s10, single")
+    frame_store: str | None = setting(None, "Dir of a frame store (create_tfrecords.py --specs=frames) to "
+                                      "assemble the examples from at read time, as --assemble says (instead of "
+                                      "--data_tfrec_dir's records)")
+    assemble: str | None = setting(None, "With --frame_store: the examples to assemble from it, in the builder's "
+                                   "spec grammar: e.g. sequence:n24:s1, stacked:s5, mean:s10, single")
     dataset_kind: str | None = setting(None, "Record kind the experiment reads; checked against the dataset "
                                        "manifest (None: any)", choices=kinds.NAMES)
     n_frames: int | None = setting(None, "Frames per example (from the dataset manifest)", derived=True)
@@ -179,9 +181,9 @@ class Runtime:
                                        why="0: auto, 32 on TPUs and 1 elsewhere")
     jit_compile: str = setting("auto", "XLA-compile the train step (auto: Keras decides; TPUs always compile)",
                                choices=("auto", "true", "false"))
-    frame_cache: str = setting("auto", "With --view: decode each store frame once into host memory (store rows x "
-                               "H x W bytes; a mean view: twice that); auto: when it fits in half the available "
-                               "memory, memory: always, off: decode every slot as it is read",
+    frame_cache: str = setting("auto", "With --assemble: decode each store frame once into host memory (store rows "
+                               "x H x W bytes; mean examples: twice that); auto: when it fits in half the "
+                               "available memory, memory: always, off: decode every slot as it is read",
                                choices=("auto", "memory", "off"))
     backup_every_steps: int = setting(0, "Also back a fold up within the epoch every this many steps (0: off)",
                                       interval="[0, inf)", why="0: off")
@@ -211,6 +213,10 @@ QUICK_DIM = 32  # --quick images: the smallest keras.applications backbones acce
 
 OLD_VALUES = {("metric", "rmse"): "rmse_rounded",
               ("monitor", "val_rmse"): "val_score"}  # val_rmse held the --metric's score, rounded or raw
+# Old flag names, still flags, read as the new ones with a note: "view" now means a TTA view only.
+# Runs before the rename read a frame store as `--data_tfrec_dir=<store> --view=<spec>` (`new_names`);
+# fingerprints keep that form (`old_names`), so that theirs still match.
+OLD_NAMES = {"view": "assemble"}
 
 
 def score_key(metric: str) -> str:
@@ -240,8 +246,9 @@ class Config(Outputs, Runtime, Jobs, Training, Model, Data):  # fields: SECTION_
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
-        """A configuration read back from config.json (older files: old value spellings read as
-        the new ones, settings they lack are None, settings no longer known dropped)."""
+        """A configuration read back from config.json (older files: old names and value spellings
+        read as the new ones, settings they lack are None, settings no longer known dropped)."""
+        values = new_names(values, warn=False)
         return cls(**{k: new_value(k, values.get(k), warn=False) for k in setting_names()})
 
 
@@ -294,7 +301,17 @@ def define_flags(section_types=SECTION_TYPES) -> list[str]:
                 flags.DEFINE_enum(f.name, default, list(meta["choices"]), meta["help"], required=meta["required"])
             else:
                 define[kind](f.name, default, meta["help"], required=meta["required"])
-    return [f.name for f in flag_fields(section_types)]
+    old = _old_flags(section_types)
+    for name, new in old.items():
+        define[_flag_type(typing.get_type_hints(Config)[new])](name, None, f"Old name of --{new} (read as it, "
+                                                                         "with a warning)")
+    return [f.name for f in flag_fields(section_types)] + list(old)
+
+
+def _old_flags(section_types) -> dict[str, str]:
+    """The old flag names (`OLD_NAMES`) of the sections' settings: old -> new."""
+    names = set(setting_names(section_types))
+    return {old: new for old, new in OLD_NAMES.items() if new in names}
 
 
 def _flag_type(annotation) -> type:
@@ -314,7 +331,7 @@ def help_groups() -> dict[str, list[str]]:
     must match it."""
     return {f"{s.NAME} ({s.__doc__.strip().rstrip('.').lower()}" +
             ("; fingerprinted: a resumed fold must match" if s.RESULTS else "") + ")":
-            [f.name for f in flag_fields([s])] for s in SECTION_TYPES}
+            [f.name for f in flag_fields([s])] + list(_old_flags([s])) for s in SECTION_TYPES}
 
 
 def _json_safe(value):
@@ -333,10 +350,44 @@ def new_value(name: str, value, warn: bool = True):
     if new is None:
         return value
     if warn:
-        message = f"--{name}={value} is the old name of --{name}={new}; read as {new}"
-        logging.warning(message)
-        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        _warn(f"--{name}={value} is the old name of --{name}={new}; read as {new}")
     return new
+
+
+def _warn(message: str) -> None:
+    logging.warning(message)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def new_names(values: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """Settings under today's flag names (`OLD_NAMES`), each old one given read with a one-line
+    warning; a frame store given the old way (`--data_tfrec_dir` with `--assemble`) is read as
+    `--frame_store`. With a frame store, `data_tfrec_dir` is None: no records are read."""
+    v = dict(values)
+    for old, new in OLD_NAMES.items():
+        given = v.pop(old, None)
+        if given is not None and v.get(new) is None:
+            if warn:
+                _warn(f"--{old} is the old name of --{new}; read as --{new}={given}")
+            v[new] = given
+    if v.get("assemble") and not v.get("frame_store") and v.get("data_tfrec_dir"):
+        if warn:
+            _warn(f"--data_tfrec_dir={v['data_tfrec_dir']} with --assemble is the old spelling of "
+                  f"--frame_store; read as --frame_store={v['data_tfrec_dir']}")
+        v["frame_store"] = v["data_tfrec_dir"]
+    if v.get("frame_store"):
+        v["data_tfrec_dir"] = None
+    return v
+
+
+def old_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """Result settings as runs before `--frame_store`/`--assemble` recorded them (what fingerprints
+    hash): the store in `data_tfrec_dir`, the spec in `view`."""
+    old = {k: v for k, v in settings.items() if k not in ("frame_store", "assemble")}
+    old["view"] = settings.get("assemble")
+    if settings.get("frame_store"):
+        old["data_tfrec_dir"] = settings["frame_store"]
+    return old
 
 
 def old_value(name: str, value):
@@ -367,7 +418,7 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
         v.update({k: 0 for k in ("backup_every_steps", "backup_every_minutes") if k not in asked})  # epoch ends only
         if "batch_size" not in asked:  # 4 per device, so that any number of devices divides it
             v.update(batch_size=4, batch_size_per_replica=True)
-        # unless asked for; a view decodes the few frames it reads rather than caching every one
+        # unless asked for; assembly decodes the few frames it reads rather than caching every one
         quick = {"n_folds": 1, "tta_number": 0, "dim": min(v["dim"], QUICK_DIM), "frame_cache": "off"}
         asked = asked | ({"tta_number"} if "tta" in asked else set())  # a TTA set asked for: all its views
         v.update({k: x for k, x in quick.items() if k not in asked})
@@ -458,15 +509,17 @@ def result_settings(cfg: Config) -> dict[str, Any]:
 
 
 def fingerprint(cfg: Config) -> str:
-    """Short hash of the result-affecting settings (resolved global batch and LR included)."""
-    return _hash(result_settings(cfg))
+    """Short hash of the result-affecting settings (resolved global batch and LR included), under
+    the flag names of runs before `--frame_store`/`--assemble` (`old_names`): an unchanged
+    configuration hashes as it always did."""
+    return _hash(old_names(result_settings(cfg)))
 
 
 def fingerprints(cfg: Config) -> set[str]:
     """This configuration's fingerprint and the ones runs made before flag values were renamed
     wrote for the same settings, each rename made or not (so that their backups and done records
     still resume)."""
-    settings = result_settings(cfg)
+    settings = old_names(result_settings(cfg))
     renamed = sorted({n for n, _ in OLD_VALUES} & settings.keys())
     found = set()
     for spelled_old in itertools.product((False, True), repeat=len(renamed)):  # renamed at different times
@@ -480,5 +533,5 @@ def _hash(values: dict) -> str:
 
 
 def recorded_settings(flags: dict) -> dict:
-    """Settings as an older record.json or config.json wrote them, in today's spelling."""
-    return {k: new_value(k, v, warn=False) for k, v in flags.items()}
+    """Settings as an older record.json or config.json wrote them, in today's names and spelling."""
+    return {k: new_value(k, v, warn=False) for k, v in new_names(flags, warn=False).items()}

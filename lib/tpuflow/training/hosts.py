@@ -21,7 +21,7 @@ With one process (one host, any number of devices) all of this is the identity.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import posixpath
 
@@ -58,17 +58,6 @@ def agree(*flags: bool) -> tuple[bool, ...]:
     from jax.experimental import multihost_utils  # noqa: PLC0415
     gathered = np.asarray(multihost_utils.process_allgather(np.array([bool(f) for f in flags], np.int32)))
     return tuple(bool(f) for f in gathered.reshape(-1, len(flags)).any(axis=0))
-
-
-def host_files(files: Sequence[str], index: int, count: int) -> list[str]:
-    """This host's share of the training shards (every `count`-th file, from `index`)."""
-    files = list(files)
-    if count == 1:
-        return files
-    if len(files) < count:
-        raise ValueError(f"{len(files)} training record file(s) cannot be shared by {count} hosts: build the "
-                         f"records with at least {count} shards per fold (create_tfrecords.py --shards_per_fold)")
-    return files[index::count]
 
 
 def host_batch(global_batch: int, count: int) -> int:

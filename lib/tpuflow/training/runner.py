@@ -12,8 +12,8 @@ import pandas as pd
 import tensorflow as tf
 
 from tpuflow import backend, cli, storage
-from tpuflow.inputs import mixup, ondevice, pipeline, records, views
-from tpuflow.prep import split, store
+from tpuflow.inputs import ondevice, records, source
+from tpuflow.prep import split
 from tpuflow.results import checkpoint_names, prediction_names, run_record, scoring
 from tpuflow.storage import tables
 from tpuflow.training import config, curves, hosts, loop, models, resume, runtime, tensorboard
@@ -134,30 +134,21 @@ class BestCheckpoint(keras.callbacks.Callback):
                 resume.remove_checkpoint(old)
 
 
-def check_inputs(cfg, jobs: set[str]) -> dict:
-    """Fails fast, before any long work, on anything missing; returns the dataset manifest."""
-    manifest = {}
+def check_inputs(cfg, jobs: set[str]) -> source.RecordSource | source.FrameStoreSource | None:
+    """Fails fast, before any long work, on anything missing; returns the input source (None when
+    the jobs read no examples)."""
+    inputs = None
     if cfg.batch_size < 1:
         raise ValueError(f"--batch_size={cfg.batch_size}: must be >= 1")
     if jobs & {"train", "val", "test"}:
         models.check_weights(cfg.weights, cfg.backbone)  # the model is built for each of them
-        if not cfg.data_tfrec_dir:
-            raise ValueError("--data_tfrec_dir is required for the train/val/test jobs")
-        manifest = views.view_manifest(view_of(cfg)) if cfg.view else records.read_manifest(cfg.data_tfrec_dir)
-        if manifest["kind"] == "frames":
-            raise ValueError(f"--data_tfrec_dir={cfg.data_tfrec_dir} is a frame store: pass --view=<spec> "
-                             "(e.g. --view=stacked:s5) to read examples of one kind from it")
-        check_dataset_kind(cfg, manifest)
-        if not cfg.view:  # a view's store is checked when it is opened
-            store.check_sources(manifest, cfg.data_tfrec_dir, cfg.data_dir)
-        total = int(manifest["n_folds"])
+        inputs = source.open_source(cfg)
+        check_dataset_kind(cfg, inputs)
+        total = int(inputs.manifest["n_folds"])
         if cfg.initial_fold + cfg.n_folds > total:
             raise ValueError(f"--initial_fold={cfg.initial_fold} --n_folds={cfg.n_folds}: the dataset "
-                             f"{cfg.data_tfrec_dir} has only {total} folds")
-        if not cfg.view:
-            records.record_files(cfg.data_tfrec_dir, range(total))
-            if "test" in jobs:
-                records.record_files(cfg.data_tfrec_dir, None)
+                             f"{inputs.name} has only {total} folds")
+        inputs.check(jobs)
         scoring.check_views(cfg.data_preds_dir, cfg.tta_views)
         if "train" not in jobs:
             found = [best_checkpoint(cfg.output_dir, k) for k in folds(cfg)]
@@ -175,36 +166,27 @@ def check_inputs(cfg, jobs: set[str]) -> dict:
         if "test" not in jobs:
             scoring.load_predictions(cfg.data_preds_dir, "test", folds(cfg), cfg.tta_number, load_unique_labels(cfg.data_dir),
                                      views=cfg.tta_views)
-    return manifest
+    return inputs
 
 
-def check_dataset_kind(cfg, manifest: dict) -> None:
+def check_dataset_kind(cfg, inputs) -> None:
     """The records must be of the kind the experiment reads (a sequence model on single frames
     would otherwise fail deep inside tf.data, or worse, silently read the first frame only)."""
+    manifest = inputs.manifest
     if cfg.dataset_kind and manifest["kind"] != cfg.dataset_kind:
         raise ValueError(f"experiment {cfg.experiment_id!r} reads '{cfg.dataset_kind}' records "
-                         f"(--dataset_kind), but --data_tfrec_dir={cfg.data_tfrec_dir} holds "
+                         f"(--dataset_kind), but {inputs.name} holds "
                          f"'{manifest['kind']}' records ({manifest['spec']})")
 
 
-def check_parse(cfg, manifest: dict, parse) -> None:
-    """Parses one record eagerly, so that records the experiment cannot read (e.g. a frame count
+def check_parse(cfg, inputs, parse) -> None:
+    """Parses one example eagerly, so that records the experiment cannot read (e.g. a frame count
     its model cannot use) fail now, with both named, not after the model is built."""
-    if cfg.view:  # an assembled example stands in for a record
-        serialized = view_of(cfg).first_example(cfg.initial_fold)
-    else:
-        first = records.record_files(cfg.data_tfrec_dir, [cfg.initial_fold])[0]
-        serialized = next(iter(tf.data.TFRecordDataset(first).take(1)))
     try:
-        parse(serialized)
+        parse(inputs.first_example(cfg.initial_fold))
     except Exception as err:  # any parse failure: re-raised with the experiment and dataset named
         raise ValueError(f"experiment {cfg.experiment_id!r} cannot read the records of "
-                         f"--data_tfrec_dir={cfg.data_tfrec_dir} ({manifest['spec']}): {err}") from err
-
-
-def view_of(cfg) -> views.View:
-    """The `--view` of the frame store in `--data_tfrec_dir` (read once per process)."""
-    return views.open_view(cfg.data_tfrec_dir, cfg.view, cfg.data_dir, cfg.frame_cache)
+                         f"{inputs.name} ({inputs.manifest['spec']}): {err}") from err
 
 
 def folds(cfg) -> range:
@@ -245,16 +227,13 @@ def epoch_steps(cfg, manifest: dict, fold: int) -> int:
     return cfg.steps_per_epoch or max(1, records.example_count(manifest, train_folds) // cfg.global_batch_size)
 
 
-def read_fold_labels(cfg, manifest: dict) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def read_fold_labels(inputs) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{fold: (ids, wind speeds, class indices)} of every fold, read once per run (records carry
     their labels; reading them needs no image decoding, but still a pass over the files)."""
-    if cfg.view:
-        return {k: view_of(cfg).labels(view_of(cfg).split_rows(k)) for k in range(int(manifest["n_folds"]))}
-    return {k: records.read_labels(records.record_files(cfg.data_tfrec_dir, [k]))
-            for k in range(int(manifest["n_folds"]))}
+    return {k: inputs.labels(k) for k in range(int(inputs.manifest["n_folds"]))}
 
 
-def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_labels: dict,
+def train_fold(cfg, fold: int, model: keras.Model, parse, inputs, fold_labels: dict,
                unique_labels, trainer: keras.Model | None = None, block: int | None = None,
                devices: str = "") -> keras.callbacks.History:
     """Trains one fold, keeping its best checkpoint and its curves, and leaves the best weights in
@@ -263,20 +242,17 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
     augmentation made on the accelerator; the callbacks see `model`. `block`: the examples one
     device trains on per step, among which mixup draws partners (None: the whole batch).
     `devices`: where it trains (`placement_name`), which a backup within an epoch must match.
+    `inputs`: the run's input source (`tpuflow.inputs.source`).
 
     Each epoch is backed up (and within it, as `--backup_every_*` say); after a kill the fold
     resumes from its last backup (see `resume`).
     """
-    train_folds = [k for k in range(int(manifest["n_folds"])) if k != fold]
-    steps = epoch_steps(cfg, manifest, fold)
+    train_folds = [k for k in range(int(inputs.manifest["n_folds"])) if k != fold]
+    steps = epoch_steps(cfg, inputs.manifest, fold)
     if cfg.task == "regression":  # start at the training folds' mean wind speed (no val labels)
         models.set_regression_bias(model, float(np.mean(np.concatenate([fold_labels[k][1] for k in train_folds]))))
-    ids, labels, labels_le = fold_labels[fold]
-    if cfg.view:
-        val_ds = view_of(cfg).predict_dataset(view_of(cfg).split_rows(fold), parse, cfg.global_batch_size)
-    else:
-        val_ds = pipeline.predict_dataset(records.record_files(cfg.data_tfrec_dir, [fold]), parse,
-                                          cfg.global_batch_size, len(ids))
+    _, labels, labels_le = fold_labels[fold]
+    val_ds = inputs.predict_dataset(fold, parse, cfg.global_batch_size)
     monitor, score = config.monitored_key(cfg), config.score_key(cfg.metric)
     checkpoint = BestCheckpoint(cfg.output_dir, fold, monitor, score)
     reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="min", factor=cfg.lr_factor,
@@ -296,25 +272,10 @@ def train_fold(cfg, fold: int, model: keras.Model, parse, manifest: dict, fold_l
     host, n_hosts = hosts.process_info()
 
     def train_dataset(epoch: int, step: int):
-        """The training batches from step `step` of epoch `epoch` on.
-
-        Records: a resumed fold draws a new shuffle rather than replaying the order it had.
-        Views: one global shuffle, resumed at the position reached (the batches it would have seen).
-        Several hosts: each reads its share of the shards and feeds its share of the global batch."""
-        if cfg.view:
-            position = (epoch * steps + step) * cfg.global_batch_size
-            ds = view_of(cfg).train_dataset(train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
-                                            seed=cfg.seed, fold=fold, start=position, aug_prob=cfg.aug_prob,
-                                            host=(host, n_hosts))
-            mix_seed, mix_start = cfg.seed + fold, position // cfg.global_batch_size  # mixing resumes too
-        else:
-            train_files = records.record_files(cfg.data_tfrec_dir, train_folds)
-            seed = cfg.seed + fold + 1000 * epoch + (7919 * step if step else 0)
-            ds = pipeline.train_dataset(hosts.host_files(train_files, host, n_hosts), parse,
-                                        hosts.host_batch(cfg.global_batch_size, n_hosts), shuffle_buffer=cfg.buffer_size,
-                                        aug_prob=cfg.aug_prob, cache=cfg.use_cache, seed=seed)
-            mix_seed, mix_start = seed, 0
-        return mixup.maybe_mix(ds, cfg, seed=mix_seed, block=block, start=mix_start, host=host)
+        """The training batches from step `step` of epoch `epoch` on (how a resumed fold continues:
+        the source's doc); each host feeds its share of the global batch."""
+        return inputs.train_dataset(cfg, train_folds, parse, hosts.host_batch(cfg.global_batch_size, n_hosts),
+                                    fold=fold, epoch=epoch, step=step, steps=steps, block=block, host=(host, n_hosts))
 
     # A fold resumed within an epoch runs the rest of that epoch as a fit of its own, then the others.
     segments = [(initial_epoch, initial_step)] if initial_step else []
@@ -346,26 +307,19 @@ def placement_name(placement: runtime.Placement) -> str:
     return f"{placement.processes} process(es), {placement.replicas} {placement.kind.upper()} device(s)"
 
 
-def predict_split(cfg, fold: int, predictor: keras.Model, parse, split_name: str, batch: int) -> None:
+def predict_split(cfg, fold: int, predictor: keras.Model, parse, inputs, split_name: str, batch: int) -> None:
     """Writes val (this fold) or test predictions for TTA 0..tta_number, with their ids; the view
     of each TTA index is recorded first (`tta_views.json`). All views come from one pass: each
     example is read and decoded once, in batches of `batch` examples, and `predictor`
     (`ondevice.tta_model`) makes its views on the accelerator. Validation rows are written in the
     order of the fold's rows in train_cv.csv (`scoring.csv_order`), test rows in the records' order:
     submission_format.csv's."""
-    if cfg.view:
-        rows = view_of(cfg).split_rows(fold if split_name == "val" else None)
-        ids = view_of(cfg).labels(rows)[0]
-    else:
-        files = records.record_files(cfg.data_tfrec_dir, [fold] if split_name == "val" else None)
-        ids = records.read_ids(files)
+    which = fold if split_name == "val" else None
+    ids = inputs.ids(which)
     scoring.record_views(cfg.data_preds_dir, cfg.tta_views, cfg.tta_set)
     n_tta = len(cfg.tta_views)
     print(f"Fold {fold}: predicting {split_name} ({len(ids)} examples x {n_tta} TTA views)", flush=True)
-    if cfg.view:
-        ds = view_of(cfg).predict_dataset(rows, parse, batch)
-    else:
-        ds = pipeline.predict_dataset(files, parse, batch, len(ids))
+    ds = inputs.predict_dataset(which, parse, batch)
     pred = hosts.predict(predictor, ds, batch, resume.NOTICE.check)[:len(ids) * n_tta]
     pred = pred.reshape(len(ids), n_tta, *pred.shape[1:])
     if split_name == "val":
@@ -500,7 +454,8 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
 
     `check_lock` raises if the run dir's lock was lost; it is called before each fold."""
     jobs = set(cfg.jobs)
-    manifest = check_inputs(cfg, jobs)
+    inputs = check_inputs(cfg, jobs)
+    manifest = inputs.manifest if inputs else {}
     labels = load_unique_labels(cfg.data_dir, required=True) if cfg.task == "classification" else None
     cfg = config.resolve(cfg, manifest, None if labels is None else len(labels))  # what the data decides
     full_folds = run_record.cv_folds(cfg.output_dir)
@@ -517,8 +472,8 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         execution = config.steps_per_execution(cfg, placement.kind, shortest)
         cfg = cfg.replace(steps_per_execution=execution[0])
     parse = lambda serialized: parse_example(serialized, cfg)  # noqa: E731 (closure over cfg)
-    if manifest:
-        check_parse(cfg, manifest, parse)
+    if inputs:
+        check_parse(cfg, inputs, parse)
     refuse_other_settings(cfg, full_folds, suffix)  # and the settings the devices decide
     storage.makedirs(cfg.output_dir)
     config_path = storage.join(cfg.output_dir, "config.json")
@@ -552,7 +507,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
         record.set_model(*model_facts(cfg, model, placement, execution))
-        fold_labels = read_fold_labels(cfg, manifest) if "train" in jobs else {}
+        fold_labels = read_fold_labels(inputs) if "train" in jobs else {}
         for fold in folds(cfg):
             check_lock()  # another run took this run dir over (our heartbeat failed): stop writing
             resume.NOTICE.check()  # a notice outside training: every host stops here together
@@ -564,7 +519,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             print(f"Fold {fold} ({fold - cfg.initial_fold + 1}/{cfg.n_folds}): {'+'.join(todo)}", flush=True)
             start, history = time.time(), None
             if "train" in todo:
-                history = train_fold(cfg, fold, model, parse, manifest, fold_labels, unique_labels, trainer, block,
+                history = train_fold(cfg, fold, model, parse, inputs, fold_labels, unique_labels, trainer, block,
                                      placement_name(placement))
                 progress.mark("train")
                 timings[f"train_fold_{fold}"] = time.time() - start
@@ -573,7 +528,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
             for split_name in ("val", "test"):
                 if split_name in todo:
                     start = time.time()
-                    predict_split(cfg, fold, predictor, parse, split_name, tta_batch)
+                    predict_split(cfg, fold, predictor, parse, inputs, split_name, tta_batch)
                     progress.mark(split_name)
                     timings[f"{split_name}_fold_{fold}"] = time.time() - start
             record.fold_done(fold, history, best_checkpoint(cfg.output_dir, fold), timings)
@@ -601,12 +556,13 @@ def explain_error(cfg, err: BaseException) -> BaseException:
     """An error that names what to fix, for errors that point nowhere: a corrupt record file
     (TensorFlow names only a byte offset) is found by its manifest checksum; a full disk or
     other I/O error without a path gets the run dir's."""
-    if isinstance(err, tf.errors.DataLossError) and cfg.data_tfrec_dir:
+    dataset = cfg.frame_store or cfg.data_tfrec_dir
+    if isinstance(err, tf.errors.DataLossError) and dataset:
         from tpuflow.prep import build_write  # noqa: PLC0415 (only on this error path)
-        bad = {name: state for name, state in build_write.verify_dataset(cfg.data_tfrec_dir).items() if state != "ok"}
-        named = ", ".join(f"{storage.join(cfg.data_tfrec_dir, n)} ({state})" for n, state in sorted(bad.items()))
+        bad = {name: state for name, state in build_write.verify_dataset(dataset).items() if state != "ok"}
+        named = ", ".join(f"{storage.join(dataset, n)} ({state})" for n, state in sorted(bad.items()))
         message = (f"corrupt record file(s): {named}; rebuild with data_prep/create_tfrecords.py (it redoes "
-                   f"damaged shards)" if bad else f"{cfg.data_tfrec_dir}: {' '.join(str(err).split())}")
+                   f"damaged shards)" if bad else f"{dataset}: {' '.join(str(err).split())}")
         return ValueError(message).with_traceback(err.__traceback__)
     if isinstance(err, OSError) and not err.filename and err.errno:
         return type(err)(err.errno, f"{err.strerror or err} (writing to --output_dir)", cfg.output_dir)

@@ -21,7 +21,7 @@ def kind_config(spec: frames.DatasetSpec, dim: int, backbone: str = "EfficientNe
 
 
 def kind_parser(spec: frames.DatasetSpec, dim: int):
-    """The parser training uses for the kind (`parsers.parse_by_kind`; records and examples a view
+    """The parser training uses for the kind (`parsers.parse_by_kind`; records and examples assembled
     assembled alike): serialized -> (uint8 image, float32 wind speed)."""
     cfg = kind_config(spec, dim)
     return lambda serialized: parsers.parse_by_kind(serialized, cfg)

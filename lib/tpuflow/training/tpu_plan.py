@@ -27,8 +27,7 @@ from typing import Callable
 import keras
 
 from tpuflow import backend, cli
-from tpuflow.inputs import ondevice, records, views
-from tpuflow.prep import store
+from tpuflow.inputs import ondevice, records, source
 from tpuflow.training import config, loop, models, runner, runtime
 
 GIB = 1 << 30
@@ -108,20 +107,6 @@ def target_devices(target: Target) -> list:
 def chips_of(devices) -> int:
     """Chips of a slice: its devices grouped by (host, chip coordinates) (v3, v4, TPU7x: 2 per chip)."""
     return len({(d.process_index, tuple(d.coords)) for d in devices})
-
-
-def dataset_manifest(cfg) -> dict:
-    """The dataset's manifest (records) or the view's (`--view` over a frame store), from the
-    manifest files only: no example is read and no frame decoded."""
-    if not cfg.data_tfrec_dir:
-        raise cli.UsageError("--data_tfrec_dir is required: the plan reads the dataset's kind, frames and counts")
-    if not cfg.view:
-        manifest = records.read_manifest(cfg.data_tfrec_dir)
-        if manifest["kind"] == "frames":
-            raise cli.UsageError(f"--data_tfrec_dir={cfg.data_tfrec_dir} is a frame store: pass --view=<spec>")
-        return manifest
-    return views.spec_manifest(views.parse_view(cfg.view), store.read_manifest(cfg.data_tfrec_dir),
-                               cfg.data_tfrec_dir)
 
 
 class Steps:
@@ -366,7 +351,7 @@ def _keras_tensors(tree):
 def resolve_data(cfg) -> tuple:
     """(configuration resolved for the dataset, its manifest): frames and classes, as the runner's
     first `config.resolve`; the experiment's kind checked against the data."""
-    manifest = dataset_manifest(cfg)
+    manifest = source.open_source(cfg).manifest  # manifest files only: nothing decoded
     runner.check_dataset_kind(cfg, manifest)
     n_labels = (len(runner.load_unique_labels(cfg.data_dir, required=True))
                 if cfg.task == "classification" else None)
@@ -383,7 +368,7 @@ def _count(manifest: dict, folds) -> int:
 def plan(cfg, init_model: Callable, targets: list[Target], host_rates: dict | None = None,
          log: Callable[[str], None] = functools.partial(print, flush=True)) -> list[dict]:
     """One entry per target (see the module docstring; `error` set where the target could not be
-    planned); `host_rates`: `{"rates": {view spec: examples/s per host core}}` from
+    planned); `host_rates`: `{"rates": {example spec: examples/s per host core}}` from
     `benchmarks/bench_scale.py --rates_json`."""
     cfg, manifest = resolve_data(cfg)
     precision = runtime.precision_name(cfg.mixed_precision, "tpu")
@@ -440,7 +425,7 @@ def _plan_target(cfg, placed: TargetPlan, manifest: dict, host_rates: dict | Non
                 + ("test" in jobs) * predict_s(_count(manifest, None)) for k in folds)
     found_collectives = collectives(train["hlo"])
     needed = batch / step_s if step_s else None
-    spec = manifest.get("view") or manifest.get("spec")
+    spec = manifest["spec"]
     rate = ((host_rates or {}).get("rates") or {}).get(spec)
     entry.update({
         "figures_at_global_batch": batch,

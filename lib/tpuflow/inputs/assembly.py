@@ -1,7 +1,9 @@
-"""Views: examples of any dataset kind assembled at read time from the frame store.
+"""Assembly: examples of any dataset kind assembled at read time from the frame store.
 
-`--view=sequence:n24:s1` (the builder's spec grammar) on an experiment whose `--data_tfrec_dir`
-is a frame store (`tpuflow.prep.store`) gives the examples the prebuilt records of that spec hold:
+`--frame_store=DIR --assemble=sequence:n24:s1` (the builder's spec grammar; old spelling:
+`--data_tfrec_dir=DIR --view=...`) on an experiment gives the examples the prebuilt records of that
+spec hold (`tpuflow.inputs.source.FrameStoreSource` is the runner's face of it; "view" is reserved
+for TTA views):
 which frames make a slot comes from `frames.storm_ranges` (the builder's rules: history across
 train and test, first-frame padding, never a future frame), labels, ids and folds from the
 store's table. `single`, `stacked` and `sequence` slots are the source frames' pixels exactly;
@@ -15,7 +17,7 @@ slot is decoded as it is read. Either way the examples are the same to the bit.
 An assembled example is a dict {image_id, image (uint8 at the frames' size: (H, W, C) for the
 image kinds, (n, H, W, 1) for `sequence`), label, label_le}; `records.parse_image` and
 `records.parse_sequence` take it in place of a serialized record and resize it to `--dim`, so an
-experiment's `parse_example` reads prebuilt records and views alike.
+experiment's `parse_example` reads prebuilt records and assembled examples alike.
 
 Training order is a global shuffle over every training example: example position p of the
 endless stream is the training example `index_shuffle(p mod N)` of a permutation seeded by
@@ -38,15 +40,15 @@ from tpuflow.prep import frames, store
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def parse_view(text: str) -> frames.DatasetSpec:
-    """The view's spec; bad text is an error naming --view."""
+def parse_spec(text: str) -> frames.DatasetSpec:
+    """The spec of the examples to assemble; bad text is an error naming --assemble."""
     try:
         return frames.DatasetSpec.parse(text)
     except ValueError as err:
-        raise ValueError(f"--view={text!r}: {err}") from None
+        raise ValueError(f"--assemble={text!r}: {err}") from None
 
 
-class View:
+class Assembly:
     """One spec's examples over a loaded store: which store rows make each example's slots."""
 
     def __init__(self, frame_store: store.FrameStore, spec: frames.DatasetSpec, rounding: str = "round",
@@ -63,7 +65,7 @@ class View:
                 first = storm.iloc[0]
                 other = storm[(storm["height"] != first.height) | (storm["width"] != first.width)].iloc[0]
                 raise ValueError(
-                    f"--view={spec}: the store {frame_store.dir} cannot serve it: frame sizes "
+                    f"--assemble={spec}: the store {frame_store.dir} cannot serve it: frame sizes "
                     f"differ within storm {mixed[0]!r} ({other.image_id} is {other.width}x"
                     f"{other.height}, {first.image_id} is {first.width}x{first.height})")
         starts, stops = [], []
@@ -116,11 +118,11 @@ class View:
 
     @functools.cached_property
     def cache(self) -> frame_cache_lib.FrameCache | None:
-        """The store's decoded-frame cache for this view's decoding (`tpuflow.inputs.frame_cache`; shared by
-        the views of one loaded store that decode alike), or None when `frame_cache` says not to."""
+        """The store's decoded-frame cache for this assembly's decoding (`tpuflow.inputs.frame_cache`; shared by
+        the assemblies of one loaded store that decode alike), or None when `frame_cache` says not to."""
         sums = self.spec.rules.averages
         longest = int((self.stops - self.starts).max()) if len(self.starts) else 0
-        what = f"--view={self.spec}"
+        what = f"--assemble={self.spec}"
         shape = frame_cache_lib.use_cache(self.frame_cache, self.store.table, sums, longest, what)
         if shape is None:
             return None
@@ -239,24 +241,19 @@ def _loaded(store_dir: str, data_dir: str | None) -> store.FrameStore:
 
 
 @functools.lru_cache(maxsize=4)
-def open_view(store_dir: str, view: str, data_dir: str | None = None, frame_cache: str = "auto") -> View:
-    """The view `view` over the store in `store_dir` (read once per process), checked against the
-    CSVs in `data_dir`, with the decoded-frame cache `frame_cache` says (`tpuflow.inputs.frame_cache`):
-    every error names the view, the store, its damaged shard or the flag."""
-    spec = parse_view(view)
+def open_assembly(store_dir: str, spec: str, data_dir: str | None = None, frame_cache: str = "auto") -> Assembly:
+    """The examples `spec` says assembled from the store in `store_dir` (read once per process),
+    checked against the CSVs in `data_dir`, with the decoded-frame cache `frame_cache` says
+    (`tpuflow.inputs.frame_cache`): every error names the spec, the store, its damaged shard or the flag."""
+    parsed = parse_spec(spec)
     store.read_manifest(store_dir)
-    return View(_loaded(store_dir, data_dir), spec, frame_cache=frame_cache)
+    return Assembly(_loaded(store_dir, data_dir), parsed, frame_cache=frame_cache)
 
 
-def view_manifest(view: View) -> dict:
-    """What the runner reads from a dataset manifest, for a view (kind, frames, folds, counts)."""
-    return spec_manifest(view.spec, view.store.manifest, view.store.dir)
-
-
-def spec_manifest(spec: frames.DatasetSpec, store_manifest: dict, store_dir: str) -> dict:
-    """`view_manifest` from a view's spec and its store's manifest alone (nothing else is read)."""
+def manifest_of(spec: frames.DatasetSpec, store_manifest: dict, store_dir: str) -> dict:
+    """What the runner reads from a record dataset's manifest (kind, frames, folds, counts), for the
+    examples of `spec` assembled from a store, from its manifest alone (nothing else is read)."""
     m = store_manifest
     return {"spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
             "step": spec.step, "n_folds": m["n_folds"], "counts": m["counts"],
-            "image_size": m["image_size"], "sources": m["sources"], "store": store_dir,
-            "view": spec.to_string()}
+            "image_size": m["image_size"], "sources": m["sources"], "store": store_dir}
