@@ -351,8 +351,9 @@ def _keras_tensors(tree):
 def resolve_data(cfg) -> tuple:
     """(configuration resolved for the dataset, its manifest): frames and classes, as the runner's
     first `config.resolve`; the experiment's kind checked against the data."""
-    manifest = source.open_source(cfg).manifest  # manifest files only: nothing decoded
-    runner.check_dataset_kind(cfg, manifest)
+    inputs = source.open_source(cfg)  # manifest files only: nothing decoded
+    runner.check_dataset_kind(cfg, inputs)
+    manifest = inputs.manifest
     n_labels = (len(runner.load_unique_labels(cfg.data_dir, required=True))
                 if cfg.task == "classification" else None)
     return config.resolve(cfg, manifest, n_labels), manifest
