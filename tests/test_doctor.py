@@ -1,15 +1,19 @@
 """tools/doctor.py's host-memory estimate models the pipeline (serialized records in the shuffle
-buffer, decoded batches after it, serialized records in the cache), and a run.py's relative
-default data paths resolve against its folder, as `experiment.main` resolves them."""
+buffer, decoded batches after it, serialized records in the cache), its input-rate check times
+the runner's pipeline against the model's step, and a run.py's relative default data paths
+resolve against its folder, as `experiment.main` resolves them."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 import tiny_experiment
 from tpuflow.inputs import pipeline, records
+from tpuflow.prep import shard_names, store
 from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,3 +74,33 @@ def test_help_lists_the_doctors_flags_beside_the_experiments_by_section(tmp_path
     assert "--dataset_kind  (default: 'sequence')" in out  # the experiment's default
     assert out.index("\ndoctor.py:\n") < out.index("--experiment  (") < out.index("--model_steps  (default: 3)")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def store_dir(cv_dir, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("store"))
+    store.build_store(cv_dir, root, shards=2, workers=1, log=lambda m: None)
+    return os.path.join(root, shard_names.STORE_DIR)
+
+
+@pytest.mark.parametrize("source", ["records", "frame store"])
+def test_the_input_rate_check_times_the_runners_pipeline_and_the_models_step(source, cv_dir, single_dir, store_dir,
+                                                                             tmp_path):
+    """The doctor's "input vs model" line: the experiment's parser over the source the runner would
+    read (records or examples assembled from a frame store), against its model's training step."""
+    data = ([f"--data_tfrec_dir={single_dir}"] if source == "records" else
+            [f"--frame_store={store_dir}", "--assemble=single"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "lib"), HERE])}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "doctor.py"),
+                           f"--experiment={os.path.join(HERE, 'tiny_experiment.py')}", f"--data_dir={cv_dir}", *data,
+                           "--dim=16", "--batch_size=8", "--weights=None", "--input_batches=3", "--model_steps=2",
+                           f"--output_dir={tmp_path}"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    line = next(line for line in out.splitlines() if "input vs model" in line)
+    rates = re.search(r"input ([\d.]+) examples/s, model ([\d.]+) examples/s, ratio ([\d.]+): (\w+)-bound", line)
+    assert rates, line
+    data_rate, model_rate, ratio = (float(rates.group(i)) for i in (1, 2, 3))
+    assert data_rate > 0 and model_rate > 0 and ratio == pytest.approx(data_rate / model_rate, rel=0.05, abs=0.01)
+    assert rates.group(4) == ("model" if data_rate >= model_rate else "input")
+    assert ("--frame_store" in out) == (source == "frame store") and "VERDICT: READY" in out

@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from tpuflow import storage  # noqa: E402
 from tpuflow.inputs import assembly, records  # noqa: E402
-from tpuflow.prep import build_write  # noqa: E402
+from tpuflow.prep import build_write, kinds  # noqa: E402
 
 flags.DEFINE_string("tfrec_dir", None, "Dataset dir (with manifest.json)", required=True)
 flags.DEFINE_string("contact_sheet", None, "Write a PNG contact sheet here")
@@ -57,7 +57,7 @@ def examples(tfrec_dir: str, fold: int | None, spec: str | None = None, frame_ca
         return
     manifest = records.read_manifest(tfrec_dir)
     files = records.record_files(tfrec_dir, None if fold is None else [fold])
-    if manifest["kind"] == "sequence":
+    if kinds.get(manifest["kind"]).image_per_slot:
         parse = lambda s: records.parse_sequence(s, manifest["n_frames"], manifest["image_size"][0])  # noqa: E731
     else:
         parse = lambda s: records.parse_image(s, manifest["channels"])  # noqa: E731

@@ -4,7 +4,7 @@ The n frames of a `sequence` record (oldest first, current last) are packed thre
 the channels of one image, so the backbone runs n/3 times per example; the LSTM reads the n/3
 feature vectors in time order. n must be a multiple of 3.
 """
-from tpuflow.training import experiment, models  # first: picks Keras' backend (--backend), answers --help, quiets TensorFlow's logs
+from tpuflow.training import experiment, models  # first: Keras' backend follows --backend; TensorFlow's logs are quieted
 
 import keras  # noqa: E402
 

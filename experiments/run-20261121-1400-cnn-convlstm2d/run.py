@@ -3,7 +3,7 @@
 The backbone keeps its last spatial feature maps (no pooling); ConvLSTM2D reads them in time
 order, keeping the spatial layout in its state, and its last state is pooled.
 """
-from tpuflow.training import experiment, models  # first: picks Keras' backend (--backend), answers --help, quiets TensorFlow's logs
+from tpuflow.training import experiment, models  # first: Keras' backend follows --backend; TensorFlow's logs are quieted
 
 import keras  # noqa: E402
 

@@ -97,9 +97,6 @@ def reference_argv(argv: list[str]) -> list[str]:
 HELP_GROUPS = config.help_groups()  # `run.py --help`: the experiment's flags by section
 SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir", "frame_store")  # default paths relative to run.py (see main)
 
-# What a model and its configuration need loads no TensorFlow (a run.py's `init_model` builds on a
-# machine with JAX alone: `benchmarks/device_check.py`); the jobs and the parsers load it when used.
-from tpuflow.inputs import ondevice  # noqa: E402
 from tpuflow.results import run_record  # noqa: E402
 
 Config = config.Config
@@ -132,6 +129,7 @@ def make_config(**overrides) -> Config:
     asked = set(overrides) | ({n for n in OUR_FLAGS if FLAGS[n].present} if FLAGS.is_parsed() else set())
     values, asked = config.new_names(values), {config.OLD_NAMES.get(n, n) for n in asked}
     check_flags(Config(**values))  # as given, before anything is derived from them
+    from tpuflow.inputs import ondevice  # noqa: PLC0415 (Keras: `run.py --help` imports none)
     ondevice.check_mixup(values["mixup_alpha"], values["mixup_prob"], values["mixup_mode"])
     ondevice.check_prob(values["aug_prob"])
     return config.build(values, asked)
