@@ -133,3 +133,20 @@ def test_verbosity_defaults_to_one_line_per_epoch_off_a_terminal():
     assert experiment.make_config().verbose == 2
     assert experiment.make_config(verbose=0).verbose == 0
 
+
+
+@pytest.mark.parametrize("run_py", RUN_FILES, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_help_lists_the_experiments_defaults_before_keras_is_imported(run_py):
+    """`run.py --help` (asked often, answered at once): `models` loads on first use and the zoo
+    imports Keras inside `init_model`, so neither Keras nor TensorFlow is imported to answer it."""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = [{run_py!r}, '--help']\n"
+             "try:\n"
+             f"    runpy.run_path({run_py!r}, run_name='__main__')\n"
+             "except SystemExit as done:\n"
+             "    assert not done.code, done.code\n"
+             "print('imported:', sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--dataset_kind  (default: " in proc.stdout and "\nmodel (" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "imported: []"
