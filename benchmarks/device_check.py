@@ -108,17 +108,18 @@ def experiment_paths(names: list[str]) -> list[str]:
     return chosen
 
 
-def peak_tflops(device_kind: str, precision: str) -> float | None:
+def peak_tflops(chip: str, precision: str) -> float | None:
+    """The chip's peak at `precision`; `chip` as JAX names it (`jax.Device.device_kind`)."""
     for name, bf16, tf32 in PEAKS:
-        if name in device_kind:
+        if name in chip:
             return bf16 if precision in ("mixed_bfloat16", "mixed_float16") else tf32
     return None
 
 
-def sizes(kind: str) -> dict:
-    """Backbone, batch, px, frames and TTA batch of an experiment of this `kind` (flags override)."""
+def sizes(dataset_kind: str) -> dict:
+    """Backbone, batch, px, frames and TTA batch of an experiment of this dataset kind (flags override)."""
     table = TINY if FLAGS.tiny else REFERENCE
-    out = {**table["sequence" if kind == "sequence" else "image"], "dim": table["dim"],
+    out = {**table["sequence" if dataset_kind == "sequence" else "image"], "dim": table["dim"],
            "frames": table["frames"], "tta_batch": table["tta_batch"]}
     for flag, key in (("backbone", "backbone"), ("dim", "dim"), ("batch_size", "batch")):
         if FLAGS[flag].present:

@@ -50,7 +50,7 @@ def history_dirs(cv_dir, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def kind_dirs(single_dir, history_dirs) -> dict[str, str]:
-    """A dataset dir for every record kind: {kind: dir}."""
+    """A dataset dir for every dataset kind: {kind: dir}."""
     return {"single": single_dir, **history_dirs}
 
 

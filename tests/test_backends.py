@@ -88,7 +88,7 @@ try:
 except runtime.TPUUnreachableError as err:
     assert "the jax backend sees no TPU, only 2 cpu device(s)" in str(err), err
 fallback = runtime.jax_placement("local", tpu_fallback=True)  # warns and goes on with the CPUs
-assert (fallback.kind, fallback.replicas, fallback.name) == ("cpu", 2, "DataParallel"), fallback
+assert (fallback.platform, fallback.replicas, fallback.name) == ("cpu", 2, "DataParallel"), fallback
 
 settings = dict(data_dir={cv!r}, data_tfrec_dir={rec!r}, output_dir={out!r}, quick=True, dim=16, cpu_replicas=2,
                 tta_number=0, verbose=0, n_folds=1, job="train_val")

@@ -162,7 +162,7 @@ def _probs_problem(metric, seed=3):
 @pytest.mark.parametrize("metric", list(ensemble.METRICS))
 def test_every_method_is_never_worse_than_the_best_single_input(method, metric):
     m = ensemble.METRICS[metric]
-    prob = _values_problem(m) if m.kind == "values" else _probs_problem(m)
+    prob = _values_problem(m) if m.form == "values" else _probs_problem(m)
     fit = ensemble.fit(prob, method, ensemble_report.default_sort_metric(m), ensemble.Params(steps=15))
     best_single = min(prob.loss(prob.row(i)) for i in range(prob.m))
     assert prob.loss(fit.fit_pred) <= best_single + 1e-12
@@ -215,7 +215,7 @@ def test_loader_puts_rows_in_fold_order_and_averages_test_over_folds(dataset):
     inputs = ensemble_data.load_inputs(data_dir, ensemble_data.expand_model_dirs(f"{root}/run-*"))
     assert inputs.names == tuple(f"run-{m:02d}:tta{t}" for m in range(3) for t in range(2))
     assert inputs.val.shape == (6, len(FOLDS)) and inputs.val.dtype == np.float32
-    assert inputs.folds == (0, 1, 2) and inputs.kind == "values"
+    assert inputs.folds == (0, 1, 2) and inputs.form == "values"
     rows = np.concatenate([np.flatnonzero(train["fold_id"].to_numpy() == f) for f in (0, 1, 2)])
     np.testing.assert_array_equal(inputs.oof_ids, train["image_id"].to_numpy()[rows])
     np.testing.assert_array_equal(inputs.y, train["wind_speed"].to_numpy()[rows])
@@ -257,10 +257,10 @@ def test_loader_reads_probabilities_or_turns_them_into_values(tmp_path):
         write_model(str(tmp_path), f"clf-{m}", train, fmt, val, test)
     dirs = ensemble_data.expand_model_dirs(f"{tmp_path}/clf-*")
     probs = ensemble_data.load_inputs(data_dir, dirs)
-    assert probs.kind == "probs" and probs.val.shape == (4, len(FOLDS), 4)
+    assert probs.form == "probs" and probs.val.shape == (4, len(FOLDS), 4)
     np.testing.assert_array_equal(labels[probs.y], train.set_index("image_id").loc[probs.oof_ids, "wind_speed"])
     values = ensemble_data.load_inputs(data_dir, dirs, probs_to_values="expectation")
-    assert values.kind == "values"
+    assert values.form == "values"
     np.testing.assert_allclose(values.val, np.dot(probs.val, labels))
     run = ensemble_report.run(probs, "optimize", "logloss", nested=False)
     sub = ensemble_report.submission_frame(run)
@@ -296,6 +296,7 @@ def test_command_writes_every_output_without_tensorflow(dataset, tmp_path):
     assert sub["wind_speed"].dtype == np.int64
     rep = json.load(open(os.path.join(out, "report_ens_forward.json")))
     assert rep["method"] == "forward" and rep["n_inputs"] == 6 and rep["params"]["bags"] == 3
+    assert rep["form"] == "values"
     assert set(rep["scores"]) == {"rmse_raw", "rmse_rounded"}
     assert len(rep["scores"]["rmse_raw"]["ensemble_nested_per_fold"]) == 3
     np.testing.assert_allclose(sum(r["weight"] for r in rep["inputs"]), 1.0)

@@ -68,8 +68,8 @@ def check_tpu_stack(report: Report, placement) -> None:
         report.add(WARN, "jax/libtpu", f"jax {v['jax']} with libtpu {v['libtpu'] or 'not installed'}: "
                    "no devices resolved (see devices)")
     elif backend.chosen == "jax":
-        seen = "sees a TPU" if placement.kind == "tpu" else f"sees no TPU ({placement.kind} devices only)"
-        report.add(OK if placement.kind == "tpu" or not v["libtpu"] else WARN, "jax/libtpu",
+        seen = "sees a TPU" if placement.platform == "tpu" else f"sees no TPU ({placement.platform} devices only)"
+        report.add(OK if placement.platform == "tpu" or not v["libtpu"] else WARN, "jax/libtpu",
                    f"jax {v['jax']} with libtpu {v['libtpu'] or 'not installed'}: {seen}")
     elif v["jax"] is None:
         report.add(SKIP, "jax/libtpu", "jax not installed (the TPU path of today's TPU VMs: pip install '.[tpu]')")
@@ -79,7 +79,7 @@ def check_tpu_stack(report: Report, placement) -> None:
         report.add(SKIP, "jax/libtpu", "not probed: the tensorflow backend runs, and JAX would take the TPU")
     tf_tpu = v["tensorflow_wheel"] == "tensorflow-tpu"
     if backend.chosen == "tensorflow" and placement is not None:
-        if placement.kind == "tpu":
+        if placement.platform == "tpu":
             report.add(OK, "tensorflow/libtpu", f"{runtime.versions_line('tensorflow')}: TPUStrategy reached the TPU")
         else:
             detail = ("TPUStrategy possible with --tpu_ip_or_name" if tf_tpu else
@@ -100,7 +100,7 @@ def check_placement(report: Report, cfg):
     except (runtime.TPUUnreachableError, RuntimeError, ValueError) as err:
         report.add(FAIL, "devices", f"{type(err).__name__}: {err}")
         return None, cfg
-    report.add(OK, "devices", f"{placement.replicas} {placement.kind.upper()} device(s) in {placement.processes} "
+    report.add(OK, "devices", f"{placement.replicas} {placement.platform.upper()} device(s) in {placement.processes} "
                f"process(es) ({placement.name}): {', '.join(placement.devices[:8])}"
                + (" ..." if len(placement.devices) > 8 else ""))
     try:
@@ -300,9 +300,9 @@ def main(argv: list[str]) -> None:
     if failures:
         print(f"VERDICT: NOT READY ({len(failures)} problem(s)): " + "; ".join(failures), flush=True)
         sys.exit(1)
-    where = f"{placement.replicas} {placement.kind.upper()} device(s)" if placement else "?"
+    where = f"{placement.replicas} {placement.platform.upper()} device(s)" if placement else "?"
     print(f"VERDICT: READY: {backend.chosen} on {where}, precision {cfg.precision}"
-          + ("" if placement.kind != "cpu" or not cfg.tpu_ip_or_name else " (TPU fallback)"), flush=True)
+          + ("" if placement.platform != "cpu" or not cfg.tpu_ip_or_name else " (TPU fallback)"), flush=True)
 
 
 if __name__ == "__main__":

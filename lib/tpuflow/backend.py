@@ -49,12 +49,12 @@ def flag_value(argv: list[str]) -> str | None:
     return value
 
 
-_JAX_KINDS = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
+_JAX_PLATFORMS = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
 
 
-def jax_device_kind(devices) -> str:
-    """'tpu', 'gpu' or 'cpu': what JAX's devices are (their platform; a TPU VM's are all TPU)."""
-    return _JAX_KINDS.get(devices[0].platform, devices[0].platform)
+def jax_platform(devices) -> str:
+    """'tpu', 'gpu' or 'cpu': JAX's devices' platform, 'cuda' and 'rocm' as 'gpu' (a TPU VM's are all TPU)."""
+    return _JAX_PLATFORMS.get(devices[0].platform, devices[0].platform)
 
 
 TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")  # a TPU VM's chips (v2-v4: accel, v5e on: vfio)
@@ -78,7 +78,7 @@ def jax_sees_tpu() -> bool:
         return False
     import jax  # noqa: PLC0415 (only where a TPU is possible)
     try:
-        return jax_device_kind(jax.devices()) == "tpu"
+        return jax_platform(jax.devices()) == "tpu"
     except RuntimeError:  # libtpu present but no TPU attached (or held by another process)
         return False
 

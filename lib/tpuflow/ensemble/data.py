@@ -32,7 +32,8 @@ class Inputs:
       float32 predictions stay float32, which halves the memory the searches stream through);
     test: (M, n_test[, k]) float64, mean over folds, in submission order;
     y: (n,) float64 targets (values) or int64 class indices (probabilities);
-    fold_slices: the columns of `val` that belong to each fold in `folds`.
+    fold_slices: the columns of `val` that belong to each fold in `folds`;
+    form: 'values' or 'probs', what every input holds (the metrics of that form score it).
     """
     names: tuple[str, ...]
     model_dirs: tuple[str, ...]
@@ -44,7 +45,7 @@ class Inputs:
     fold_slices: tuple[slice, ...]
     oof_ids: np.ndarray
     test_ids: np.ndarray
-    kind: str
+    form: str
     labels: np.ndarray | None
     id_col: str
     value_col: str
@@ -132,13 +133,13 @@ def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "
             ttas_all.append(t)
         if progress is not None:
             progress(i + 1, len(plans), model_dir)
-    kind = loader.first[0]
-    if kind == "probs" and (labels is None or len(labels) != loader.val.shape[2]):
+    form = loader.first[0]
+    if form == "probs" and (labels is None or len(labels) != loader.val.shape[2]):
         raise ValueError(f"{loader.first[2]}: {loader.val.shape[2]} class probabilities need "
                          f"unique_labels_sorted.npy with as many labels (see --labels)")
-    y = _targets(targets, kind, labels, target_col)
+    y = _targets(targets, form, labels, target_col)
     return Inputs(tuple(names), tuple(dirs), tuple(ttas_all), loader.val, loader.test, y, folds,
-                  fold_slices, oof_ids, test_ids, kind, labels, "image_id", value_col)
+                  fold_slices, oof_ids, test_ids, form, labels, "image_id", value_col)
 
 
 class _Loader:
@@ -151,7 +152,7 @@ class _Loader:
         self.val: np.ndarray | None = None
         self.test: np.ndarray | None = None
         self.count = 0
-        self.first: tuple[str, tuple[int, ...], str] | None = None  # (kind, trailing shape, path)
+        self.first: tuple[str, tuple[int, ...], str] | None = None  # (form, trailing shape, path)
         self.npy = _NpyReader()
 
     def add(self, preds_dir: str, folds: tuple[int, ...], tta: int, val_order: list[np.ndarray | None],
@@ -200,14 +201,14 @@ class _Loader:
         if bad is not None and bad.any():
             row = int(np.flatnonzero(bad.reshape(len(arr), -1).any(axis=1))[0])
             raise ValueError(f"{path}: {int(bad.sum())} NaN/inf value(s), first in row {row}")
-        kind = "probs" if arr.ndim == 2 else "values"
-        if kind == "probs" and self.probs_to_values is not None:
-            arr, kind = _probs_to_values(arr, self.labels, self.probs_to_values, path), "values"
+        form = "probs" if arr.ndim == 2 else "values"
+        if form == "probs" and self.probs_to_values is not None:
+            arr, form = _probs_to_values(arr, self.labels, self.probs_to_values, path), "values"
         if self.first is None:
-            self.first = (kind, arr.shape[1:], path)
-        elif kind != self.first[0]:
+            self.first = (form, arr.shape[1:], path)
+        elif form != self.first[0]:
             raise ValueError(f"--model_dirs mixes regression values and class probabilities: {path} has "
-                             f"{'probabilities' if kind == 'probs' else 'values'}, {self.first[2]} has not; "
+                             f"{'probabilities' if form == 'probs' else 'values'}, {self.first[2]} has not; "
                              "pass --probs_to_values to turn probabilities into values")
         elif arr.shape[1:] != self.first[1]:
             raise ValueError(f"{path}: {arr.shape[1:]} columns per row, {self.first[2]} has {self.first[1]}")
@@ -321,12 +322,12 @@ def _probs_to_values(probs: np.ndarray, labels: np.ndarray | None, how: str, pat
         raise ValueError(f"{path}: {err}") from None
 
 
-def _targets(targets: np.ndarray, kind: str, labels: np.ndarray | None, target_col: str) -> np.ndarray:
+def _targets(targets: np.ndarray, form: str, labels: np.ndarray | None, target_col: str) -> np.ndarray:
     """Values for regression inputs; class indices (via unique_labels_sorted.npy) for probabilities."""
     targets = targets.astype(np.float64)
     if not np.isfinite(targets).all():
         raise ValueError(f"train_cv.csv: column {target_col} has missing or non-finite values")
-    if kind == "values":
+    if form == "values":
         return targets
     idx = np.clip(np.searchsorted(labels, targets), 0, len(labels) - 1)
     if not np.array_equal(labels[idx], targets):

@@ -15,10 +15,10 @@ LOG_EPS = 1e-15
 class Metric:
     """A score that is a function of the mean of a per-row loss, so fold sums add up.
 
-    kind: 'values' (regression) or 'probs' ((n, k) class probabilities, y = class index).
+    form: 'values' (regression) or 'probs' ((n, k) class probabilities, y = class index).
     """
     name: str
-    kind: str
+    form: str
     greater_is_better: bool
     row_loss: Callable[[np.ndarray, np.ndarray], np.ndarray]
     finish: Callable[[float], float]
@@ -58,8 +58,9 @@ METRICS = {
 OLD_NAMES = {"rmse": "rmse_raw"}
 
 
-def get_metric(name: str, kind: str | None = None, flag: str = "--metric") -> Metric:
-    """The metric called `name`; an error naming the flag if it is unknown or does not fit `kind`."""
+def get_metric(name: str, form: str | None = None, flag: str = "--metric") -> Metric:
+    """The metric called `name`; an error naming the flag if it is unknown or does not fit the
+    inputs' `form` ('values' or 'probs')."""
     if name in OLD_NAMES:
         print(f"WARNING: {flag}={name} is the old name of {flag}={OLD_NAMES[name]}; read as {OLD_NAMES[name]}",
               file=sys.stderr, flush=True)
@@ -67,7 +68,7 @@ def get_metric(name: str, kind: str | None = None, flag: str = "--metric") -> Me
     if name not in METRICS:
         raise ValueError(f"{flag}={name}: unknown metric; use one of {sorted(METRICS)}")
     metric = METRICS[name]
-    if kind is not None and metric.kind != kind:
-        other = sorted(m for m, v in METRICS.items() if v.kind == kind)
-        raise ValueError(f"{flag}={name} scores {metric.kind} but the inputs are {kind}; use one of {other}")
+    if form is not None and metric.form != form:
+        other = sorted(m for m, v in METRICS.items() if v.form == form)
+        raise ValueError(f"{flag}={name} scores {metric.form} but the inputs are {form}; use one of {other}")
     return metric

@@ -39,7 +39,7 @@ class Run:
 
 def default_sort_metric(metric: ensemble.Metric) -> ensemble.Metric:
     """The reference ranks by the competition score (rounded RMSE) while it blends on RMSE."""
-    return ensemble.METRICS["rmse_rounded"] if metric.kind == "values" else metric
+    return ensemble.METRICS["rmse_rounded"] if metric.form == "values" else metric
 
 
 def run(inputs: Inputs, method: str, metric: str, sort_metric: str | None = None,
@@ -48,17 +48,17 @@ def run(inputs: Inputs, method: str, metric: str, sort_metric: str | None = None
     """Fits `method` on every out-of-fold row, estimates it nested (fit on k-1 folds, score the
     held-out one, per fold) and blends the test predictions. Names are checked before any work."""
     ranks = ensemble.method(method).RANKS
-    fit_metric = ensemble.get_metric(metric, inputs.kind, "--metric")
-    rank = (ensemble.get_metric(sort_metric, inputs.kind, "--sort_metric") if sort_metric
+    fit_metric = ensemble.get_metric(metric, inputs.form, "--metric")
+    rank = (ensemble.get_metric(sort_metric, inputs.form, "--sort_metric") if sort_metric
             else default_sort_metric(fit_metric))
     if nested and len(inputs.folds) < 2:
         raise ValueError(f"train_cv.csv has {len(inputs.folds)} fold: a nested estimate needs two (or pass --nonested)")
     timings = dict(timings or {})
     tic = time.perf_counter()
     problem = ensemble.Problem(inputs.val, inputs.y, inputs.fold_slices, fit_metric)
-    kind_metrics = [m for m in ensemble.METRICS.values() if m.kind == inputs.kind]
+    form_metrics = [m for m in ensemble.METRICS.values() if m.form == inputs.form]
     single = {m.name: np.asarray(m.finish(problem.fold_sums(m) / problem.n), dtype=np.float64)
-              for m in kind_metrics}
+              for m in form_metrics}
     timings["scores"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
@@ -72,7 +72,7 @@ def run(inputs: Inputs, method: str, metric: str, sort_metric: str | None = None
     tic = time.perf_counter()
     test_pred = result.apply(inputs.test)
     timings["apply_test"] = time.perf_counter() - tic
-    scores = _scores(inputs, kind_metrics, single, result, held)
+    scores = _scores(inputs, form_metrics, single, result, held)
     return Run(inputs, method, fit_metric, rank if ranks else None, params, result, held,
                test_pred, single, scores, timings)
 
@@ -98,7 +98,7 @@ def _scores(inputs: Inputs, metrics: list[ensemble.Metric], single: dict[str, np
 def submission_frame(run_: Run, round_values: bool = True) -> pd.DataFrame:
     """Test blend in submission order; probabilities become the expected label."""
     inputs, pred = run_.inputs, run_.test_pred
-    if inputs.kind == "probs":
+    if inputs.form == "probs":
         pred = np.dot(pred, inputs.labels)
     values = np.rint(pred).astype(np.int64) if round_values else pred
     return pd.DataFrame({inputs.id_col: inputs.test_ids, inputs.value_col: values})
@@ -121,7 +121,7 @@ def report(run_: Run, paths: dict[str, str], data_dir: str) -> dict:
         "method": run_.method, "metric": run_.metric.name,
         "sort_metric": None if run_.sort_metric is None else run_.sort_metric.name,
         "params": dataclasses.asdict(run_.params), "data_dir": data_dir,
-        "model_dirs": list(dict.fromkeys(inputs.model_dirs)), "kind": inputs.kind,
+        "model_dirs": list(dict.fromkeys(inputs.model_dirs)), "form": inputs.form,
         "n_inputs": len(inputs.names), "n_rows": int(len(inputs.y)), "n_test": int(len(inputs.test_ids)),
         "folds": list(inputs.folds), "scores": run_.scores, "fallback_to_best_single": fit.fallback,
         "weights_by_model": {k: float(v) for k, v in by_model.items()},

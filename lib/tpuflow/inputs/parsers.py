@@ -1,4 +1,4 @@
-"""The parsers of the record kinds: serialized record -> (model input, training target).
+"""The parsers of the dataset kinds: serialized record -> (model input, training target).
 
 Each experiment reads its records with the parser of its `--dataset_kind` (`parse_by_kind`)
 unless it brings its own (`cnn-lstm` packs frames three to an image); the benchmarks and the

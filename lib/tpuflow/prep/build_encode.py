@@ -42,14 +42,14 @@ def decode_frame(data: bytes, path: str) -> np.ndarray:
     """
     try:
         with Image.open(io.BytesIO(data)) as im:
-            kind, mode = im.format, im.mode
-            if kind == "JPEG" and mode in ("L", "RGB"):
+            fmt, mode = im.format, im.mode
+            if fmt == "JPEG" and mode in ("L", "RGB"):
                 im.draft("L", im.size)  # the decoder's own grayscale output: the Y plane
-            if im.mode == "L" and kind in ("JPEG", "PNG"):
+            if im.mode == "L" and fmt in ("JPEG", "PNG"):
                 return np.asarray(im)
     except Exception as err:  # PIL raises several types for damaged files
         raise ValueError(f"{path}: unreadable image ({err})") from err
-    raise ValueError(f"{path}: a {kind} frame of mode {mode} is not read alike by every kind; frames "
+    raise ValueError(f"{path}: a {fmt} frame of mode {mode} is not read alike by every kind; frames "
                      "must be 8-bit grayscale JPEG or PNG, or colour JPEG (read as its luma): convert it")
 
 

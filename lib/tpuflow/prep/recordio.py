@@ -60,7 +60,7 @@ def _field(number: int, payload: bytes) -> bytes:
 
 
 def _feature(value) -> list[bytes]:
-    """A serialised `Feature` holding `value` (one value or a list of one kind), as pieces.
+    """A serialised `Feature` holding `value` (one value or a list of one type), as pieces.
 
     Pieces, joined once by `encode_example`, keep an n-frame sequence from being copied once
     per nesting level of the message.
@@ -81,7 +81,7 @@ def _feature(value) -> list[bytes]:
 
 
 def encode_example(features: Mapping[str, object]) -> bytes:
-    """A serialised `tf.train.Example` (bytes/str, int or float values, or lists of one kind).
+    """A serialised `tf.train.Example` (bytes/str, int or float values, or lists of one type).
 
     Map entries are written sorted by key, so the bytes depend only on the features.
     """

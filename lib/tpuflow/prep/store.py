@@ -242,7 +242,7 @@ def _parse(record: bytes) -> tuple[dict, bytes]:
     example = example_pb2.Example.FromString(record)
     feature = example.features.feature
     row = {}
-    for name, kind in COLUMNS.items():
+    for name, column_type in COLUMNS.items():
         f = feature[name]
-        row[name] = f.bytes_list.value[0].decode() if kind is str else f.int64_list.value[0]
+        row[name] = f.bytes_list.value[0].decode() if column_type is str else f.int64_list.value[0]
     return row, feature["image"].bytes_list.value[0]

@@ -54,7 +54,7 @@ REFERENCE_NUMERIC = ("LB_private", "LB_public", "CV_tta", "CV_no_tta", "resoluti
                      "hist_depth", "batch_size", "lr", "max_epochs", "tta_number")
 REFERENCE_VALUES = {"task": {"regr": "regression", "clas": "classification"},
                     "inverted": {"yes": True, "no": False}}
-# The reference's architectures -> the record kind they read (the others read sequences).
+# The reference's architectures -> the dataset kind they read (the others read sequences).
 REFERENCE_KINDS = {"cnn-1ch": "single", "cnn-3ch-ind": "stacked", "cnn-3ch-mean": "mean"}
 # The reference's run.py scored rounded predictions (its `rmse`: docs/conventions.md).
 REFERENCE_METRIC = "rmse_rounded"
@@ -127,7 +127,7 @@ def import_reference(path: str) -> pd.DataFrame:
     """The reference solution's `experiment_database.csv` as database rows (status `imported`).
 
     Its columns are renamed to ours (`REFERENCE_COLUMNS`, per-fold CV and epochs), its values
-    spelled ours (`regr` -> `regression`, `yes` -> True), the record kind read from its
+    spelled ours (`regr` -> `regression`, `yes` -> True), the dataset kind read from its
     architecture; columns we have no name for (e.g. `ensemble_id`, `aug_number`) are kept under
     their own. A malformed file is an error naming the file and the line."""
     try:

@@ -68,7 +68,7 @@ class Data:
                                       "--data_tfrec_dir's records)")
     assemble: str | None = setting(None, "With --frame_store: the examples to assemble from it, in the builder's "
                                    "spec grammar: e.g. sequence:n24:s1, stacked:s5, mean:s10, single")
-    dataset_kind: str | None = setting(None, "Record kind the experiment reads; checked against the dataset "
+    dataset_kind: str | None = setting(None, "Dataset kind the experiment reads; checked against the dataset "
                                        "manifest (None: any)", choices=kinds.NAMES)
     n_frames: int | None = setting(None, "Frames per example (from the dataset manifest)", derived=True)
     invert: bool = setting(False, "Invert pixel values (255 - x)")
@@ -295,12 +295,12 @@ def define_flags(section_types=SECTION_TYPES) -> list[str]:
     for section in section_types:
         hints = typing.get_type_hints(section)
         for f in flag_fields([section]):
-            meta, kind = f.metadata, _flag_type(hints[f.name])
+            meta, flag_type = f.metadata, _flag_type(hints[f.name])
             default = None if meta["required"] else f.default
             if meta["choices"]:
                 flags.DEFINE_enum(f.name, default, list(meta["choices"]), meta["help"], required=meta["required"])
             else:
-                define[kind](f.name, default, meta["help"], required=meta["required"])
+                define[flag_type](f.name, default, meta["help"], required=meta["required"])
     old = _old_flags(section_types)
     for name, new in old.items():
         define[_flag_type(typing.get_type_hints(Config)[new])](name, None, f"Old name of --{new} (read as it, "
@@ -463,7 +463,7 @@ def resolve(cfg: Config, manifest: dict | None = None, n_labels: int | None = No
     (frames, classes) first, then, once the devices are up, theirs.
 
     manifest: the dataset's (frames per example); n_labels: classes in unique_labels_sorted.npy
-    (classification); placement: a `runtime.Placement` (precision policy by device kind, global
+    (classification); placement: a `runtime.Placement` (precision policy by platform, global
     batch over its replicas, LR scaled for that batch). What is not given stays as it was.
     """
     changes: dict[str, Any] = {}
@@ -480,7 +480,7 @@ def resolve(cfg: Config, manifest: dict | None = None, n_labels: int | None = No
         from tpuflow.training import runtime  # noqa: PLC0415 (imports TensorFlow)
         batch = runtime.global_batch_size(cfg.batch_size, placement.replicas, cfg.batch_size_per_replica)
         changes.update(
-            precision=runtime.precision_name(cfg.mixed_precision, placement.kind),
+            precision=runtime.precision_name(cfg.mixed_precision, placement.platform),
             global_batch_size=batch,
             scaled_lr=runtime.scaled_lr(cfg.lr, batch, cfg.base_batch_size or batch // placement.replicas,
                                         cfg.lr_scaling))
@@ -490,17 +490,17 @@ def resolve(cfg: Config, manifest: dict | None = None, n_labels: int | None = No
 TPU_STEPS_PER_EXECUTION = 32  # --steps_per_execution=0 (auto) on TPUs: hides the host's per-call overhead
 
 
-def steps_per_execution(cfg: Config, device_kind: str, epoch_steps: int) -> tuple[int, str]:
+def steps_per_execution(cfg: Config, platform: str, epoch_steps: int) -> tuple[int, str]:
     """--steps_per_execution resolved, with why: as given, else (0, auto) 32 on TPUs and 1 elsewhere;
     never more than an epoch's steps (`epoch_steps`, the shortest fold's) or --backup_every_steps
     (a backup falls on a call's last step)."""
     if cfg.steps_per_execution:
         return cfg.steps_per_execution, "--steps_per_execution"
-    wanted = TPU_STEPS_PER_EXECUTION if device_kind == "tpu" else 1
+    wanted = TPU_STEPS_PER_EXECUTION if platform == "tpu" else 1
     limits = [n for n in (epoch_steps, cfg.backup_every_steps) if n]
     n = min([wanted, *limits])
-    return n, f"auto: {wanted} on {device_kind.upper()}" + (f", at most {min(limits)} (epoch or backup steps)"
-                                                             if n < wanted else "")
+    return n, f"auto: {wanted} on {platform.upper()}" + (f", at most {min(limits)} (epoch or backup steps)"
+                                                          if n < wanted else "")
 
 
 def result_settings(cfg: Config) -> dict[str, Any]:

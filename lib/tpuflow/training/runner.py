@@ -304,7 +304,7 @@ def _joined(first: keras.callbacks.History, then: keras.callbacks.History) -> ke
 
 def placement_name(placement: runtime.Placement) -> str:
     """Where a run trains, as a backup within an epoch records it: processes and devices."""
-    return f"{placement.processes} process(es), {placement.replicas} {placement.kind.upper()} device(s)"
+    return f"{placement.processes} process(es), {placement.replicas} {placement.platform.upper()} device(s)"
 
 
 def predict_split(cfg, fold: int, predictor: keras.Model, parse, inputs, split_name: str, batch: int) -> None:
@@ -442,7 +442,7 @@ def model_facts(cfg, model: keras.Model, placement: runtime.Placement,
     `execution`: steps per execution and why (`config.steps_per_execution`)."""
     return ({"architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
              "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params())},
-            {"replicas": placement.replicas, "strategy": placement.name, "device": placement.kind.upper(),
+            {"replicas": placement.replicas, "strategy": placement.name, "device": placement.platform.upper(),
              "precision": cfg.precision or keras.mixed_precision.global_policy().name,
              "backend": placement.backend, "backend_reason": backend.reason,
              "processes": placement.processes, "devices": placement.devices,
@@ -469,7 +469,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
     execution = None
     if placement is not None:
         shortest = min(epoch_steps(cfg, manifest, k) for k in folds(cfg))
-        execution = config.steps_per_execution(cfg, placement.kind, shortest)
+        execution = config.steps_per_execution(cfg, placement.platform, shortest)
         cfg = cfg.replace(steps_per_execution=execution[0])
     parse = lambda serialized: parse_example(serialized, cfg)  # noqa: E731 (closure over cfg)
     if inputs:

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tpuflow import __version__
 
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
+# --mixed_precision=auto by platform ('tpu', 'gpu', 'cpu': `Placement.platform`)
 AUTO_PRECISION = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16", "cpu": "float32"}
 LR_SCALING = ("none", "linear", "sqrt")
 T = TypeVar("T")
@@ -162,16 +163,16 @@ def get_strategy(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tp
     strategy = None
     if tpu_ip_or_name not in (None, *_NONE_WORDS):
         try:
-            strategy, kind = connect_tpu(tpu_ip_or_name, tpu_timeout_s), f"TPU {tpu_ip_or_name!r}"
+            strategy, where = connect_tpu(tpu_ip_or_name, tpu_timeout_s), f"TPU {tpu_ip_or_name!r}"
         except TPUUnreachableError as err:
             if not tpu_fallback:
                 raise
             logging.warning("%s; falling back (--tpu_fallback)", err)
             print(f"WARNING: {err}; falling back to GPU/CPU (--tpu_fallback)", flush=True)
     if strategy is None:
-        strategy, kind = _local_strategy(cpu_replicas)
-    logging.info("Running on %s with %d replica(s)", kind, strategy.num_replicas_in_sync)
-    print(f"Running on {kind} with {strategy.num_replicas_in_sync} replica(s)", flush=True)
+        strategy, where = _local_strategy(cpu_replicas)
+    logging.info("Running on %s with %d replica(s)", where, strategy.num_replicas_in_sync)
+    print(f"Running on {where} with {strategy.num_replicas_in_sync} replica(s)", flush=True)
     return strategy
 
 
@@ -186,7 +187,7 @@ def _local_strategy(cpu_replicas: int) -> tuple[tf.distribute.Strategy, str]:
     return tf.distribute.get_strategy(), "CPU"
 
 
-def device_kind(strategy: tf.distribute.Strategy) -> str:
+def platform_of(strategy: tf.distribute.Strategy) -> str:
     """'tpu', 'gpu' or 'cpu': what the strategy's replicas run on."""
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "tpu"
@@ -232,17 +233,18 @@ def set_precision(policy: str | None, strategy: "tf.distribute.Strategy | Placem
     mixed_float16 on GPU (Keras compile then wraps the optimizer in a LossScaleOptimizer),
     float32 on CPU.
     """
-    kind = None
+    platform = None
     if policy == "auto":
-        kind = strategy.kind if isinstance(strategy, Placement) else device_kind(strategy or tf.distribute.get_strategy())
-    name = precision_name(policy, kind)
+        platform = (strategy.platform if isinstance(strategy, Placement)
+                    else platform_of(strategy or tf.distribute.get_strategy()))
+    name = precision_name(policy, platform)
     keras.mixed_precision.set_global_policy(name)
     return name
 
 
-def precision_name(policy: str | None, kind: str | None) -> str:
-    """The dtype policy `--mixed_precision` means on a device of `kind` ('tpu', 'gpu', 'cpu')."""
-    name = AUTO_PRECISION[kind] if policy == "auto" else "float32" if policy in (None, *_NONE_WORDS) else policy
+def precision_name(policy: str | None, platform: str | None) -> str:
+    """The dtype policy `--mixed_precision` means on a `platform` ('tpu', 'gpu', 'cpu')."""
+    name = AUTO_PRECISION[platform] if policy == "auto" else "float32" if policy in (None, *_NONE_WORDS) else policy
     if name not in ("float32", *PRECISIONS):
         raise ValueError(f"--mixed_precision={policy!r}: expected one of {PRECISIONS}, auto or None")
     return name
@@ -250,10 +252,10 @@ def precision_name(policy: str | None, kind: str | None) -> str:
 
 @dataclass
 class Placement:
-    """Where the model runs: backend, device kind ('tpu', 'gpu' or 'cpu'), replicas (devices the
+    """Where the model runs: backend, platform ('tpu', 'gpu' or 'cpu'), replicas (devices the
     batch is split over, all hosts together) and the scope models are built in."""
     backend: str
-    kind: str
+    platform: str  # as JAX names it (`jax.Device.platform`), GPUs of any maker as "gpu"
     replicas: int
     name: str  # TPUStrategy, MirroredStrategy, DataParallel or single device
     processes: int = 1
@@ -278,7 +280,7 @@ def get_runtime(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, tpu
     default = strategy is tf.distribute.get_strategy()
     devices = ([d.name for d in tf.config.list_logical_devices()][:1] if default
                else list(strategy.extended.worker_devices))
-    return Placement("tensorflow", device_kind(strategy), int(strategy.num_replicas_in_sync),
+    return Placement("tensorflow", platform_of(strategy), int(strategy.num_replicas_in_sync),
                      "single device" if default else type(strategy).__name__, strategy=strategy, devices=devices)
 
 
@@ -313,10 +315,10 @@ def jax_placement(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, t
         split_jax_cpu(cpu_replicas)
     devices = jax.devices()
     from tpuflow import backend  # noqa: PLC0415
-    kind = backend.jax_device_kind(devices)
+    platform = backend.jax_platform(devices)
     if tpu_ip_or_name not in (None, *_NONE_WORDS):
         problem = None
-        if kind != "tpu":
+        if platform != "tpu":
             problem = (f"--tpu_ip_or_name={tpu_ip_or_name}: the jax backend sees no TPU, only "
                        f"{len(devices)} {devices[0].platform} device(s) ({versions_line('jax')}); on a TPU VM "
                        "install the 'tpu' extra (jax[tpu]) and make sure no other process holds the TPU")
@@ -327,15 +329,16 @@ def jax_placement(tpu_ip_or_name: str | None = None, cpu_replicas: int = 1, *, t
             raise TPUUnreachableError(problem)
         if problem:
             logging.warning("%s; falling back (--tpu_fallback)", problem)
-            print(f"WARNING: {problem}; falling back to {kind.upper()} (--tpu_fallback)", flush=True)
+            print(f"WARNING: {problem}; falling back to {platform.upper()} (--tpu_fallback)", flush=True)
     # Input is split over hosts by tpuflow.training.hosts (by shard file), not by Keras' dataset sharding.
     distribution = (keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
                     if len(devices) > 1 else None)
     keras.distribution.set_distribution(distribution)
     name = "DataParallel" if distribution else "single device"
-    print(f"Running on {kind.upper()} with {len(devices)} replica(s) (jax, {jax.process_count()} process(es))",
+    print(f"Running on {platform.upper()} with {len(devices)} replica(s) (jax, {jax.process_count()} process(es))",
           flush=True)
-    return Placement("jax", kind, len(devices), name, processes=jax.process_count(), devices=[str(d) for d in devices])
+    return Placement("jax", platform, len(devices), name, processes=jax.process_count(),
+                     devices=[str(d) for d in devices])
 
 
 def split_jax_cpu(n_devices: int) -> None:
@@ -378,6 +381,6 @@ def describe(placement: Placement, precision: str, global_batch: int) -> str:
     """The start-up line: backend and why, devices, precision, batch per device, versions."""
     from tpuflow import backend  # noqa: PLC0415
     return (f"Backend {placement.backend} ({backend.reason or 'Keras default'}): {placement.replicas} "
-            f"{placement.kind.upper()} device(s) in {placement.processes} process(es) ({placement.name}), "
+            f"{placement.platform.upper()} device(s) in {placement.processes} process(es) ({placement.name}), "
             f"precision {precision}, global batch {global_batch} = {global_batch // placement.replicas} per device; "
             f"keras {keras.__version__}, {versions_line(placement.backend)}")

@@ -10,7 +10,7 @@ target's (abstract) devices gives the variables' and the batches' layouts. Keras
 steps (`train_step`, `predict_step`) are jitted with those shardings, lowered from shapes alone
 (no example is read, no weight downloaded) and compiled ahead of time. From the compiled
 programs: HBM per chip (arguments + outputs - donated + temporaries + code), FLOPs and the
-compiler's step-time estimate, and the collectives (kind, what they carry, bytes).
+compiler's step-time estimate, and the collectives (op, what they carry, bytes).
 
 Figures of a step are the compiler's: `optimal_seconds` assumes the chip is never idle (a lower
 bound: no input stall, no host overhead, perfect overlap).
@@ -208,34 +208,35 @@ def _failing_layer(jitted, state, data, text: str) -> str:
 
 
 def collectives(hlo: str) -> list[dict]:
-    """The collectives of a compiled program, by kind and what they carry (from each op's metadata):
-    `gradients` (reductions of the backward pass's weight gradients), `batch statistics` (means and
-    variances over the global batch: BatchNormalization under JAX's SPMD view), `loss/metrics`,
-    `other`; with counts and bytes per device. A data-parallel step should all-reduce its
-    gradients once and move no batch (no all-gather, all-to-all, collective-permute)."""
+    """The collectives of a compiled program, by op (all-reduce, all-gather, ...) and what they
+    carry (from each op's metadata): `gradients` (reductions of the backward pass's weight
+    gradients), `batch statistics` (means and variances over the global batch: BatchNormalization
+    under JAX's SPMD view), `loss/metrics`, `other`; with counts and bytes per device. A
+    data-parallel step should all-reduce its gradients once and move no batch (no all-gather,
+    all-to-all, collective-permute)."""
     found: dict[tuple[str, str], dict] = {}
     pattern = re.compile(r"= (.+?) (%s)(?:-start)?\(" % "|".join(COLLECTIVES))
     for line in hlo.splitlines():
         match = pattern.search(line)
         if not match:
             continue
-        kind = match.group(2)
+        op = match.group(2)
         n_bytes = sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
                       for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", match.group(1)))
-        op = re.search(r'op_name="([^"]*)"', line)
-        op = op.group(1) if op else ""
-        if "compile_loss" in op or "metrics" in op:
+        source = re.search(r'op_name="([^"]*)"', line)  # the JAX operation it came from
+        source = source.group(1) if source else ""
+        if "compile_loss" in source or "metrics" in source:
             carries = "loss/metrics"
-        elif kind == "all-reduce" and "transpose(" in op and not re.search(r"reduce_(sum|mean|max)$", op):
+        elif op == "all-reduce" and "transpose(" in source and not re.search(r"reduce_(sum|mean|max)$", source):
             carries = "gradients"
-        elif re.search(r"(_var|reduce_sum|reduce_mean)$", op):
+        elif re.search(r"(_var|reduce_sum|reduce_mean)$", source):
             carries = "batch statistics"
         else:
             carries = "other"
-        entry = found.setdefault((kind, carries), {"kind": kind, "carries": carries, "count": 0, "bytes": 0})
+        entry = found.setdefault((op, carries), {"op": op, "carries": carries, "count": 0, "bytes": 0})
         entry["count"] += 1
         entry["bytes"] += n_bytes
-    return sorted(found.values(), key=lambda e: (-e["bytes"], e["kind"]))
+    return sorted(found.values(), key=lambda e: (-e["bytes"], e["op"]))
 
 
 def _program(compiled, target: Target, devices_per_chip: int) -> dict:
@@ -350,7 +351,7 @@ def _keras_tensors(tree):
 
 def resolve_data(cfg) -> tuple:
     """(configuration resolved for the dataset, its manifest): frames and classes, as the runner's
-    first `config.resolve`; the experiment's kind checked against the data."""
+    first `config.resolve`; the experiment's dataset kind checked against the data."""
     inputs = source.open_source(cfg)  # manifest files only: nothing decoded
     runner.check_dataset_kind(cfg, inputs)
     manifest = inputs.manifest
@@ -443,7 +444,7 @@ def _plan_target(cfg, placed: TargetPlan, manifest: dict, host_rates: dict | Non
         "est_predict_step_source": predict["est_source"],
         "collectives": found_collectives,
         "gradient_all_reduces": sum(c["count"] for c in found_collectives if c["carries"] == "gradients"),
-        "batch_moving_collectives": sum(c["count"] for c in found_collectives if c["kind"] != "all-reduce"),
+        "batch_moving_collectives": sum(c["count"] for c in found_collectives if c["op"] != "all-reduce"),
         "input_ex_per_s_needed": needed, "input_spec": spec,
         "host_ex_per_s_per_core": rate,
         "host_cores_needed": math.ceil(needed / rate) if needed and rate else None,

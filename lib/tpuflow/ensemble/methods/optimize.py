@@ -19,7 +19,7 @@ def fit(problem: Problem, sort_metric: Metric | None = None, params: Params = Pa
     O(M n) (log loss through each input's probability of the true class).
     """
     m, n = problem.m, problem.n
-    if problem.metric.kind == "values":
+    if problem.metric.form == "values":
         gram = problem.residual_gram() / n
 
         def value_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
