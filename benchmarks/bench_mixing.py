@@ -116,7 +116,7 @@ def main(argv):
                 table, os.path.join(work, "new"), build_plan.example_order(table, 0), build_plan.SHARDS_PER_FOLD),
         }
         results = {name: storms_per_batch(files) for name, files in layouts.items()}
-    results["assembled (global shuffle of the frame store)"] = assembled_storms_per_batch(table)
+    results["assembled (global shuffle of the store)"] = assembled_storms_per_batch(table)
     results["fully shuffled (ideal)"] = ideal
     for name, counts in results.items():
         print(f"{name:40s} storms/batch mean {counts.mean():6.1f}  min {counts.min():3d}  "
