@@ -25,8 +25,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n auto tests
 
 # Small synthetic storms -> CV split -> records of all four kinds and the frame store -> three 5-fold
-# experiments with TTA (single frame, stacked history, and a CNN-LSTM over a 6-frame sequence read
-# from the frame store through a view) -> their ensemble -> the
+# experiments with TTA (single frame, stacked history, and a CNN-LSTM over a 6-frame sequence
+# assembled from the frame store) -> their ensemble -> the
 # leaderboard of the three. Under 10 minutes on a 2-core CPU.
 RUNS      = $(DEMO)/runs
 DEMO_FLAGS = --job=train_val_test_score_subm --data_dir=$(DATA) --backbone=MobileNetV3Small --weights=None \

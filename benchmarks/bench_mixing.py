@@ -11,8 +11,8 @@ read for training), records are written in two layouts and read through
 - new: the builder's layout: `build_plan.example_order` (seeded shuffle within each fold),
   `build_plan.SHARDS_PER_FOLD` shards per fold.
 
-- view: the frame store read through a view (`assembly.Assembly.train_order`): a global shuffle of
-  every training example, no buffer.
+- assembled: examples assembled from the frame store (`assembly.Assembly.train_order`): a global
+  shuffle of every training example, no buffer.
 
 It prints the mean and minimum number of distinct storms per batch for each, and for a fully
 shuffled order of the same training frames (the ideal, computed directly), and the ratio of each
@@ -87,11 +87,12 @@ def storms_per_batch(files: list[str]) -> np.ndarray:
     return np.array([len(np.unique(y)) for _, y in ds.take(FLAGS.batches).as_numpy_iterator()])
 
 
-def view_storms_per_batch(table: pd.DataFrame) -> np.ndarray:
-    """Storms per batch of a view's training order over the same frames (folds 0-3)."""
+def assembled_storms_per_batch(table: pd.DataFrame) -> np.ndarray:
+    """Storms per batch of the assembly's training order over the same frames (folds 0-3)."""
     columns = table.assign(storm_id=table["storm"].astype(str), height=1, width=1)
-    view = assembly.Assembly(store.FrameStore("<synthetic>", {}, columns, np.array([], object)), frames.DatasetSpec("single"))
-    order = view.train_order(range(4), seed=0, fold=4).map(lambda row, seed: row).batch(FLAGS.batch_size)
+    assembled = assembly.Assembly(store.FrameStore("<synthetic>", {}, columns, np.array([], object)),
+                                  frames.DatasetSpec("single"))
+    order = assembled.train_order(range(4), seed=0, fold=4).map(lambda row, seed: row).batch(FLAGS.batch_size)
     storm = table["storm"].to_numpy()
     return np.array([len(np.unique(storm[rows])) for rows in order.take(FLAGS.batches).as_numpy_iterator()])
 
@@ -115,7 +116,7 @@ def main(argv):
                 table, os.path.join(work, "new"), build_plan.example_order(table, 0), build_plan.SHARDS_PER_FOLD),
         }
         results = {name: storms_per_batch(files) for name, files in layouts.items()}
-    results["view (global shuffle of the frame store)"] = view_storms_per_batch(table)
+    results["assembled (global shuffle of the store)"] = assembled_storms_per_batch(table)
     results["fully shuffled (ideal)"] = ideal
     for name, counts in results.items():
         print(f"{name:40s} storms/batch mean {counts.mean():6.1f}  min {counts.min():3d}  "

@@ -13,20 +13,20 @@ process and its children (sampled from here, every 0.1 s):
 - store build: `store.build_store` with every core (`create_tfrecords.py --specs=frames`);
 - per kind, in a process pinned to `--cores` cores (examples/s per core = rate / cores): the store
   read into memory (`store.load_store`), the decoded-frame cache decision `--frame_cache=auto`
-  makes on this machine (`frame_cache.use_cache`, with the memory available then), and the view's
-  training input rate (`View.train_dataset`: assemble, parse, resize to `--dim`, draw the
+  makes on this machine (`frame_cache.use_cache`, with the memory available then), and the assembled
+  examples' training input rate (`Assembly.train_dataset`: assemble, parse, resize to `--dim`, draw the
   augmentation, batch) decoding every slot as read (what this host does when `auto` declines),
   then with the cache built (`--frame_cache=memory`; build time apart). The cache is bounded to
   `--cache_cap_mib`: beyond it, it holds the first storms whose frames fit (the full size needs
   ~15 GB; a slot is a copy, whose cost does not depend on the cache's size), and the table says so.
   A TPU VM host has the memory for the whole cache: the cached rate is the one written to
-  `--rates_json` (`{"cores", "host", "rates": {view: examples/s per core}, "decoded_rates": ...}`,
+  `--rates_json` (`{"cores", "host", "rates": {spec: examples/s per core}, "decoded_rates": ...}`,
   read by `tools/tpu_plan.py --host_rates`).
 
 With two scales, a second table gives each stage's time and memory growth ratios against the data's
 (frames) ratio: a stage that grows faster than its data is a defect. `--plan_json` (what
 `tools/tpu_plan.py --json` writes: per target `target`, `global_batch`, `est_step_s`,
-`input_ex_per_s_needed` and the experiment's view: `input_spec`) adds, per target, the input rate it needs
+`input_ex_per_s_needed` and the experiment's spec: `input_spec`) adds, per target, the input rate it needs
 beside one core's here: the host cores each TPU needs. The synthetic frames stay in `--work_dir` for
 the next run (`--nokeep_data` removes them); stores are always removed. Timings depend on the
 machine's load (printed).
@@ -48,8 +48,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("scales", ["0.125", "1"], "Data sizes as fractions of the competition's storm counts")
 flags.DEFINE_bool("quick", False, "Tiny data (8 + 2 storms of 20-40 frames of 96 px) to try the script")
 flags.DEFINE_string("work_dir", "/work/scale_data", "Where the data is written (GBs at scale 1)")
-flags.DEFINE_list("kinds", ["single", "stacked:s5", "sequence:n24:s1"], "Views whose input rate is measured")
-flags.DEFINE_integer("cores", 1, "Cores the view processes are pinned to (rates are per core)")
+flags.DEFINE_list("kinds", ["single", "stacked:s5", "sequence:n24:s1"], "Specs whose assembled input rate is measured")
+flags.DEFINE_integer("cores", 1, "Cores the assembly processes are pinned to (rates are per core)")
 flags.DEFINE_integer("dim", 366, "Model input size (examples are resized to it)")
 flags.DEFINE_integer("batch_size", 8, "Batch size of the timed pipelines")
 flags.DEFINE_integer("input_batches", 4, "Timed batches per pipeline (after one warm-up batch)")
@@ -58,7 +58,7 @@ flags.DEFINE_float("min_seconds", 3.0, "Each timing draws batches for at least a
 flags.DEFINE_float("aug_prob", 0.5, "Training augmentation probability (its draw is part of the input)")
 flags.DEFINE_integer("cache_cap_mib", 256, "Largest decoded-frame cache built (it costs a decode per frame)")
 flags.DEFINE_string("plan_json", None, "tools/tpu_plan.py --json output: cores each target needs")
-flags.DEFINE_string("rates_json", None, "Write the per-core view rates here (tools/tpu_plan.py --host_rates)")
+flags.DEFINE_string("rates_json", None, "Write the per-core assembly rates here (tools/tpu_plan.py --host_rates)")
 flags.DEFINE_bool("keep_data", True, "Keep the synthetic frames for the next run (stores are always removed)")
 flags.DEFINE_string("results_json", None, "Keep each scale's results here; a scale measured with the same "
                     "settings is read back instead of measured again (a long run in parts)")
@@ -68,6 +68,8 @@ FULL = {"n_storms": 450, "n_test_only_storms": 180, "min_frames": 20, "max_frame
 QUICK = {"n_storms": 8, "n_test_only_storms": 2, "min_frames": 20, "max_frames": 40, "size": 96}
 COMPETITION = (70_257, 44_377)  # the competition's training and test frames
 RESULT = "RESULT "
+# Stages per spec are named "assembly <spec>"; results files written before the rename say "view <spec>".
+ASSEMBLY, OLD_STAGE = "assembly ", "view "
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ def run_stage(job: dict) -> dict:
 
 
 def _child(job: dict) -> dict:
-    if job["stage"].startswith("view"):
+    if job["stage"] == "assembly":
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: job["cores"]])  # before TF makes its pools
     from tpuflow.training.throughput import PeakMemory, rss_bytes
 
@@ -151,13 +153,13 @@ def _child(job: dict) -> dict:
         manifest = store.build_store(raw, job["store_root"], workers=os.cpu_count(), log=lambda _: None)
         out.update(source_bytes=manifest["source_bytes"], workers=os.cpu_count())
     else:
-        out.update(_view_stage(job, PeakMemory))
+        out.update(_assembly_stage(job, PeakMemory))
     out["s"] = time.perf_counter() - started
     return out
 
 
-def _view_stage(job: dict, PeakMemory) -> dict:
-    """Store load, the `auto` cache decision, and the view's input rate (decoded and/or cached)."""
+def _assembly_stage(job: dict, PeakMemory) -> dict:
+    """Store load, the `auto` cache decision, and the assembled input rate (decoded and/or cached)."""
     import numpy as np
 
     from tpuflow.inputs import assembly, frame_cache
@@ -177,8 +179,8 @@ def _view_stage(job: dict, PeakMemory) -> dict:
         times.append(time.perf_counter() - started)
     out.update(load_s=min(times), load_growth=memory.peak)
     decisions = []
-    view = assembly.Assembly(loaded, spec, frame_cache="off")
-    longest = int((view.stops - view.starts).max())
+    assembled = assembly.Assembly(loaded, spec, frame_cache="off")
+    longest = int((assembled.stops - assembled.starts).max())
     sums = spec.kind == "mean"
     shape = frame_cache.use_cache("auto", loaded.table, sums, longest, f"--assemble={spec}", log=decisions.append)
     out["decision"] = (f"builds the cache: {frame_cache.describe(shape, sums)}" if shape else
@@ -189,7 +191,7 @@ def _view_stage(job: dict, PeakMemory) -> dict:
     def rate(v) -> tuple[float, int, float, float]:
         with PeakMemory() as peak:
             started = time.perf_counter()
-            cache = v.cache  # built here when the view uses one: timed apart from the steady rate
+            cache = v.cache  # built here when the assembly uses one: timed apart from the steady rate
             build_s = time.perf_counter() - started
             ds = lambda: v.train_dataset(range(1, n_folds), parse, job["batch_size"], seed=0, fold=0,  # noqa: E731
                                          aug_prob=job["aug_prob"])
@@ -198,8 +200,8 @@ def _view_stage(job: dict, PeakMemory) -> dict:
             rates = [throughput.input_rate(ds(), batches, job["batch_size"]) for _ in range(job["repeats"])]
         return float(np.max(rates)), peak.peak, build_s, cache.nbytes if cache else 0
 
-    out["decoded"], out["decoded_growth"], _, _ = rate(view)  # what this host reads when auto declines
-    del view
+    out["decoded"], out["decoded_growth"], _, _ = rate(assembled)  # what this host reads when auto declines
+    del assembled
     # The cache (what auto builds where it fits, as on a TPU VM host), over the first storms whose
     # frames fit the cap when the whole store's do not: a slot is a copy, whatever the cache's size.
     t = loaded.table
@@ -244,7 +246,7 @@ def run_scale(scale: float) -> dict:
     try:
         stages["store"] = run_stage({**job, "stage": "store"})
         for kind in FLAGS.kinds:
-            stages[f"view {kind}"] = run_stage({**job, "stage": "view", "kind": kind})
+            stages[ASSEMBLY + kind] = run_stage({**job, "stage": "assembly", "kind": kind})
     finally:
         shutil.rmtree(store_root, ignore_errors=True)
         if not FLAGS.keep_data:
@@ -259,7 +261,7 @@ def rows_of(result: dict) -> list[tuple[str, str, str, str, str]]:
     rows = []
     for name, s in result["stages"].items():
         growth = s["tree_peak"] - s["base_rss"]
-        if not name.startswith("view"):
+        if not name.startswith(ASSEMBLY):
             rows.append((name, f"{s['s']:.1f}", _mib(s["tree_peak"]), _mib(growth),
                          f"{result['frames'] / s['s']:,.0f} frames/s"))
             continue
@@ -284,8 +286,8 @@ def print_table(header: tuple, rows: list[tuple]) -> None:
 
 
 def rates_of(result: dict) -> dict:
-    return {name[len("view "):]: s["cached"] / s["cores"] for name, s in result["stages"].items()
-            if name.startswith("view")}
+    return {name[len(ASSEMBLY):]: s["cached"] / s["cores"] for name, s in result["stages"].items()
+            if name.startswith(ASSEMBLY)}
 
 
 def print_scaling(small: dict, big: dict) -> None:
@@ -296,14 +298,15 @@ def print_scaling(small: dict, big: dict) -> None:
         a = small["stages"].get(name)
         if a is None:
             continue
-        pairs = [("", "s", "tree_peak")] if not name.startswith("view") else [(": store load", "load_s", "load_growth")]
+        pairs = ([("", "s", "tree_peak")] if not name.startswith(ASSEMBLY) else
+                 [(": store load", "load_s", "load_growth")])
         for suffix, t, m in pairs:
             grow_a = a[m] - (a["base_rss"] if m == "tree_peak" else 0)
             grow_b = b[m] - (b["base_rss"] if m == "tree_peak" else 0)
             time_ratio, mem_ratio = b[t] / a[t], grow_b / max(grow_a, 1)
             flag = "GROWS FASTER" if max(time_ratio, mem_ratio) > 1.5 * data else "ok"
             rows.append((name + suffix, f"{time_ratio:.2f}", f"{mem_ratio:.2f}", flag))
-        if name.startswith("view"):
+        if name.startswith(ASSEMBLY):
             for key in ("decoded", "cached"):
                 if key in a and key in b:
                     slower = a[key] / b[key]
@@ -320,16 +323,24 @@ def print_plan(plan_path: str, rates: dict) -> None:
         plans = json.load(f)
     rows = []
     for p in plans if isinstance(plans, list) else plans.get("targets", []):
-        view = str(next((p[k] for k in ("input_spec", "view", "spec", "dataset_kind", "kind") if p.get(k)), ""))
-        kind = view.split(":")[0]
-        measured = view if view in rates else next((k for k in rates if k.split(":")[0] == kind), None)
+        # "view": plans written before the rename
+        spec = str(next((p[k] for k in ("input_spec", "view", "spec", "dataset_kind", "kind") if p.get(k)), ""))
+        kind = spec.split(":")[0]
+        measured = spec if spec in rates else next((k for k in rates if k.split(":")[0] == kind), None)
         need = p.get("input_ex_per_s_needed")
         cores = ("(no plan: " + str(p.get("error", "no input rate")).splitlines()[0][:60] + ")" if not need else
                  str(math.ceil(float(need) / rates[measured])) if measured else "(kind not measured)")
-        rows.append((p["target"], view or "?", str(p.get("global_batch", "")), f"{float(p.get('est_step_s') or 0):.3f}",
+        rows.append((p["target"], spec or "?", str(p.get("global_batch", "")), f"{float(p.get('est_step_s') or 0):.3f}",
                      f"{float(need or 0):,.0f}", f"{rates[measured]:.1f} ({measured})" if measured else "-", cores))
-    print(f"host cores each TPU target needs ({plan_path}; cached view rates, per core, on this host):")
-    print_table(("target", "view", "global batch", "est step s", "needs ex/s", "one core gives ex/s", "cores"), rows)
+    print(f"host cores each TPU target needs ({plan_path}; cached assembly rates, per core, on this host):")
+    print_table(("target", "spec", "global batch", "est step s", "needs ex/s", "one core gives ex/s", "cores"), rows)
+
+
+def renamed(result: dict) -> dict:
+    """A result as read back: the assembly stages of files written before the rename under their new names."""
+    stages = result["stages"]
+    return {**result, "stages": {ASSEMBLY + n[len(OLD_STAGE):] if n.startswith(OLD_STAGE) else n: s
+                                 for n, s in stages.items()}}
 
 
 def write_json(path: str, payload) -> None:
@@ -373,7 +384,7 @@ def main(argv):
     results = []
     for scale in scales:
         if saved.get(str(scale), {}).get("settings") == settings:
-            r = saved[str(scale)]["result"]
+            r = renamed(saved[str(scale)]["result"])
             print(f"scale {scale}: measured before, read from {FLAGS.results_json}")
         else:
             r = run_scale(scale)
@@ -391,7 +402,7 @@ def main(argv):
     rates = rates_of(results[-1])
     if FLAGS.rates_json:
         payload = {"cores": FLAGS.cores, "host": host, "rates": rates, "frames": results[-1]["frames"],
-                   "decoded_rates": {name[len("view "):]: s["decoded"] / s["cores"]
+                   "decoded_rates": {name[len(ASSEMBLY):]: s["decoded"] / s["cores"]
                                      for name, s in results[-1]["stages"].items() if "decoded" in s}}
         write_json(FLAGS.rates_json, payload)
         print(f"rates per core -> {FLAGS.rates_json}")

@@ -2,25 +2,25 @@
     [--kinds=single,stacked:s5,mean:s10,sequence:n24:s1] [--batch_size=8] [--input_batches=6] [--repeats=3]
     [--spec_file=data_prep/reference_specs.txt] [--workers=2] [--frame_cache=memory]
 
-Prebuilt records against one frame store read through views, both measured in this run on the
+Prebuilt records against the same examples assembled from one frame store, both measured in this run on the
 same synthetic storms (`--size` px frames, `--storms` storms of 20-40 frames):
 
 - bytes on disk: the datasets of `--spec_file` (the reference's 15) written by the one-pass
   builder, against one store (`create_tfrecords.py --specs=frames`), and each against the source
   frames' bytes; and the build time of each;
-- input examples/s per kind, prebuilt records (`pipeline.train_dataset`) against a view
-  (`View.train_dataset`), as training runs them: read, decode, assemble, resize to `--dim`,
+- input examples/s per kind, prebuilt records (`pipeline.train_dataset`) against assembled
+  ones (`Assembly.train_dataset`), as training runs them: read, decode, assemble, resize to `--dim`,
   draw each example's augmentation (a transform index), batch; with each pipeline's peak
   resident memory above what the process held before it was made. The augmentation itself runs
   on the accelerator, in the compiled training step (`training.loop.train_model`), so it is not part of
   the input rate: its own cost per example is printed apart, measured on this machine's CPU
-  compiled by XLA (on an accelerator it is one more gather-and-select kernel of the step). Views read
+  compiled by XLA (on an accelerator it is one more gather-and-select kernel of the step). Assembly reads
   through the decoded-frame cache (`--frame_cache`, `tpuflow.inputs.frame_cache`): its build time is
-  printed apart from the steady rate, its bytes are part of the view's peak. Use enough storms
+  printed apart from the steady rate, its bytes are part of the assembly's peak. Use enough storms
   that the cache outgrows the CPU's caches, as the real data's does (16 storms of 366 px: ~60 MiB).
 
 The store is held in host memory (its size is the source frames': 272 MB for the competition's
-frames), so its figure is part of the view's peak. Timings depend on the machine's load (printed).
+frames), so its figure is part of the assembly's peak. Timings depend on the machine's load (printed).
 """
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ flags.DEFINE_integer("dim", 366, "Model input size (examples are resized to it)"
 flags.DEFINE_list("kinds", ["single", "stacked:s5", "mean:s10", "sequence:n24:s1"], "Kinds to time")
 flags.DEFINE_string("spec_file", os.path.join(os.path.dirname(__file__), "..", "data_prep", "reference_specs.txt"),
                     "Datasets whose bytes are compared with the store ('': skip the bytes comparison)")
-flags.DEFINE_enum("frame_cache", "memory", ["auto", "memory", "off"], "The views' decoded-frame cache")
+flags.DEFINE_enum("frame_cache", "memory", ["auto", "memory", "off"], "The assembly's decoded-frame cache")
 flags.DEFINE_integer("batch_size", 8, "Batch size of the timed pipelines")
 flags.DEFINE_integer("input_batches", 6, "Timed batches per pipeline and repeat (after one warm-up batch)")
-flags.DEFINE_integer("repeats", 3, "Timings per pipeline, alternating prebuilt and view; the medians are compared")
+flags.DEFINE_integer("repeats", 3, "Timings per pipeline, alternating prebuilt and assembled; the medians are compared")
 flags.DEFINE_float("aug_prob", 0.5, "Training augmentation probability")
 flags.DEFINE_integer("workers", 2, "Builder worker processes")
 flags.DEFINE_string("work_dir", None, "Where to write the data (default: system temp)")
@@ -91,7 +91,7 @@ def main(argv):
         print(f"build: one-pass builder of {len(specs)} datasets {prebuilt_s:.1f} s, store {store_s:.1f} s "
               f"(builder/store {prebuilt_s / store_s:.1f}x; {FLAGS.workers} workers)")
         if FLAGS.frame_cache != "off":
-            print(f"views read through the decoded-frame cache (--frame_cache={FLAGS.frame_cache}): each frame "
+            print(f"assembled from the decoded-frame cache (--frame_cache={FLAGS.frame_cache}): each frame "
                   "decoded once per process (build time apart), then every slot is a copy")
         n_folds = int(table.loc[table["split"] == "train", "fold_id"].max()) + 1
         train_folds = list(range(1, n_folds))
@@ -101,24 +101,25 @@ def main(argv):
             with PeakMemory() as prebuilt_memory:
                 prebuilt_rates = [batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
                                                                     aug_prob=FLAGS.aug_prob, seed=0))]
-            with PeakMemory() as view_memory:
-                view = assembly.Assembly(store.load_store(store_dir), spec, frame_cache=FLAGS.frame_cache)
-                cache = view.cache  # built here, timed apart: the first epoch pays it once per process
-                view_ds = functools.partial(view.train_dataset, train_folds, parse, FLAGS.batch_size, seed=0, fold=0,
-                                            aug_prob=FLAGS.aug_prob)
-                view_rates = [batch_rate(view_ds())]
+            with PeakMemory() as assembled_memory:
+                assembled = assembly.Assembly(store.load_store(store_dir), spec, frame_cache=FLAGS.frame_cache)
+                cache = assembled.cache  # built here, timed apart: the first epoch pays it once per process
+                assembled_ds = functools.partial(assembled.train_dataset, train_folds, parse, FLAGS.batch_size,
+                                                 seed=0, fold=0, aug_prob=FLAGS.aug_prob)
+                assembled_rates = [batch_rate(assembled_ds())]
             for _ in range(FLAGS.repeats - 1):  # alternated, so that a change of load hits both
                 prebuilt_rates.append(batch_rate(pipeline.train_dataset(files, parse, FLAGS.batch_size,
                                                                         aug_prob=FLAGS.aug_prob, seed=0)))
-                view_rates.append(batch_rate(view_ds()))
-            prebuilt_rate, view_rate = np.median(prebuilt_rates), np.median(view_rates)
-            del view, view_ds
+                assembled_rates.append(batch_rate(assembled_ds()))
+            prebuilt_rate, assembled_rate = np.median(prebuilt_rates), np.median(assembled_rates)
+            del assembled, assembled_ds
             cached = (f"cache {cache.nbytes / 2**20:.0f} MiB built in {cache.build_s:.1f} s" if cache else "no cache")
-            print(f"kind={spec}: input prebuilt {prebuilt_rate:.1f} ex/s, view {view_rate:.1f} ex/s, "
-                  f"view/prebuilt {view_rate / prebuilt_rate:.2f}x (medians of {FLAGS.repeats}: prebuilt "
-                  f"{', '.join(f'{r:.0f}' for r in prebuilt_rates)}, view {', '.join(f'{r:.0f}' for r in view_rates)}; "
-                  f"{cached}); peak memory prebuilt {prebuilt_memory.peak / 2**20:.0f} MiB, view "
-                  f"{view_memory.peak / 2**20:.0f} MiB (the cache included)", flush=True)
+            print(f"kind={spec}: input prebuilt {prebuilt_rate:.1f} ex/s, assembled {assembled_rate:.1f} ex/s, "
+                  f"assembled/prebuilt {assembled_rate / prebuilt_rate:.2f}x (medians of {FLAGS.repeats}: prebuilt "
+                  f"{', '.join(f'{r:.0f}' for r in prebuilt_rates)}, assembled "
+                  f"{', '.join(f'{r:.0f}' for r in assembled_rates)}; "
+                  f"{cached}); peak memory prebuilt {prebuilt_memory.peak / 2**20:.0f} MiB, assembled "
+                  f"{assembled_memory.peak / 2**20:.0f} MiB (the cache included)", flush=True)
             del cache
             print(f"kind={spec}: device augmentation (aug_prob {FLAGS.aug_prob}) on this CPU, XLA-compiled: "
                   f"{device_cost(pipeline.train_dataset(files, parse, FLAGS.batch_size, aug_prob=FLAGS.aug_prob, seed=0)) * 1e3:.2f} ms per example", flush=True)

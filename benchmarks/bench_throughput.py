@@ -23,7 +23,7 @@ For the heaviest kind, 366 px `sequence:n24:s1`, give enough storms to fill the 
 
 Data are built-in synthetic storms (`--size` px) written to a temporary directory. The model runs
 under the same strategy as training (all GPUs if any). `--profile=<dir>` also writes a TensorBoard
-trace of a few input batches and model steps (view: tensorboard --logdir <dir>, Profile tab).
+trace of a few input batches and model steps (open it: tensorboard --logdir <dir>, Profile tab).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Prediction input rate for `--tta` TTA views, as `runner.predict_split` runs it: 
 example read, decoded and parsed once; `ondevice.tta_model` makes its views on the accelerator)
 against one pass per view (`pipeline.predict_dataset(..., tta_index=t)`: each example read and
 decoded `--tta` times, the view made on the host), on the same prebuilt records of synthetic
-storms and on a view of a frame store for each kind, in one run: views/s the host delivers,
+storms and on examples assembled from a frame store for each kind, in one run: views/s the host delivers,
 each pipeline timed alone (`--repeats` times, alternating; medians and the range of ratios).
 
 There is no accelerator here, so what the device does is printed apart: the cost per example
@@ -14,7 +14,7 @@ average pool, less the same model without views), and the end-to-end rate of bot
 this CPU standing in for the accelerator (`--nojit_compile`: Keras' CPU default, uncompiled).
 That last figure is not the input rate: the one-pass path then spends most of its time making
 the views on the same two cores that read the input (~20-55 ms per 6-frame 366 px example for
-ten views, against ~2 ms of input for a view, ~6 ms for records), which an accelerator does in
+ten views, against ~2 ms of input assembled from the store, ~6 ms for records), which an accelerator does in
 its own step.
 """
 from __future__ import annotations
@@ -91,13 +91,13 @@ def main(argv):
             predictor = ondevice.tta_model(model, names)
             files = records.record_files(os.path.join(work, spec.name), [0, 1])
             n = len(records.read_ids(files))
-            view = assembly.Assembly(frame_store, spec, frame_cache="memory")
-            rows = view.split_rows(0)
+            assembled = assembly.Assembly(frame_store, spec, frame_cache="memory")
+            rows = assembled.split_rows(0)
             sources = {"records": (n, lambda t: pipeline.predict_dataset(files, parse, FLAGS.batch_size, n, t)),
-                       "view": (len(rows), lambda t: view.predict_dataset(rows, parse, FLAGS.batch_size, t))}
+                       "assembled": (len(rows), lambda t: assembled.predict_dataset(rows, parse, FLAGS.batch_size, t))}
             for source, (count, dataset) in sources.items():
                 total = count * len(names)
-                read(dataset(0)), read(dataset(1))  # warm-up: traces both paths (and builds the view's cache)
+                read(dataset(0)), read(dataset(1))  # warm-up: traces both paths (and builds the assembly's cache)
                 ones, tens = [], []
                 for _ in range(FLAGS.repeats):  # alternated, so that a change of load hits both
                     ones.append(read(dataset(0)))

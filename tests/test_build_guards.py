@@ -299,9 +299,9 @@ def _colour_storm(data) -> str:
     return storm
 
 
-def test_every_kind_and_view_decodes_a_frame_alike(cv_dir, tmp_path):
+def test_every_kind_records_and_assembled_decode_a_frame_alike(cv_dir, tmp_path):
     """single, stacked:s1, mean:s1 and sequence:n3:s1 all hold frames t-2, t-1, t: records and
-    views must give the same pixels for them, for grayscale and colour JPEG frames alike."""
+    assembled examples must give the same pixels for them, for grayscale and colour JPEG frames alike."""
     import numpy as np
     from tpuflow.inputs import assembly, records
     from tpuflow.prep import builder, frames, shard_names, store
@@ -319,11 +319,11 @@ def test_every_kind_and_view_decodes_a_frame_alike(cv_dir, tmp_path):
             images = [records.decode_image(e, spec.channels).numpy() for e in ex["image"]]
             pixels = np.concatenate(images, -1) if spec.kind == "sequence" else images[0]
             got.setdefault(ex["image_id"].numpy().decode(), {})[spec.kind] = pixels
-        view = assembly.Assembly(frame_store, spec)
-        ids, _, _ = view.labels(np.arange(len(frame_store.table)))
+        assembled = assembly.Assembly(frame_store, spec)
+        ids, _, _ = assembled.labels(np.arange(len(frame_store.table)))
         for row, image_id in enumerate(ids):
-            pixels = view.example_numpy(row)
-            got[image_id]["view " + spec.kind] = np.moveaxis(pixels[..., 0], 0, -1) if spec.kind == "sequence" else pixels
+            pixels = assembled.example_numpy(row)
+            got[image_id]["assembled " + spec.kind] = np.moveaxis(pixels[..., 0], 0, -1) if spec.kind == "sequence" else pixels
     storms = dict(zip(frame_store.table["image_id"], frame_store.table["storm_id"]))
     assert colour in storms.values()
     for image_id, by_kind in got.items():

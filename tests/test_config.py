@@ -178,7 +178,7 @@ def test_a_frame_store_given_the_old_way_is_read_as_frame_store_and_its_runs_sti
     assert (records.data_tfrec_dir, records.frame_store, records.assemble) == ("/data/records", None, None)
 
 
-def test_quick_reads_views_without_the_frame_cache_unless_asked(tmp_path):
+def test_quick_assembles_without_the_frame_cache_unless_asked(tmp_path):
     """A smoke run must not decode every frame of the store first."""
     assert experiment.make_config(quick=True, output_dir=str(tmp_path / "a")).frame_cache == "off"
     asked = experiment.make_config(quick=True, frame_cache="memory", output_dir=str(tmp_path / "b"))

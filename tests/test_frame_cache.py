@@ -10,7 +10,7 @@ import pytest
 from tpuflow.inputs import assembly, frame_cache, records
 from tpuflow.prep import frames, shard_names, store
 
-# test_views compares every spec's cached views with prebuilt records; here, through the pipeline
+# test_assembly compares every spec's cached examples with prebuilt records; here, through the pipeline
 KINDS = ["mean:s3", "sequence:n6:s1"]
 
 
@@ -22,7 +22,7 @@ def store_dir(cv_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_cached_and_decoded_views_give_the_same_batches(store_dir, kind):
+def test_cached_and_decoded_assembly_give_the_same_batches(store_dir, kind):
     spec = frames.DatasetSpec.parse(kind)
     if spec.kind == "sequence":
         parse = lambda s: (records.parse_sequence(s, spec.depth, 24)["image"], s["label"])  # noqa: E731
@@ -35,8 +35,8 @@ def test_cached_and_decoded_views_give_the_same_batches(store_dir, kind):
     n_rows = len(frame_store.table) + (spec.kind == "mean")
     assert cached.cache.nbytes == n_rows * 24 * 24 * (2 if spec.kind == "mean" else 1)
 
-    def batches(view, start):
-        ds = view.train_dataset([1, 2, 3, 4], parse, 4, seed=3, fold=0, start=start, aug_prob=0.5)
+    def batches(assembled, start):
+        ds = assembled.train_dataset([1, 2, 3, 4], parse, 4, seed=3, fold=0, start=start, aug_prob=0.5)
         return list(ds.take(3).as_numpy_iterator())
 
     for (x, y), (x2, y2) in zip(batches(off, 13), batches(cached, 13)):  # resumed mid-epoch
@@ -48,14 +48,14 @@ def test_cached_and_decoded_views_give_the_same_batches(store_dir, kind):
         np.testing.assert_array_equal(off.example_numpy(row), cached.example_numpy(row))
 
 
-def test_views_of_one_store_share_its_cache(store_dir):
+def test_assemblies_of_one_store_share_its_cache(store_dir):
     frame_store = store.load_store(store_dir)
     a = assembly.Assembly(frame_store, frames.DatasetSpec.parse("single"), frame_cache="auto")
     b = assembly.Assembly(frame_store, frames.DatasetSpec.parse("sequence:n6:s1"), frame_cache="auto")
     c = assembly.Assembly(frame_store, frames.DatasetSpec.parse("stacked:s2"), frame_cache="auto")
     d = assembly.Assembly(frame_store, frames.DatasetSpec.parse("mean:s2"), frame_cache="auto")
     assert a.cache is b.cache is c.cache  # every kind decodes a frame alike (the accurate IDCT)
-    assert d.cache is not a.cache  # mean views also keep running sums
+    assert d.cache is not a.cache  # mean assemblies also keep running sums
 
 
 def test_a_cache_that_cannot_fit_is_said_in_one_line_naming_the_flag(store_dir, monkeypatch):
@@ -64,10 +64,10 @@ def test_a_cache_that_cannot_fit_is_said_in_one_line_naming_the_flag(store_dir, 
     monkeypatch.setattr(frame_cache, "available_bytes", lambda: 1000)  # a box with 1 kB free
     said = []
     monkeypatch.setattr("builtins.print", lambda *a, **k: said.append(" ".join(map(str, a))))
-    view = assembly.Assembly(frame_store, spec, frame_cache="auto")
-    assert view.cache is None  # reads as before: each slot decoded as it is read
+    assembled = assembly.Assembly(frame_store, spec, frame_cache="auto")
+    assert assembled.cache is None  # reads as before: each slot decoded as it is read
     assert len(said) == 1 and "--frame_cache=auto" in said[0] and "MiB" in said[0], said
-    assert view.example_numpy(view.split_rows(0)[0]).shape == (6, 24, 24, 1)
+    assert assembled.example_numpy(assembled.split_rows(0)[0]).shape == (6, 24, 24, 1)
     with pytest.raises(ValueError, match=r"--frame_cache=memory: --assemble=sequence:n6:s1 needs .* more than"):
         assembly.Assembly(frame_store, spec, frame_cache="memory").cache  # noqa: B018
     with pytest.raises(ValueError, match=r"--frame_cache='disk': expected one of auto, memory, off"):

@@ -1,5 +1,5 @@
-"""Preemption-grade training: backups within the epoch and the preemption notice. A real run on a
-view is stopped by SIGTERM mid-epoch (it backs up, records `preempted`, frees the run dir and exits
+"""Preemption-grade training: backups within the epoch and the preemption notice. A real run on
+assembled examples is stopped by SIGTERM mid-epoch (it backs up, records `preempted`, frees the run dir and exits
 with its own status), re-run and SIGKILLed mid-epoch, re-run to the end: it ends with the very
 predictions of an uninterrupted run, under both backends and with its run dir on Cloud Storage."""
 import json
@@ -16,7 +16,7 @@ import pytest
 import jax_env
 import tiny_experiment
 from test_backends import _free_port
-from test_views_run import store_dir  # noqa: F401 (fixture)
+from test_assembly_run import store_dir  # noqa: F401 (fixture)
 from tpuflow import cli, storage
 from tpuflow.results import run_record
 from tpuflow.training import config, experiment, models, resume
@@ -29,7 +29,7 @@ PREDS = ("y_pred_val_fold_0_tta_0.npy", "y_pred_val_fold_0_tta_1.npy", "ids_val_
 
 def _cmd(cv_dir, store, out, backend, *flags):
     return [sys.executable, os.path.join(HERE, "tiny_experiment.py"), f"--data_dir={cv_dir}",
-            f"--data_tfrec_dir={store}", "--view=single", f"--output_dir={out}", "--job=train_val",
+            f"--frame_store={store}", "--assemble=single", f"--output_dir={out}", "--job=train_val",
             "--n_folds=1", f"--n_epochs={EPOCHS}", f"--steps_per_epoch={STEPS}", "--tta_number=1", "--verbose=2",
             "--mixup_prob=0.5", f"--backend={backend}", *flags]
 
@@ -133,7 +133,7 @@ def test_damaged_or_foreign_backup_within_the_epoch_falls_back_to_the_epoch_boun
                                                                                        capsys):  # noqa: F811
     """In-process, under TensorFlow: after the JAX run, its Orbax backups are read across backends."""
     backend, _, _, _, (_, _, killed), snapshot = interrupted
-    settings = dict(data_dir=cv_dir, data_tfrec_dir=store_dir, view="single", job="train", n_folds=1,
+    settings = dict(data_dir=cv_dir, frame_store=store_dir, assemble="single", job="train", n_folds=1,
                     n_epochs=EPOCHS, steps_per_epoch=STEPS, tta_number=1, mixup_prob=0.5, verbose=0, dim=16,
                     batch_size=8, weights=None, backup_every_minutes=0)
     state_path = os.path.join(snapshot, "backup", "fold_0", "state.json")

@@ -1,7 +1,7 @@
 """TTA views made on the accelerator (`ondevice.tta_model`): each example is read and decoded once,
 its ten views are made by the compiled predictor, and the predictions equal those of the ten
-host-made passes (`pipeline.predict_dataset(..., tta_index=t)`) for prebuilt records and views
-alike, under the TensorFlow and JAX backends (Keras fixes its backend per process: JAX in a
+host-made passes (`pipeline.predict_dataset(..., tta_index=t)`) for prebuilt records and assembled
+examples alike, under the TensorFlow and JAX backends (Keras fixes its backend per process: JAX in a
 subprocess)."""
 import os
 import subprocess
@@ -44,11 +44,11 @@ def check(root, kind, source, dim=16):
         x = layer(x)
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
     names, batch_of = augment.REFERENCE_VIEWS, [None]
-    if source == "view":
-        view = assembly.Assembly(store.load_store(os.path.join(root, shard_names.STORE_DIR)), spec, frame_cache="memory")
-        rows = view.split_rows(1)
+    if source == "assembled":
+        assembled = assembly.Assembly(store.load_store(os.path.join(root, shard_names.STORE_DIR)), spec, frame_cache="memory")
+        rows = assembled.split_rows(1)
         n = len(rows)
-        dataset = lambda t=0: view.predict_dataset(rows, parse, batch_of[0], t)
+        dataset = lambda t=0: assembled.predict_dataset(rows, parse, batch_of[0], t)
     else:
         files = records.record_files(os.path.join(root, spec.name), [1])
         n = len(records.read_ids(files))
@@ -79,9 +79,9 @@ def _check():
     return scope["check"]
 
 
-# Each backend checks images and sequences, one from records and one from a view (all four pairs).
-TENSORFLOW = [("stacked:s2", "records"), ("sequence:n3:s1", "view")]
-JAX = [("stacked:s2", "view"), ("sequence:n3:s1", "records")]
+# Each backend checks images and sequences, one from records and one assembled from the frame store (all four pairs).
+TENSORFLOW = [("stacked:s2", "records"), ("sequence:n3:s1", "assembled")]
+JAX = [("stacked:s2", "assembled"), ("sequence:n3:s1", "records")]
 
 
 @pytest.mark.parametrize("kind, source", TENSORFLOW)

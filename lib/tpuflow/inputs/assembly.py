@@ -2,8 +2,8 @@
 
 `--frame_store=DIR --assemble=sequence:n24:s1` (the builder's spec grammar; old spelling:
 `--data_tfrec_dir=DIR --view=...`) on an experiment gives the examples the prebuilt records of that
-spec hold (`tpuflow.inputs.source.FrameStoreSource` is the runner's face of it; "view" is reserved
-for TTA views):
+spec hold (`tpuflow.inputs.source.FrameStoreSource` is the runner's face of it; "view" means a TTA view
+only):
 which frames make a slot comes from `frames.storm_ranges` (the builder's rules: history across
 train and test, first-frame padding, never a future frame), labels, ids and folds from the
 store's table. `single`, `stacked` and `sequence` slots are the source frames' pixels exactly;

@@ -36,7 +36,7 @@ def decode_frame(data: bytes, path: str) -> np.ndarray:
     Accepted: 8-bit grayscale JPEG or PNG, and colour JPEG, read as its luma (Y) plane: what a
     JPEG decoder asked for one channel gives, with the accurate integer IDCT (PIL's, and
     TensorFlow's `decode_jpeg(channels=1, dct_method="INTEGER_ACCURATE")`, which records and
-    views use: `tpuflow.inputs.records.decode_image`). Any other mode or depth (16-bit, palette,
+    assembly use: `tpuflow.inputs.records.decode_image`). Any other mode or depth (16-bit, palette,
     alpha, colour PNG, CMYK) is refused: each library maps it to 8-bit grayscale its own way, so
     the kinds built from it would disagree.
     """

@@ -9,7 +9,7 @@ from the builder (`build_plan.load_frame_table`: the same label, path, time and 
 records from `recordio` (no TensorFlow), and resuming, damaged-shard repair and rebuild on changed
 inputs from `build_plan.plan_dataset`, so the store and the prebuilt datasets obey one set of rules.
 
-Examples of any kind are assembled from the store at read time (`tpuflow.inputs.views`), so a new
+Examples of any kind are assembled from the store at read time (`tpuflow.inputs.assembly`), so a new
 (kind, n, step) idea needs no new build, and a dataset costs the source frames' bytes once.
 """
 from __future__ import annotations
@@ -178,11 +178,11 @@ COLUMNS = {"image_id": str, "storm_id": str, "split": str, "label": np.int64, "l
 class FrameStore:
     """A store read into host memory: `table` (one row per frame, storm and time order) and
     `frames` (encoded bytes, same order). Its size is the source frames' bytes (e.g. 272 MB for
-    the competition's ~70k frames), whatever views are read from it."""
+    the competition's ~70k frames), whatever is assembled from it."""
 
     def __init__(self, store_dir: str, manifest: dict, table: pd.DataFrame, frames: np.ndarray):
         self.dir, self.manifest, self.table, self.frames = store_dir, manifest, table, frames
-        self.decoded = {}  # sums (mean views) or not -> frame_cache.FrameCache, built by the views that use it
+        self.decoded = {}  # sums (for `mean` examples) or not -> frame_cache.FrameCache, built by the assemblies using it
 
 
 def read_manifest(store_dir: str) -> dict:

@@ -217,13 +217,13 @@ def metrics_note(table: pd.DataFrame) -> str | None:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The terminal view: the main columns, epochs per fold joined as e.g. `6/5/6`."""
-    view = table.copy()
-    view["rank"] = view["rank"].map(lambda r: "-" if pd.isna(r) else str(int(r)))
-    epoch_columns = [c for c in view.columns if c.startswith("epochs_fold_")]
-    view["epochs"] = view[epoch_columns].apply(
+    """The terminal table: the main columns, epochs per fold joined as e.g. `6/5/6`."""
+    shown = table.copy()
+    shown["rank"] = shown["rank"].map(lambda r: "-" if pd.isna(r) else str(int(r)))
+    epoch_columns = [c for c in shown.columns if c.startswith("epochs_fold_")]
+    shown["epochs"] = shown[epoch_columns].apply(
         lambda r: "/".join(str(int(v)) for v in r if pd.notna(v)), axis=1) if epoch_columns else ""
-    return view[list(SHOWN)].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+    return shown[list(SHOWN)].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
 def set_lb(roots: list[str], experiment_id: str, private: float | None, public: float | None) -> str:

@@ -7,7 +7,7 @@ before the two RMSEs had two names tagged the --metric score val_rmse) and `<out
 (TensorFlow is always installed for tf.data), so they work whichever Keras backend trains. For a
 `gs://` run dir the events are written to a local temporary dir and copied to the bucket through
 `tpuflow.storage` after every epoch, like every other output (no TensorFlow Cloud Storage
-credentials needed; a preempted run keeps its curves up to the last epoch). View many runs with
+credentials needed; a preempted run keeps its curves up to the last epoch). Compare many runs with
 
     tensorboard --logdir=experiments            # every run dir below, or
     tensorboard --logdir_spec=a:runs/run-a,b:gs://bucket/runs/run-b

@@ -211,7 +211,7 @@ def collectives(hlo: str) -> list[dict]:
     """The collectives of a compiled program, by op (all-reduce, all-gather, ...) and what they
     carry (from each op's metadata): `gradients` (reductions of the backward pass's weight
     gradients), `batch statistics` (means and variances over the global batch: BatchNormalization
-    under JAX's SPMD view), `loss/metrics`, `other`; with counts and bytes per device. A
+    under JAX's SPMD sharding), `loss/metrics`, `other`; with counts and bytes per device. A
     data-parallel step should all-reduce its gradients once and move no batch (no all-gather,
     all-to-all, collective-permute)."""
     found: dict[tuple[str, str], dict] = {}

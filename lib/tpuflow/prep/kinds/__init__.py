@@ -1,9 +1,9 @@
 """The dataset kinds, registered by name: one module each (`single`, `stacked`, `mean`, `sequence`)
-holding its frame rule, how its records and views are assembled, its parser's facts and an
+holding its frame rule, how its records and assembled examples are built, its parser's facts and an
 experiment's defaults (`tpuflow.prep.kinds.base.Kind`). Adding a kind: a module and a line here.
 
-The frame store (`tpuflow.prep.store`, manifest kind `frames`) is not a dataset kind: its views
-are built with these rules.
+The frame store (`tpuflow.prep.store`, manifest kind `frames`) is not a dataset kind: the examples
+assembled from it are built with these rules.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 slot, every `step`-th frame back from the current one, positions below 0 taking the first frame.
 
 A kind module subclasses `Kind`, overriding only what differs, and is registered by name in
-`tpuflow.prep.kinds`; the frame rules, the builder, the views, the parsers and the experiments' defaults
+`tpuflow.prep.kinds`; the frame rules, the builder, the assembly, the parsers and the experiments' defaults
 ask it instead of testing the kind's name. No TensorFlow: records are built without it.
 """
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_killed_fold_resumes_on_the_batches_it_would_have_seen(cv_dir, store_dir
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_unchanged_experiment_trains_on_a_view(cv_dir, store_dir, tmp_path, backend):
+def test_unchanged_experiment_trains_on_assembled_examples(cv_dir, store_dir, tmp_path, backend):
     """The zoo's CNN-LSTM run.py on `--assemble=sequence:n6:s1`, predictions for val and test."""
     out = str(tmp_path / "lstm")
     run = os.path.join(ROOT, "experiments", "run-20261121-1330-cnn-lstm", "run.py")

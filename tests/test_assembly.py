@@ -1,5 +1,5 @@
-"""The frame store and its views: views give exactly the examples of the prebuilt records of every
-reference spec and of the demo's specs; bad views, foreign CSVs and damaged shards are refused."""
+"""The frame store and the examples assembled from it: exactly those of the prebuilt records of every
+reference spec and of the demo's specs; bad specs, foreign CSVs and damaged shards are refused."""
 import os
 import shutil
 import subprocess
@@ -25,7 +25,7 @@ SPECS = frames.parse_specs(REFERENCE + [s for s in DEMO if s not in REFERENCE])
 @pytest.fixture(scope="module")
 def built(cv_dir, tmp_path_factory):
     """The store and, for comparison, PNG-encoded prebuilt records of every spec (one pass)."""
-    root = str(tmp_path_factory.mktemp("views"))
+    root = str(tmp_path_factory.mktemp("assembly"))
     store.build_store(cv_dir, root, shards=3, workers=2, log=lambda m: None)
     builder.build_datasets(cv_dir, root, SPECS, shards_per_fold=1, encoding="png", workers=2,
                            log=lambda m: None)
@@ -46,16 +46,16 @@ def _prebuilt(root, spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-def test_view_examples_equal_prebuilt_records(built, spec):
+def test_assembled_examples_equal_prebuilt_records(built, spec):
     """Every example of every split: same id, labels, fold membership and pixels (PNG prebuilt:
-    exact for every kind, `mean` included; the view never round-trips through JPEG)."""
-    view = assembly.Assembly(store.load_store(os.path.join(built, shard_names.STORE_DIR)), spec)
+    exact for every kind, `mean` included; assembly never round-trips through JPEG)."""
+    assembled = assembly.Assembly(store.load_store(os.path.join(built, shard_names.STORE_DIR)), spec)
     prebuilt = _prebuilt(built, spec)
     manifest = records.read_manifest(os.path.join(built, spec.name))
     seen = set()
     for fold in [*range(5), None]:
-        rows = view.split_rows(fold)
-        ids, labels, labels_le = view.labels(rows)
+        rows = assembled.split_rows(fold)
+        ids, labels, labels_le = assembled.labels(rows)
         files = records.record_files(os.path.join(built, spec.name), None if fold is None else [fold])
         assert sorted(ids) == sorted(records.read_ids(files))  # fold membership
         if fold is None:  # test order: test_cv.csv's, as the prebuilt test records
@@ -64,17 +64,17 @@ def test_view_examples_equal_prebuilt_records(built, spec):
         for row, image_id, label, label_le in zip(rows, ids, labels, labels_le):
             pixels, want_label, want_le = prebuilt[image_id]
             assert (label, label_le) == (want_label, want_le), image_id
-            np.testing.assert_array_equal(view.example_numpy(row), pixels, err_msg=f"{spec} {image_id}")
+            np.testing.assert_array_equal(assembled.example_numpy(row), pixels, err_msg=f"{spec} {image_id}")
             seen.add(image_id)
     assert seen == set(prebuilt)
 
 
 @pytest.mark.parametrize("spec", ["stacked:s2", "mean:s2", "sequence:n6:s1", "single"])
-def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
+def test_assembled_pipeline_matches_prebuilt_pipeline(built, spec):
     """Through the experiments' parse functions and the prediction pipeline (resize to --dim):
     the same inputs as the prebuilt records give, with static shapes."""
     spec = frames.DatasetSpec.parse(spec)
-    view = assembly.open_assembly(os.path.join(built, shard_names.STORE_DIR), str(spec))
+    assembled = assembly.open_assembly(os.path.join(built, shard_names.STORE_DIR), str(spec))
     channels, dim = spec.channels if spec.kind != "sequence" else 1, 16
     if spec.kind == "sequence":
         parse = lambda s: (records.parse_sequence(s, spec.depth, dim)["image"], 0)  # noqa: E731
@@ -84,7 +84,7 @@ def test_view_pipeline_matches_prebuilt_pipeline(built, spec):
     ids = records.read_ids(files)
     want = np.concatenate([b for b in __import__("tpuflow.inputs.pipeline").inputs.pipeline.predict_dataset(
         files, parse, 4, len(ids)).as_numpy_iterator()])
-    ds = view.predict_dataset(view.split_rows(None), parse, 4)
+    ds = assembled.predict_dataset(assembled.split_rows(None), parse, 4)
     assert ds.element_spec.shape[1:] == want.shape[1:]  # static
     got = np.concatenate(list(ds.as_numpy_iterator()))
     np.testing.assert_array_equal(got, want)
@@ -122,12 +122,12 @@ def test_records_and_the_store_are_one_source_to_the_runner(built, cv_dir, tmp_p
 
 
 def test_global_shuffle_is_deterministic_and_resumable(built):
-    view = assembly.open_assembly(os.path.join(built, shard_names.STORE_DIR), "stacked:s2")
+    assembled = assembly.open_assembly(os.path.join(built, shard_names.STORE_DIR), "stacked:s2")
     parse = lambda s: (records.parse_image(s, 3, 8)["image"], s["label"])  # noqa: E731
-    rows = view.train_rows([1, 2, 3, 4])
+    rows = assembled.train_rows([1, 2, 3, 4])
 
     def labels(start, n_batches, seed=7):
-        ds = view.train_dataset([1, 2, 3, 4], parse, 4, seed=seed, fold=0, start=start, aug_prob=0.5)
+        ds = assembled.train_dataset([1, 2, 3, 4], parse, 4, seed=seed, fold=0, start=start, aug_prob=0.5)
         return [(x, y) for x, y in ds.take(n_batches).as_numpy_iterator()]
 
     full = labels(0, 2 * len(rows) // 4 + 3)  # two epochs and more
@@ -138,17 +138,17 @@ def test_global_shuffle_is_deterministic_and_resumable(built):
         np.testing.assert_array_equal(y, y2)
     assert 0 < np.mean(np.concatenate([x["transform"] for x, _ in full]) > 0) < 1
     epoch = np.concatenate([y for _, y in full])[: len(rows)]
-    assert sorted(epoch) == sorted(view.labels(rows)[1])  # each training example once per epoch
+    assert sorted(epoch) == sorted(assembled.labels(rows)[1])  # each training example once per epoch
     other = labels(0, 3, seed=8)
     assert any((a[1] != b[1]).any() for a, b in zip(full, other))
     # Two hosts read alternate positions: their orders interleave into the one-host order.
-    order = lambda host, n: [int(r) for r, _ in view.train_order([1, 2, 3, 4], seed=7, fold=0, host=host)  # noqa: E731
+    order = lambda host, n: [int(r) for r, _ in assembled.train_order([1, 2, 3, 4], seed=7, fold=0, host=host)  # noqa: E731
                              .take(n).as_numpy_iterator()]
     one = order((0, 1), 2 * len(rows))
     assert order((0, 2), len(rows)) == one[0::2] and order((1, 2), len(rows)) == one[1::2]
 
 
-def test_bad_views_and_stores_are_refused(built, cv_dir, tmp_path):
+def test_bad_specs_and_stores_are_refused(built, cv_dir, tmp_path):
     store_dir = os.path.join(built, shard_names.STORE_DIR)
     for bad, words in [("blocked:s2", "unknown kind"), ("stacked:s0", "step must be >= 1"),
                        ("sequence:n0:s1", "n_frames must be >= 1")]:
@@ -209,7 +209,7 @@ def test_store_is_the_source_frames_once_and_resumes(built, cv_dir):
 
 
 @pytest.mark.parametrize("spec", ["stacked:s2", "sequence:n6:s1"])
-def test_inspect_exports_views_and_records_alike(built, spec, tmp_path):
+def test_inspect_exports_assembled_examples_and_records_alike(built, spec, tmp_path):
     """tools/inspect_records.py --export writes every example losslessly, the same assembled from the
     store and from (PNG) prebuilt records; --assemble (old name --view, read with a warning) draws a
     contact sheet from the store."""
@@ -246,8 +246,8 @@ def test_store_build_refuses_a_damaged_frame_and_leaves_no_shard(cv_dir, tmp_pat
     assert not out.exists() or not [n for n in os.listdir(out) if "tfrecord" in n or n == "manifest.json"]
 
 
-def test_a_view_holds_the_encoded_frames_once():
-    """Reading without the decoded-frame cache, a view holds the store's encoded frames once more
+def test_an_assembly_holds_the_encoded_frames_once():
+    """Reading without the decoded-frame cache, an assembly holds the store's encoded frames once more
     (one CPU variable): not twice, as a lookup table of them did (benchmarks/bench_scale.py)."""
     from tpuflow.training.throughput import PeakMemory
 
@@ -259,8 +259,8 @@ def test_a_view_holds_the_encoded_frames_once():
                           "width": 366})
     encoded = np.empty(n, dtype=object)
     encoded[:] = [rng.bytes(size) for _ in range(n)]
-    view = assembly.Assembly(store.FrameStore("mem", {}, table, encoded), frames.DatasetSpec.parse("single"),
+    assembled = assembly.Assembly(store.FrameStore("mem", {}, table, encoded), frames.DatasetSpec.parse("single"),
                       frame_cache="off")
     with PeakMemory() as memory:
-        view._ready()  # what the map functions capture: here, the encoded frames
+        assembled._ready()  # what the map functions capture: here, the encoded frames
     assert memory.peak < 1.3 * n * size, f"{memory.peak / 2**20:.0f} MiB for {n * size / 2**20:.0f} MiB of frames"
