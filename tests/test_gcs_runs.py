@@ -79,5 +79,5 @@ def test_leaderboard_reads_records_from_the_bucket_and_sets_lb_there(bucket_run)
     proc = subprocess.run([sys.executable, tool, f"--runs={root}/runs", "--set_lb=run-gcs:7.25:7.5"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = storage.read_json(f"{out}/record.json")
+    record = storage.read_json(f"{out}/run_card.json")
     assert record["lb"] == {"private": 7.25, "public": 7.5}

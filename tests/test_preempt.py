@@ -18,7 +18,7 @@ import tiny_experiment
 from test_backends import _free_port
 from test_views_run import store_dir  # noqa: F401 (fixture)
 from tpuflow import cli, storage
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.training import config, experiment, models, resume
 
 HERE = os.path.dirname(__file__)
@@ -113,7 +113,7 @@ def test_sigterm_backs_up_mid_epoch_records_preempted_and_frees_the_run_dir(inte
     stems = {n.split(".")[0] for n in os.listdir(os.path.join(out + "-killed", "backup", "fold_0")) if n.startswith("epoch-")}
     named = {killed["stem"], killed["boundary"]["stem"]}
     assert named <= stems and len(stems - named) <= 1  # older ones pruned (one may be a kill's half-made next)
-    record = run_record.read_record(out)
+    record = run_card.read_card(out)
     assert record["invocations"][0]["status"] == "preempted" and "SIGTERM" in record["invocations"][0]["error"]
     assert record["invocations"][1]["status"] == "running"  # the SIGKILLed one: nothing could mark it
     assert record["status"] == "complete"
@@ -125,7 +125,7 @@ def test_sigterm_and_sigkill_mid_epoch_resume_to_the_uninterrupted_predictions(i
     assert f"Resuming fold 0 at epoch {killed['epochs_done'] + 1}, step {killed['steps_done']} " in third
     assert "already" not in second  # the lock of the preempted run was released, not taken over
     _same_predictions(out, reference)
-    record = run_record.read_record(reference)
+    record = run_card.read_card(reference)
     assert record["runtime"]["steps_per_execution"] == "1 (auto: 1 on CPU)"
 
 
@@ -242,7 +242,7 @@ def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_di
     assert resumed in logs[0] and resumed in logs[1], [line for log in logs for line in log.splitlines()
                                                       if "backup" in line or "Resuming" in line]
     assert "preempted: another host: stopped outside training" in logs[0]
-    assert run_record.read_record(str(out))["invocations"][-1]["status"] == "preempted"
+    assert run_card.read_card(str(out))["invocations"][-1]["status"] == "preempted"
     assert len(list(out.glob("model-best-f0-*.orbax"))) == 1  # the fold's training is kept: a re-run predicts
     assert json.load(open(out / "backup" / "fold_0" / resume.DONE))["done"] == ["train"]
 

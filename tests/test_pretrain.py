@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_pretraining_command_writes_backbone_curves_tensorboard_and_record(simsiam_backbone, cv_dir):
     out = os.path.dirname(simsiam_backbone)
-    record = json.load(open(os.path.join(out, "pretrain_record.json")))
+    record = json.load(open(os.path.join(out, "pretrain_card.json")))
     n_jpgs = len(glob.glob(f"{cv_dir}/train/*.jpg")) + len(glob.glob(f"{cv_dir}/test/*.jpg"))
     assert record["status"] == "complete" and record["n_frames"] == n_jpgs  # train and test frames
     assert -1.0 <= record["final_loss"] <= 1.0  # a negative cosine similarity

@@ -18,7 +18,7 @@ import jax_env
 import keras
 import tiny_experiment
 from tpuflow.inputs import records
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.training import experiment, models, resume, runner
 
 HERE = os.path.dirname(__file__)
@@ -174,7 +174,7 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
 
 def test_resumed_run_keeps_whole_fold_curves_and_record(killed_and_resumed):
     out, _, killed_at, *_ = killed_and_resumed
-    record = run_record.read_record(out)
+    record = run_card.read_card(out)
     assert record["status"] == "complete"
     assert record["folds"]["0"]["epochs"] == EPOCHS  # trained by the killed run, kept
     assert record["folds"]["1"]["epochs"] == EPOCHS

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tiny_experiment
 from tpuflow.ensemble import data as ensemble_data
 from tpuflow.inputs import augment, ondevice
-from tpuflow.results import run_record, scoring
+from tpuflow.results import run_card, scoring
 from tpuflow.training import experiment
 
 
@@ -78,7 +78,7 @@ def test_run_records_the_view_of_every_tta_index(d4_run):
     assert sorted(os.listdir(out / "preds")).count("y_pred_val_fold_0_tta_7.npy") == 1
     assert not os.path.exists(out / "preds" / "y_pred_val_fold_0_tta_8.npy")
     assert list(result["scores"].columns) == [f"tta_{t}" for t in range(8)] + ["tta_mean", "baseline"]
-    assert run_record.read_record(str(out))["cv"]["tta_views"] == views
+    assert run_card.read_card(str(out))["cv"]["tta_views"] == views
     # Transposed val images really are predicted: view 6 differs from the original's predictions.
     p0, p6 = (np.load(out / "preds" / f"y_pred_val_fold_0_tta_{t}.npy") for t in (0, 6))
     assert not np.allclose(p0, p6)

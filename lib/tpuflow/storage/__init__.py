@@ -260,7 +260,7 @@ def save_weights(model, path: str) -> None:
     image = _WeightsImage()
     model.save_weights(image)
     data = image.getvalue()
-    if is_local(path):  # leave room for the small files that record the failure (record.json)
+    if is_local(path):  # leave room for the small files that record the failure (run_card.json)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         stat = os.statvfs(directory)
