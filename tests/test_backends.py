@@ -187,8 +187,8 @@ def test_checkpoint_of_another_model_is_named_with_both_shapes_and_nothing_is_ov
                                  quick=True, n_folds=1, tta_number=1, verbose=0, dim=16,
                                  task="classification")  # a head of n_classes outputs, not 1
     with pytest.raises(experiment.cli.UsageError, match=r"--task=classification \(trained with regression\)"):
-        experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)  # the record says so
-    # Checkpoints brought from elsewhere (no record or config.json to compare with): Keras' error, named.
+        experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)  # the run card says so
+    # Checkpoints brought from elsewhere (no run card or config.json to compare with): Keras' error, named.
     out = out.parent / "copied"
     shutil.copytree(trained["jax"], out)
     (out / "run_card.json").unlink()

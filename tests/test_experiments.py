@@ -67,13 +67,13 @@ def test_experiment_runs_every_job_quickly(run_py, backend, cv_dir, kind_dirs, t
     sub = pd.read_csv(out / f"{out.name}.csv")
     assert sub["image_id"].tolist() == fmt["image_id"].tolist()
 
-    record = run_card.read_card(str(out))
-    assert record["status"] == "complete" and record["experiment_id"] == out.name
-    assert record["model"]["architecture"] == defaults.get("architecture", experiment.architecture_of(out.parent / _name(run_py)))
-    assert record["dataset"]["kind"] == defaults["dataset_kind"]
-    assert record["folds"]["0"]["epochs"] == 1
-    assert record["runtime"]["backend"] == backend and record["versions"]["jax"]
-    assert record["run_py"]["source"] == open(run_py).read()
+    card = run_card.read_card(str(out))
+    assert card["status"] == "complete" and card["experiment_id"] == out.name
+    assert card["model"]["architecture"] == defaults.get("architecture", experiment.architecture_of(out.parent / _name(run_py)))
+    assert card["dataset"]["kind"] == defaults["dataset_kind"]
+    assert card["folds"]["0"]["epochs"] == 1
+    assert card["runtime"]["backend"] == backend and card["versions"]["jax"]
+    assert card["run_py"]["source"] == open(run_py).read()
     assert (out / "curves" / "fold_0.csv").exists() and (out / "curves" / "fold_0.png").exists()
 
     if defaults.get("task") == "classification":  # probabilities, mapped back to wind speeds

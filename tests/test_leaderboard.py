@@ -1,5 +1,5 @@
-"""The leaderboard over records written by real short runs: sorting, CSV export, --set_lb,
-incomplete records reported, the command line."""
+"""The leaderboard over run cards written by real short runs: sorting, CSV export, --set_lb,
+incomplete cards reported, the command line."""
 import json
 import os
 import shutil
@@ -44,9 +44,9 @@ def test_table_sorts_by_cv_and_exports_every_column(runs_dir, tmp_path):
     assert list(table["rank"]) == [1, 2, 3, 1] and table["CV_tta"][:3].is_monotonic_increasing
     assert leaderboard.smoke_runs(items) == SMOKE and list(table["quick"]) == [True] * 3 + [False]
     for _, row in table.iterrows():
-        record = run_card.read_card(row["run_dir"])
-        assert row["CV_tta"] == pytest.approx(record["cv"]["tta"])
-        assert row["CV_no_tta"] == pytest.approx(record["cv"]["no_tta"])
+        card = run_card.read_card(row["run_dir"])
+        assert row["CV_tta"] == pytest.approx(card["cv"]["tta"])
+        assert row["CV_no_tta"] == pytest.approx(card["cv"]["no_tta"])
     by_id = table.set_index("experiment_id")
     assert by_id.loc["run-b", "lr"] == 3e-2 and by_id.loc["run-c", "task"] == "classification"
     assert by_id.loc["run-c", "resolution"] == 12 and by_id.loc["run-a", "hist_depth"] == 1
@@ -127,9 +127,9 @@ def test_record_with_missing_fields_is_reported(runs_dir, tmp_path):
     copy = tmp_path / "runs"
     shutil.copytree(runs_dir, copy)
     broken = copy / "run-a" / "run_card.json"
-    record = json.loads(broken.read_text())
-    del record["cv"], record["model"]["backbone"]
-    broken.write_text(json.dumps(record))
+    card = json.loads(broken.read_text())
+    del card["cv"], card["model"]["backbone"]
+    broken.write_text(json.dumps(card))
     items, problems = leaderboard.load_cards([str(copy)])
     assert len(items) == 3
     assert problems == [f"{broken}: run card lacks field(s) ['cv', 'model.backbone']"]

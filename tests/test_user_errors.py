@@ -191,8 +191,8 @@ def test_a_run_whose_every_epoch_is_nan_says_it_diverged(cv_dir, single_dir, tmp
     with pytest.raises(ValueError, match=r"fold 0: training diverged: val_rmse_rounded was NaN or infinite after every one "
                                          r"of 1 epoch\(s\), so there is no checkpoint \(try a lower --lr=1e\+30\)"):
         _run(cfg)
-    record = run_card.read_card(str(tmp_path / "run"))
-    assert record["status"] == "failed" and "diverged" in record["error"]
+    card = run_card.read_card(str(tmp_path / "run"))
+    assert card["status"] == "failed" and "diverged" in card["error"]
 
 
 def test_corrupt_shard_is_named_from_the_manifest_checksums(cv_dir, single_dir, tmp_path):

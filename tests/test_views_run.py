@@ -90,8 +90,8 @@ def test_unchanged_experiment_trains_on_a_view(cv_dir, store_dir, tmp_path, back
     ids = np.load(os.path.join(out, "preds", "ids_test.npy"))
     assert ids.tolist() == pd.read_csv(os.path.join(cv_dir, "test_cv.csv"))["image_id"].tolist()
     assert np.load(os.path.join(out, "preds", "y_pred_test_fold_0_tta_1.npy")).shape == (len(ids), 1)
-    record = run_card.read_card(out)
-    assert record["dataset"]["spec"] == "sequence:n6:s1" and record["dataset"]["dir"] == store_dir
+    card = run_card.read_card(out)
+    assert card["dataset"]["spec"] == "sequence:n6:s1" and card["dataset"]["dir"] == store_dir
 
 
 def test_store_without_a_spec_and_wrong_kind_are_refused(cv_dir, store_dir, tmp_path):

@@ -316,7 +316,7 @@ def predict_split(cfg, fold: int, predictor: keras.Model, parse, inputs, split_n
     submission_format.csv's."""
     which = fold if split_name == "val" else None
     ids = inputs.ids(which)
-    scoring.record_views(cfg.data_preds_dir, cfg.tta_views, cfg.tta_set)
+    scoring.save_views(cfg.data_preds_dir, cfg.tta_views, cfg.tta_set)
     n_tta = len(cfg.tta_views)
     print(f"Fold {fold}: predicting {split_name} ({len(ids)} examples x {n_tta} TTA views)", flush=True)
     ds = inputs.predict_dataset(which, parse, batch)
