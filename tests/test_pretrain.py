@@ -17,9 +17,10 @@ from tpuflow.training import models, pretrain
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_pretraining_command_writes_backbone_curves_tensorboard_and_record(simsiam_backbone, cv_dir):
+def test_pretraining_command_writes_backbone_curves_tensorboard_and_card(simsiam_backbone, cv_dir):
     out = os.path.dirname(simsiam_backbone)
     card = json.load(open(os.path.join(out, "pretrain_card.json")))
+    assert not os.path.exists(os.path.join(out, "pretrain_record.json"))  # the old name's file: replaced
     n_jpgs = len(glob.glob(f"{cv_dir}/train/*.jpg")) + len(glob.glob(f"{cv_dir}/test/*.jpg"))
     assert card["status"] == "complete" and card["n_frames"] == n_jpgs  # train and test frames
     assert -1.0 <= card["final_loss"] <= 1.0  # a negative cosine similarity

@@ -71,7 +71,7 @@ def d4_run(cv_dir, single_dir, tmp_path_factory):
     return out, result
 
 
-def test_run_records_the_view_of_every_tta_index(d4_run):
+def test_run_saves_the_view_of_every_tta_index(d4_run):
     out, result = d4_run
     views = json.load(open(out / "preds" / "tta_views.json"))["views"]
     assert views == list(ondevice.D4_VIEWS)
