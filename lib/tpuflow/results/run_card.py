@@ -72,7 +72,7 @@ def card_path(run_dir: str, name: str = CARD_NAME) -> str:
 
 
 def find_card(run_dir: str, name: str = CARD_NAME) -> str | None:
-    """The run dir's card file: `run_card.json`, else the `card.json` of a run made before the
+    """The run dir's card file: `run_card.json`, else the `record.json` of a run made before the
     rename (likewise for `PRETRAIN_CARD_NAME`); None if it has neither."""
     for path in (card_path(run_dir, name), card_path(run_dir, OLD_NAMES[name])):
         if storage.exists(path):
