@@ -4,7 +4,7 @@
 What a backup costs training, and what a preemption costs, for a model of `--backbone`'s size.
 
 1. The training stall per backup (the time `fit` waits), with the run's own backup code
-   (`resume.FoldBackup`, a backup within an epoch: weights, Adam state, metrics, state record),
+   (`resume.FoldBackup`, a backup within an epoch: weights, Adam state, metrics, state file),
    under Keras' JAX backend: synchronous `.weights.h5` + `.npz` (the TensorFlow backend's format)
    against asynchronous Orbax (the JAX backend's), in one process, and their ratio. Between
    backups the script sleeps `--gap_s` (training would run; Orbax writes meanwhile).

@@ -61,6 +61,8 @@ def simsiam_backbone(cv_dir, tmp_path_factory) -> str:
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
     out = tmp_path_factory.mktemp("simsiam") / "pretrained"
+    out.mkdir()
+    (out / "pretrain_record.json").write_text("{}")  # an earlier pretraining's card, before its rename
     tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "pretrain_simsiam.py")
     proc = subprocess.run([sys.executable, tool, f"--data_dir={cv_dir}", f"--output_dir={out}",
                            "--backbone=MobileNetV3Small", "--dim=32", "--quick"], capture_output=True, text=True)

@@ -13,7 +13,7 @@ import pytest
 
 import jax_env
 from tpuflow.prep import shard_names, store
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -90,8 +90,8 @@ def test_unchanged_experiment_trains_on_assembled_examples(cv_dir, store_dir, tm
     ids = np.load(os.path.join(out, "preds", "ids_test.npy"))
     assert ids.tolist() == pd.read_csv(os.path.join(cv_dir, "test_cv.csv"))["image_id"].tolist()
     assert np.load(os.path.join(out, "preds", "y_pred_test_fold_0_tta_1.npy")).shape == (len(ids), 1)
-    record = run_record.read_record(out)
-    assert record["dataset"]["spec"] == "sequence:n6:s1" and record["dataset"]["dir"] == store_dir
+    card = run_card.read_card(out)
+    assert card["dataset"]["spec"] == "sequence:n6:s1" and card["dataset"]["dir"] == store_dir
 
 
 def test_store_without_a_spec_and_wrong_kind_are_refused(cv_dir, store_dir, tmp_path):

@@ -187,15 +187,15 @@ def test_checkpoint_of_another_model_is_named_with_both_shapes_and_nothing_is_ov
                                  quick=True, n_folds=1, tta_number=1, verbose=0, dim=16,
                                  task="classification")  # a head of n_classes outputs, not 1
     with pytest.raises(experiment.cli.UsageError, match=r"--task=classification \(trained with regression\)"):
-        experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)  # the record says so
-    # Checkpoints brought from elsewhere (no record or config.json to compare with): Keras' error, named.
+        experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)  # the run card says so
+    # Checkpoints brought from elsewhere (no run card or config.json to compare with): Keras' error, named.
     out = out.parent / "copied"
     shutil.copytree(trained["jax"], out)
-    (out / "record.json").unlink()
+    (out / "run_card.json").unlink()
     (out / "config.json").unlink()
     checkpoint = runner.best_checkpoint(str(out), 0)
     before = {out / p.relative_to(trained["jax"]): h for p, h in before.items()
-              if p.name not in ("record.json", "config.json")}
+              if p.name not in ("run_card.json", "config.json")}
     with pytest.raises(runner.CheckpointMismatch) as err:
         experiment.run(cfg.replace(output_dir=str(out), data_preds_dir=str(out / "preds")),
                        tiny_experiment.init_model, tiny_experiment.parse_example)
@@ -204,8 +204,8 @@ def test_checkpoint_of_another_model_is_named_with_both_shapes_and_nothing_is_ov
     n_classes = len(np.load(os.path.join(cv_dir, "unique_labels_sorted.npy")))  # as the run resolved it
     assert f"is (4, {n_classes}) in this model but (4, 1) in the checkpoint" in message
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()
-             and p.name != "record.json" and p.name != "config.json"}
-    assert after == {p: h for p, h in before.items() if p.name not in ("record.json", "config.json")}
+             and p.name != "run_card.json" and p.name != "config.json"}
+    assert after == {p: h for p, h in before.items() if p.name not in ("run_card.json", "config.json")}
 
 
 def test_each_host_reads_its_own_share_of_the_training_shards(single_dir):
@@ -245,7 +245,7 @@ def test_two_jax_processes_train_one_model_and_predict_every_example_once(cv_dir
         assert "Backend jax (--backend=jax): 2 CPU device(s) in 2 process(es) (DataParallel)" in log
         assert "global batch 6 = 3 per device" in log
     host0, host1 = tmp_path / "run", tmp_path / "run" / "host_1"
-    assert (host0 / "record.json").exists() and (host1 / "record.json").exists()
+    assert (host0 / "run_card.json").exists() and (host1 / "run_card.json").exists()
     ids = records.read_ids(records.record_files(single_dir, [0])).tolist()
     assert len(ids) % 6  # the last global batch is padded
     for t in (0, 1):

@@ -1,6 +1,6 @@
 """The run configuration: frozen once built, every flag in one section, the fingerprint from the
 result sections (runtime settings never invalidate a backup), old spellings and old runs still read,
-and config.json / record.json holding exactly the configuration a run used."""
+and config.json / run_card.json holding exactly the configuration a run used."""
 import dataclasses
 import hashlib
 import json
@@ -9,7 +9,7 @@ import pytest
 
 import tiny_experiment
 from tpuflow import storage
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.training import config, experiment
 
 # The hand-written exclusion list resume.py kept before the sections (for old fingerprints).
@@ -139,7 +139,7 @@ def test_config_json_and_the_record_hold_the_configuration_the_run_used(cv_dir, 
     assert used.n_frames == 1
     written = storage.read_json(str(tmp_path / "run" / "config.json"))
     assert written == used.to_dict()
-    assert run_record.read_record(str(tmp_path / "run"))["flags"] == used.to_dict()
+    assert run_card.read_card(str(tmp_path / "run"))["flags"] == used.to_dict()
     assert config.Config.from_dict(written) == used
     # Scoring the run again (no devices resolved) leaves the configuration it was trained with.
     rescore = experiment.make_config(data_dir=cv_dir, output_dir=str(tmp_path / "run"), quick=True, dim=16,
@@ -173,7 +173,7 @@ def test_a_frame_store_given_the_old_way_is_read_as_frame_store_and_its_runs_sti
     recorded = {**{k: v for k, v in cfg.to_dict().items() if k not in ("frame_store", "assemble")},
                 "data_tfrec_dir": "/data/frames", "view": "stacked:s2"}  # its config.json
     assert config.Config.from_dict(recorded) == cfg
-    assert config.recorded_settings(recorded)["frame_store"] == "/data/frames"
+    assert config.saved_settings(recorded)["frame_store"] == "/data/frames"
     records = experiment.make_config(data_tfrec_dir="/data/records", output_dir=str(tmp_path))
     assert (records.data_tfrec_dir, records.frame_store, records.assemble) == ("/data/records", None, None)
 

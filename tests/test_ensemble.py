@@ -414,10 +414,10 @@ def test_outputs_are_renamed_into_place_only_when_all_are_written(dataset, tmp_p
 
 
 def test_smoke_runs_are_left_out_unless_asked(dataset, tmp_path):
-    """A run whose record says --quick (the part of a record.json the tool reads) is left out,
+    """A run whose run card says --quick (the part of a run_card.json the tool reads) is left out,
     on one line; only smoke runs: refused unless --include_quick."""
     root, data_dir, train, fmt, dirs = dataset
-    with open(os.path.join(dirs[1], "record.json"), "w") as f:
+    with open(os.path.join(dirs[1], "run_card.json"), "w") as f:
         json.dump({"experiment_id": "run-01", "quick": True, "flags": {"quick": True}}, f)
     done = _tool(root, data_dir, str(tmp_path / "out"), "--plot=false", "--nested=false")
     assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ import pytest
 
 import jax_env
 from tpuflow.prep import builder, frames
-from tpuflow.results import run_record, scoring
+from tpuflow.results import run_card, scoring
 from tpuflow.training import config, experiment, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,18 +62,18 @@ def test_experiment_runs_every_job_quickly(run_py, backend, cv_dir, kind_dirs, t
     if str(defaults.get("weights", "")).endswith("backbone.weights.h5"):
         assert "backbone.weights.h5: loaded into MobileNetV3Small\n" in proc.stdout  # nothing skipped
     if defaults.get("mixup_prob"):
-        assert run_record.read_record(str(out))["flags"]["mixup_prob"] == defaults["mixup_prob"]
+        assert run_card.read_card(str(out))["flags"]["mixup_prob"] == defaults["mixup_prob"]
     fmt = pd.read_csv(os.path.join(cv_dir, "submission_format.csv"))
     sub = pd.read_csv(out / f"{out.name}.csv")
     assert sub["image_id"].tolist() == fmt["image_id"].tolist()
 
-    record = run_record.read_record(str(out))
-    assert record["status"] == "complete" and record["experiment_id"] == out.name
-    assert record["model"]["architecture"] == defaults.get("architecture", experiment.architecture_of(out.parent / _name(run_py)))
-    assert record["dataset"]["kind"] == defaults["dataset_kind"]
-    assert record["folds"]["0"]["epochs"] == 1
-    assert record["runtime"]["backend"] == backend and record["versions"]["jax"]
-    assert record["run_py"]["source"] == open(run_py).read()
+    card = run_card.read_card(str(out))
+    assert card["status"] == "complete" and card["experiment_id"] == out.name
+    assert card["model"]["architecture"] == defaults.get("architecture", experiment.architecture_of(out.parent / _name(run_py)))
+    assert card["dataset"]["kind"] == defaults["dataset_kind"]
+    assert card["folds"]["0"]["epochs"] == 1
+    assert card["runtime"]["backend"] == backend and card["versions"]["jax"]
+    assert card["run_py"]["source"] == open(run_py).read()
     assert (out / "curves" / "fold_0.csv").exists() and (out / "curves" / "fold_0.png").exists()
 
     if defaults.get("task") == "classification":  # probabilities, mapped back to wind speeds

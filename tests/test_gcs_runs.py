@@ -65,9 +65,14 @@ def test_ensemble_tool_reads_runs_from_the_bucket_and_writes_there(bucket_run, c
     assert sub["image_id"].tolist() == fmt["image_id"].tolist()
 
 
-def test_leaderboard_reads_records_from_the_bucket_and_sets_lb_there(bucket_run):
+def test_leaderboard_reads_cards_from_the_bucket_and_sets_lb_there(bucket_run):
+    """Also for a run dir made before the card had its name: its `record.json` is read as the
+    card, and --set_lb writes `run_card.json` and removes `record.json`."""
     root, out, _ = bucket_run
     tool = os.path.join(ROOT, "tools", "leaderboard.py")
+    before = storage.read_json(f"{out}/run_card.json")
+    storage.copy(f"{out}/run_card.json", f"{out}/record.json")
+    storage.remove(f"{out}/run_card.json")
     proc = subprocess.run([sys.executable, tool, f"--runs={root}/runs", f"--out_csv={root}/experiments.csv",
                            "--include_quick"],
                           capture_output=True, text=True)
@@ -79,5 +84,6 @@ def test_leaderboard_reads_records_from_the_bucket_and_sets_lb_there(bucket_run)
     proc = subprocess.run([sys.executable, tool, f"--runs={root}/runs", "--set_lb=run-gcs:7.25:7.5"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = storage.read_json(f"{out}/record.json")
-    assert record["lb"] == {"private": 7.25, "public": 7.5}
+    card = storage.read_json(f"{out}/run_card.json")
+    assert card == {**before, "lb": {"private": 7.25, "public": 7.5}, "updated": card["updated"]}
+    assert not storage.exists(f"{out}/record.json")

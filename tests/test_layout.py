@@ -6,7 +6,7 @@ Stages, in the order data flows (each may import the ones its rule lists, never 
   storage         paths, file I/O, sync, the run-dir lock, tables: the bottom layer
   prep            data preparation: split, frames, records written without TensorFlow
   inputs          the input pipeline: tf.data, parsers, one input source, frame-store assembly, augmentation
-  results         predictions, scores, the experiment record, the leaderboard (no TensorFlow)
+  results         predictions, scores, the run card, the leaderboard (no TensorFlow)
   ensemble        weight search over saved predictions (NumPy/SciPy/pandas)
   training        configuration, the fold loop, models, runtime: may use every stage but ensemble
 

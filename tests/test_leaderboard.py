@@ -1,5 +1,5 @@
-"""The leaderboard over records written by real short runs: sorting, CSV export, --set_lb,
-incomplete records reported, the command line."""
+"""The leaderboard over run cards written by real short runs: sorting, CSV export, --set_lb,
+incomplete cards reported, the command line."""
 import json
 import os
 import shutil
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import tiny_experiment
-from tpuflow.results import leaderboard, run_record
+from tpuflow.results import leaderboard, run_card
 from tpuflow.training import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def runs_dir(cv_dir, single_dir, tmp_path_factory) -> str:
 
 
 def test_table_sorts_by_cv_and_exports_every_column(runs_dir, tmp_path):
-    items, problems = leaderboard.load_records([runs_dir])
+    items, problems = leaderboard.load_cards([runs_dir])
     assert problems == [] and len(items) == 4
     table = leaderboard.build_table(items)
     assert sorted(table["experiment_id"]) == sorted(RUNS)
@@ -44,9 +44,9 @@ def test_table_sorts_by_cv_and_exports_every_column(runs_dir, tmp_path):
     assert list(table["rank"]) == [1, 2, 3, 1] and table["CV_tta"][:3].is_monotonic_increasing
     assert leaderboard.smoke_runs(items) == SMOKE and list(table["quick"]) == [True] * 3 + [False]
     for _, row in table.iterrows():
-        record = run_record.read_record(row["run_dir"])
-        assert row["CV_tta"] == pytest.approx(record["cv"]["tta"])
-        assert row["CV_no_tta"] == pytest.approx(record["cv"]["no_tta"])
+        card = run_card.read_card(row["run_dir"])
+        assert row["CV_tta"] == pytest.approx(card["cv"]["tta"])
+        assert row["CV_no_tta"] == pytest.approx(card["cv"]["no_tta"])
     by_id = table.set_index("experiment_id")
     assert by_id.loc["run-b", "lr"] == 3e-2 and by_id.loc["run-c", "task"] == "classification"
     assert by_id.loc["run-c", "resolution"] == 12 and by_id.loc["run-a", "hist_depth"] == 1
@@ -66,9 +66,9 @@ def test_set_lb_updates_the_record_and_unknown_id_is_an_error(runs_dir, tmp_path
     copy = tmp_path / "runs"
     shutil.copytree(runs_dir, copy)
     path = leaderboard.set_lb([str(copy)], "run-b", 6.25, None)
-    assert path == str(copy / "run-b" / "record.json")
-    assert run_record.read_record(path)["lb"] == {"private": 6.25, "public": None}
-    table = leaderboard.build_table(leaderboard.load_records([str(copy)])[0], sort_by="LB_private")
+    assert path == str(copy / "run-b" / "run_card.json")
+    assert run_card.read_card(path)["lb"] == {"private": 6.25, "public": None}
+    table = leaderboard.build_table(leaderboard.load_cards([str(copy)])[0], sort_by="LB_private")
     assert table.loc[0, "experiment_id"] == "run-b" and table.loc[0, "LB_private"] == 6.25
     with pytest.raises(KeyError, match=r"no run with experiment id 'run-z' .* known ids: \['run-a', 'run-b', 'run-c', 'run-d'\]"):
         leaderboard.set_lb([str(copy)], "run-z", 1.0, 1.0)
@@ -76,16 +76,63 @@ def test_set_lb_updates_the_record_and_unknown_id_is_an_error(runs_dir, tmp_path
         leaderboard.set_lb([str(copy), runs_dir], "run-a", 1.0, 1.0)
 
 
+def test_run_dirs_from_before_the_card_had_its_name(runs_dir, cv_dir, tmp_path):
+    """A run dir whose card is `record.json` (its name before the rename) is read as its card; the
+    next invocation writes `run_card.json` with the same content and its update, and removes
+    `record.json`: by --set_lb, by a score-only run, and by one that fails."""
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    before = {}
+    for name in ("run-a", "run-b", "run-c"):
+        (copy / name / "run_card.json").rename(copy / name / "record.json")
+        before[name] = json.loads((copy / name / "record.json").read_text())
+    items, problems = leaderboard.load_cards([str(copy)])
+    assert problems == [] and sorted(card["experiment_id"] for _, card in items) == sorted(RUNS)
+    assert leaderboard.find_cards([str(copy / "run-a")]) == [str(copy / "run-a" / "record.json")]
+
+    def cards(name):
+        return sorted(p for p in os.listdir(copy / name) if p.endswith(".json") and p != "config.json")
+
+    path = leaderboard.set_lb([str(copy)], "run-b", 6.25, None)
+    assert path == str(copy / "run-b" / "run_card.json") and cards("run-b") == ["run_card.json"]
+    after = run_card.read_card(path)
+    assert after == {**before["run-b"], "lb": {"private": 6.25, "public": None}, "updated": after["updated"]}
+
+    def score(name):
+        cfg = experiment.make_config(**{
+            **dict(data_dir=cv_dir, data_tfrec_dir=None, output_dir=str(copy / name), quick=True, dim=16,
+                   batch_size=8, tta_number=1, n_folds=1, weights=None, verbose=0, dataset_kind="single",
+                   architecture="tiny-cnn", job="score"), **RUNS[name]})
+        experiment.run(cfg, tiny_experiment.init_model, tiny_experiment.parse_example)
+
+    score("run-a")
+    assert cards("run-a") == ["run_card.json"]
+    after = run_card.read_card(str(copy / "run-a"))
+    assert after["invocations"][:-1] == before["run-a"]["invocations"] and after["jobs"] == ["score"]
+    kept = ("experiment_id", "status", "started", "flags", "dataset", "model", "folds", "lb", "git", "run_py")
+    assert {k: after[k] for k in kept} == {k: before["run-a"][k] for k in kept}
+    assert after["cv"]["tta"] == pytest.approx(before["run-a"]["cv"]["tta"])
+
+    os.remove(copy / "run-c" / "scores.csv")
+    os.mkdir(copy / "run-c" / "scores.csv")  # the score-only invocation fails: marked failed in the card
+    with pytest.raises(OSError):
+        score("run-c")
+    assert cards("run-c") == ["run_card.json"]
+    after = run_card.read_card(str(copy / "run-c"))
+    assert after["status"] == "complete" and after["invocations"][-1]["status"] == "failed"
+    assert after["invocations"][:-1] == before["run-c"]["invocations"] and after["cv"] == before["run-c"]["cv"]
+
+
 def test_record_with_missing_fields_is_reported(runs_dir, tmp_path):
     copy = tmp_path / "runs"
     shutil.copytree(runs_dir, copy)
-    broken = copy / "run-a" / "record.json"
-    record = json.loads(broken.read_text())
-    del record["cv"], record["model"]["backbone"]
-    broken.write_text(json.dumps(record))
-    items, problems = leaderboard.load_records([str(copy)])
+    broken = copy / "run-a" / "run_card.json"
+    card = json.loads(broken.read_text())
+    del card["cv"], card["model"]["backbone"]
+    broken.write_text(json.dumps(card))
+    items, problems = leaderboard.load_cards([str(copy)])
     assert len(items) == 3
-    assert problems == [f"{broken}: experiment record lacks field(s) ['cv', 'model.backbone']"]
+    assert problems == [f"{broken}: run card lacks field(s) ['cv', 'model.backbone']"]
 
 
 def test_command_line(runs_dir, tmp_path):
@@ -95,15 +142,15 @@ def test_command_line(runs_dir, tmp_path):
     proc = subprocess.run([sys.executable, TOOL, f"--runs={copy}", f"--out_csv={csv}", f"--plot={png}",
                            "--set_lb=run-c:7.5:7.75", "--include_quick"], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr
-    assert "run-c/record.json: LB private 7.5, public 7.75" in proc.stdout
+    assert "run-c/run_card.json: LB private 7.5, public 7.75" in proc.stdout
     assert pd.read_csv(csv).set_index("experiment_id").loc["run-c", "LB_public"] == 7.75
     assert png.read_bytes()[:4] == b"\x89PNG"
 
-    (copy / "run-a" / "record.json").write_text("{}")
+    (copy / "run-a" / "run_card.json").write_text("{}")
     proc = subprocess.run([sys.executable, TOOL, f"--runs={copy}", "--include_quick"], capture_output=True, text=True,
                           env=ENV)
     assert proc.returncode == 1
-    assert "run-b" in proc.stdout and "incomplete record:" in proc.stderr and "run-a" in proc.stderr
+    assert "run-b" in proc.stdout and "incomplete run card:" in proc.stderr and "run-a" in proc.stderr
 
     for bad, message in (("--set_lb=run-q:1:2", "no run with experiment id 'run-q'"),
                          ("--set_lb=run-a:x:2", "private score 'x' is not a number"),

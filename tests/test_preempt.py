@@ -1,5 +1,5 @@
 """Preemption-grade training: backups within the epoch and the preemption notice. A real run on
-assembled examples is stopped by SIGTERM mid-epoch (it backs up, records `preempted`, frees the run dir and exits
+assembled examples is stopped by SIGTERM mid-epoch (it backs up, notes `preempted`, frees the run dir and exits
 with its own status), re-run and SIGKILLed mid-epoch, re-run to the end: it ends with the very
 predictions of an uninterrupted run, under both backends and with its run dir on Cloud Storage."""
 import json
@@ -18,7 +18,7 @@ import tiny_experiment
 from test_backends import _free_port
 from test_assembly_run import store_dir  # noqa: F401 (fixture)
 from tpuflow import cli, storage
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.training import config, experiment, models, resume
 
 HERE = os.path.dirname(__file__)
@@ -113,10 +113,10 @@ def test_sigterm_backs_up_mid_epoch_records_preempted_and_frees_the_run_dir(inte
     stems = {n.split(".")[0] for n in os.listdir(os.path.join(out + "-killed", "backup", "fold_0")) if n.startswith("epoch-")}
     named = {killed["stem"], killed["boundary"]["stem"]}
     assert named <= stems and len(stems - named) <= 1  # older ones pruned (one may be a kill's half-made next)
-    record = run_record.read_record(out)
-    assert record["invocations"][0]["status"] == "preempted" and "SIGTERM" in record["invocations"][0]["error"]
-    assert record["invocations"][1]["status"] == "running"  # the SIGKILLed one: nothing could mark it
-    assert record["status"] == "complete"
+    card = run_card.read_card(out)
+    assert card["invocations"][0]["status"] == "preempted" and "SIGTERM" in card["invocations"][0]["error"]
+    assert card["invocations"][1]["status"] == "running"  # the SIGKILLed one: nothing could mark it
+    assert card["status"] == "complete"
 
 
 def test_sigterm_and_sigkill_mid_epoch_resume_to_the_uninterrupted_predictions(interrupted):
@@ -125,8 +125,8 @@ def test_sigterm_and_sigkill_mid_epoch_resume_to_the_uninterrupted_predictions(i
     assert f"Resuming fold 0 at epoch {killed['epochs_done'] + 1}, step {killed['steps_done']} " in third
     assert "already" not in second  # the lock of the preempted run was released, not taken over
     _same_predictions(out, reference)
-    record = run_record.read_record(reference)
-    assert record["runtime"]["steps_per_execution"] == "1 (auto: 1 on CPU)"
+    card = run_card.read_card(reference)
+    assert card["runtime"]["steps_per_execution"] == "1 (auto: 1 on CPU)"
 
 
 def test_damaged_or_foreign_backup_within_the_epoch_falls_back_to_the_epoch_boundary(interrupted, cv_dir, store_dir,
@@ -164,7 +164,7 @@ def test_damaged_or_foreign_backup_within_the_epoch_falls_back_to_the_epoch_boun
 
 def test_run_dir_on_cloud_storage_resumes_mid_epoch_to_the_same_predictions(interrupted, gcs_emulator, cv_dir,
                                                                             store_dir):  # noqa: F811
-    """Under JAX Orbax writes through a local staging dir, uploaded before the state record names it."""
+    """Under JAX Orbax writes through a local staging dir, uploaded before the state file names it."""
     backend, _, reference, *_ = interrupted
     out = gcs_emulator.create_bucket() + "/runs/run-preempt"
     _, (_, term, killed), _ = _preempted_then_killed_then_finished(cv_dir, store_dir, out, backend)
@@ -242,7 +242,7 @@ def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_di
     assert resumed in logs[0] and resumed in logs[1], [line for log in logs for line in log.splitlines()
                                                       if "backup" in line or "Resuming" in line]
     assert "preempted: another host: stopped outside training" in logs[0]
-    assert run_record.read_record(str(out))["invocations"][-1]["status"] == "preempted"
+    assert run_card.read_card(str(out))["invocations"][-1]["status"] == "preempted"
     assert len(list(out.glob("model-best-f0-*.orbax"))) == 1  # the fold's training is kept: a re-run predicts
     assert json.load(open(out / "backup" / "fold_0" / resume.DONE))["done"] == ["train"]
 

@@ -17,14 +17,15 @@ from tpuflow.training import models, pretrain
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_pretraining_command_writes_backbone_curves_tensorboard_and_record(simsiam_backbone, cv_dir):
+def test_pretraining_command_writes_backbone_curves_tensorboard_and_card(simsiam_backbone, cv_dir):
     out = os.path.dirname(simsiam_backbone)
-    record = json.load(open(os.path.join(out, "pretrain_record.json")))
+    card = json.load(open(os.path.join(out, "pretrain_card.json")))
+    assert not os.path.exists(os.path.join(out, "pretrain_record.json"))  # the old name's file: replaced
     n_jpgs = len(glob.glob(f"{cv_dir}/train/*.jpg")) + len(glob.glob(f"{cv_dir}/test/*.jpg"))
-    assert record["status"] == "complete" and record["n_frames"] == n_jpgs  # train and test frames
-    assert -1.0 <= record["final_loss"] <= 1.0  # a negative cosine similarity
-    # The record holds the settings as run (--quick resolved), not the flags as typed.
-    assert {k: record["flags"][k] for k in ("n_epochs", "steps_per_epoch", "batch_size", "verbose")} == {
+    assert card["status"] == "complete" and card["n_frames"] == n_jpgs  # train and test frames
+    assert -1.0 <= card["final_loss"] <= 1.0  # a negative cosine similarity
+    # The card holds the settings as run (--quick resolved), not the flags as typed.
+    assert {k: card["flags"][k] for k in ("n_epochs", "steps_per_epoch", "batch_size", "verbose")} == {
         "n_epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "verbose": 2}
     curve = pd.read_csv(os.path.join(out, "curves", "pretrain.csv"))
     assert curve["epoch"].tolist() == [1] and os.path.exists(os.path.join(out, "curves", "pretrain.png"))

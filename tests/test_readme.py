@@ -21,7 +21,7 @@ import pandas as pd
 
 import tiny_experiment
 from tpuflow.prep import builder, frames, split, synthetic
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,7 +114,7 @@ def test_readme_first_hour_commands_run(tmp_path):
         assert command.startswith("python "), command
         _run(command, tmp_path, env)
     run_dir = tmp_path / "runs" / "run-20261121-1320-cnn-3ch-mean"
-    assert run_record.read_record(str(run_dir))["status"] == "complete"
+    assert run_card.read_card(str(run_dir))["status"] == "complete"
     assert (run_dir / "run-20261121-1320-cnn-3ch-mean.csv").exists()
     assert list((tmp_path / "runs" / "ensemble").glob("submission_*.csv"))
     table = pd.read_csv(tmp_path / "runs" / "experiments.csv")

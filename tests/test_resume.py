@@ -18,7 +18,7 @@ import jax_env
 import keras
 import tiny_experiment
 from tpuflow.inputs import records
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.training import experiment, models, resume, runner
 
 HERE = os.path.dirname(__file__)
@@ -92,7 +92,7 @@ def test_rerun_after_kill_resumes_the_fold_and_skips_the_finished_one(killed_and
     assert "Fold 0: train+val already complete, skipping" in log
     assert f"Resuming fold 1 at epoch {killed_at + 1} (backup of epoch {killed_at}" in log
     assert _epochs_run(log) == EPOCHS - killed_at  # only fold 1's remaining epochs ran
-    for k in range(2):  # the backups are gone once a fold is trained; the done record stays
+    for k in range(2):  # the backups are gone once a fold is trained; the done file stays
         backup = os.path.join(out, "backup", f"fold_{k}")
         assert sorted(os.listdir(backup)) == ["done.json"]
         assert json.load(open(os.path.join(backup, "done.json")))["done"] == ["train", "val"]
@@ -174,11 +174,11 @@ def test_backup_restores_optimizer_lr_and_callback_state(tmp_path):
 
 def test_resumed_run_keeps_whole_fold_curves_and_record(killed_and_resumed):
     out, _, killed_at, *_ = killed_and_resumed
-    record = run_record.read_record(out)
-    assert record["status"] == "complete"
-    assert record["folds"]["0"]["epochs"] == EPOCHS  # trained by the killed run, kept
-    assert record["folds"]["1"]["epochs"] == EPOCHS
-    assert record["folds"]["1"]["epochs_this_run"] == EPOCHS - killed_at
+    card = run_card.read_card(out)
+    assert card["status"] == "complete"
+    assert card["folds"]["0"]["epochs"] == EPOCHS  # trained by the killed run, kept
+    assert card["folds"]["1"]["epochs"] == EPOCHS
+    assert card["folds"]["1"]["epochs_this_run"] == EPOCHS - killed_at
     for k in range(2):
         curve = pd.read_csv(os.path.join(out, "curves", f"fold_{k}.csv"))
         assert curve["epoch"].tolist() == list(range(1, EPOCHS + 1))
@@ -187,7 +187,7 @@ def test_resumed_run_keeps_whole_fold_curves_and_record(killed_and_resumed):
 
 def test_prediction_only_run_keeps_the_folds_training_done(cv_dir, single_dir, tmp_path):
     """`--job=val_test --noresume` on a trained fold adds its splits to done.json (it used to drop
-    "train"): a later train_val_test skips the trained fold. A done record of other settings is
+    "train"): a later train_val_test skips the trained fold. A done file of other settings is
     still replaced."""
     out = tmp_path / "run-predict-only"
 
@@ -211,6 +211,6 @@ def test_prediction_only_run_keeps_the_folds_training_done(cv_dir, single_dir, t
     assert not any(k.startswith(("train_fold", "val_fold", "test_fold")) for k in result["timings"])  # all skipped
     assert runner.best_checkpoint(str(out), 0) == checkpoint
     other = resume.FoldProgress(result["config"].replace(lr=0.5), 0, has_checkpoint=True)
-    assert other.todo({"val"}) == ["val"]  # other settings: redone, and the record is theirs now
+    assert other.todo({"val"}) == ["val"]  # other settings: redone, and the done file is theirs now
     other.mark("val")
     assert done()["done"] == ["val"] and done()["fingerprint"] != trained["fingerprint"]

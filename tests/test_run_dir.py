@@ -1,5 +1,5 @@
 """A run dir nobody can clobber: one writer at a time (lock), subset CVs beside full results,
-full disks leave a `failed` record and no partial files."""
+full disks leave a `failed` run card and no partial files."""
 import errno
 import json
 import os
@@ -15,7 +15,7 @@ import pytest
 
 import tiny_experiment
 from tpuflow import storage
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.storage import lock
 from tpuflow.training import experiment
 
@@ -145,7 +145,7 @@ def test_second_run_py_on_a_run_dir_fails_at_once_and_the_first_finishes_intact(
                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while not (out / "record.json").exists() and first.poll() is None and time.time() < deadline:
+        while not (out / "run_card.json").exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert first.poll() is None, first.communicate()
         second = subprocess.run(_tiny_cmd(cv_dir, single_dir, out, "--n_folds=2", "--lr=0.01"), env=_env(),
@@ -161,9 +161,9 @@ def test_second_run_py_on_a_run_dir_fails_at_once_and_the_first_finishes_intact(
     assert "\n" not in line and "Traceback" not in line, line
     assert f"--output_dir={out} is in use by another run (pid {first.pid} on host" in line
     assert "Running on" not in second.stdout  # refused before any work
-    record = run_record.read_record(str(out))
-    assert record["status"] == "complete" and record["flags"]["lr"] == 0.001
-    assert sorted(record["cv"]["per_fold"]) == ["0", "1"] and record["cv"]["folds"] == [0, 1]
+    card = run_card.read_card(str(out))
+    assert card["status"] == "complete" and card["flags"]["lr"] == 0.001
+    assert sorted(card["cv"]["per_fold"]) == ["0", "1"] and card["cv"]["folds"] == [0, 1]
     assert not (out / lock.LOCK_NAME).exists()
 
 
@@ -181,7 +181,7 @@ def test_a_run_killed_mid_training_leaves_a_lock_the_rerun_takes_over(cv_dir, si
     assert rerun.returncode == 0, rerun.stderr
     assert f"Taking over the run dir from a dead run (process {victim.pid} is gone)" in rerun.stdout
     assert "Resuming fold 0 at epoch" in rerun.stdout
-    assert run_record.read_record(str(out))["status"] == "complete"
+    assert run_card.read_card(str(out))["status"] == "complete"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
     out = tmp_path / "run-full"
     _run(_cfg(cv_dir, single_dir, out, n_folds=5, job="train_val_test_score_subm"))
     full = {name: (out / name).read_bytes() for name in ("scores.csv", "run-full.csv", "config.json")}
-    trained = run_record.read_record(str(out))
+    trained = run_card.read_card(str(out))
     cv_before = trained["cv"]
     assert cv_before["folds"] == [0, 1, 2, 3, 4]
     result = _run(_cfg(cv_dir, None, out, n_folds=2, job="score_subm"))
@@ -211,15 +211,15 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
     assert result["submission"] == str(out / "run-full.folds-0-1.csv")
     assert sorted(result["scores"].index) == ["0", "1", "all"]
     assert (out / "scores.folds-0-1.csv").exists()
-    record = run_record.read_record(str(out))
-    assert record["cv"] == cv_before and record["status"] == "complete"
-    assert record["cv_subsets"]["folds-0-1"]["folds"] == [0, 1]
-    assert record["started"] == trained["started"] and record["timings"]["total"] == trained["timings"]["total"]
-    assert [(i["jobs"], i["folds"], i["status"]) for i in record["invocations"][1:]] == [
+    card = run_card.read_card(str(out))
+    assert card["cv"] == cv_before and card["status"] == "complete"
+    assert card["cv_subsets"]["folds-0-1"]["folds"] == [0, 1]
+    assert card["started"] == trained["started"] and card["timings"]["total"] == trained["timings"]["total"]
+    assert [(i["jobs"], i["folds"], i["status"]) for i in card["invocations"][1:]] == [
         (["score", "subm"], [0, 1], "complete")]
     # Retraining a fold of it alone (other settings) would mix two trainings: refused, nothing changed.
     checkpoints = sorted(p.name for p in out.glob("model-best-f0-*"))
-    record_before = (out / "record.json").read_bytes()
+    record_before = (out / "run_card.json").read_bytes()
     with pytest.raises(experiment.cli.UsageError, match=rf"--output_dir={out} holds a CV over folds \[0, 1, 2, 3, 4\]; "
                                                         r"redoing folds \[0\] \(train\+val\) alone with --lr=0.01 "
                                                         r"\(trained with 0.001\) would leave"):
@@ -234,7 +234,7 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
         _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="val", lr=0.01))  # predictions would mix too
     assert {p.name: p.read_bytes() for p in (out / "preds").iterdir()} == preds_before
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
-    after = json.loads((out / "record.json").read_bytes())  # the refusals are recorded, nothing else changed
+    after = json.loads((out / "run_card.json").read_bytes())  # the refusals are recorded, nothing else changed
     before = json.loads(record_before)
     refused = after["invocations"][len(before["invocations"]):]
     assert [(i["jobs"], i["status"], "--lr=0.01" in i["error"]) for i in refused] == [
@@ -243,9 +243,9 @@ def test_scoring_fewer_folds_leaves_the_full_results_byte_identical(cv_dir, sing
         {k: v for k, v in before.items() if k not in ("invocations", "updated")}
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val"))  # same settings: resumes (nothing to do)
     assert sorted(p.name for p in out.glob("model-best-f0-*")) == checkpoints
-    record = run_record.read_record(str(out))  # a subset run never speaks for the run
-    assert (record["status"], record["started"]) == ("complete", trained["started"])
-    assert record["invocations"][-1]["folds"] == [0] and len(record["invocations"]) == 6
+    card = run_card.read_card(str(out))  # a subset run never speaks for the run
+    assert (card["status"], card["started"]) == ("complete", trained["started"])
+    assert card["invocations"][-1]["folds"] == [0] and len(card["invocations"]) == 6
     # The full set again replaces the full results (same numbers: same predictions).
     _run(_cfg(cv_dir, None, out, n_folds=5, job="score_subm"))
     assert (out / "scores.csv").read_bytes() == full["scores.csv"]
@@ -275,8 +275,8 @@ def test_disk_full_is_one_line_naming_the_path_record_failed_no_partial_files(cv
         assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "No space left on device" in lines[0] and str(out) in lines[0], proc.stderr
-        record = json.load(open(out / "record.json"))
-        assert record["status"] == "failed" and "No space left on device" in record["error"]
+        card = json.load(open(out / "run_card.json"))
+        assert card["status"] == "failed" and "No space left on device" in card["error"]
         leftovers = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files
                      if f.startswith(".tmp-") or os.path.getsize(os.path.join(d, f)) == 0]
         assert leftovers == []
@@ -285,7 +285,7 @@ def test_disk_full_is_one_line_naming_the_path_record_failed_no_partial_files(cv
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         again = subprocess.run(proc.args, env=_env(), capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr
-        assert json.load(open(out / "record.json"))["status"] == "complete"
+        assert json.load(open(out / "run_card.json"))["status"] == "complete"
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
@@ -304,8 +304,8 @@ def test_injected_enospc_while_saving_predictions_names_the_file(cv_dir, single_
         _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val_test"))
     assert "y_pred_test_fold_0_tta_0.npy" in str(caught.value.filename)
     monkeypatch.undo()
-    record = run_record.read_record(str(out))
-    assert record["status"] == "failed" and "y_pred_test_fold_0_tta_0.npy" in record["error"]
+    card = run_card.read_card(str(out))
+    assert card["status"] == "failed" and "y_pred_test_fold_0_tta_0.npy" in card["error"]
     assert not [f for f in os.listdir(out / "preds") if f.startswith(".tmp-") or "test" in f]
     assert os.listdir(out / "preds")  # the val predictions before it stay
     _run(_cfg(cv_dir, single_dir, out, n_folds=1, job="train_val_test"))  # resumes: test predictions only
@@ -337,7 +337,7 @@ def finished_run(cv_dir, single_dir, tmp_path_factory):
 
 def _results(out):
     return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
-            if p.is_file() and p.name != "record.json" and "tensorboard" not in p.parts}
+            if p.is_file() and p.name != "run_card.json" and "tensorboard" not in p.parts}
 
 
 def test_other_settings_on_a_trained_run_dir_are_refused_naming_the_flags(finished_run, cv_dir, single_dir, tmp_path):
@@ -365,17 +365,17 @@ def test_other_settings_on_a_trained_run_dir_are_refused_naming_the_flags(finish
         with pytest.raises(experiment.cli.UsageError, match=message):
             _run(_cfg(cv_dir, single_dir, out, **settings))
     assert _results(out) == results  # nothing replaced
-    record = run_record.read_record(str(out))
-    assert record["status"] == "complete" and not record["quick"]
-    assert [i["status"] for i in record["invocations"]] == ["complete"] + ["failed"] * len(refusals)
+    card = run_card.read_card(str(out))
+    assert card["status"] == "complete" and not card["quick"]
+    assert [i["status"] for i in card["invocations"]] == ["complete"] + ["failed"] * len(refusals)
     same = dict(quick=False, n_folds=2, n_epochs=1, steps_per_epoch=1, buffer_size=64, tta_number=0)
     # A re-prediction may change its batch (memory) and the TTA set; results of the same training.
     _run(_cfg(cv_dir, single_dir, out, **{**same, "tta_number": 1}, batch_size=4, tta="d4", job="val"))
     # --overwrite over all the trained folds replaces the run.
     _run(_cfg(cv_dir, single_dir, out, **{**same, "lr": 0.01}, overwrite=True, job="train_val_score"))
-    record = run_record.read_record(str(out))
-    assert record["flags"]["lr"] == 0.01 and json.loads((out / "config.json").read_text())["lr"] == 0.01
-    assert all(record["folds"][k]["epochs_this_run"] == 1 for k in ("0", "1"))
+    card = run_card.read_card(str(out))
+    assert card["flags"]["lr"] == 0.01 and json.loads((out / "config.json").read_text())["lr"] == 0.01
+    assert all(card["folds"][k]["epochs_this_run"] == 1 for k in ("0", "1"))
 
 
 def test_scoring_without_n_folds_scores_the_runs_folds(finished_run, cv_dir, tmp_path, capsys):
@@ -383,6 +383,6 @@ def test_scoring_without_n_folds_scores_the_runs_folds(finished_run, cv_dir, tmp
     shutil.copytree(finished_run, out)
     scores = (out / "scores.csv").read_bytes()
     result = _run(_cfg(cv_dir, None, out, quick=False, job="score", tta_number=0))  # no --n_folds: not 5
-    assert "--n_folds not given: the run's folds 0-1 (record.json)" in capsys.readouterr().out
+    assert "--n_folds not given: the run's folds 0-1 (run_card.json)" in capsys.readouterr().out
     assert sorted(result["scores"].index) == ["0", "1", "all"] and result["subset"] == ""
     assert (out / "scores.csv").read_bytes() == scores

@@ -4,7 +4,7 @@
 import pandas as pd
 
 import tiny_experiment
-from tpuflow.results import checkpoint_names, run_record
+from tpuflow.results import checkpoint_names, run_card
 from tpuflow.training import curves, experiment, runner
 
 
@@ -20,7 +20,7 @@ def test_a_raw_rmse_run_logs_and_monitors_val_rmse_raw_under_the_old_monitor_nam
     assert "val_rmse_raw" in table and not {"val_rmse", "val_rmse_rounded"} & set(table.columns)
     best = checkpoint_names.parse(runner.fold_checkpoints(str(out), 0)[0])
     assert round(best.val_score, 4) == round(float(table["val_rmse_raw"].min()), 4)
-    fold = run_record.read_record(str(out))["folds"]["0"]
+    fold = run_card.read_card(str(out))["folds"]["0"]
     assert fold["best_val_rmse_raw"] == best.val_score and "best_val_rmse_rounded" not in fold
 
 

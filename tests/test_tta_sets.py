@@ -10,7 +10,7 @@ import tensorflow as tf
 import tiny_experiment
 from tpuflow.ensemble import data as ensemble_data
 from tpuflow.inputs import augment, ondevice
-from tpuflow.results import run_record, scoring
+from tpuflow.results import run_card, scoring
 from tpuflow.training import experiment
 
 
@@ -71,14 +71,14 @@ def d4_run(cv_dir, single_dir, tmp_path_factory):
     return out, result
 
 
-def test_run_records_the_view_of_every_tta_index(d4_run):
+def test_run_saves_the_view_of_every_tta_index(d4_run):
     out, result = d4_run
     views = json.load(open(out / "preds" / "tta_views.json"))["views"]
     assert views == list(ondevice.D4_VIEWS)
     assert sorted(os.listdir(out / "preds")).count("y_pred_val_fold_0_tta_7.npy") == 1
     assert not os.path.exists(out / "preds" / "y_pred_val_fold_0_tta_8.npy")
     assert list(result["scores"].columns) == [f"tta_{t}" for t in range(8)] + ["tta_mean", "baseline"]
-    assert run_record.read_record(str(out))["cv"]["tta_views"] == views
+    assert run_card.read_card(str(out))["cv"]["tta_views"] == views
     # Transposed val images really are predicted: view 6 differs from the original's predictions.
     p0, p6 = (np.load(out / "preds" / f"y_pred_val_fold_0_tta_{t}.npy") for t in (0, 6))
     assert not np.allclose(p0, p6)
@@ -88,7 +88,7 @@ def test_scoring_uses_the_recorded_views_and_refuses_other_ones(d4_run, cv_dir):
     out, result = d4_run
     again = experiment.run(experiment.make_config(data_dir=cv_dir, output_dir=str(out), job="score", verbose=0),
                            tiny_experiment.init_model, tiny_experiment.parse_example)
-    assert list(again["scores"].columns)[:8] == [f"tta_{t}" for t in range(8)]  # d4 from the record
+    assert list(again["scores"].columns)[:8] == [f"tta_{t}" for t in range(8)]  # d4 from the saved set
     with pytest.raises(ValueError, match=r"tta_views.json: the predictions there are for TTA views .*transpose"):
         experiment.run(experiment.make_config(data_dir=cv_dir, output_dir=str(out), job="score", tta="ref",
                                               verbose=0), tiny_experiment.init_model, tiny_experiment.parse_example)
@@ -107,9 +107,9 @@ def test_ensemble_names_say_the_view_and_refuse_unnamed_indices(d4_run, cv_dir, 
 
 
 def test_a_run_that_predicted_fewer_views_keeps_its_whole_set(tmp_path):
-    """A --quick or --tta_number=3 run records the set it took its views from, so a later run in
+    """A --quick or --tta_number=3 run saves the set it took its views from, so a later run in
     that dir without --tta gets as many views of that set as it asks for, not only those."""
-    scoring.record_views(str(tmp_path / "preds"), ["orig"], ondevice.D4_VIEWS)
+    scoring.save_views(str(tmp_path / "preds"), ["orig"], ondevice.D4_VIEWS)
     cfg = experiment.make_config(output_dir=str(tmp_path), tta_number=9)
     assert cfg.tta_views == list(ondevice.D4_VIEWS) and cfg.tta_number == 7
     cfg = experiment.make_config(output_dir=str(tmp_path), tta_number=2)

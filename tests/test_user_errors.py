@@ -15,7 +15,7 @@ import pytest
 import tiny_experiment
 from tpuflow import cli
 from tpuflow.inputs import records
-from tpuflow.results import run_record, scoring
+from tpuflow.results import run_card, scoring
 from tpuflow.training import experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -174,7 +174,7 @@ def test_dim_too_small_for_the_backbone_names_dim(cv_dir, single_dir, tmp_path):
                dataset_kind=zoo.DEFAULTS["dataset_kind"])  # its records' parser
     with pytest.raises(cli.UsageError, match=r"--dim=7 --backbone=MobileNetV3Small: the model cannot be built"):
         experiment.run(cfg, zoo.init_model, experiment.parse_by_kind)
-    assert run_record.read_record(str(tmp_path / "run"))["status"] == "failed"
+    assert run_card.read_card(str(tmp_path / "run"))["status"] == "failed"
 
 
 def test_n_classes_that_do_not_match_the_labels_fail_before_training(cv_dir, single_dir, tmp_path):
@@ -183,7 +183,7 @@ def test_n_classes_that_do_not_match_the_labels_fail_before_training(cv_dir, sin
     with pytest.raises(cli.UsageError, match=rf"--n_classes=3: the data has {n_labels} classes .*"
                                              rf"unique_labels_sorted.npy\); use 0 or {n_labels}"):
         _run(cfg)
-    assert not (tmp_path / "run" / "record.json").exists()  # nothing started
+    assert not (tmp_path / "run" / "run_card.json").exists()  # nothing started
 
 
 def test_a_run_whose_every_epoch_is_nan_says_it_diverged(cv_dir, single_dir, tmp_path):
@@ -191,8 +191,8 @@ def test_a_run_whose_every_epoch_is_nan_says_it_diverged(cv_dir, single_dir, tmp
     with pytest.raises(ValueError, match=r"fold 0: training diverged: val_rmse_rounded was NaN or infinite after every one "
                                          r"of 1 epoch\(s\), so there is no checkpoint \(try a lower --lr=1e\+30\)"):
         _run(cfg)
-    record = run_record.read_record(str(tmp_path / "run"))
-    assert record["status"] == "failed" and "diverged" in record["error"]
+    card = run_card.read_card(str(tmp_path / "run"))
+    assert card["status"] == "failed" and "diverged" in card["error"]
 
 
 def test_corrupt_shard_is_named_from_the_manifest_checksums(cv_dir, single_dir, tmp_path):
@@ -219,7 +219,7 @@ def test_records_built_from_another_split_than_data_dirs_csvs_are_refused_before
         _run(_cfg(str(other), single_dir, tmp_path / "run", n_folds=1, job="train"))
     assert str(caught.value).startswith(f"{single_dir} was built from another train_cv.csv (sha256 ")
     assert f"than {other / 'train_cv.csv'} (sha256 " in str(caught.value)
-    assert not (tmp_path / "run" / "record.json").exists()  # before any work
+    assert not (tmp_path / "run" / "run_card.json").exists()  # before any work
 
 
 @pytest.mark.parametrize("write", [
@@ -251,7 +251,7 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_before_any_work
     line = cli.user_message(caught.value)
     assert line.startswith("--weights=imagenet: the ImageNet weights of EfficientNetB0 cannot be downloaded")
     assert "--weights=/path/to/file.h5" in line
-    assert not (tmp_path / "run" / "record.json").exists()
+    assert not (tmp_path / "run" / "run_card.json").exists()
 
 
 @pytest.mark.parametrize("name,content", [("notes.weights.h5", b"not hdf5 at all"),
@@ -263,7 +263,7 @@ def test_a_weights_file_that_is_not_a_weights_file_names_the_flag_and_file(name,
     with pytest.raises(ValueError) as caught:
         _run(_cfg(cv_dir, single_dir, tmp_path / "run", weights=str(bad), job="train"))
     assert cli.user_message(caught.value).startswith(f"--weights={bad}: not a weights file")
-    assert not (tmp_path / "run" / "record.json").exists()  # before any work
+    assert not (tmp_path / "run" / "run_card.json").exists()  # before any work
 
 
 def test_an_unreachable_tpu_is_one_line_naming_the_flag(cv_dir, single_dir, tmp_path):

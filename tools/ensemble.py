@@ -8,7 +8,7 @@ Every (experiment, TTA) prediction is one input. `pairwise` is the reference gre
 weight mix; `optimize` fits non-negative weights summing to 1. Scores are printed twice: fit on
 all out-of-fold rows (flattering: the weights saw those rows) and nested (fit on k-1 folds,
 scored on the held-out one), next to the best single prediction. Smoke runs (`--quick`, said
-so in their record.json) are left out, on one line, unless `--include_quick`. Needs NumPy,
+so in their run_card.json) are left out, on one line, unless `--include_quick`. Needs NumPy,
 pandas, SciPy (and matplotlib for the plot) only: it runs on a laptop against predictions copied
 from a TPU VM.
 """

@@ -10,7 +10,7 @@ Usage:
     m.serve(tf.constant([jpeg_bytes]))["wind_speed"]
 
 --views: ref, d4 or view names joined by ',' (default: the views the run predicted with); --experiment_py:
-the run.py to rebuild the model with (default: the one the run's record names).
+the run.py to rebuild the model with (default: the one the run's card names).
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ cli.quiet_native_logs()  # before TensorFlow loads
 from tpuflow.inputs import ondevice  # noqa: E402
 from tpuflow.training import export  # noqa: E402
 
-flags.DEFINE_string("run_dir", None, "Run dir with config.json, record.json and model-best-f<k>-*.weights.h5 "
+flags.DEFINE_string("run_dir", None, "Run dir with config.json, run_card.json and model-best-f<k>-*.weights.h5 "
                     "(or .orbax: trained under JAX)", required=True)
 flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (replaced if it exists)", required=True)
 flags.DEFINE_list("folds", None, "Folds to export (default: every fold of the run)")
 flags.DEFINE_string("views", None, "TTA views averaged inside the model: ref, d4 or names joined by ',' (default: the run's)")
-flags.DEFINE_string("experiment_py", None, "The experiment's run.py (default: the one the run's record names)")
+flags.DEFINE_string("experiment_py", None, "The experiment's run.py (default: the one the run's card names)")
 FLAGS = flags.FLAGS
 
 

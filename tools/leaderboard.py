@@ -1,12 +1,12 @@
-"""Experiment database and leaderboard from the records of run dirs (local or gs://).
+"""Experiment database and leaderboard from the run cards of run dirs (local or gs://).
 
 Usage:
     python tools/leaderboard.py --runs=experiments,gs://bucket/runs [--out_csv=db.csv] [--plot=cv.png]
     python tools/leaderboard.py --runs=experiments --set_lb=run-20261121-1330-cnn-lstm:6.62:6.71
     python tools/leaderboard.py --runs=runs --import_csv=DOC/meta/experiment_database/experiment_database.csv
 
-Each entry of --runs is a run dir (holding record.json) or a dir of run dirs. Prints the runs
-sorted by CV (best first) and ranked within each CV metric (rmse_rounded and rmse_raw scores are
+Each entry of --runs is a run dir (holding run_card.json, or an older run's record.json) or a dir
+of run dirs. Prints the runs sorted by CV (best first) and ranked within each CV metric (rmse_rounded and rmse_raw scores are
 never ranked against each other), writes the full database as CSV (experiment_id, LB_private,
 LB_public, CV with and without TTA, metric, rank, CV and epochs per fold, task, architecture,
 resolution, channels, inverted, n_frames, step, history depth, backbone, weights, batch size,
@@ -14,7 +14,7 @@ learning rate, max epochs, aug/TTA numbers, description, ...) and plots CV again
 and architecture. Smoke runs (--quick) are left out, saying so on one line, unless
 --include_quick. --import_csv adds the rows of the reference solution's experiment_database.csv
 (its columns mapped to ours; a run dir of the same id wins). `--set_lb=<experiment_id>:<private>:<public>`
-attaches leaderboard scores to a run's record (leave a score empty to clear it). Records with
+attaches leaderboard scores to a run's card (leave a score empty to clear it). Cards with
 missing fields are listed and make the exit status 1.
 """
 from __future__ import annotations
@@ -69,20 +69,20 @@ def main(argv):
         except (KeyError, ValueError) as err:
             sys.exit(f"error: {err.args[0]}")
         print(f"{path}: LB private {private}, public {public}")
-    items, problems = leaderboard.load_records(FLAGS.runs)
+    items, problems = leaderboard.load_cards(FLAGS.runs)
     smoke = leaderboard.smoke_runs(items)
     if smoke and not FLAGS.include_quick:
-        items = [(path, record) for path, record in items if record["experiment_id"] not in smoke]
+        items = [(path, card) for path, card in items if card["experiment_id"] not in smoke]
         print(f"left out {len(smoke)} smoke run(s) (--quick): {', '.join(smoke)} (--include_quick lists them)")
-    ids = {record["experiment_id"] for _, record in items}
+    ids = {card["experiment_id"] for _, card in items}
     for i, (path, table) in enumerate(zip(FLAGS.import_csv, imported)):
         both = sorted(set(table["experiment_id"]) & ids)
         if both:
-            print(f"{path}: left out {len(both)} row(s) also found as run dirs (their records are shown): "
+            print(f"{path}: left out {len(both)} row(s) also found as run dirs (their cards are shown): "
                   f"{', '.join(both)}")
             imported[i] = table[~table["experiment_id"].isin(both)]
     table = leaderboard.build_table(items, FLAGS.sort_by, imported)
-    print(leaderboard.format_table(table) if len(table) else f"no experiment records under {FLAGS.runs}")
+    print(leaderboard.format_table(table) if len(table) else f"no run cards under {FLAGS.runs}")
     note = leaderboard.metrics_note(table) if FLAGS.sort_by.startswith("CV") else None
     if note:
         print(note)
@@ -93,7 +93,7 @@ def main(argv):
         storage.write_bytes(FLAGS.plot, leaderboard.plot(table))
         print(f"Plot: {FLAGS.plot}")
     for problem in problems:
-        print(f"incomplete record: {problem}", file=sys.stderr)
+        print(f"incomplete run card: {problem}", file=sys.stderr)
     return 1 if problems else 0
 
 

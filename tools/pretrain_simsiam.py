@@ -9,7 +9,7 @@ Usage:
 
 Reads the raw frames (`--data_dir`: train/*.jpg and test/*.jpg) or a `single` record dataset (all
 folds and test). Writes backbone.weights.h5, curves/pretrain.{csv,png}, tensorboard/pretrain/
-and pretrain_record.json under --output_dir (local or gs://).
+and pretrain_card.json under --output_dir (local or gs://).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ CHOICES = ("auto", "jax", "tensorflow")
 BACKENDS = ("jax", "tensorflow")
 FLAG = "--backend"
 
-# Set by `apply`: the backend chosen and why (for the start-up line and the experiment record).
+# Set by `apply`: the backend chosen and why (for the start-up line and the run card).
 chosen: str | None = None
 reason: str | None = None
 _error: "BackendError | None" = None

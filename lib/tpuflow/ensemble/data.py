@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tpuflow import storage
-from tpuflow.results import prediction_names, run_record, scoring
+from tpuflow.results import prediction_names, run_card, scoring
 from tpuflow.storage import tables
 
 PROBS_TO_VALUES = scoring.PROBS_TO_VALUES
@@ -76,10 +76,9 @@ def expand_model_dirs(spec: str | Sequence[str]) -> list[str]:
 
 
 def smoke_runs(model_dirs: Sequence[str]) -> list[str]:
-    """The dirs whose record says they are smoke runs (`--quick`: their predictions mean nothing).
-    Dirs without a record (e.g. the reference's own runs) are not."""
-    return [d for d in model_dirs if storage.exists(run_record.record_path(d))
-            and run_record.is_quick(storage.read_json(run_record.record_path(d)))]
+    """The dirs whose run card says they are smoke runs (`--quick`: their predictions mean nothing).
+    Dirs without a card (e.g. the reference's own runs) are not."""
+    return [d for d in model_dirs if run_card.is_quick(run_card.load(d) or {})]
 
 
 def load_inputs(data_dir: str, model_dirs: Sequence[str], *, target_col: str = "wind_speed",
@@ -249,8 +248,8 @@ class _NpyReader:
 
 
 def _plan_model(model_dir: str, folds: tuple[int, ...]) -> tuple[str, list[int], list[str] | None]:
-    """The TTA indices of one experiment and their recorded view names (None for runs made before
-    views were recorded); every (split, fold, TTA) file must be there, and have a view name."""
+    """The TTA indices of one experiment and their saved view names (None for runs made before
+    views were saved); every (split, fold, TTA) file must be there, and have a view name."""
     preds_dir = storage.join(model_dir, "preds")
     if not storage.isdir(preds_dir):
         raise FileNotFoundError(f"{preds_dir}: missing")

@@ -11,7 +11,7 @@ The kind comes from `--spec` or the directory's name, ours or the reference's (`
 label and fold are checked against `train_cv.csv`/`test_cv.csv` (swapped folds, an example in two
 folds, test records posing as a fold) and a sample of examples against the spec's frames, so a
 wrong adoption is refused here, naming the file and example, not found after training; the
-manifest then records the CSVs' hashes, which runs compare with their `--data_dir`'s.
+manifest then holds the CSVs' hashes, which runs compare with their `--data_dir`'s.
 """
 from __future__ import annotations
 

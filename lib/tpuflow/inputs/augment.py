@@ -19,7 +19,7 @@ Each transform has a name (a *view*): TTA sets are lists of views, ``ref`` (the 
 default), ``d4`` (the eight symmetries of the square: the identity, both flips, the three quarter
 turns and the two transposes) or any comma-separated list of names starting with ``orig``
 (`ondevice.tta_views`). The index t in prediction file names is the position in the run's set; the
-run records the names, so an index always means one view.
+run saves the names, so an index always means one view.
 
 "Rotation by theta" is counter-clockwise as the image is displayed (row 0 at
 the top), the same direction as ``np.rot90`` and ``tf.image.rot90``; the

@@ -3,7 +3,7 @@
 Records are written without TensorFlow by `tpuflow.prep.recordio` (through the builder).
 
 Files are `fold.<k>.tfrecord-<i:05d>-of-<n:05d>` and `test.tfrecord-<i:05d>-of-<n:05d>`
-(`tpuflow.prep.shard_names`); `manifest.json` beside them records the spec and
+(`tpuflow.prep.shard_names`); `manifest.json` beside them holds the spec and
 the number of examples per fold and per shard (the runner's steps per epoch come from it).
 """
 from __future__ import annotations

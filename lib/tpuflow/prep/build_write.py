@@ -2,7 +2,7 @@
 
 Every shard, of the local pass, of Beam and of the frame store, is written by `write_shard`:
 under a temporary name, renamed when complete (a shard redone against a manifest only if it
-comes out with the recorded sha256). `ShardWriter` spills a (dataset, prefix)'s records as they
+comes out with the sha256 its manifest holds). `ShardWriter` spills a (dataset, prefix)'s records as they
 arrive in storm order and writes its shards in the shuffled record order at the end of the
 pass, so the bytes do not depend on the number of workers. `manifest` (spec, encoding, counts,
 sha256 per shard, the build key) is written last; `verify_dataset` checks shards against it.
@@ -40,7 +40,7 @@ class ShardWriter:
     shards; a local temporary file for gs://) as it arrives; once the pass is over, `finish`
     copies every wanted shard's records out of it in example order, to a temporary name that is
     renamed when complete. Memory holds only offsets; the disk holds the dataset once more
-    until the shards are out. A shard redone against a manifest must come out with the recorded
+    until the shards are out. A shard redone against a manifest must come out with the noted
     sha256 (else the sources changed since).
     """
 

@@ -126,7 +126,7 @@ def build_datasets(data_dir: str, out_root: str, specs: Sequence[frames.DatasetS
             written = {n for w in writers.values() if w.plan is plan for n in w.finished}
             if written != plan.todo:
                 raise RuntimeError(f"{plan.out_dir}: shards not written: {sorted(plan.todo - written)}")
-            if plan.old is not None:  # repaired: every shard matches the recorded checksum
+            if plan.old is not None:  # repaired: every shard matches the manifest's checksum
                 manifests[id(plan)] = plan.old
                 continue
             sha = {n: d for w in writers.values() if w.plan is plan for n, d in w.sha256.items()}

@@ -199,7 +199,7 @@ def read_manifest(store_dir: str) -> dict:
 
 def check_sources(manifest: dict, built_dir: str, data_dir: str) -> None:
     """A frame store or record dataset must be built from the CSVs in `data_dir` (folds and labels
-    come from them): otherwise an error naming both hashes. A manifest that records no CSV hashes
+    come from them): otherwise an error naming both hashes. A manifest that holds no CSV hashes
     (records adopted without --data_dir) is not checked."""
     sources = manifest.get("sources") or {}
     for name in build_plan.SOURCES:

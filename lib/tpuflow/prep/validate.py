@@ -13,7 +13,7 @@ import pandas as pd
 
 from tpuflow import storage
 
-# Wind speeds (knots) accepted by default: the strongest tropical cyclones on record peak near
+# Wind speeds (knots) accepted by default: the strongest tropical cyclones ever observed peak near
 # 185-190 kt and the competition's labels span 15-185; a wider range needs --wind_speed_range.
 WIND_SPEED_RANGE = (0, 250)
 

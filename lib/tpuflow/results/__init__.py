@@ -1,4 +1,4 @@
-"""Results: saved predictions and scores, the experiment record, file names of checkpoints and
+"""Results: saved predictions and scores, the run card, file names of checkpoints and
 predictions, the leaderboard.
 
 NumPy/pandas (matplotlib for the leaderboard plot); no TensorFlow at import, so the leaderboard

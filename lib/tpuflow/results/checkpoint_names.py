@@ -55,7 +55,7 @@ def parse(path: str) -> CheckpointName:
 
 
 def backup_dir(output_dir: str, fold: int) -> str:
-    """`<output_dir>/backup/fold_<k>`: the fold's per-epoch backup and its done record."""
+    """`<output_dir>/backup/fold_<k>`: the fold's per-epoch backup and its done file."""
     return storage.join(output_dir, "backup", f"fold_{fold}")
 
 

@@ -1,13 +1,13 @@
-"""The experiment database: every run's record as one row, ranked by CV per metric, with leaderboard scores.
+"""The experiment database: every run's card as one row, ranked by CV per metric, with leaderboard scores.
 
-Run dirs are found under the given roots (local or `gs://`): a root that holds `record.json` is a
-run dir itself, otherwise each of its sub-dirs holding one is. Records lacking fields are
+Run dirs are found under the given roots (local or `gs://`): a root that holds `run_card.json` is a
+run dir itself, otherwise each of its sub-dirs holding one is. Cards lacking fields are
 reported (by path and field), never silently left out. Smoke runs (`--quick`) are left out unless
 asked (`smoke_runs`). CVs scored with different metrics (`rmse_rounded`, `rmse_raw`) are never
 ranked against each other: the table is ranked within each metric (`metric`, `rank`).
 
 The reference solution's own database (`experiment_database.csv`) can be imported beside the
-records (`import_reference`): its columns are mapped to ours (`REFERENCE_COLUMNS`), the ones we
+cards (`import_reference`): its columns are mapped to ours (`REFERENCE_COLUMNS`), the ones we
 have no name for are kept under their own.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tpuflow import storage  # noqa: E402
-from tpuflow.results import run_record  # noqa: E402
+from tpuflow.results import run_card  # noqa: E402
 
 # The experiment database's columns, in order; per-fold columns (CV_fold_<k>, epochs_fold_<k>)
-# follow `rank` for as many folds as the records have, columns imported under their own names last.
+# follow `rank` for as many folds as the cards have, columns imported under their own names last.
 LEAD_COLUMNS = ("experiment_id", "LB_private", "LB_public", "CV_tta", "CV_no_tta", "metric", "rank")
 COLUMNS = ("task", "architecture", "resolution", "channels", "inverted", "kind", "n_frames", "step",
            "hist_depth", "backbone", "weights", "batch_size", "lr", "max_epochs", "aug_prob",
@@ -60,48 +60,51 @@ REFERENCE_KINDS = {"cnn-1ch": "single", "cnn-3ch-ind": "stacked", "cnn-3ch-mean"
 REFERENCE_METRIC = "rmse_rounded"
 
 
-def find_records(roots: list[str]) -> list[str]:
-    """Record paths under the roots: `<root>/record.json` or `<root>/*/record.json`, sorted."""
+def find_cards(roots: list[str]) -> list[str]:
+    """Card paths under the roots: `<root>/run_card.json` or `<root>/*/run_card.json` (or an older
+    run's `card.json` where its dir has no `run_card.json`), sorted."""
     found = []
     for root in roots:
-        own = run_record.record_path(root)
-        if storage.exists(own):
+        own = run_card.find_card(root)
+        if own:
             found.append(own)
-        else:
-            found += storage.glob(storage.join(root, "*", run_record.RECORD_NAME))
+            continue
+        cards = {path.rsplit("/", 1)[0]: path for name in (run_card.OLD_NAMES[run_card.CARD_NAME], run_card.CARD_NAME)
+                 for path in storage.glob(storage.join(root, "*", name))}  # today's name wins
+        found += cards.values()
     return sorted(set(found))
 
 
-def load_records(roots: list[str]) -> tuple[list[tuple[str, dict]], list[str]]:
-    """([(path, record)] of the valid records, ["<path>: <problem>"] of the others)."""
+def load_cards(roots: list[str]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """([(path, card)] of the valid cards, ["<path>: <problem>"] of the others)."""
     good, problems = [], []
-    for path in find_records(roots):
+    for path in find_cards(roots):
         try:
-            good.append((path, run_record.read_record(path)))
+            good.append((path, run_card.read_card(path)))
         except (ValueError, OSError) as err:  # JSON errors are ValueErrors
             problems.append(str(err) if path in str(err) else f"{path}: {err}")
     return good, problems
 
 
 def smoke_runs(items: list[tuple[str, dict]]) -> list[str]:
-    """The experiment ids of the smoke runs (`--quick`) among the records."""
-    return [record["experiment_id"] for _, record in items if run_record.is_quick(record)]
+    """The experiment ids of the smoke runs (`--quick`) among the cards."""
+    return [card["experiment_id"] for _, card in items if run_card.is_quick(card)]
 
 
-def record_row(path: str, record: dict) -> dict:
-    """One database row from a record."""
-    flags, dataset, model = record["flags"], record["dataset"] or {}, record["model"] or {}
-    cv, lb = record["cv"] or {}, record["lb"] or {}
-    last = (record.get("invocations") or [None])[-1]  # older records have no invocations
+def card_row(path: str, card: dict) -> dict:
+    """One database row from a card."""
+    flags, dataset, model = card["flags"], card["dataset"] or {}, card["model"] or {}
+    cv, lb = card["cv"] or {}, card["lb"] or {}
+    last = (card.get("invocations") or [None])[-1]  # older cards have no invocations
     metric = cv.get("metric")
     row = {
-        "experiment_id": record["experiment_id"], "LB_private": lb.get("private"),
+        "experiment_id": card["experiment_id"], "LB_private": lb.get("private"),
         "LB_public": lb.get("public"), "CV_tta": cv.get("tta"), "CV_no_tta": cv.get("no_tta"),
         "metric": OLD_METRICS.get(metric, metric),
     }
     for fold, scores in sorted(cv.get("per_fold", {}).items(), key=lambda kv: int(kv[0])):
         row[f"CV_fold_{fold}"] = scores["tta"]
-    for fold, info in sorted(record["folds"].items(), key=lambda kv: int(kv[0])):
+    for fold, info in sorted(card["folds"].items(), key=lambda kv: int(kv[0])):
         row[f"epochs_fold_{fold}"] = info["epochs"]
     row.update({
         "task": flags.get("task"), "architecture": model.get("architecture", flags.get("architecture")),
@@ -110,14 +113,14 @@ def record_row(path: str, record: dict) -> dict:
         "hist_depth": dataset.get("history_depth"), "backbone": flags.get("backbone"),
         "weights": model.get("weights", flags.get("weights")), "batch_size": flags.get("batch_size"),
         "lr": flags.get("lr"), "max_epochs": flags.get("n_epochs"), "aug_prob": flags.get("aug_prob"),
-        "tta_number": cv.get("tta_number", flags.get("tta_number")), "description": record["description"],
-        "status": record["status"],
+        "tta_number": cv.get("tta_number", flags.get("tta_number")), "description": card["description"],
+        "status": card["status"],
         "last_invocation": f"{'_'.join(last['jobs'])}: {last['status']}" if last else None,
-        "quick": run_record.is_quick(record),
+        "quick": run_card.is_quick(card),
         "dataset": dataset.get("spec"), "n_params": model.get("n_params"),
-        "replicas": (record["runtime"] or {}).get("replicas"), "device": (record["runtime"] or {}).get("device"),
-        "backend": (record["runtime"] or {}).get("backend"), "precision": (record["runtime"] or {}).get("precision"),
-        "wall_time_s": record["timings"].get("total"), "updated": record["updated"],
+        "replicas": (card["runtime"] or {}).get("replicas"), "device": (card["runtime"] or {}).get("device"),
+        "backend": (card["runtime"] or {}).get("backend"), "precision": (card["runtime"] or {}).get("precision"),
+        "wall_time_s": card["timings"].get("total"), "updated": card["updated"],
         "run_dir": path.rsplit("/", 1)[0],
     })
     return row
@@ -186,7 +189,7 @@ def build_table(items: list[tuple[str, dict]], sort_by: str = "CV_tta",
     """The experiment database, best (lowest) `sort_by` first, runs without a score last; by a CV
     column, ranked within each CV metric (`metric`, `rank`), the most common metric first.
     `imported`: rows from `import_reference`."""
-    table = pd.concat([pd.DataFrame([record_row(path, record) for path, record in items]), *imported],
+    table = pd.concat([pd.DataFrame([card_row(path, card) for path, card in items]), *imported],
                       ignore_index=True)
     if table.empty:
         return pd.DataFrame(columns=[*LEAD_COLUMNS, *COLUMNS])
@@ -227,20 +230,19 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def set_lb(roots: list[str], experiment_id: str, private: float | None, public: float | None) -> str:
-    """Attaches leaderboard scores to the one run with this id; returns its record path.
+    """Attaches leaderboard scores to the one run with this id; returns its card path.
 
     An id found in no run, or in several run dirs, is an error naming what was found.
     """
-    items, _ = load_records(roots)
-    matches = [path for path, record in items if record["experiment_id"] == experiment_id]
+    items, _ = load_cards(roots)
+    matches = [path for path, card in items if card["experiment_id"] == experiment_id]
     if not matches:
-        known = sorted(record["experiment_id"] for _, record in items)
+        known = sorted(card["experiment_id"] for _, card in items)
         raise KeyError(f"--set_lb: no run with experiment id {experiment_id!r} under {roots}; known ids: {known}")
     if len(matches) > 1:
         raise ValueError(f"--set_lb: experiment id {experiment_id!r} is in several run dirs {matches}; "
                          "pass only one of them in --runs")
-    run_record.attach_lb(matches[0], private, public)
-    return matches[0]
+    return run_card.attach_lb(matches[0], private, public)
 
 
 def plot(table: pd.DataFrame, title: str = "") -> bytes:

@@ -17,39 +17,39 @@ from tpuflow.results import prediction_names
 
 
 def read_views(preds_dir: str) -> list[str] | None:
-    """The recorded views (index t -> name), or None for a dir without a record (the reference's
-    ten views, by the convention of runs made before views were recorded)."""
+    """The saved views (index t -> name), or None for a dir without them (the reference's
+    ten views, by the convention of runs made before views were saved)."""
     path = prediction_names.views_path(preds_dir)
     return list(storage.read_json(path)["views"]) if storage.exists(path) else None
 
 
 def read_view_set(preds_dir: str) -> list[str] | None:
-    """The whole TTA set the recorded views were taken from (a run may have predicted only its
-    first views: `--tta_number`, `--quick`); None without a record."""
+    """The whole TTA set the saved views were taken from (a run may have predicted only its
+    first views: `--tta_number`, `--quick`); None without one."""
     path = prediction_names.views_path(preds_dir)
     if not storage.exists(path):
         return None
-    recorded = storage.read_json(path)
-    return list(recorded.get("set") or recorded["views"])
+    saved = storage.read_json(path)
+    return list(saved.get("set") or saved["views"])
 
 
 def check_views(preds_dir: str, views) -> None:
     """Refuses predictions whose TTA index would mean another view than in `views`."""
-    recorded = read_views(preds_dir)
-    n = min(len(recorded or ()), len(views))
-    if recorded and list(recorded[:n]) != list(views[:n]):
-        raise ValueError(f"{prediction_names.views_path(preds_dir)}: the predictions there are for TTA views {recorded}, "
+    saved = read_views(preds_dir)
+    n = min(len(saved or ()), len(views))
+    if saved and list(saved[:n]) != list(views[:n]):
+        raise ValueError(f"{prediction_names.views_path(preds_dir)}: the predictions there are for TTA views {saved}, "
                          f"this run's are {list(views)}: TTA indices would mean different views. Use "
-                         "another --data_preds_dir (or --output_dir), or the recorded --tta")
+                         "another --data_preds_dir (or --output_dir), or the saved --tta")
 
 
-def record_views(preds_dir: str, views, view_set) -> None:
-    """Records the views (and the set they are the first of) before predictions are written,
-    extending a shorter, agreeing record."""
+def save_views(preds_dir: str, views, view_set) -> None:
+    """Saves the views (and the set they are the first of) before predictions are written,
+    extending a shorter, agreeing list."""
     check_views(preds_dir, views)
-    recorded = read_views(preds_dir) or []
-    if len(views) > len(recorded) or read_view_set(preds_dir) != list(view_set):
-        kept = list(views) if len(views) > len(recorded) else recorded
+    saved = read_views(preds_dir) or []
+    if len(views) > len(saved) or read_view_set(preds_dir) != list(view_set):
+        kept = list(views) if len(views) > len(saved) else saved
         storage.write_json(prediction_names.views_path(preds_dir), {"views": kept, "set": list(view_set)})
 
 
@@ -77,7 +77,7 @@ def load_predictions(preds_dir: str, split: str, folds: range, tta_number: int,
                      unique_labels: np.ndarray | None = None,
                      views=None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{fold: (ids (n,), values (n_tta, n))}; a clear error naming any missing or mismatched file,
-    or predictions recorded for other TTA `views` than expected."""
+    or predictions saved for other TTA `views` than expected."""
     if views is not None:
         check_views(preds_dir, views)
     out = {}

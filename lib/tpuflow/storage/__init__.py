@@ -238,7 +238,7 @@ def atomic_path(path: str):
     return filesystem(path).atomic_path(path)
 
 
-_RECORD_ROOM = 1 << 20  # bytes a checkpoint leaves free: a full disk still gets its `failed` record
+_CARD_ROOM = 1 << 20  # bytes a checkpoint leaves free: a full disk still gets its `failed` run card
 
 
 class _WeightsImage(io.BytesIO):
@@ -260,14 +260,14 @@ def save_weights(model, path: str) -> None:
     image = _WeightsImage()
     model.save_weights(image)
     data = image.getvalue()
-    if is_local(path):  # leave room for the small files that record the failure (record.json)
+    if is_local(path):  # leave room for the small files that note the failure (run_card.json)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         stat = os.statvfs(directory)
-        if stat.f_bavail * stat.f_frsize < len(data) + _RECORD_ROOM:
+        if stat.f_bavail * stat.f_frsize < len(data) + _CARD_ROOM:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({stat.f_bavail * stat.f_frsize} bytes "
-                          f"free, {len(data)} needed for the weights and {_RECORD_ROOM} kept for the run's "
-                          "record)", str(path))
+                          f"free, {len(data)} needed for the weights and {_CARD_ROOM} kept for the run's "
+                          "card)", str(path))
     write_bytes(path, data)
 
 

@@ -33,7 +33,7 @@ _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://")
 
 
 class ChecksumMismatchError(OSError):
-    """A transfer's bytes did not match the checksum recorded for them (after all retries)."""
+    """A transfer's bytes did not match the checksum noted for them (after all retries)."""
 
 
 class BucketNotFoundError(FileNotFoundError):
@@ -43,7 +43,7 @@ class BucketNotFoundError(FileNotFoundError):
 @dataclasses.dataclass(frozen=True)
 class FileInfo:
     """One file of a tree: its path relative to the tree root ('/'-separated), size and, for
-    Cloud Storage objects, the checksums the service recorded (base64, as the API gives them)."""
+    Cloud Storage objects, the checksums the service keeps (base64, as the API gives them)."""
     name: str
     size: int
     crc32c: str | None = None
@@ -96,7 +96,7 @@ def local_matches(path: str, remote: FileInfo) -> bool:
     if os.path.getsize(path) != remote.size:
         return False
     if not remote.crc32c and not remote.md5:
-        return True  # nothing recorded to compare beyond the size
+        return True  # no checksum to compare beyond the size
     with open(path, "rb") as f:
         return crc32c_of(f) == remote.crc32c if remote.crc32c else md5_of(f) == remote.md5
 

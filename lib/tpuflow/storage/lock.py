@@ -2,7 +2,7 @@
 A dataset build takes the same lock on its `--out_dir` (`build.lock`, `BUILD_LOCK`).
 
 Two `run.py` processes on one `--output_dir` (the same experiment started twice, say with another
-`--lr`) would redo and overwrite each other's folds and leave a record describing neither. The
+`--lr`) would redo and overwrite each other's folds and leave a run card describing neither. The
 first to create the lock file owns the run dir until it exits; a second fails at once with an
 error naming the owner (pid, host, start time, command).
 
@@ -161,7 +161,7 @@ class RunLock:
         return True
 
     def _read(self) -> dict | None:
-        """The lock's owner record (with its `_version`), None if there is no lock."""
+        """The lock's owner, as its file says (with its `_version`), None if there is no lock."""
         try:
             found = storage.read_versioned(self.path)
         except FileNotFoundError:

@@ -10,7 +10,7 @@ steps, each in one place here:
   the global batch and the learning rate scaled for it.
 
 Each step returns a new frozen `Config`: setting an attribute is an error, `replace` makes a
-changed copy. `config.json` and `record.json` hold the resolved object.
+changed copy. `config.json` and `run_card.json` hold the resolved object.
 
 Every setting is declared once, as a typed field of a section (`Data`, `Model`, ... below) with
 its default and help, for a flag its choices or range, or marked derived (set by `build` or
@@ -83,7 +83,7 @@ class Data:
 class Model:
     """The model trained."""
     NAME, RESULTS = "model", True
-    architecture: str | None = setting(None, "Architecture name for the experiment record and leaderboard")
+    architecture: str | None = setting(None, "Architecture name for the run card and leaderboard")
     task: str = setting("regression", "Regression on wind speed or classification over its values", choices=TASKS)
     backbone: str = setting("EfficientNetB0", "keras.applications backbone name")
     weights: str | None = setting(None, "Backbone weights: None, imagenet or a file path")
@@ -153,7 +153,7 @@ class Jobs:
     tta_number: int = setting(9, "TTA views beyond the original (a number beyond the set's size: the whole set)",
                               interval="[0, inf)", why="views beyond the original")
     tta: str | None = setting(None, "TTA set: ref (the reference's ten views), d4 (the eight symmetries of the "
-                              "square) or view names joined by ',' starting with orig (None: the set recorded in "
+                              "square) or view names joined by ',' starting with orig (None: the set saved in "
                               "the predictions dir, else ref)")
     tta_set: list[str] | None = setting(None, "The TTA set's views", derived=True)
     tta_views: list[str] | None = setting(None, "The TTA views predicted", derived=True)
@@ -241,7 +241,7 @@ class Config(Outputs, Runtime, Jobs, Training, Model, Data):  # fields: SECTION_
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting, JSON-ready (what config.json and record.json hold)."""
+        """Every setting, JSON-ready (what config.json and run_card.json hold)."""
         return {k: _json_safe(getattr(self, k)) for k in sorted(setting_names())}
 
     @classmethod
@@ -381,7 +381,7 @@ def new_names(values: dict[str, Any], warn: bool = True) -> dict[str, Any]:
 
 
 def old_names(settings: dict[str, Any]) -> dict[str, Any]:
-    """Result settings as runs before `--frame_store`/`--assemble` recorded them (what fingerprints
+    """Result settings as runs before `--frame_store`/`--assemble` wrote them (what fingerprints
     hash): the store in `data_tfrec_dir`, the spec in `view`."""
     old = {k: v for k, v in settings.items() if k not in ("frame_store", "assemble")}
     old["view"] = settings.get("assemble")
@@ -391,7 +391,7 @@ def old_names(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def old_value(name: str, value):
-    """The value as runs before the renames recorded it (for their fingerprints)."""
+    """The value as runs before the renames wrote it (for their fingerprints)."""
     return next((old for (n, old), new in OLD_VALUES.items() if n == name and new == value), value)
 
 
@@ -434,19 +434,19 @@ def build(values: dict[str, Any], asked: set[str]) -> Config:
         v.update(run_folds(v["output_dir"]))  # scoring a run: its folds, not the default 5
     # TTA index t -> view name: the first tta_number + 1 views of the set; without --tta, the set
     # the predictions dir was made with (whatever number of its views a run predicted).
-    recorded = scoring.read_view_set(v["data_preds_dir"])
-    v["tta_set"] = list(ondevice.tta_views(v["tta"] or (",".join(recorded) if recorded else "ref")))
+    saved = scoring.read_view_set(v["data_preds_dir"])
+    v["tta_set"] = list(ondevice.tta_views(v["tta"] or (",".join(saved) if saved else "ref")))
     v["tta_views"] = v["tta_set"][: v["tta_number"] + 1]
     v["tta_number"] = len(v["tta_views"]) - 1
     return Config(**v)
 
 
 def run_folds(output_dir: str) -> dict[str, int]:
-    """`initial_fold` and `n_folds` of the folds a run dir's results cover: its record's CV, else
+    """`initial_fold` and `n_folds` of the folds a run dir's results cover: its run card's CV, else
     its training's (config.json); {} for a dir with neither. Said on one line."""
     from tpuflow import storage  # noqa: PLC0415
-    from tpuflow.results import run_record  # noqa: PLC0415
-    covered, source = run_record.cv_folds(output_dir), run_record.RECORD_NAME
+    from tpuflow.results import run_card  # noqa: PLC0415
+    covered, source = run_card.cv_folds(output_dir), run_card.CARD_NAME
     if not covered and storage.exists(storage.join(output_dir, "config.json")):
         trained, source = storage.read_json(storage.join(output_dir, "config.json")), "config.json"
         if isinstance(trained.get("initial_fold"), int) and isinstance(trained.get("n_folds"), int):
@@ -517,7 +517,7 @@ def fingerprint(cfg: Config) -> str:
 
 def fingerprints(cfg: Config) -> set[str]:
     """This configuration's fingerprint and the ones runs made before flag values were renamed
-    wrote for the same settings, each rename made or not (so that their backups and done records
+    wrote for the same settings, each rename made or not (so that their backups and done files
     still resume)."""
     settings = old_names(result_settings(cfg))
     renamed = sorted({n for n, _ in OLD_VALUES} & settings.keys())
@@ -532,6 +532,6 @@ def _hash(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def recorded_settings(flags: dict) -> dict:
-    """Settings as an older record.json or config.json wrote them, in today's names and spelling."""
+def saved_settings(flags: dict) -> dict:
+    """Settings as an older run card or config.json wrote them, in today's names and spelling."""
     return {k: new_value(k, v, warn=False) for k, v in new_names(flags, warn=False).items()}

@@ -97,7 +97,7 @@ def reference_argv(argv: list[str]) -> list[str]:
 HELP_GROUPS = config.help_groups()  # `run.py --help`: the experiment's flags by section
 SCRIPT_RELATIVE = ("data_dir", "data_tfrec_dir", "frame_store")  # default paths relative to run.py (see main)
 
-from tpuflow.results import run_record  # noqa: E402
+from tpuflow.results import run_card  # noqa: E402
 
 Config = config.Config
 # Defaults of every experiment run from a run.py (library calls keep the flags' own defaults).
@@ -270,7 +270,7 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
     (`config`: the configuration as resolved for the run).
 
     The run holds its run dir's lock throughout (`tpuflow.storage.lock`). A run that fails or is
-    interrupted after it started leaves its record marked `failed`; one stopped by SIGTERM or
+    interrupted after it started leaves its run card marked `failed`; one stopped by SIGTERM or
     SIGINT (`resume.NOTICE`: training backs up first) `preempted`, and raises `resume.Preempted`.
     """
     from tpuflow.training import hosts, resume, runner, runtime  # noqa: PLC0415 (TensorFlow)
@@ -283,16 +283,16 @@ def run(cfg: Config, init_model: Callable, parse_example: Callable) -> dict:
             cfg = cfg.replace(output_dir=output_dir, data_preds_dir=storage.join(output_dir, "preds")
                               if preds_default else cfg.data_preds_dir)
     with lock.RunLock(cfg.output_dir) as held, resume.NOTICE:  # a second run on this run dir fails here
-        invocation = run_record.new_invocation(cfg)  # appended failed if it fails before it is recorded
+        invocation = run_card.new_invocation(cfg)  # appended failed if it fails before the card is written
         try:
             return runner.run_jobs(cfg, init_model, parse_example, check_lock=held.check)
         except BaseException as err:
             explained = runner.explain_error(cfg, err)
             try:
-                run_record.mark_failed(cfg.output_dir, explained, invocation,
+                run_card.mark_failed(cfg.output_dir, explained, invocation,
                                        "preempted" if isinstance(err, resume.Preempted) else "failed")
-            except (OSError, ValueError) as record_err:  # the run's own error is the one to report
-                print(f"WARNING: could not mark the record failed: {record_err}", file=sys.stderr, flush=True)
+            except (OSError, ValueError) as card_err:  # the run's own error is the one to report
+                print(f"WARNING: could not mark the run card failed: {card_err}", file=sys.stderr, flush=True)
             if explained is err:
                 raise
             raise explained from err

@@ -33,29 +33,29 @@ import tensorflow as tf
 from tpuflow import storage
 from tpuflow.inputs import augment, records
 from tpuflow.prep import kinds
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.storage import sync
 from tpuflow.training import config, runner
 
 EXPORT_INFO = "tpuflow_export.json"  # what was exported (run, folds, views, input), inside the export dir
 
 def load_run(run_dir: str, run_py: str | None = None) -> tuple[config.Config, types.ModuleType, dict]:
-    """(the run's resolved configuration, its experiment module, its record) from a run dir.
+    """(the run's resolved configuration, its experiment module, its run card) from a run dir.
 
-    The experiment's `run.py` is `run_py`, else the one the record names, else `<run_dir>/run.py`.
+    The experiment's `run.py` is `run_py`, else the one the card names, else `<run_dir>/run.py`.
     """
-    record = run_record.read_record(run_dir)
-    if not record.get("dataset"):
-        raise ValueError(f"{run_dir}: its record names no dataset (train the run first)")
+    card = run_card.read_card(run_dir)
+    if not card.get("dataset"):
+        raise ValueError(f"{run_dir}: its run card names no dataset (train the run first)")
     cfg = config.Config.from_dict(storage.read_json(storage.join(run_dir, "config.json")))
-    candidates = [run_py] if run_py else [record["run_py"]["path"], os.path.join(run_dir, "run.py")]
+    candidates = [run_py] if run_py else [card["run_py"]["path"], os.path.join(run_dir, "run.py")]
     path = next((p for p in candidates if p and os.path.exists(p)), None)
     if path is None:
         raise FileNotFoundError(f"{run_dir}: the experiment's run.py is not at {candidates} (pass --run_py)")
     spec = importlib.util.spec_from_file_location("tpuflow_exported_experiment", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return cfg, module, record
+    return cfg, module, card
 
 
 def _decode(frames: tf.Tensor, cfg, per_slot: bool, input_shape: tuple, n_frames: int) -> tf.Tensor:
@@ -90,15 +90,15 @@ def export_run(run_dir: str, export_dir: str, folds: list[int] | None = None, vi
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(f"export needs the TensorFlow backend (KERAS_BACKEND=tensorflow), not "
                            f"{keras.backend.backend()!r}: a SavedModel is a TensorFlow format")
-    cfg, module, record = load_run(run_dir, run_py)
+    cfg, module, card = load_run(run_dir, run_py)
     folds = list(runner.folds(cfg)) if folds is None else list(folds)
-    # Runs made before views were recorded used the reference's views 0..tta_number.
+    # Runs made before views were saved used the reference's views 0..tta_number.
     views = list(views or getattr(cfg, "tta_views", None) or augment.REFERENCE_VIEWS[: cfg.tta_number + 1])
     for name in views:
         if name not in augment.VIEWS:
             raise ValueError(f"--views: unknown view {name!r}; expected names from {augment.VIEWS}")
     checkpoints = [runner.best_checkpoint(run_dir, k) for k in folds]  # fails now if one is missing
-    kind, n_frames = record["dataset"]["kind"], int(record["dataset"]["n_frames"])
+    kind, n_frames = card["dataset"]["kind"], int(card["dataset"]["n_frames"])
     per_slot = kinds.get(kind).image_per_slot
     labels = None
     if cfg.task == "classification":

@@ -11,7 +11,7 @@ The loss is computed inside the model with `keras.ops` (a layer whose output is 
 loss), so plain `compile`/`fit` trains it on any Keras backend; frames come from `tf.data`.
 
 Outputs under `<output_dir>` (local or `gs://`): `backbone.weights.h5` (rewritten after every
-epoch), `curves/pretrain.{csv,png}`, `tensorboard/pretrain/`, `pretrain_record.json`.
+epoch), `curves/pretrain.{csv,png}`, `tensorboard/pretrain/`, `pretrain_card.json`.
 """
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ from keras import layers
 
 from tpuflow import storage
 from tpuflow.inputs import augment, ondevice, records
-from tpuflow.results import run_record
+from tpuflow.results import run_card
 from tpuflow.training import config, curves, models, runtime, tensorboard
 
 BACKBONE_FILE = "backbone.weights.h5"
-RECORD_FILE = "pretrain_record.json"
 
 
 def frame_files(data_dir: str) -> list[str]:
@@ -136,10 +135,10 @@ class SaveBackbone(keras.callbacks.Callback):
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    """A pretraining run's settings, resolved once (`resolve`) and then fixed; the record holds
+    """A pretraining run's settings, resolved once (`resolve`) and then fixed; its card holds
     them as used. Those it shares with a run are the run's settings (`config.shared`: their help,
     with the defaults of pretraining); `tools/pretrain_simsiam.py`'s flags are made from them."""
-    output_dir: str = config.shared("output_dir", help="Where the backbone weights, curves and record go",
+    output_dir: str = config.shared("output_dir", help="Where the backbone weights, curves and card go",
                                     required=True)
     data_dir: str | None = config.shared("data_dir", None, "Raw data dir: every train/*.jpg and test/*.jpg frame")
     data_tfrec_dir: str | None = config.shared("data_tfrec_dir", None, "Or a `single` record dataset (all folds "
@@ -180,17 +179,18 @@ class PretrainConfig:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """Runs SimSiam pretraining with `cfg` as resolved; returns the record written to
-    `<output_dir>/pretrain_record.json`."""
+    """Runs SimSiam pretraining with `cfg` as resolved; returns the card written to
+    `<output_dir>/pretrain_card.json`."""
     cfg = PretrainConfig.resolve(**dataclasses.asdict(cfg))  # idempotent: the rules hold however it was made
     start = time.time()
     ds, n_frames = frames_dataset(cfg.dim, cfg.data_dir, cfg.data_tfrec_dir)  # checks inputs first
     steps = cfg.steps_per_epoch or max(1, n_frames // cfg.batch_size)
     storage.makedirs(cfg.output_dir)
-    record = {"status": "running", "flags": dataclasses.asdict(cfg), "n_frames": n_frames, "steps_per_epoch": steps,
+    card_path = run_card.card_path(cfg.output_dir, run_card.PRETRAIN_CARD_NAME)
+    card = {"status": "running", "flags": dataclasses.asdict(cfg), "n_frames": n_frames, "steps_per_epoch": steps,
               "source": cfg.data_dir or cfg.data_tfrec_dir, "backbone_file": storage.join(cfg.output_dir, BACKBONE_FILE),
-              "versions": runtime.versions(), "git": run_record.git_info(__file__)}
-    storage.write_json(storage.join(cfg.output_dir, RECORD_FILE), record)
+              "versions": runtime.versions(), "git": run_card.git_info(__file__)}
+    run_card.save(card_path, card)
     keras.utils.set_random_seed(cfg.seed)
     model, net = simsiam_model(cfg.backbone, cfg.dim, cfg.weights, cfg.proj_dim, cfg.pred_dim)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.lr * cfg.batch_size / 256, cfg.n_epochs * steps)
@@ -200,16 +200,16 @@ def pretrain(cfg: PretrainConfig) -> dict:
     try:
         history = model.fit(train_dataset(ds, cfg.batch_size, cfg.seed), epochs=cfg.n_epochs, steps_per_epoch=steps,
                             verbose=cfg.verbose, shuffle=False, callbacks=[
-                                SaveBackbone(net, record["backbone_file"]), curve,
+                                SaveBackbone(net, card["backbone_file"]), curve,
                                 tensorboard.FoldScalars(cfg.output_dir, "pretrain")])
-    except BaseException as err:  # the record says how the run ended, as an experiment's does
-        record.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000])
-        storage.write_json(storage.join(cfg.output_dir, RECORD_FILE), record)
+    except BaseException as err:  # the card says how the run ended, as an experiment's does
+        card.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000])
+        run_card.save(card_path, card)
         raise
     losses = [float(v) for v in history.history["loss"]]
-    record.update(status="complete", epochs=len(losses), loss_per_epoch=losses, final_loss=losses[-1],
+    card.update(status="complete", epochs=len(losses), loss_per_epoch=losses, final_loss=losses[-1],
                   seconds=round(time.time() - start, 3))
-    storage.write_json(storage.join(cfg.output_dir, RECORD_FILE), record)
+    run_card.save(card_path, card)
     print(f"SimSiam loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epoch(s); "
-          f"backbone weights: {record['backbone_file']}", flush=True)
-    return record
+          f"backbone weights: {card['backbone_file']}", flush=True)
+    return card

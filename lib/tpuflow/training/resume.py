@@ -1,5 +1,5 @@
 """Preemption-safe folds: backups of each fold's training (every epoch, and within epochs) and a
-per-fold done record; the preemption notice (SIGTERM) honoured.
+per-fold done file; the preemption notice (SIGTERM) honoured.
 
 Preemptible TPUs (and shared machines) die mid-run. Re-running the same command then
 
@@ -14,7 +14,7 @@ Layout, per fold: `<output_dir>/backup/fold_<k>/` holding `state.json` (written 
 that names `epoch-<EEE>.weights.h5` and `epoch-<EEE>.optimizer.npz` (within an epoch: the files of
 `epoch-<EEE>-step-<SSSSSS>`, with the training metrics so far, and the last epoch's), and
 `done.json`. Backups and
-done records carry a fingerprint of the settings that shape training (the result sections of
+done files carry a fingerprint of the settings that shape training (the result sections of
 `tpuflow.training.config`); one from other settings is ignored (with a message) rather than mixed into this
 run. Backups written before flag values were renamed carry the fingerprint of the old spellings,
 which is accepted for the same settings. Keras' own `BackupAndRestore` is not used:
@@ -54,7 +54,7 @@ def _say(message: str, warning: bool = False) -> None:
 
 
 class FoldProgress:
-    """Which of a fold's jobs (train, val, test) are already done, recorded as each finishes."""
+    """Which of a fold's jobs (train, val, test) are already done, noted as each finishes."""
 
     def __init__(self, cfg, fold: int, has_checkpoint: bool):
         self.cfg, self.fold, self.has_checkpoint = cfg, fold, has_checkpoint
@@ -66,15 +66,15 @@ class FoldProgress:
         if not storage.exists(self.path):
             return set()
         try:
-            record = storage.read_json(self.path)
-            done = set(record["done"])
+            written = storage.read_json(self.path)
+            done = set(written["done"])
         except (ValueError, KeyError, TypeError) as err:
             if not quiet:
                 _say(f"{self.path}: unreadable ({err}); fold {self.fold} is redone", warning=True)
             return set()
-        if record.get("fingerprint") not in self.accepted:
+        if written.get("fingerprint") not in self.accepted:
             if not quiet:
-                _say(f"{self.path}: recorded for other settings; fold {self.fold} is redone")
+                _say(f"{self.path}: written for other settings; fold {self.fold} is redone")
             return set()
         return done
 
@@ -98,11 +98,11 @@ class FoldProgress:
         return todo
 
     def mark(self, job: str) -> None:
-        """Records `job` as done (atomically), after its outputs are written; once training is
-        recorded, the fold's backup is no longer needed (removed after the record: no gap).
+        """Notes `job` as done (atomically), after its outputs are written; once training is
+        noted, the fold's backup is no longer needed (removed after the done file: no gap).
 
-        A mark only adds: what the record already holds for these settings stays (a prediction
-        run under --noresume, which did not read it, must not drop the fold's training). A record
+        A mark only adds: what the done file already holds for these settings stays (a prediction
+        run under --noresume, which did not read it, must not drop the fold's training). A done file
         of other settings is replaced (`todo` said the fold is redone)."""
         self.done |= self._read(quiet=True) | {job}
         storage.write_json(self.path, {"fingerprint": self.fingerprint, "done": sorted(self.done)})
@@ -220,7 +220,7 @@ class FoldBackup(keras.callbacks.Callback):
                      f"{state.get('devices')} and resumes exactly only there (this run: {self.devices}); "
                      f"fold {self.fold} resumes at the last epoch boundary", warning=True)
                 entries = entries[1:]
-        except Exception as err:  # an unreadable state record: as a damaged backup
+        except Exception as err:  # an unreadable state file: as a damaged backup
             entries, state = [], None
             _say(f"{state_path}: corrupt backup ({type(err).__name__}: {err}); fold {self.fold} restarts "
                  "from scratch", warning=True)
@@ -284,21 +284,21 @@ class FoldBackup(keras.callbacks.Callback):
         paths = {"weights": stem + ".weights.h5", "optimizer": stem + ".optimizer.npz"}
         return {**paths, "metrics": stem + ".metrics.npz"} if entry["steps_done"] else paths
 
-    def _reconcile_checkpoint(self, recorded: str | None) -> str | None:
+    def _reconcile_checkpoint(self, noted: str | None) -> str | None:
         """The fold's best checkpoint as of the backup (None: a backup within the first epoch).
 
         A kill between the best-checkpoint save and the backup leaves a checkpoint newer than the
-        backup (the old one possibly deleted already): keep the recorded one if it is there (and
+        backup (the old one possibly deleted already): keep the noted one if it is there (and
         drop the newer one, whose epoch is redone), else the newer one.
         """
         found = best_checkpoints(self.cfg.output_dir, self.fold)
-        if recorded is None:  # no epoch had ended: any checkpoint is of an epoch redone
+        if noted is None:  # no epoch had ended: any checkpoint is of an epoch redone
             for other in found:
                 remove_checkpoint(other)
             return None
         if not found:
             raise FileNotFoundError(f"no {checkpoint_names.GLOB.format(fold=self.fold)} in {self.cfg.output_dir}")
-        keep = recorded if recorded in found else found[-1]
+        keep = noted if noted in found else found[-1]
         for other in found:
             if other != keep:
                 remove_checkpoint(other)
@@ -367,9 +367,9 @@ class FoldBackup(keras.callbacks.Callback):
         return {name: {a: _plain(getattr(cb, a)) for a in attrs} for name, (cb, attrs) in self.tracked.items()}
 
     def _save(self, epochs: int, steps: int) -> None:
-        """Writes the backup after `epochs` epochs and `steps` steps of the next; the state record
+        """Writes the backup after `epochs` epochs and `steps` steps of the next; the state file
         last (atomically), then the older backups go (the last epoch boundary's stays). Orbax
-        (`self.orbax`) writes in the background: its state record is written once it is complete,
+        (`self.orbax`) writes in the background: its state file is written once it is complete,
         at the next backup or when training stops (at its end, or on the notice)."""
         trainer = self._train_model()
         if steps and hasattr(trainer, "jax_state_sync"):  # JAX keeps the state apart during an epoch
@@ -393,7 +393,7 @@ class FoldBackup(keras.callbacks.Callback):
         self._since, self._last = 0, time.monotonic()
 
     def commit(self) -> None:
-        """Writes the state record of the last backup made (once Orbax has finished writing it),
+        """Writes the state file of the last backup made (once Orbax has finished writing it),
         then removes the older backups."""
         if self._uncommitted is None:
             return
@@ -421,7 +421,7 @@ class FoldBackup(keras.callbacks.Callback):
 
 
 def clear_backup(directory: str) -> None:
-    """Removes a fold's epoch backup (its done record stays)."""
+    """Removes a fold's epoch backup (its done file stays)."""
     for name in storage.glob(storage.join(directory, checkpoint_names.BACKUP_GLOB)) + [storage.join(directory, STATE)]:
         storage.remove(name)
 
@@ -469,7 +469,7 @@ class OrbaxWriter:
     made is complete where it belongs. Locally Orbax writes a temporary directory and renames it
     when complete; a `gs://` one is written to a local staging dir and uploaded by `wait` through
     `tpuflow.storage` (verified uploads, the emulator in the tests), the caller writing what names
-    it (a state record) after `wait`."""
+    it (a state file) after `wait`."""
 
     def __init__(self):
         self.checkpointer = orbax_checkpointer()
@@ -566,7 +566,7 @@ def remove_checkpoint(path: str) -> None:
 
 
 def _entry(state: dict) -> dict:
-    """The latest backup a state record names (records before backups within epochs: at an epoch end)."""
+    """The latest backup a state file names (files written before backups within epochs: at an epoch end)."""
     epochs, steps = int(state["epochs_done"]), int(state.get("steps_done", 0))
     stem = state.get("stem") or posixpath.basename(checkpoint_names.backup_stem("", epochs))
     return {"epochs_done": epochs, "steps_done": steps, "stem": stem, "format": state.get("format", "h5")}

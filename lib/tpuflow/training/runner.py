@@ -14,7 +14,7 @@ import tensorflow as tf
 from tpuflow import backend, cli, storage
 from tpuflow.inputs import ondevice, records, source
 from tpuflow.prep import split
-from tpuflow.results import checkpoint_names, prediction_names, run_record, scoring
+from tpuflow.results import checkpoint_names, prediction_names, run_card, scoring
 from tpuflow.storage import tables
 from tpuflow.training import config, curves, hosts, loop, models, resume, runtime, tensorboard
 
@@ -94,7 +94,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     TensorFlow: Keras' `.weights.h5`, written at once. JAX: an Orbax directory, written in the
     background by all hosts together into host 0's run dir (`resume.OrbaxWriter`); `wait` (at the
-    next backup's record and at train end) returns once it is complete, and only then is the
+    next backup's state file and at train end) returns once it is complete, and only then is the
     previous best removed: there is always one complete best checkpoint."""
 
     def __init__(self, output_dir: str, fold: int, monitor: str, score: str = config.score_key("rmse_rounded")):
@@ -303,20 +303,20 @@ def _joined(first: keras.callbacks.History, then: keras.callbacks.History) -> ke
 
 
 def placement_name(placement: runtime.Placement) -> str:
-    """Where a run trains, as a backup within an epoch records it: processes and devices."""
+    """Where a run trains, as a backup within an epoch notes it: processes and devices."""
     return f"{placement.processes} process(es), {placement.replicas} {placement.platform.upper()} device(s)"
 
 
 def predict_split(cfg, fold: int, predictor: keras.Model, parse, inputs, split_name: str, batch: int) -> None:
     """Writes val (this fold) or test predictions for TTA 0..tta_number, with their ids; the view
-    of each TTA index is recorded first (`tta_views.json`). All views come from one pass: each
+    of each TTA index is saved first (`tta_views.json`). All views come from one pass: each
     example is read and decoded once, in batches of `batch` examples, and `predictor`
     (`ondevice.tta_model`) makes its views on the accelerator. Validation rows are written in the
     order of the fold's rows in train_cv.csv (`scoring.csv_order`), test rows in the records' order:
     submission_format.csv's."""
     which = fold if split_name == "val" else None
     ids = inputs.ids(which)
-    scoring.record_views(cfg.data_preds_dir, cfg.tta_views, cfg.tta_set)
+    scoring.save_views(cfg.data_preds_dir, cfg.tta_views, cfg.tta_set)
     n_tta = len(cfg.tta_views)
     print(f"Fold {fold}: predicting {split_name} ({len(ids)} examples x {n_tta} TTA views)", flush=True)
     ds = inputs.predict_dataset(which, parse, batch)
@@ -350,13 +350,13 @@ def trained_folds(output_dir: str) -> list[int]:
 
 
 def training_settings(output_dir: str) -> dict:
-    """The result settings the run dir's folds were trained with (its record's flags, else its
+    """The result settings the run dir's folds were trained with (its card's flags, else its
     config.json); {} for a run dir without either (e.g. adopted from elsewhere)."""
-    for path in (run_record.record_path(output_dir), storage.join(output_dir, "config.json")):
-        if storage.exists(path):
-            recorded = storage.read_json(path)
-            flags = recorded.get("flags") if path.endswith(run_record.RECORD_NAME) else recorded
-            return config.recorded_settings(flags or {})
+    card = run_card.load(output_dir)
+    if card is not None:
+        return config.saved_settings(card.get("flags") or {})
+    if storage.exists(storage.join(output_dir, "config.json")):
+        return config.saved_settings(storage.read_json(storage.join(output_dir, "config.json")) or {})
     return {}
 
 
@@ -419,7 +419,7 @@ def score(cfg, suffix: str = "") -> pd.DataFrame:
     covered = f"folds {', '.join(map(str, folds(cfg)))} of {n_split}"
     if suffix:
         print(f"CV of {covered} only: written beside the run's full results (scores{suffix}.csv); "
-              f"scores.csv and record.json's CV are unchanged")
+              f"scores.csv and run_card.json's CV are unchanged")
     print(f"CV {cfg.metric} ({cfg.experiment_id}, {covered}), rows: folds and all, columns: TTA index and TTA mean")
     print(table.round(4).to_string(), flush=True)
     return table
@@ -438,7 +438,7 @@ def write_submission(cfg, suffix: str = "") -> str:
 
 def model_facts(cfg, model: keras.Model, placement: runtime.Placement,
                 execution: tuple[int, str] = (1, "")) -> tuple[dict, dict]:
-    """What the record says of the model and of where it runs (`run_record.RunRecord.set_model`);
+    """What the card says of the model and of where it runs (`run_card.RunCard.set_model`);
     `execution`: steps per execution and why (`config.steps_per_execution`)."""
     return ({"architecture": cfg.architecture, "task": cfg.task, "backbone": cfg.backbone,
              "weights": models.resolve_weights(cfg.weights), "dim": cfg.dim, "n_params": int(model.count_params())},
@@ -458,7 +458,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
     manifest = inputs.manifest if inputs else {}
     labels = load_unique_labels(cfg.data_dir, required=True) if cfg.task == "classification" else None
     cfg = config.resolve(cfg, manifest, None if labels is None else len(labels))  # what the data decides
-    full_folds = run_record.cv_folds(cfg.output_dir)
+    full_folds = run_card.cv_folds(cfg.output_dir)
     suffix = subset_suffix(cfg, full_folds)
     refuse_other_settings(cfg, full_folds, suffix, placed=False)  # before a TPU is started for a refused run
     placement = None
@@ -477,7 +477,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
     refuse_other_settings(cfg, full_folds, suffix)  # and the settings the devices decide
     storage.makedirs(cfg.output_dir)
     config_path = storage.join(cfg.output_dir, "config.json")
-    # The training's configuration, as the record's flags: a run that does not train (or trains a
+    # The training's configuration, as the card's flags: a run that does not train (or trains a
     # subset of the folds) keeps it.
     if not suffix and ("train" in jobs or not storage.exists(config_path)):
         storage.write_json(config_path, cfg.to_dict())
@@ -487,7 +487,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         print(f"Quick run (--quick): a smoke test of the pipeline ({cfg.n_folds} fold(s), {cfg.n_epochs} epoch of "
               f"{cfg.steps_per_epoch} steps, {cfg.dim} px, TTA 0..{cfg.tta_number}) into {cfg.output_dir}; its CV "
               "means nothing.", flush=True)
-    record = run_record.RunRecord(cfg, manifest, init_model, runtime.versions())
+    card = run_card.RunCard(cfg, manifest, init_model, runtime.versions())
     result, timings = {"config": cfg}, {}
     if placement is not None:
         runtime.set_precision(cfg.precision)
@@ -506,7 +506,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         # examples per prediction batch: about a training batch of views in all, whole per replica
         replicas = placement.replicas
         tta_batch = max(replicas, cfg.global_batch_size // len(cfg.tta_views) // replicas * replicas)
-        record.set_model(*model_facts(cfg, model, placement, execution))
+        card.set_model(*model_facts(cfg, model, placement, execution))
         fold_labels = read_fold_labels(inputs) if "train" in jobs else {}
         for fold in folds(cfg):
             check_lock()  # another run took this run dir over (our heartbeat failed): stop writing
@@ -531,7 +531,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
                     predict_split(cfg, fold, predictor, parse, inputs, split_name, tta_batch)
                     progress.mark(split_name)
                     timings[f"{split_name}_fold_{fold}"] = time.time() - start
-            record.fold_done(fold, history, best_checkpoint(cfg.output_dir, fold), timings)
+            card.fold_done(fold, history, best_checkpoint(cfg.output_dir, fold), timings)
             resume.NOTICE.check()
     if "score" in jobs:
         result["scores"] = score(cfg, suffix)
@@ -539,7 +539,7 @@ def run_jobs(cfg, init_model: Callable, parse_example: Callable, check_lock: Cal
         result["submission"] = write_submission(cfg, suffix)
     result["subset"] = suffix
     result["timings"] = timings
-    record.finish(result)
+    card.finish(result)
     return result
 
 

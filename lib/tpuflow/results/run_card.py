@@ -1,6 +1,6 @@
-"""The experiment record: one JSON file per run dir, the single source of truth about a run.
+"""The run card: one JSON file per run dir, the single source of truth about a run.
 
-`<output_dir>/record.json` holds what is needed to compare, find and reproduce a run: the
+`<output_dir>/run_card.json` holds what is needed to compare, find and reproduce a run: the
 experiment id (the run dir's name), the resolved flags of the training run, the dataset (spec,
 kind, frames, step, history depth, SHA-256 of its manifest), the model (architecture, backbone,
 weights, parameters), CV scores (over all folds and per fold, with and without TTA), epochs
@@ -11,20 +11,25 @@ scores attached later (`tools/leaderboard.py --set_lb`).
 It is written atomically when a run starts (`status: running`), after every fold, and at the end
 (`complete`, or `failed` with the error), so a preempted or crashed run still says how far it
 got. A later invocation on the same run dir (e.g. `--job=score` from cached predictions) updates
-the record: it keeps what it does not recompute (training flags, epochs, leaderboard scores).
+the card: it keeps what it does not recompute (training flags, epochs, leaderboard scores).
 
 The top-level `status`, `error` and `started` belong to the run: `started` is when the first
 invocation on the run dir began, and only an invocation over all the run's folds that trains
 (or the first one) sets `status`/`error`; `jobs` and `updated` are the latest invocation's. Every invocation is appended to `invocations` (jobs,
 folds, started, ended, wall_s, status, error), whatever it fails on (one refused before its
-record was updated, e.g. on a bad prediction file, is appended as `failed` by `mark_failed`), so a
+card was updated, e.g. on a bad prediction file, is appended as `failed` by `mark_failed`), so a
 failed score-only or subset invocation shows there without turning a complete run into a failed
 one. `quick` is true for a smoke run (`--quick`): the leaderboard and the ensemble leave it out
-unless asked. (Records written before `invocations` and `quick` existed lack them; both are
+unless asked. (Cards written before `invocations` and `quick` existed lack them; both are
 optional.)
 
-Reading, checking and editing records needs no TensorFlow (the leaderboard starts in a second):
-the runner hands `RunRecord` the facts that need it (versions, model, devices).
+Run dirs made before the card had its name hold `record.json` (and pretraining dirs
+`pretrain_record.json`): this module, the one place cards are found and written, reads such a file
+as the card, and its next write writes the card under today's name and then removes the old
+file, so a dir never shows two cards.
+
+Reading, checking and editing cards needs no TensorFlow (the leaderboard starts in a second):
+the runner hands `RunCard` the facts that need it (versions, model, devices).
 """
 from __future__ import annotations
 
@@ -44,10 +49,13 @@ from tpuflow import storage
 from tpuflow.prep import frames, shard_names
 from tpuflow.results import checkpoint_names
 
-RECORD_NAME = "record.json"
+CARD_NAME = "run_card.json"
+PRETRAIN_CARD_NAME = "pretrain_card.json"
+# Today's card names -> the names runs made before the rename wrote (read, replaced on writing).
+OLD_NAMES = {CARD_NAME: "record.json", PRETRAIN_CARD_NAME: "pretrain_record.json"}
 SCHEMA_VERSION = 1
 
-# Every record has these top-level fields (values may be null/empty while a run is going on).
+# Every card has these top-level fields (values may be null/empty while a run is going on).
 FIELDS = ("schema_version", "experiment_id", "status", "error", "started", "updated", "description",
           "jobs", "flags", "dataset", "model", "cv", "folds", "timings", "runtime", "versions",
           "git", "run_py", "lb")
@@ -58,48 +66,76 @@ RUNTIME_FIELDS = ("replicas", "strategy", "device", "precision", "backend", "bac
 CV_FIELDS = ("metric", "tta_number", "tta", "no_tta", "baseline", "per_fold")
 
 
-def record_path(run_dir: str) -> str:
-    return storage.join(run_dir, RECORD_NAME)
+def card_path(run_dir: str, name: str = CARD_NAME) -> str:
+    """Where a run dir's card is written (`find_card`: where it is read)."""
+    return storage.join(run_dir, name)
+
+
+def find_card(run_dir: str, name: str = CARD_NAME) -> str | None:
+    """The run dir's card file: `run_card.json`, else the `record.json` of a run made before the
+    rename (likewise for `PRETRAIN_CARD_NAME`); None if it has neither."""
+    for path in (card_path(run_dir, name), card_path(run_dir, OLD_NAMES[name])):
+        if storage.exists(path):
+            return path
+    return None
+
+
+def load(run_dir: str) -> dict | None:
+    """A run dir's card as written, unchecked (None: the dir has none)."""
+    path = find_card(run_dir)
+    return None if path is None else storage.read_json(path)
+
+
+def save(path: str, card: dict) -> str:
+    """Writes a card atomically to `path` (a card file) and returns where it went: a card read from
+    an old name (`record.json`) goes to today's name beside it, and the old file is then removed."""
+    head, _, name = path.rpartition("/")
+    today = {old: new for new, old in OLD_NAMES.items()}.get(name, name)
+    path = storage.join(head, today)
+    storage.write_json(path, card)
+    if today in OLD_NAMES and storage.exists(storage.join(head, OLD_NAMES[today])):
+        storage.remove(storage.join(head, OLD_NAMES[today]))
+    return path
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def missing_fields(record: dict) -> list[str]:
-    """Names of required fields the record lacks ('dataset.kind' for nested ones), sorted."""
-    missing = [f for f in FIELDS if f not in record]
+def missing_fields(card: dict) -> list[str]:
+    """Names of required fields the card lacks ('dataset.kind' for nested ones), sorted."""
+    missing = [f for f in FIELDS if f not in card]
     for section, names in (("dataset", DATASET_FIELDS), ("model", MODEL_FIELDS), ("cv", CV_FIELDS)):
-        value = record.get(section)
+        value = card.get(section)
         if isinstance(value, dict):  # cv is null until scored; dataset null for score-only runs
             missing += [f"{section}.{n}" for n in names if n not in value]
     return sorted(missing)
 
 
-def read_record(path: str) -> dict:
-    """A record from `path` (a record file or a run dir); an error naming the file and every
+def read_card(path: str) -> dict:
+    """A card from `path` (a card file or a run dir); an error naming the file and every
     missing field if it is incomplete."""
     if not path.endswith(".json"):
-        path = record_path(path)
-    record = storage.read_json(path)
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: not an experiment record (a JSON object expected)")
-    missing = missing_fields(record)
+        path = find_card(path) or card_path(path)
+    card = storage.read_json(path)
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: not a run card (a JSON object expected)")
+    missing = missing_fields(card)
     if missing:
-        raise ValueError(f"{path}: experiment record lacks field(s) {missing}")
-    return record
+        raise ValueError(f"{path}: run card lacks field(s) {missing}")
+    return card
 
 
-def write_record(path: str, record: dict) -> None:
-    """Writes a complete record atomically (refuses one with missing fields)."""
-    missing = missing_fields(record)
+def write_card(path: str, card: dict) -> str:
+    """Writes a complete card atomically (refuses one with missing fields); returns where (`save`)."""
+    missing = missing_fields(card)
     if missing:
-        raise ValueError(f"{path}: refusing to write an experiment record without {missing}")
-    storage.write_json(path, record)
+        raise ValueError(f"{path}: refusing to write a run card without {missing}")
+    return save(path, card)
 
 
 def dataset_info(tfrec_dir: str, manifest: dict) -> dict:
-    """What the record keeps of a dataset: its spec fields, history depth and manifest hash."""
+    """What the card keeps of a dataset: its spec fields, history depth and manifest hash."""
     spec = frames.DatasetSpec.parse(manifest["spec"])
     raw = storage.read_bytes(storage.join(tfrec_dir, shard_names.MANIFEST))
     return {"dir": tfrec_dir, "spec": spec.to_string(), "kind": spec.kind, "n_frames": spec.depth,
@@ -120,19 +156,16 @@ def cv_summary(table: pd.DataFrame, metric: str, tta_number: int) -> dict:
 
 
 def cv_folds(run_dir: str) -> list[int] | None:
-    """The folds the CV in a run dir's record covers (None: no record or not scored yet)."""
-    path = record_path(run_dir)
-    if not storage.exists(path):
-        return None
-    cv = storage.read_json(path).get("cv")
+    """The folds the CV in a run dir's card covers (None: no card or not scored yet)."""
+    cv = (load(run_dir) or {}).get("cv")
     if not isinstance(cv, dict):
         return None
     return [int(k) for k in cv.get("folds", cv.get("per_fold", {}))]
 
 
-def is_quick(record: dict) -> bool:
-    """Whether a record is a smoke run's (`--quick`; older records say so in their flags only)."""
-    return bool(record.get("quick", (record.get("flags") or {}).get("quick")))
+def is_quick(card: dict) -> bool:
+    """Whether a card is a smoke run's (`--quick`; older cards say so in their flags only)."""
+    return bool(card.get("quick", (card.get("flags") or {}).get("quick")))
 
 
 def new_invocation(cfg, started: str | None = None) -> dict:
@@ -157,17 +190,17 @@ def git_info(path: str) -> dict:
         return {"commit": None, "dirty": None}
 
 
-class RunRecord:
-    """The record of one invocation of an experiment, updated as the run goes.
+class RunCard:
+    """The card of one invocation of an experiment, updated as the run goes.
 
     `init_model` is the experiment's model function: its source file is the `run.py` copied into
-    the record and located in git, and its module docstring's first line is the description.
+    the card and located in git, and its module docstring's first line is the description.
     `versions`: what is installed (`runtime.versions()`).
     """
 
     def __init__(self, cfg, manifest: dict, init_model: Callable, versions: dict):
-        self.cfg, self.path, self.start = cfg, record_path(cfg.output_dir), time.time()
-        previous = storage.read_json(self.path) if storage.exists(self.path) else {}
+        self.cfg, self.path, self.start = cfg, card_path(cfg.output_dir), time.time()
+        previous = load(cfg.output_dir) or {}
         trains = "train" in cfg.jobs
         run_py = inspect.getsourcefile(init_model)
         module_doc = inspect.getmodule(init_model).__doc__ or ""
@@ -182,39 +215,39 @@ class RunRecord:
             "run_py": {"path": os.path.abspath(run_py), "source": storage.read_text(run_py)},
             "lb": {"private": None, "public": None},
         }
-        self.record = dict(fresh)
+        self.card = dict(fresh)
         mine = set(range(cfg.initial_fold, cfg.initial_fold + cfg.n_folds))
         subset = not set(cv_folds(cfg.output_dir) or []) <= mine
         # Only training over all the run's folds (or a first invocation) speaks for the whole run.
         self.owns_status = not previous or (trains and not subset)
         if previous:
-            self.record["started"] = previous.get("started") or fresh["started"]
+            self.card["started"] = previous.get("started") or fresh["started"]
             if not self.owns_status:
-                self.record.update(status=previous.get("status"), error=previous.get("error"))
+                self.card.update(status=previous.get("status"), error=previous.get("error"))
         self.invocation = new_invocation(cfg, fresh["started"])
-        self.record["invocations"] = [*(previous.get("invocations") or []), self.invocation]
+        self.card["invocations"] = [*(previous.get("invocations") or []), self.invocation]
         if previous and not trains:  # keep what this invocation does not redo
             keep = ("flags", "dataset", "model", "cv", "runtime", "git", "run_py", "description")
-            self.record.update({k: previous[k] for k in keep if previous.get(k) is not None})
-            self.record["dataset"] = fresh["dataset"] or self.record["dataset"]
+            self.card.update({k: previous[k] for k in keep if previous.get(k) is not None})
+            self.card["dataset"] = fresh["dataset"] or self.card["dataset"]
         # Folds skipped by a resumed run keep their facts; leaderboard scores belong to the id;
         # a CV over more folds than this invocation runs stays (see `finish`).
         for key in ("folds", "timings", "lb", "cv_subsets"):
             if isinstance(previous.get(key), dict):
-                self.record[key] = dict(previous[key])
+                self.card[key] = dict(previous[key])
         if isinstance(previous.get("cv"), dict) and subset:
-            self.record["cv"] = previous["cv"]
-        self.record["quick"] = is_quick(self.record)  # the training's, like the flags
+            self.card["cv"] = previous["cv"]
+        self.card["quick"] = is_quick(self.card)  # the training's, like the flags
         self.write()
 
     def write(self) -> None:
-        self.record["updated"] = _now()
-        write_record(self.path, self.record)
+        self.card["updated"] = _now()
+        write_card(self.path, self.card)
 
     def set_model(self, model: dict, runtime: dict) -> None:
         """The model's facts (`MODEL_FIELDS`) and where it runs (`RUNTIME_FIELDS`), from the runner."""
-        self.record["model"] = {k: model[k] for k in MODEL_FIELDS}
-        self.record["runtime"] = {**{k: runtime[k] for k in RUNTIME_FIELDS}, "host": platform.node()}
+        self.card["model"] = {k: model[k] for k in MODEL_FIELDS}
+        self.card["runtime"] = {**{k: runtime[k] for k in RUNTIME_FIELDS}, "host": platform.node()}
         self.write()
 
     def fold_done(self, fold: int, history, best_checkpoint: str, timings: dict) -> None:
@@ -226,12 +259,12 @@ class RunRecord:
             # History: the run was killed after its last epoch's backup, so all epochs ran.
             epochs = history.epoch[-1] + 1 if history.epoch else history.params["epochs"]
             best = checkpoint_names.parse(best_checkpoint)
-            self.record["folds"][str(fold)] = {
+            self.card["folds"][str(fold)] = {
                 "epochs": epochs, "epochs_this_run": len(history.epoch),
                 "best_epoch": best.epoch, f"best_val_{self.cfg.metric}": best.val_score,
                 "checkpoint": best_checkpoint.rsplit("/", 1)[-1],
             }
-        self.record["timings"].update({k: round(v, 3) for k, v in timings.items()})
+        self.card["timings"].update({k: round(v, 3) for k, v in timings.items()})
         self.write()
 
     def finish(self, result: dict) -> None:
@@ -240,15 +273,15 @@ class RunRecord:
             summary = cv_summary(result["scores"], self.cfg.metric, self.cfg.tta_number)
             summary["tta_views"] = list(self.cfg.tta_views)  # what each TTA index means
             if result.get("subset"):  # fewer folds than the run's CV: kept beside it, never over it
-                self.record.setdefault("cv_subsets", {})[result["subset"].lstrip(".")] = summary
+                self.card.setdefault("cv_subsets", {})[result["subset"].lstrip(".")] = summary
             else:
-                self.record["cv"] = summary
-        self.record["timings"].update({k: round(v, 3) for k, v in result["timings"].items()})
+                self.card["cv"] = summary
+        self.card["timings"].update({k: round(v, 3) for k, v in result["timings"].items()})
         wall_s = round(time.time() - self.start, 3)
         self.invocation.update(status="complete", ended=_now(), wall_s=wall_s)
         if self.owns_status:
-            self.record["timings"]["total"] = wall_s
-            self.record["status"] = "complete"
+            self.card["timings"]["total"] = wall_s
+            self.card["status"] = "complete"
         self.write()
 
 
@@ -257,14 +290,14 @@ def mark_failed(run_dir: str, error: BaseException, invocation: dict | None = No
     """Marks the failing invocation `failed` (or `status`: `preempted`) with the error, and the run
     itself if that invocation spoke for it (a complete run stays complete). `invocation`
     (`new_invocation`, made when the invocation began): the entry to append if the invocation
-    failed before it was recorded, e.g. on a bad prediction file; an entry still `running` that
+    failed before it was written down, e.g. on a bad prediction file; an entry still `running` that
     began earlier is another's (killed)."""
-    path = record_path(run_dir)
-    if not storage.exists(path):
+    path = find_card(run_dir)
+    if path is None:
         return
-    record = storage.read_json(path)
+    card = storage.read_json(path)
     message, now = f"{type(error).__name__}: {error}"[:2000], _now()
-    invocations = record.setdefault("invocations", [])
+    invocations = card.setdefault("invocations", [])
     last = invocations[-1] if invocations else None
     mine = isinstance(last, dict) and last.get("status") == "running" and (
         invocation is None or str(last.get("started")) >= invocation["started"])
@@ -274,29 +307,29 @@ def mark_failed(run_dir: str, error: BaseException, invocation: dict | None = No
     changed = mine or invocation is not None
     if changed:
         last.update(status=status, error=message, ended=now)
-    if record.get("status") == "running":
-        record.update(status=status, error=message)
+    if card.get("status") == "running":
+        card.update(status=status, error=message)
         changed = True
     if changed:
-        record["updated"] = now
+        card["updated"] = now
         try:
-            storage.write_json(path, record)
+            save(path, card)
         except OSError:
             if not storage.is_local(path):
                 raise
             # A full disk has no room for the temporary copy: rewrite in place, in the blocks the
-            # record already has (a torn write here loses only a record that said `running`).
+            # card already has (a torn write here loses only a card that said `running`).
             with open(path, "r+b") as f:
-                f.write((json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
+                f.write((json.dumps(card, indent=2, sort_keys=True, default=str) + "\n").encode())
                 f.truncate()
 
 
-def attach_lb(path: str, private: float | None, public: float | None) -> dict:
-    """Attaches leaderboard scores to the record at `path` (atomic rewrite); returns it. (By
-    experiment id over many run dirs: `leaderboard.set_lb`.)"""
-    record = read_record(path)
-    record["lb"] = {"private": private, "public": public}
-    record["updated"] = _now()
-    write_record(path if path.endswith(".json") else record_path(path), record)
-    return record
+def attach_lb(path: str, private: float | None, public: float | None) -> str:
+    """Attaches leaderboard scores to the card at `path` (a card file or a run dir; atomic
+    rewrite); returns the card's path. (By experiment id over many run dirs: `leaderboard.set_lb`.)"""
+    path = path if path.endswith(".json") else find_card(path) or card_path(path)
+    card = read_card(path)
+    card["lb"] = {"private": private, "public": public}
+    card["updated"] = _now()
+    return write_card(path, card)
 
