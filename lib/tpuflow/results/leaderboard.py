@@ -62,7 +62,7 @@ REFERENCE_METRIC = "rmse_rounded"
 
 def find_cards(roots: list[str]) -> list[str]:
     """Card paths under the roots: `<root>/run_card.json` or `<root>/*/run_card.json` (or an older
-    run's `card.json` where its dir has no `run_card.json`), sorted."""
+    run's `record.json` where its dir has no `run_card.json`), sorted."""
     found = []
     for root in roots:
         own = run_card.find_card(root)
