@@ -16,6 +16,8 @@ def __getattr__(name: str):
     `run.py --help` answers without importing Keras."""
     if name != "models":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if f"{__name__}.models" in sys.modules:  # being imported the usual way (its attribute is set once it is)
+        return sys.modules[f"{__name__}.models"]
     spec = importlib.util.find_spec(f"{__name__}.models")
     spec.loader = importlib.util.LazyLoader(spec.loader)
     module = importlib.util.module_from_spec(spec)
