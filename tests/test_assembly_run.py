@@ -1,16 +1,15 @@
 """Experiments on examples assembled from the frame store: unchanged run.py files train from it under both
 backends, and a fold killed mid-run resumes on exactly the batches it would have seen."""
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import backup_state
 import jax_env
 from tpuflow.prep import shard_names, store
 from tpuflow.results import run_card
@@ -37,27 +36,13 @@ def _tiny(cv_dir, store_dir, out, *flags, backend="tensorflow"):
     return cmd, jax_env.env({**ENV, "KERAS_BACKEND": backend}, backend)
 
 
-def _state(out):
-    try:
-        with open(os.path.join(out, "backup", "fold_0", "state.json")) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def test_killed_fold_resumes_on_the_batches_it_would_have_seen(cv_dir, store_dir, tmp_path):
     out, reference = str(tmp_path / "run"), str(tmp_path / "reference")
     cmd, env = _tiny(cv_dir, store_dir, out, "--mixup_prob=0.5")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    while proc.poll() is None:
-        state = _state(out)
-        if state and state["epochs_done"] >= 2:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    log = proc.communicate()[0]
+    log, _ = backup_state.stop_when(proc, out, lambda s: s["epochs_done"] >= 2, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{log[-3000:]}"
-    state = _state(out)
+    state = backup_state.read(out)
     done = state["epochs_done"]
     assert 1 <= done < EPOCHS
     assert state["steps_done"] == 0  # an epoch end's backup: the stream resumes at done * STEPS * 8 examples

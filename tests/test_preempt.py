@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+import backup_state
 import jax_env
 import tiny_experiment
 from test_backends import _free_port
@@ -39,39 +40,19 @@ def _env(backend):
         [os.path.join(ROOT, "lib"), HERE, os.environ.get("PYTHONPATH", "")])}, backend)
 
 
-def _state(out):
-    try:
-        return json.loads(storage.read_bytes(storage.join(out, "backup", "fold_0", "state.json")))
-    except Exception:  # not there yet (or, on Cloud Storage, not listed yet)
-        return None
-
-
-def _stop_when(proc, out, ready, sig):
-    """Sends `sig` once the backup state satisfies `ready`; returns (log, the state then)."""
-    state = None
-    while proc.poll() is None:
-        state = _state(out)
-        if state and ready(state):
-            break
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    log = proc.communicate(timeout=120)[0]
-    return log, state
-
-
 def _preempted_then_killed_then_finished(cv_dir, store, out, backend):
     """The three runs of one command; returns their logs and the backup states they stopped at."""
     cmd, env = _cmd(cv_dir, store, out, backend, f"--backup_every_steps={EVERY}"), _env(backend)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    first, seen = _stop_when(proc, out, lambda s: s["epochs_done"] >= 1 and s["steps_done"] > 0, signal.SIGTERM)
+    first, seen = backup_state.stop_when(proc, out, lambda s: s["epochs_done"] >= 1 and s["steps_done"] > 0, signal.SIGTERM)
     assert proc.returncode == cli.PREEMPTED_EXIT, f"not preempted mid-epoch:\n{first[-3000:]}"
-    term = _state(out)
+    term = backup_state.read(out)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     moved = lambda s: (s["epochs_done"], s["steps_done"]) > (term["epochs_done"], term["steps_done"]) \
         and s["steps_done"] > 0  # noqa: E731
-    second, _ = _stop_when(proc, out, moved, signal.SIGKILL)
+    second, _ = backup_state.stop_when(proc, out, moved, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{second[-3000:]}"
-    killed = _state(out)
+    killed = backup_state.read(out)
     snapshot = None
     if storage.is_local(out):
         snapshot = out + "-killed"
@@ -218,13 +199,13 @@ def test_two_jax_processes_back_up_into_one_orbax_backup_and_stop_together(cv_di
             for index in range(2)]
 
     procs = start()
-    while procs[0].poll() is None and not ((_state(str(out)) or {}).get("steps_done", 0) >= 2):
+    while procs[0].poll() is None and not ((backup_state.read(str(out)) or {}).get("steps_done", 0) >= 2):
         time.sleep(0.02)
     procs[0].send_signal(signal.SIGTERM)
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [cli.PREEMPTED_EXIT] * 2, logs[0][-2000:] + logs[1][-2000:]
     assert "preempted: another host: fold 0 backed up" in logs[1]
-    states = [_state(str(out)), _state(str(out / "host_1"))]
+    states = [backup_state.read(str(out)), backup_state.read(str(out / "host_1"))]
     assert states[0]["stem"] == states[1]["stem"] and states[0]["steps_done"] > 0 and states[0]["format"] == "orbax"
     assert os.path.isdir(out / "backup" / "fold_0" / (states[0]["stem"] + ".orbax"))
     assert sorted(os.listdir(out / "host_1" / "backup" / "fold_0")) == ["state.json"]  # no weights of its own
@@ -257,8 +238,8 @@ def test_minutes_interval_backs_up_within_the_epoch(tmp_path):
     backup.set_model(model)
     backup.set_params({"steps": 10})
     backup.on_train_batch_end(2)  # 3 steps in well under a minute: no backup yet
-    assert _state(str(tmp_path)) is None
+    assert backup_state.read(str(tmp_path)) is None
     backup._last -= 60  # a minute later
     backup.on_train_batch_end(3)
-    state = _state(str(tmp_path))
+    state = backup_state.read(str(tmp_path))
     assert (state["epochs_done"], state["steps_done"], state["format"]) == (0, 4, "h5")

@@ -8,12 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import backup_state
 import jax_env
 import keras
 import tiny_experiment
@@ -31,14 +31,6 @@ def _command(cv_dir, single_dir, out, backend):
     flags = [f"--{k}={v}" for k, v in SETTINGS.items() if k not in ("dim", "batch_size", "weights")]
     return [sys.executable, os.path.join(HERE, "tiny_experiment.py"), f"--data_dir={cv_dir}",
             f"--data_tfrec_dir={single_dir}", f"--output_dir={out}", f"--backend={backend}", *flags]
-
-
-def _state(out, fold):
-    try:
-        with open(os.path.join(out, "backup", f"fold_{fold}", "state.json")) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _epochs_run(log: str) -> int:
@@ -66,16 +58,9 @@ def killed_and_resumed(request, cv_dir, single_dir, tmp_path_factory):
         [os.path.join(os.path.dirname(HERE), "lib"), os.environ.get("PYTHONPATH", "")])}, backend)
     proc = subprocess.Popen(_command(cv_dir, single_dir, out, backend), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
-    state = None
-    while proc.poll() is None:
-        state = _state(out, 1)
-        if state and state["epochs_done"] >= 1:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    first_log = proc.communicate()[0]
+    first_log, _ = backup_state.stop_when(proc, out, lambda s: s["epochs_done"] >= 1, signal.SIGKILL, fold=1)
     assert proc.returncode == -signal.SIGKILL, f"training ended before the kill:\n{first_log[-3000:]}"
-    state = _state(out, 1)  # the last complete backup (maybe later than the one seen)
+    state = backup_state.read(out, 1)  # the last complete backup (maybe later than the one seen)
     assert state and 1 <= state["epochs_done"] < EPOCHS, "the kill came after fold 1 finished training"
     killed_at = state["epochs_done"]
     snapshot = str(root / "snapshot")
